@@ -1,0 +1,412 @@
+//! `proxy.toml`: the daemon's configuration, read into typed structs with every default here.
+//!
+//! Relative paths are resolved against the directory of the configuration file. Secrets (the
+//! PIN) are referenced by file or environment variable, never written in the file itself.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener and frame limits.
+    pub server: ServerConfig,
+    /// Mutual TLS.
+    pub tls: TlsConfig,
+    /// The PKCS#11 module and token.
+    pub pkcs11: Pkcs11Config,
+    /// The session pool and its queue.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// The key hierarchy.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// The `Health` operation.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Process hardening.
+    #[serde(default)]
+    pub hardening: HardeningConfig,
+    /// Logging.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address for appliance connections (mutual TLS).
+    pub listen: SocketAddr,
+    /// Plain-HTTP address for `/metrics`; none disables the endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest frame body accepted, in bytes.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u32,
+    /// Largest number of operations in one frame.
+    #[serde(default = "defaults::max_batch_ops")]
+    pub max_batch_ops: u32,
+    /// Connections served at once; more wait in the kernel's backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Frames one connection may have in flight before the proxy stops reading from it.
+    #[serde(default = "defaults::max_frames_in_flight")]
+    pub max_frames_in_flight: usize,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "defaults::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Time allowed on shutdown for frames in flight to finish.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the CA that issues client certificates (the appliance's CA). Only clients with a
+    /// certificate chaining to it are accepted.
+    pub client_ca: PathBuf,
+    /// PEM file: the proxy's certificate chain.
+    pub cert: PathBuf,
+    /// PEM file: the proxy's private key.
+    pub key: PathBuf,
+    /// DNS names (subjectAltName) a client certificate must carry one of.
+    pub allowed_clients: Vec<String>,
+}
+
+/// `[pkcs11]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// Label of the token to use.
+    #[serde(default)]
+    pub token_label: Option<String>,
+    /// Slot id of the token to use (when no label is given).
+    #[serde(default)]
+    pub slot: Option<u64>,
+    /// File holding the user PIN (trailing newline ignored).
+    #[serde(default)]
+    pub pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    #[serde(default)]
+    pub pin_env: Option<String>,
+    /// Label of the master key-encryption key.
+    #[serde(default = "defaults::mkek_label")]
+    pub mkek_label: String,
+}
+
+impl fmt::Debug for Pkcs11Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only where the PIN comes from is shown, never the PIN.
+        f.debug_struct("Pkcs11Config")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("slot", &self.slot)
+            .field("pin_file", &self.pin_file)
+            .field("pin_env", &self.pin_env)
+            .field("mkek_label", &self.mkek_label)
+            .finish()
+    }
+}
+
+/// `[pool]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Worker sessions; 0 picks the number of CPUs, capped by `max_sessions` and the token.
+    #[serde(default)]
+    pub sessions: usize,
+    /// Budget: the most sessions this proxy opens on the token, the key-holder included.
+    #[serde(default = "defaults::max_sessions")]
+    pub max_sessions: usize,
+    /// Operations queued for the workers before clients are slowed down.
+    #[serde(default = "defaults::queue_depth")]
+    pub queue_depth: usize,
+    /// Deadline for an operation whose frame asks for none.
+    #[serde(default = "defaults::default_deadline_ms")]
+    pub default_deadline_ms: u32,
+    /// Upper bound on the deadline a frame may ask for.
+    #[serde(default = "defaults::max_deadline_ms")]
+    pub max_deadline_ms: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            sessions: 0,
+            max_sessions: defaults::max_sessions(),
+            queue_depth: defaults::queue_depth(),
+            default_deadline_ms: defaults::default_deadline_ms(),
+            max_deadline_ms: defaults::max_deadline_ms(),
+        }
+    }
+}
+
+/// `[keys]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Unwrapped project KEKs kept in the HSM (least recently used go first).
+    #[serde(default = "defaults::kek_cache_capacity")]
+    pub kek_cache_capacity: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { kek_cache_capacity: defaults::kek_cache_capacity() }
+    }
+}
+
+/// `[health]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How long a `Health` answer is reused before the HSM is asked again.
+    #[serde(default = "defaults::health_cache_ms")]
+    pub cache_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { cache_ms: defaults::health_cache_ms() }
+    }
+}
+
+/// Whether memory is locked against swapping.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMemory {
+    /// Refuse to start if memory cannot be locked.
+    #[default]
+    Required,
+    /// Lock if possible, warn otherwise.
+    Preferred,
+    /// Do not lock (development only).
+    Off,
+}
+
+/// `[hardening]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardeningConfig {
+    /// Lock all memory against swapping (`mlockall`).
+    #[serde(default)]
+    pub lock_memory: LockMemory,
+    /// Disable core dumps and ptrace attachment by other users.
+    #[serde(default = "defaults::yes")]
+    pub disable_core_dumps: bool,
+}
+
+impl Default for HardeningConfig {
+    fn default() -> Self {
+        Self { lock_memory: LockMemory::Required, disable_core_dumps: true }
+    }
+}
+
+/// `[logging]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Log PKCS#11 details (functions, return values, KEK ids) of failed operations at warn
+    /// level. Off by default: they can tell an observer which keys are in use.
+    #[serde(default)]
+    pub log_error_details: bool,
+}
+
+mod defaults {
+    pub(super) fn max_body_bytes() -> u32 {
+        hsm_proxy_proto::frame::DEFAULT_MAX_BODY_BYTES
+    }
+    pub(super) fn max_batch_ops() -> u32 {
+        hsm_proxy_proto::frame::DEFAULT_MAX_BATCH_OPS
+    }
+    pub(super) fn max_connections() -> usize {
+        256
+    }
+    pub(super) fn max_frames_in_flight() -> usize {
+        64
+    }
+    pub(super) fn handshake_timeout_ms() -> u64 {
+        5_000
+    }
+    pub(super) fn drain_timeout_ms() -> u64 {
+        10_000
+    }
+    pub(super) fn mkek_label() -> String {
+        "hsm-proxy-mkek".into()
+    }
+    pub(super) fn max_sessions() -> usize {
+        64
+    }
+    pub(super) fn queue_depth() -> usize {
+        4096
+    }
+    pub(super) fn default_deadline_ms() -> u32 {
+        5_000
+    }
+    pub(super) fn max_deadline_ms() -> u32 {
+        60_000
+    }
+    pub(super) fn kek_cache_capacity() -> usize {
+        1024
+    }
+    pub(super) fn health_cache_ms() -> u64 {
+        1_000
+    }
+    pub(super) fn yes() -> bool {
+        true
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [
+            &mut self.tls.client_ca,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+            &mut self.pkcs11.module,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = self.pkcs11.pin_file.as_mut() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Rejects combinations that cannot work, with the key to fix in the message.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: &str| Err(Error::Config(msg.to_owned()));
+        match (&self.pkcs11.pin_file, &self.pkcs11.pin_env) {
+            (Some(_), Some(_)) => return bad("[pkcs11] set only one of pin_file and pin_env"),
+            (None, None) => return bad("[pkcs11] set pin_file or pin_env"),
+            _ => {}
+        }
+        if self.pkcs11.token_label.is_some() && self.pkcs11.slot.is_some() {
+            return bad("[pkcs11] set only one of token_label and slot");
+        }
+        if self.tls.allowed_clients.is_empty() {
+            return bad("[tls] allowed_clients must name at least one client certificate name");
+        }
+        if self.pool.max_sessions < 2 {
+            return bad("[pool] max_sessions must be at least 2 (one key-holder, one worker)");
+        }
+        if self.pool.sessions >= self.pool.max_sessions {
+            return bad("[pool] sessions must be below max_sessions (one is the key-holder)");
+        }
+        if self.pool.queue_depth == 0 || self.keys.kek_cache_capacity == 0 {
+            return bad("[pool] queue_depth and [keys] kek_cache_capacity must be positive");
+        }
+        if self.server.max_body_bytes < 64 || self.server.max_batch_ops == 0 {
+            return bad("[server] max_body_bytes must be at least 64 and max_batch_ops positive");
+        }
+        if self.server.max_connections == 0 || self.server.max_frames_in_flight == 0 {
+            return bad("[server] max_connections and max_frames_in_flight must be positive");
+        }
+        Ok(())
+    }
+}
+
+impl Pkcs11Config {
+    /// Reads the user PIN from its file or environment variable into a secret.
+    pub fn read_pin(&self) -> Result<SecretString> {
+        let raw: Zeroizing<Vec<u8>> = if let Some(path) = &self.pin_file {
+            Zeroizing::new(
+                std::fs::read(path).map_err(|source| Error::Io { path: path.clone(), source })?,
+            )
+        } else if let Some(var) = &self.pin_env {
+            let value = std::env::var_os(var)
+                .ok_or_else(|| Error::Config(format!("PIN variable {var} is not set")))?;
+            Zeroizing::new(value.into_encoded_bytes())
+        } else {
+            return Err(Error::Config("[pkcs11] set pin_file or pin_env".into()));
+        };
+        let text = std::str::from_utf8(&raw)
+            .map_err(|_| Error::Config("the PIN is not valid UTF-8".into()))?;
+        let pin = text.trim_end_matches(['\r', '\n']);
+        if pin.is_empty() {
+            return Err(Error::Config("the PIN is empty".into()));
+        }
+        Ok(SecretString::from(pin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [tls]
+        client_ca = "ca.pem"
+        cert = "proxy.pem"
+        key = "proxy.key"
+        allowed_clients = ["appliance"]
+        [pkcs11]
+        module = "/usr/lib/softhsm/libsofthsm2.so"
+        token_label = "t"
+        pin_env = "PIN_FOR_CONFIG_TEST"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c: Config = toml::from_str(MINIMAL).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pool.queue_depth, 4096);
+        assert_eq!(c.hardening.lock_memory, LockMemory::Required);
+        assert_eq!(c.pkcs11.mkek_label, "hsm-proxy-mkek");
+        assert!(!c.logging.log_error_details);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = format!("{MINIMAL}\n[keys]\nkek_cache = 3\n");
+        let err = toml::from_str::<Config>(&text).unwrap_err().to_string();
+        assert!(err.contains("kek_cache"), "{err}");
+    }
+
+    #[test]
+    fn pin_sources_are_exclusive_and_debug_hides_pin() {
+        let mut c: Config = toml::from_str(MINIMAL).unwrap();
+        c.pkcs11.pin_file = Some("pin".into());
+        assert!(c.validate().unwrap_err().to_string().contains("only one of pin_file"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let pin_path = dir.path().join("pin");
+        std::fs::write(&pin_path, "s3cret-pin\n").unwrap();
+        c.pkcs11.pin_env = None;
+        c.pkcs11.pin_file = Some(pin_path);
+        let pin = c.pkcs11.read_pin().unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "s3cret-pin");
+        assert!(!format!("{pin:?}").contains("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,370 @@
+//! The token: one PKCS#11 library instance, one login, the MKEK, and re-initialisation.
+//!
+//! The library is initialised once with OS locking (SoftHSM2 disables its mutexes without it).
+//! A key-holder session stays logged in for the life of the instance: it keeps the login alive,
+//! resolves the MKEK once, and owns the unwrapped project KEKs. Each library instance is an
+//! [`Epoch`]; on a device-class error the whole instance is replaced and the epoch number grows,
+//! which tells every worker that its session and every cached handle belong to the past.
+
+pub(crate) mod der;
+pub(crate) mod failure;
+pub(crate) mod ops;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::{Limit, Slot};
+use cryptoki::types::AuthPin;
+use hsm_proxy_proto::Status;
+
+use crate::config::Pkcs11Config;
+use crate::error::{Error, Result};
+use crate::keys::KekCache;
+
+/// Re-initialisation is attempted at most this often while the token stays unreachable.
+const REINIT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the token offers that changes how operations are done.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Capabilities {
+    /// `CKM_ECDSA_SHA256` (otherwise the proxy hashes and uses `CKM_ECDSA`).
+    pub(crate) ecdsa_sha256: bool,
+    /// `CKM_ECDSA_SHA384`.
+    pub(crate) ecdsa_sha384: bool,
+}
+
+/// Facts about the token read at start.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenSummary {
+    pub(crate) label: String,
+    pub(crate) manufacturer: String,
+    pub(crate) model: String,
+    /// `ulMaxSessionCount`, when the token states a finite one.
+    pub(crate) max_sessions: Option<u64>,
+    pub(crate) library: String,
+}
+
+/// One initialised library instance with its login and MKEK.
+#[derive(Debug)]
+pub(crate) struct Epoch {
+    pub(crate) number: u64,
+    pub(crate) slot: Slot,
+    pub(crate) mkek: ObjectHandle,
+    /// Logged in; owns the unwrapped KEKs. Opened without close-on-drop: after a device
+    /// failure its handle may belong to someone else, so it is closed only on clean shutdown.
+    pub(crate) keyholder: Mutex<Session>,
+}
+
+#[derive(Debug)]
+enum State {
+    Up(Epoch),
+    Down { number: u64, since: Instant, last_attempt: Instant },
+}
+
+/// The token as the workers see it.
+#[derive(Debug)]
+pub(crate) struct Token {
+    ctx: Pkcs11,
+    config: TokenConfig,
+    state: RwLock<State>,
+    reinitializations: AtomicU64,
+    pub(crate) summary: TokenSummary,
+    pub(crate) caps: Capabilities,
+}
+
+#[derive(Debug)]
+struct TokenConfig {
+    label: Option<String>,
+    slot: Option<u64>,
+    pin: AuthPin,
+    mkek_label: String,
+}
+
+/// A read view of the current epoch, held for the length of one operation.
+pub(crate) struct EpochGuard<'a>(RwLockReadGuard<'a, State>);
+
+impl EpochGuard<'_> {
+    pub(crate) fn epoch(&self) -> Option<&Epoch> {
+        match &*self.0 {
+            State::Up(epoch) => Some(epoch),
+            State::Down { .. } => None,
+        }
+    }
+
+    pub(crate) fn number(&self) -> u64 {
+        match &*self.0 {
+            State::Up(epoch) => epoch.number,
+            State::Down { number, .. } => *number,
+        }
+    }
+}
+
+/// Whether a missing MKEK is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MkekPolicy {
+    /// Refuse to start without it.
+    Require,
+    /// Generate it in the token if absent (`init-token`, `serve --create-mkek`).
+    Create,
+}
+
+impl Token {
+    /// Loads the module, initialises it, logs in and finds (or creates) the MKEK.
+    pub(crate) fn open(config: &Pkcs11Config, pin: AuthPin, mkek: MkekPolicy) -> Result<Token> {
+        let ctx = load(&config.module)?;
+        let config = TokenConfig {
+            label: config.token_label.clone(),
+            slot: config.slot,
+            pin,
+            mkek_label: config.mkek_label.clone(),
+        };
+        let slot = find_slot(&ctx, &config)?;
+        let info = ctx.get_token_info(slot)?;
+        let library = ctx.get_library_info()?;
+        let summary = TokenSummary {
+            label: info.label().trim().to_owned(),
+            manufacturer: info.manufacturer_id().trim().to_owned(),
+            model: info.model().trim().to_owned(),
+            max_sessions: match info.max_session_count() {
+                Limit::Max(n) => Some(n),
+                Limit::Infinite | Limit::Unavailable => None,
+            },
+            library: format!(
+                "{} {}",
+                library.manufacturer_id().trim(),
+                library.library_description().trim()
+            ),
+        };
+        // Asked one by one: listing every mechanism makes cryptoki log each vendor-defined one.
+        let supports = |m| ctx.get_mechanism_info(slot, m).is_ok_and(|info| info.sign());
+        let caps = Capabilities {
+            ecdsa_sha256: supports(MechanismType::ECDSA_SHA256),
+            ecdsa_sha384: supports(MechanismType::ECDSA_SHA384),
+        };
+        let epoch = open_epoch(&ctx, &config, slot, 0, mkek)?;
+        Ok(Token {
+            ctx,
+            config,
+            state: RwLock::new(State::Up(epoch)),
+            reinitializations: AtomicU64::new(0),
+            summary,
+            caps,
+        })
+    }
+
+    pub(crate) fn context(&self) -> &Pkcs11 {
+        &self.ctx
+    }
+
+    pub(crate) fn reinitializations(&self) -> u64 {
+        self.reinitializations.load(Ordering::Relaxed)
+    }
+
+    /// The current epoch, for one operation. Never hold two at once.
+    pub(crate) fn read(&self) -> EpochGuard<'_> {
+        EpochGuard(self.state.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the library instance that epoch `seen` belonged to, unless another worker
+    /// already did. Clears the KEK cache: its objects died with the old instance.
+    pub(crate) fn reinitialize(&self, seen: u64, keys: &KekCache) -> Result<(), Status> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let (number, since) = match &*state {
+            State::Up(epoch) if epoch.number != seen => return Ok(()),
+            State::Up(epoch) => (epoch.number, Instant::now()),
+            State::Down { number, .. } if *number != seen => return Ok(()),
+            State::Down { last_attempt, .. } if last_attempt.elapsed() < REINIT_BACKOFF => {
+                return Err(Status::HsmUnavailable);
+            }
+            State::Down { number, since, .. } => (*number, *since),
+        };
+        // Dropping the old epoch does not close its sessions (see `Epoch::keyholder`).
+        *state = State::Down { number: number + 1, since, last_attempt: Instant::now() };
+        keys.clear();
+        tracing::warn!(epoch = number, "re-initialising the PKCS#11 library");
+        let _ = self.ctx.clone().finalize();
+        let result = match self.ctx.initialize(init_args()) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                find_slot(&self.ctx, &self.config).and_then(|slot| {
+                    open_epoch(&self.ctx, &self.config, slot, number + 1, MkekPolicy::Require)
+                })
+            }
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(epoch) => {
+                tracing::info!(
+                    epoch = epoch.number,
+                    down_ms = since.elapsed().as_millis(),
+                    "PKCS#11 library re-initialised"
+                );
+                *state = State::Up(epoch);
+                self.reinitializations.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "PKCS#11 re-initialisation failed; will retry");
+                Err(Status::HsmUnavailable)
+            }
+        }
+    }
+
+    /// Opens a worker session in the current epoch. Not closed on drop: see `Epoch::keyholder`.
+    pub(crate) fn open_session(&self, epoch: &Epoch) -> Result<Session, CryptokiError> {
+        self.ctx.open_ro_session_no_drop(epoch.slot)
+    }
+
+    /// Logs out, closes the key-holder session and finalises the library.
+    pub(crate) fn shutdown(&self) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let old = std::mem::replace(
+            &mut *state,
+            State::Down { number: u64::MAX, since: now, last_attempt: now },
+        );
+        if let State::Up(epoch) = old {
+            let keyholder = epoch.keyholder.into_inner().unwrap_or_else(|p| p.into_inner());
+            let _ = keyholder.logout();
+            let _ = keyholder.close();
+        }
+        let _ = self.ctx.clone().finalize();
+    }
+}
+
+fn init_args() -> CInitializeArgs {
+    CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
+}
+
+fn load(module: &Path) -> Result<Pkcs11> {
+    let ctx = Pkcs11::new(module).map_err(|e| {
+        Error::Token(format!("cannot load PKCS#11 module {}: {e}", module.display()))
+    })?;
+    match ctx.initialize(init_args()) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, config: &TokenConfig) -> Result<Slot> {
+    let slots = ctx.get_slots_with_token()?;
+    if let Some(id) = config.slot {
+        return slots
+            .into_iter()
+            .find(|s| s.id() == id)
+            .ok_or_else(|| Error::Token(format!("no token in slot {id}")));
+    }
+    let Some(label) = &config.label else {
+        return slots.into_iter().next().ok_or_else(|| Error::Token("no token present".into()));
+    };
+    for slot in slots {
+        if ctx.get_token_info(slot)?.label().trim() == label {
+            return Ok(slot);
+        }
+    }
+    Err(Error::Token(format!("no token labelled {label:?}")))
+}
+
+fn open_epoch(
+    ctx: &Pkcs11,
+    config: &TokenConfig,
+    slot: Slot,
+    number: u64,
+    policy: MkekPolicy,
+) -> Result<Epoch> {
+    let keyholder = ctx.open_rw_session_no_drop(slot)?;
+    match keyholder.login(UserType::User, Some(&config.pin)) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => {
+            let _ = keyholder.close();
+            return Err(e.into());
+        }
+    }
+    let mkek = match find_mkek(&keyholder, &config.mkek_label) {
+        Ok(Some(handle)) => handle,
+        Ok(None) if policy == MkekPolicy::Create => {
+            let handle = create_mkek(&keyholder, &config.mkek_label)?;
+            tracing::info!(label = %config.mkek_label, "created the master key (MKEK) in the token");
+            handle
+        }
+        Ok(None) => {
+            let _ = keyholder.close();
+            return Err(Error::Token(format!(
+                "no master key labelled {:?} in the token; create it once with \
+                 `hsm-proxy init-token --config <file>` (or `serve --create-mkek`)",
+                config.mkek_label
+            )));
+        }
+        Err(e) => {
+            let _ = keyholder.close();
+            return Err(e);
+        }
+    };
+    Ok(Epoch { number, slot, mkek, keyholder: Mutex::new(keyholder) })
+}
+
+/// Finds the MKEK and checks that the token enforces what the design relies on.
+fn find_mkek(session: &Session, label: &str) -> Result<Option<ObjectHandle>> {
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])?;
+    let handle = match found.as_slice() {
+        [] => return Ok(None),
+        [handle] => *handle,
+        _ => return Err(Error::Token(format!("{} keys are labelled {label:?}", found.len()))),
+    };
+    let attributes = session.get_attributes(
+        handle,
+        &[
+            AttributeType::KeyType,
+            AttributeType::Sensitive,
+            AttributeType::Extractable,
+            AttributeType::Wrap,
+            AttributeType::Unwrap,
+        ],
+    )?;
+    for attribute in attributes {
+        let ok = match attribute {
+            Attribute::KeyType(t) => t == KeyType::AES,
+            Attribute::Sensitive(v) | Attribute::Wrap(v) | Attribute::Unwrap(v) => v,
+            Attribute::Extractable(v) => !v,
+            _ => true,
+        };
+        if !ok {
+            return Err(Error::Token(format!(
+                "the key labelled {label:?} is not a sensitive, non-extractable AES wrapping key \
+                 ({attribute:?}); refusing to use it as the master key"
+            )));
+        }
+    }
+    Ok(Some(handle))
+}
+
+fn create_mkek(session: &Session, label: &str) -> Result<ObjectHandle> {
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| Error::Token(format!("random id: {e}")))?;
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    Ok(session.generate_key(&Mechanism::AesKeyGen, &template)?)
+}

@@ -1,0 +1,375 @@
+//! The operations, each as a sequence of PKCS#11 calls on one worker session.
+//!
+//! Temporary key objects are session objects destroyed by [`TempObject`] on every path out.
+//! Plaintext and key bytes that pass through the proxy (GCM payloads, HSM random for new AES
+//! keys) live only in zeroizing buffers.
+
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use hsm_proxy_proto::op::{
+    Blob, Decrypt, Encrypt, GCM_IV_BYTES, GCM_TAG_BYTES, GenerateKeyPair, GenerateSymmetric,
+    HealthReport, Kek, KekId, KeyPair, KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, Sealed, Sign,
+    SignMechanism, Signature, WrappedKey, WrappedKeyKind,
+};
+use hsm_proxy_proto::{Reply, Request, SecretBytes, Status};
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+use super::failure::{At, Failure, Step};
+use super::{Epoch, Token, der};
+use crate::keys::KekCache;
+
+/// Everything an operation may use.
+pub(crate) struct OpContext<'a> {
+    pub(crate) session: &'a Session,
+    pub(crate) epoch: &'a Epoch,
+    pub(crate) token: &'a Token,
+    pub(crate) keys: &'a KekCache,
+    pub(crate) sessions: u32,
+}
+
+/// The KEK ids an operation uses, so that a stale handle can be evicted before the retry.
+pub(crate) fn keks(op: &Request) -> Vec<KekId> {
+    match op {
+        Request::Encrypt(o) => vec![o.kek.id],
+        Request::Decrypt(o) => vec![o.kek.id],
+        Request::GenerateSymmetric(o) => vec![o.kek.id],
+        Request::GenerateKeyPair(o) => vec![o.kek.id],
+        Request::Sign(o) => vec![o.kek.id],
+        Request::Rewrap(o) => vec![o.old.id, o.new.id],
+        _ => Vec::new(),
+    }
+}
+
+/// Runs one operation.
+pub(crate) fn execute(cx: &OpContext<'_>, op: &Request) -> Result<Reply, Failure> {
+    match op {
+        Request::Health(_) => health(cx).map(Reply::Health),
+        Request::GenerateKek(_) => generate_kek(cx).map(Reply::GenerateKek),
+        Request::Encrypt(o) => encrypt(cx, o).map(Reply::Encrypt),
+        Request::Decrypt(o) => decrypt(cx, o).map(Reply::Decrypt),
+        Request::GenerateSymmetric(o) => generate_symmetric(cx, o).map(Reply::GenerateSymmetric),
+        Request::GenerateKeyPair(o) => generate_key_pair(cx, o).map(Reply::GenerateKeyPair),
+        Request::Sign(o) => sign(cx, o).map(Reply::Sign),
+        Request::Rewrap(o) => rewrap(cx, o).map(Reply::Rewrap),
+        Request::Random(o) => random(cx, o).map(Reply::Random),
+        _ => Err(Failure::Status(Status::UnknownOperation)),
+    }
+}
+
+/// A session object destroyed when it goes out of scope.
+struct TempObject<'a> {
+    session: &'a Session,
+    handle: ObjectHandle,
+}
+
+impl Drop for TempObject<'_> {
+    fn drop(&mut self) {
+        // A failure leaves a session object that dies with the session at the latest.
+        let _ = self.session.destroy_object(self.handle);
+    }
+}
+
+fn temp(session: &Session, handle: ObjectHandle) -> TempObject<'_> {
+    TempObject { session, handle }
+}
+
+fn health(cx: &OpContext<'_>) -> Result<HealthReport, Failure> {
+    // A real round trip through the token: the RNG is cheap and needs a working session.
+    let _ = Zeroizing::new(cx.session.generate_random_vec(16).at(Step::Other)?);
+    let info = cx.token.context().get_token_info(cx.epoch.slot).at(Step::Other)?;
+    Ok(HealthReport {
+        token_label: info.label().trim().to_owned(),
+        manufacturer: info.manufacturer_id().trim().to_owned(),
+        model: info.model().trim().to_owned(),
+        sessions: cx.sessions,
+        kek_cache_entries: u32::try_from(cx.keys.len()).unwrap_or(u32::MAX),
+        kek_cache_capacity: u32::try_from(cx.keys.capacity()).unwrap_or(u32::MAX),
+        reinitializations: cx.token.reinitializations(),
+        age_ms: 0,
+    })
+}
+
+fn generate_kek(cx: &OpContext<'_>) -> Result<Kek, Failure> {
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        // Extractable only so that it can be wrapped under the MKEK once; every later copy is
+        // unwrapped non-extractable.
+        Attribute::Extractable(true),
+    ];
+    let key = cx.session.generate_key(&Mechanism::AesKeyGen, &template).at(Step::Other)?;
+    let key = temp(cx.session, key);
+    let wrapped = cx
+        .session
+        .wrap_key(&Mechanism::AesKeyWrapPad, cx.epoch.mkek, key.handle)
+        .at(Step::MkekWrap)?;
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|_| Failure::Status(Status::Internal))?;
+    Ok(Kek { id: KekId(id), wrapped })
+}
+
+fn encrypt(cx: &OpContext<'_>, op: &Encrypt) -> Result<Sealed, Failure> {
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    seal(cx.session, kek.handle, op.plaintext.expose_secret(), &op.aad)
+}
+
+fn decrypt(cx: &OpContext<'_>, op: &Decrypt) -> Result<SecretBytes, Failure> {
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    open(cx.session, kek.handle, &op.sealed, &op.aad)
+}
+
+fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Sealed, Failure> {
+    let bytes = match op.bits {
+        128 | 192 | 256 => u32::from(op.bits / 8),
+        _ => return Err(Failure::Status(Status::InvalidArgument)),
+    };
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    // Key bytes from the HSM's approved generator (SP 800-133 direct DRBG output), sealed in
+    // the same GCM form as every stored secret so that payload retrieval is uniform.
+    let key = Zeroizing::new(cx.session.generate_random_vec(bytes).at(Step::Other)?);
+    seal(cx.session, kek.handle, &key, &op.aad)
+}
+
+fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair, Failure> {
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let (mechanism, mut public_template, kind) = match op.spec {
+        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
+            let bits: u64 = match op.spec {
+                KeyPairSpec::Rsa2048 => 2048,
+                KeyPairSpec::Rsa3072 => 3072,
+                _ => 4096,
+            };
+            let template = vec![
+                Attribute::ModulusBits(bits.into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+            ];
+            (Mechanism::RsaPkcsKeyPairGen, template, WrappedKeyKind::RsaPrivate)
+        }
+        KeyPairSpec::EcP256 | KeyPairSpec::EcP384 => {
+            let oid = if op.spec == KeyPairSpec::EcP256 { der::OID_P256 } else { der::OID_P384 };
+            (
+                Mechanism::EccKeyPairGen,
+                vec![Attribute::EcParams(oid.to_vec())],
+                WrappedKeyKind::EcPrivate,
+            )
+        }
+        _ => return Err(Failure::Status(Status::InvalidArgument)),
+    };
+    public_template.extend([Attribute::Token(false), Attribute::Verify(true)]);
+    let private_template = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+    ];
+    let (public, private) = cx
+        .session
+        .generate_key_pair(&mechanism, &public_template, &private_template)
+        .at(Step::Other)?;
+    let public = temp(cx.session, public);
+    let private = temp(cx.session, private);
+    let blob = cx
+        .session
+        .wrap_key(&Mechanism::AesKeyWrapPad, kek.handle, private.handle)
+        .at(Step::Other)?;
+    let public_key_der = match kind {
+        WrappedKeyKind::RsaPrivate => {
+            let attrs = cx
+                .session
+                .get_attributes(
+                    public.handle,
+                    &[AttributeType::Modulus, AttributeType::PublicExponent],
+                )
+                .at(Step::Other)?;
+            let (mut n, mut e) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(v) => n = Some(v),
+                    Attribute::PublicExponent(v) => e = Some(v),
+                    _ => {}
+                }
+            }
+            let (Some(n), Some(e)) = (n, e) else {
+                return Err(Failure::Status(Status::HsmFailure));
+            };
+            der::rsa_spki(&n, &e)
+        }
+        _ => {
+            let attrs = cx
+                .session
+                .get_attributes(public.handle, &[AttributeType::EcPoint])
+                .at(Step::Other)?;
+            let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
+                return Err(Failure::Status(Status::HsmFailure));
+            };
+            let oid = if op.spec == KeyPairSpec::EcP256 { der::OID_P256 } else { der::OID_P384 };
+            der::ec_spki(oid, der::ec_point(&point))
+        }
+    };
+    Ok(KeyPair { private_key: WrappedKey { kind, blob }, public_key_der })
+}
+
+fn sign(cx: &OpContext<'_>, op: &Sign) -> Result<Signature, Failure> {
+    let is_rsa = !matches!(op.mechanism, SignMechanism::EcdsaSha256 | SignMechanism::EcdsaSha384);
+    match (op.key.kind, is_rsa) {
+        (WrappedKeyKind::RsaPrivate, true) | (WrappedKeyKind::EcPrivate, false) => {}
+        _ => return Err(Failure::Status(Status::InvalidArgument)),
+    }
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let key = unwrap_key(cx.session, kek.handle, &op.key, false)?;
+    let pss = |hash_alg, mgf, s_len: u64| PkcsPssParams { hash_alg, mgf, s_len: s_len.into() };
+    let caps = cx.token.caps;
+    // Tokens without hashing ECDSA (SoftHSM2) get the digest computed here: it is not secret.
+    let mechanism = match op.mechanism {
+        SignMechanism::RsaPkcs1v15Sha256 => Mechanism::Sha256RsaPkcs,
+        SignMechanism::RsaPkcs1v15Sha384 => Mechanism::Sha384RsaPkcs,
+        SignMechanism::RsaPkcs1v15Sha512 => Mechanism::Sha512RsaPkcs,
+        SignMechanism::RsaPssSha256 => {
+            Mechanism::Sha256RsaPkcsPss(pss(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32))
+        }
+        SignMechanism::RsaPssSha384 => {
+            Mechanism::Sha384RsaPkcsPss(pss(MechanismType::SHA384, PkcsMgfType::MGF1_SHA384, 48))
+        }
+        SignMechanism::RsaPssSha512 => {
+            Mechanism::Sha512RsaPkcsPss(pss(MechanismType::SHA512, PkcsMgfType::MGF1_SHA512, 64))
+        }
+        SignMechanism::EcdsaSha256 if caps.ecdsa_sha256 => Mechanism::EcdsaSha256,
+        SignMechanism::EcdsaSha384 if caps.ecdsa_sha384 => Mechanism::EcdsaSha384,
+        SignMechanism::EcdsaSha256 => {
+            let digest = sha2::Sha256::digest(&op.data);
+            return sign_with(cx.session, &Mechanism::Ecdsa, key.handle, &digest);
+        }
+        SignMechanism::EcdsaSha384 => {
+            let digest = sha2::Sha384::digest(&op.data);
+            return sign_with(cx.session, &Mechanism::Ecdsa, key.handle, &digest);
+        }
+        _ => return Err(Failure::Status(Status::MechanismUnsupported)),
+    };
+    sign_with(cx.session, &mechanism, key.handle, &op.data)
+}
+
+fn sign_with(
+    session: &Session,
+    mechanism: &Mechanism<'_>,
+    key: ObjectHandle,
+    data: &[u8],
+) -> Result<Signature, Failure> {
+    let bytes = session.sign(mechanism, key, data).at(Step::Other)?;
+    Ok(Signature { bytes })
+}
+
+fn rewrap(cx: &OpContext<'_>, op: &Rewrap) -> Result<Blob, Failure> {
+    let old = cx.keys.resolve(&op.old, cx.epoch)?;
+    let new = cx.keys.resolve(&op.new, cx.epoch)?;
+    match &op.blob {
+        Blob::Wrapped(wrapped) => {
+            // Unwrapped into the HSM and wrapped out again: the key never leaves it in clear.
+            let key = unwrap_key(cx.session, old.handle, wrapped, true)?;
+            let blob = cx
+                .session
+                .wrap_key(&Mechanism::AesKeyWrapPad, new.handle, key.handle)
+                .at(Step::Other)?;
+            Ok(Blob::Wrapped(WrappedKey { kind: wrapped.kind, blob }))
+        }
+        Blob::Sealed { sealed, aad } => {
+            // PKCS#11 v2.40 tokens cannot re-encrypt GCM data inside the token, so the plaintext
+            // passes through this process, in a zeroizing buffer, for the two calls.
+            let plaintext = open(cx.session, old.handle, sealed, aad)?;
+            let sealed = seal(cx.session, new.handle, plaintext.expose_secret(), aad)?;
+            Ok(Blob::Sealed { sealed, aad: aad.clone() })
+        }
+        _ => Err(Failure::Status(Status::InvalidArgument)),
+    }
+}
+
+fn random(cx: &OpContext<'_>, op: &Random) -> Result<SecretBytes, Failure> {
+    if op.len > MAX_RANDOM_BYTES {
+        return Err(Failure::Status(Status::InvalidArgument));
+    }
+    Ok(SecretBytes::new(cx.session.generate_random_vec(op.len).at(Step::Other)?))
+}
+
+/// AES-256-GCM with a fresh random 96-bit IV.
+fn seal(
+    session: &Session,
+    key: ObjectHandle,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Sealed, Failure> {
+    let mut iv = [0u8; GCM_IV_BYTES];
+    // 96-bit random IVs from the OS generator: NIST SP 800-38D 8.2.2; project KEKs are rotated
+    // long before 2^32 encryptions.
+    getrandom::fill(&mut iv).map_err(|_| Failure::Status(Status::Internal))?;
+    let mut iv_param = iv;
+    let params = GcmParams::new(&mut iv_param, aad, tag_bits())
+        .map_err(|_| Failure::Status(Status::InvalidArgument))?;
+    let mut out = session.encrypt(&Mechanism::AesGcm(params), key, plaintext).at(Step::Other)?;
+    if out.len() != plaintext.len() + GCM_TAG_BYTES {
+        return Err(Failure::Status(Status::HsmFailure));
+    }
+    let tag_bytes = out.split_off(plaintext.len());
+    let tag = tag_bytes.try_into().map_err(|_| Failure::Status(Status::HsmFailure))?;
+    Ok(Sealed { ciphertext: out, iv, tag })
+}
+
+fn open(
+    session: &Session,
+    key: ObjectHandle,
+    sealed: &Sealed,
+    aad: &[u8],
+) -> Result<SecretBytes, Failure> {
+    let mut input = Vec::with_capacity(sealed.ciphertext.len() + GCM_TAG_BYTES);
+    input.extend_from_slice(&sealed.ciphertext);
+    input.extend_from_slice(&sealed.tag);
+    let mut iv = sealed.iv;
+    let params = GcmParams::new(&mut iv, aad, tag_bits())
+        .map_err(|_| Failure::Status(Status::InvalidArgument))?;
+    let plaintext =
+        Zeroizing::new(session.decrypt(&Mechanism::AesGcm(params), key, &input).at(Step::Decrypt)?);
+    Ok(SecretBytes::from(plaintext))
+}
+
+fn tag_bits() -> cryptoki::types::Ulong {
+    // GCM_TAG_BYTES is 16: 128 bits.
+    128u64.into()
+}
+
+/// Unwraps a key under a KEK as a temporary session object, sensitive and never extractable
+/// unless it is to be wrapped out again (`for_rewrap`).
+fn unwrap_key<'s>(
+    session: &'s Session,
+    kek: ObjectHandle,
+    key: &WrappedKey,
+    for_rewrap: bool,
+) -> Result<TempObject<'s>, Failure> {
+    let (class, key_type) = match key.kind {
+        WrappedKeyKind::Aes => (ObjectClass::SECRET_KEY, KeyType::AES),
+        WrappedKeyKind::RsaPrivate => (ObjectClass::PRIVATE_KEY, KeyType::RSA),
+        WrappedKeyKind::EcPrivate => (ObjectClass::PRIVATE_KEY, KeyType::EC),
+        _ => return Err(Failure::Status(Status::InvalidArgument)),
+    };
+    let mut template = vec![
+        Attribute::Class(class),
+        Attribute::KeyType(key_type),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(for_rewrap),
+    ];
+    if class == ObjectClass::PRIVATE_KEY {
+        template.push(Attribute::Sign(true));
+    }
+    let handle = session
+        .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &key.blob, &template)
+        .at(Step::KeyUnwrap)?;
+    Ok(temp(session, handle))
+}

@@ -1,0 +1,174 @@
+//! The KEK cache: project KEKs unwrapped into the HSM once and reused by handle.
+//!
+//! Unwrapped KEKs are session objects owned by the key-holder session, so they survive the loss
+//! of any worker session and are visible to all of them. The cache is bounded (least recently
+//! used first out) because HSM object slots are. An evicted KEK is destroyed only once no worker
+//! still holds it: the last reference moves its handle to a graveyard that the next miss empties,
+//! so no handle is destroyed under a running operation.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use hsm_proxy_proto::Status;
+use hsm_proxy_proto::op::{Kek, KekId};
+use lru::LruCache;
+
+use crate::hsm::Epoch;
+use crate::hsm::failure::{At, Failure, Step};
+use crate::metrics::Metrics;
+
+/// A KEK unwrapped in the HSM.
+#[derive(Debug)]
+pub(crate) struct KekEntry {
+    pub(crate) handle: ObjectHandle,
+    epoch: u64,
+    /// The blob it came from: a request naming this id with another blob is refused.
+    wrapped: Vec<u8>,
+    graveyard: Arc<Mutex<Vec<(u64, ObjectHandle)>>>,
+}
+
+impl Drop for KekEntry {
+    fn drop(&mut self) {
+        lock(&self.graveyard).push((self.epoch, self.handle));
+    }
+}
+
+/// The cache of unwrapped KEKs, shared by all workers.
+#[derive(Debug)]
+pub(crate) struct KekCache {
+    entries: Mutex<LruCache<KekId, Arc<KekEntry>>>,
+    graveyard: Arc<Mutex<Vec<(u64, ObjectHandle)>>>,
+    capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl KekCache {
+    pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        let cap = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            entries: Mutex::new(LruCache::new(cap)),
+            graveyard: Arc::new(Mutex::new(Vec::new())),
+            capacity: cap.get(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// (hits, misses) since start.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    /// The handle of `kek` in this epoch, unwrapping it under the MKEK on a miss.
+    pub(crate) fn resolve(&self, kek: &Kek, epoch: &Epoch) -> Result<Arc<KekEntry>, Failure> {
+        if let Some(entry) = self.lookup(kek, epoch.number)? {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.kek_cache_hits.inc();
+            return Ok(entry);
+        }
+        let keyholder = lock(&epoch.keyholder);
+        // Another worker may have unwrapped it while we waited for the key-holder.
+        if let Some(entry) = self.lookup(kek, epoch.number)? {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.kek_cache_hits.inc();
+            return Ok(entry);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.kek_cache_misses.inc();
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+        ];
+        let handle = keyholder
+            .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, &kek.wrapped, &template)
+            .at(Step::KekUnwrap)?;
+        let entry = Arc::new(KekEntry {
+            handle,
+            epoch: epoch.number,
+            wrapped: kek.wrapped.clone(),
+            graveyard: self.graveyard.clone(),
+        });
+        let evicted = {
+            let mut entries = lock(&self.entries);
+            let evicted = entries.push(kek.id, entry.clone());
+            self.metrics.kek_cache_entries.set(gauge(entries.len()));
+            evicted
+        };
+        if evicted.is_some() {
+            self.metrics.kek_cache_evictions.inc();
+        }
+        // Dropping the evicted entry (outside the cache lock) sends it to the graveyard if no
+        // worker holds it; then the graveyard is emptied with the key-holder we hold.
+        drop(evicted);
+        let dead: Vec<_> = lock(&self.graveyard).drain(..).collect();
+        for (dead_epoch, handle) in dead {
+            // Objects of an earlier epoch died with its library instance; their handle numbers
+            // may have been reused since.
+            if dead_epoch == epoch.number {
+                let _ = keyholder.destroy_object(handle);
+            }
+        }
+        Ok(entry)
+    }
+
+    fn lookup(&self, kek: &Kek, epoch: u64) -> Result<Option<Arc<KekEntry>>, Failure> {
+        let mut entries = lock(&self.entries);
+        match entries.get(&kek.id) {
+            Some(entry) if entry.wrapped != kek.wrapped => {
+                // Same id, different key: refusing is the only answer that cannot mix keys up.
+                Err(Failure::Status(Status::InvalidArgument))
+            }
+            Some(entry) if entry.epoch == epoch => Ok(Some(entry.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Forgets one KEK whose handle turned out to be invalid.
+    pub(crate) fn evict(&self, id: &KekId) {
+        let mut entries = lock(&self.entries);
+        entries.pop(id);
+        self.metrics.kek_cache_entries.set(gauge(entries.len()));
+    }
+
+    /// Forgets every KEK (the library was re-initialised: their objects are gone).
+    pub(crate) fn clear(&self) {
+        let mut entries = lock(&self.entries);
+        entries.clear();
+        self.metrics.kek_cache_entries.set(0);
+        drop(entries);
+        lock(&self.graveyard).clear();
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Locks a mutex; a worker that panicked while holding one leaves data that is still
+/// consistent (every critical section here is a single map or vector update).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

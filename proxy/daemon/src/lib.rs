@@ -1,0 +1,184 @@
+//! `hsm-proxy`: the one process that talks to an HSM.
+//!
+//! It holds a fixed pool of PKCS#11 sessions, logged in once, and serves batched operations
+//! from appliances over mutual TLS (the wire protocol is `hsm-proxy-proto`). The key hierarchy
+//! lives in the token: a non-extractable master key (MKEK) found by label, and project KEKs that
+//! leave the token only wrapped under it and are unwrapped into it on first use.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod hardening;
+mod hsm;
+mod keys;
+pub mod metrics;
+mod pool;
+mod server;
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+pub use crate::config::Config;
+pub use crate::error::{Error, Result};
+pub use crate::hsm::MkekPolicy;
+use crate::hsm::Token;
+use crate::keys::KekCache;
+pub use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolSettings};
+use crate::server::ServerSettings;
+
+/// A started proxy: token open, logged in, workers running; not yet listening.
+#[derive(Debug)]
+pub struct Proxy {
+    pool: Arc<Pool>,
+    tls: Arc<rustls::ServerConfig>,
+    metrics: Arc<Metrics>,
+    settings: ServerSettings,
+    summary: String,
+}
+
+impl Proxy {
+    /// Opens the token, resolves the MKEK and starts the session pool.
+    pub fn start(config: &Config, mkek: MkekPolicy) -> Result<Proxy> {
+        let tls = tls::server_config(&config.tls)?;
+        let pin = config.pkcs11.read_pin()?;
+        let metrics = Metrics::new();
+        let token = Arc::new(Token::open(&config.pkcs11, pin, mkek)?);
+        let workers = worker_count(config, token.summary.max_sessions)?;
+        let keys = Arc::new(KekCache::new(config.keys.kek_cache_capacity, metrics.clone()));
+        let summary = format!(
+            "token {:?} ({} {}) through {}, {} worker sessions",
+            token.summary.label,
+            token.summary.manufacturer,
+            token.summary.model,
+            token.summary.library,
+            workers
+        );
+        let settings = PoolSettings {
+            workers,
+            queue_depth: config.pool.queue_depth,
+            health_cache: Duration::from_millis(config.health.cache_ms),
+            log_error_details: config.logging.log_error_details,
+        };
+        let pool = Pool::start(token, keys, settings, metrics.clone()).map_err(Error::Network)?;
+        let server = &config.server;
+        let settings = ServerSettings {
+            max_body_bytes: server.max_body_bytes,
+            max_batch_ops: server.max_batch_ops,
+            max_connections: server.max_connections,
+            max_frames_in_flight: server.max_frames_in_flight,
+            handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+            drain_timeout: Duration::from_millis(server.drain_timeout_ms),
+            default_deadline: Duration::from_millis(u64::from(config.pool.default_deadline_ms)),
+            max_deadline: Duration::from_millis(u64::from(config.pool.max_deadline_ms)),
+        };
+        Ok(Proxy { pool: Arc::new(pool), tls, metrics, settings, summary })
+    }
+
+    /// One line saying which token and how many sessions, for the start-up log.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Number of worker sessions.
+    pub fn workers(&self) -> usize {
+        self.pool.workers()
+    }
+
+    /// Serves until `shutdown` completes, then drains and logs out.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(listener) = metrics_listener {
+            tokio::spawn(metrics::serve(listener, self.metrics.clone(), stop_rx.clone()));
+        }
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let server = server::serve(
+            listener,
+            acceptor,
+            self.pool.clone(),
+            self.settings,
+            self.metrics.clone(),
+            stop_rx,
+        );
+        tokio::pin!(server);
+        tokio::select! {
+            () = &mut server => {}
+            () = shutdown => {
+                tracing::info!("shutting down: draining connections");
+                let _ = stop_tx.send(true);
+                server.await;
+            }
+        }
+        let pool = self.pool.clone();
+        // Joining worker threads blocks: keep it off the async runtime.
+        let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+        tracing::info!("stopped; sessions closed and logged out");
+        Ok(())
+    }
+}
+
+/// Creates the MKEK if the token has none; true when it was created.
+pub fn init_token(config: &Config) -> Result<bool> {
+    let pin = config.pkcs11.read_pin()?;
+    match Token::open(&config.pkcs11, pin.clone(), MkekPolicy::Require) {
+        Ok(token) => {
+            token.shutdown();
+            Ok(false)
+        }
+        Err(Error::Token(msg)) if msg.contains("no master key") => {
+            let token = Token::open(&config.pkcs11, pin, MkekPolicy::Create)?;
+            token.shutdown();
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Worker sessions: the configured number, or one per CPU, within the session budget and the
+/// token's `ulMaxSessionCount`, one session being the key-holder.
+fn worker_count(config: &Config, token_max: Option<u64>) -> Result<usize> {
+    let token_max = token_max.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
+    let limit = config.pool.max_sessions.min(token_max).saturating_sub(1);
+    if limit == 0 {
+        return Err(Error::Config(format!(
+            "the token allows {token_max} sessions: no room for a worker beside the key-holder"
+        )));
+    }
+    let wanted = match config.pool.sessions {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    };
+    if wanted > limit {
+        tracing::warn!(wanted, limit, "session budget or token limit caps the worker count");
+    }
+    Ok(wanted.min(limit))
+}
+
+/// Addresses written to the ready file once the proxy listens.
+#[derive(Debug, serde::Serialize)]
+pub struct ReadyInfo {
+    /// The mutual-TLS listener.
+    pub listen: SocketAddr,
+    /// The metrics listener, if any.
+    pub metrics: Option<SocketAddr>,
+    /// The daemon's process id.
+    pub pid: u32,
+}

@@ -1,0 +1,163 @@
+//! `hsm-proxy`: command line of the proxy daemon.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hsm_proxy::{Config, MkekPolicy, Proxy, ReadyInfo};
+use tokio::net::TcpListener;
+
+/// The HSM proxy: a PKCS#11 session pool behind mutual TLS.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve appliances until SIGTERM or Ctrl-C.
+    Serve {
+        /// The configuration file (see proxy.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Create the master key in the token if it is missing (otherwise refuse to start).
+        #[arg(long)]
+        create_mkek: bool,
+        /// Write the bound addresses as JSON to this file once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Create the master key (MKEK) in the token, once, before the first `serve`.
+    InitToken {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and say what it would do.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("hsm-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config, create_mkek, ready_file } => {
+            let cfg = Config::load(&config)?;
+            // Before the PIN is read or the token touched: nothing secret is swapped or dumped.
+            hsm_proxy::hardening::apply(&cfg.hardening)?;
+            let policy = if create_mkek { MkekPolicy::Create } else { MkekPolicy::Require };
+            let proxy = Proxy::start(&cfg, policy)?;
+            tracing::info!("{}", proxy.summary());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("hsm-proxy-io")
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(proxy, &cfg, ready_file.as_deref()))
+        }
+        Command::InitToken { config } => {
+            let cfg = Config::load(&config)?;
+            if hsm_proxy::init_token(&cfg)? {
+                println!("created master key {:?} in the token", cfg.pkcs11.mkek_label);
+            } else {
+                println!("master key {:?} already present; nothing to do", cfg.pkcs11.mkek_label);
+            }
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(&config)?;
+            println!("{}: valid", config.display());
+            println!("  listen            {}", cfg.server.listen);
+            match cfg.server.metrics_listen {
+                Some(addr) => println!("  metrics           http://{addr}/metrics"),
+                None => println!("  metrics           off"),
+            }
+            println!("  module            {}", cfg.pkcs11.module.display());
+            println!("  allowed clients   {}", cfg.tls.allowed_clients.join(", "));
+            println!("  lock memory       {:?}", cfg.hardening.lock_memory);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(proxy: Proxy, cfg: &Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.listen))?;
+    let metrics_listener = match cfg.server.metrics_listen {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?)
+        }
+        None => None,
+    };
+    let info = ReadyInfo {
+        listen: listener.local_addr()?,
+        metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        pid: std::process::id(),
+    };
+    tracing::info!(listen = %info.listen, metrics = ?info.metrics, "serving");
+    if let Some(path) = ready_file {
+        write_ready_file(path, &info)?;
+    }
+    proxy.serve(listener, metrics_listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Written to a temporary name and renamed, so that a reader never sees half a file.
+fn write_ready_file(path: &Path, info: &ReadyInfo) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,257 @@
+//! The listener: accepts mutual-TLS connections, reads frames, and answers each batch.
+//!
+//! Every header is checked before its body is read. A header that cannot be trusted (wrong
+//! magic, version or flags, or a body over the limit) is answered with a refusal and the
+//! connection is closed, since the next frame boundary is unknown; a body that is malformed
+//! inside its announced length is refused alone and the connection goes on. Batches run
+//! concurrently, up to a per-connection limit, and are answered by request id as they finish.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hsm_proxy_proto::frame::{FrameKind, HEADER_BYTES, Header};
+use hsm_proxy_proto::{Outcome, Request, RequestBatch, ResponseBatch, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use zeroize::Zeroizing;
+
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+
+/// Limits the listener enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServerSettings {
+    pub(crate) max_body_bytes: u32,
+    pub(crate) max_batch_ops: u32,
+    pub(crate) max_connections: usize,
+    pub(crate) max_frames_in_flight: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) default_deadline: Duration,
+    pub(crate) max_deadline: Duration,
+}
+
+/// Accepts connections until `shutdown` fires, then waits (up to the drain timeout) for the
+/// frames in flight to be answered.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    pool: Arc<Pool>,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let conn = Connection {
+            pool: pool.clone(),
+            settings,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            conn.run(acceptor, tcp, peer).await;
+            drop(permit);
+        });
+    }
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(settings.drain_timeout, connections.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("drain timeout: closing connections with frames in flight"),
+    }
+}
+
+struct Connection {
+    pool: Arc<Pool>,
+    settings: ServerSettings,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(mut self, acceptor: TlsAcceptor, tcp: TcpStream, peer: std::net::SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                let reason = handshake_failure_reason(&e);
+                self.metrics.handshake_failures.with_label_values(&[reason]).inc();
+                tracing::warn!(%peer, reason, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.metrics.handshake_failures.with_label_values(&["timeout"]).inc();
+                tracing::warn!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        self.metrics.connections.inc();
+        tracing::debug!(%peer, "client connected");
+        let (read_half, write_half) = tokio::io::split(tls);
+        let (frames_tx, frames_rx) = mpsc::channel(self.settings.max_frames_in_flight + 1);
+        let writer = tokio::spawn(write_loop(write_half, frames_rx));
+        let in_flight = Arc::new(Semaphore::new(self.settings.max_frames_in_flight));
+        let reason = self.read_loop(read_half, &frames_tx, &in_flight).await;
+        // Answer what is in flight before closing.
+        let all = u32::try_from(self.settings.max_frames_in_flight).unwrap_or(u32::MAX);
+        let _ = in_flight.acquire_many(all).await;
+        drop(frames_tx);
+        let _ = writer.await;
+        self.metrics.connections.dec();
+        tracing::debug!(%peer, reason, "client disconnected");
+    }
+
+    /// Reads frames until the peer closes, a header is refused, or shutdown; says which.
+    async fn read_loop(
+        &mut self,
+        mut half: ReadHalf<TlsStream<TcpStream>>,
+        frames: &mpsc::Sender<Zeroizing<Vec<u8>>>,
+        in_flight: &Arc<Semaphore>,
+    ) -> &'static str {
+        loop {
+            let mut header = [0u8; HEADER_BYTES];
+            tokio::select! {
+                read = half.read_exact(&mut header) => if read.is_err() { return "closed by peer" },
+                _ = self.shutdown.changed() => return "shutdown",
+            }
+            let header = match Header::decode(&header, self.settings.max_body_bytes) {
+                Ok(h) if h.kind == FrameKind::Request => h,
+                Ok(h) => {
+                    self.refuse(frames, h.request_id, Status::MalformedFrame).await;
+                    return "response frame from client";
+                }
+                Err(e) => {
+                    self.refuse(frames, e.request_id.unwrap_or(0), e.status).await;
+                    return "bad frame header";
+                }
+            };
+            let mut body = Zeroizing::new(vec![0u8; usize_of(header.body_len)]);
+            if half.read_exact(&mut body).await.is_err() {
+                return "truncated frame";
+            }
+            let (timeout_ms, ops) = match RequestBatch::decode(&body, self.settings.max_batch_ops) {
+                Ok(decoded) => decoded,
+                Err(status) => {
+                    self.refuse(frames, header.request_id, status).await;
+                    continue;
+                }
+            };
+            // Plaintexts now live in the decoded operations; wipe the receive buffer.
+            drop(body);
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return "closing";
+            };
+            self.metrics.batch_size.observe(ops.len() as f64);
+            let requested = Duration::from_millis(u64::from(timeout_ms));
+            let budget = if timeout_ms == 0 { self.settings.default_deadline } else { requested };
+            let deadline = Instant::now() + budget.min(self.settings.max_deadline);
+            let pool = self.pool.clone();
+            let frames = frames.clone();
+            let request_id = header.request_id;
+            tokio::spawn(async move {
+                let results = run_batch(&pool, ops, deadline).await;
+                let frame = Zeroizing::new(ResponseBatch::encode_frame(request_id, &results));
+                drop(results);
+                let _ = frames.send(frame).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn refuse(&self, frames: &mpsc::Sender<Zeroizing<Vec<u8>>>, id: u64, status: Status) {
+        self.metrics.frames_refused.with_label_values(&[status.name()]).inc();
+        tracing::info!(request_id = id, %status, "request frame refused");
+        let _ = frames.send(Zeroizing::new(ResponseBatch::encode_refusal(id, status))).await;
+    }
+}
+
+/// Queues every operation of a batch, then collects the answers in order.
+async fn run_batch(pool: &Pool, ops: Vec<Outcome<Request>>, deadline: Instant) -> Vec<Outcome> {
+    let mut pending = Vec::with_capacity(ops.len());
+    for op in ops {
+        pending.push(match op {
+            Ok(op) => pool.enqueue(op, deadline).await,
+            Err(status) => Err(status),
+        });
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for p in pending {
+        results.push(match p {
+            Ok(rx) => rx.await.unwrap_or(Err(Status::Internal)),
+            Err(status) => Err(status),
+        });
+    }
+    results
+}
+
+async fn write_loop(
+    half: WriteHalf<TlsStream<TcpStream>>,
+    mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, half);
+    while let Some(frame) = frames.recv().await {
+        if out.write_all(&frame).await.is_err() {
+            return;
+        }
+        // Answers that are already waiting leave in the same flush: fewer records and syscalls.
+        while let Ok(frame) = frames.try_recv() {
+            if out.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if out.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}
+
+fn usize_of(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// A metric label for a failed handshake.
+fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<TlsError>()) else {
+        return "io";
+    };
+    match tls {
+        TlsError::NoCertificatesPresented => "no_client_certificate",
+        TlsError::InvalidCertificate(CertificateError::NotValidForName)
+        | TlsError::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            "client_not_allowed"
+        }
+        TlsError::InvalidCertificate(CertificateError::UnknownIssuer)
+        | TlsError::InvalidCertificate(CertificateError::BadSignature) => "unknown_issuer",
+        TlsError::InvalidCertificate(_) => "invalid_certificate",
+        TlsError::PeerIncompatible(_) => "incompatible_peer",
+        TlsError::InvalidMessage(_) => "not_tls",
+        _ => "other",
+    }
+}

@@ -1,0 +1,378 @@
+//! Every operation through the real daemon on a SoftHSM2 token, and the ways each must fail.
+
+mod common;
+
+use hsm_proxy_proto::client::{Client, Error};
+use hsm_proxy_proto::op::{
+    Blob, Decrypt, Encrypt, GenerateKek, GenerateKeyPair, GenerateSymmetric, Health, Kek, KekId,
+    KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, Sealed, Sign, SignMechanism, WrappedKey,
+};
+use hsm_proxy_proto::{Reply, Request, SecretBytes, Status};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+
+use common::{Proxy, Settings, Token};
+
+async fn encrypt(client: &Client, kek: &Kek, plaintext: &[u8], aad: &[u8]) -> Sealed {
+    client
+        .call(Encrypt {
+            kek: kek.clone(),
+            plaintext: SecretBytes::copy_from(plaintext),
+            aad: aad.to_vec(),
+        })
+        .await
+        .unwrap()
+}
+
+async fn decrypt(
+    client: &Client,
+    kek: &Kek,
+    sealed: &Sealed,
+    aad: &[u8],
+) -> Result<SecretBytes, Error> {
+    client.call(Decrypt { kek: kek.clone(), sealed: sealed.clone(), aad: aad.to_vec() }).await
+}
+
+fn status(result: Result<impl std::fmt::Debug, Error>) -> Status {
+    match result {
+        Err(Error::Operation(status)) => status,
+        other => panic!("expected an operation status, got {other:?}"),
+    }
+}
+
+fn verify(spec: KeyPairSpec, mechanism: SignMechanism, public_der: &[u8], msg: &[u8], sig: &[u8]) {
+    use sha2::{Sha256, Sha384, Sha512};
+    match spec {
+        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
+            let key = rsa::RsaPublicKey::from_public_key_der(public_der).unwrap();
+            let bits = match spec {
+                KeyPairSpec::Rsa2048 => 2048,
+                KeyPairSpec::Rsa3072 => 3072,
+                _ => 4096,
+            };
+            assert_eq!(rsa::traits::PublicKeyParts::size(&key) * 8, bits);
+            match mechanism {
+                SignMechanism::RsaPkcs1v15Sha256 => {
+                    let s = rsa::pkcs1v15::Signature::try_from(sig).unwrap();
+                    rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key).verify(msg, &s).unwrap();
+                }
+                SignMechanism::RsaPkcs1v15Sha384 => {
+                    let s = rsa::pkcs1v15::Signature::try_from(sig).unwrap();
+                    rsa::pkcs1v15::VerifyingKey::<Sha384>::new(key).verify(msg, &s).unwrap();
+                }
+                SignMechanism::RsaPkcs1v15Sha512 => {
+                    let s = rsa::pkcs1v15::Signature::try_from(sig).unwrap();
+                    rsa::pkcs1v15::VerifyingKey::<Sha512>::new(key).verify(msg, &s).unwrap();
+                }
+                SignMechanism::RsaPssSha256 => {
+                    let s = rsa::pss::Signature::try_from(sig).unwrap();
+                    rsa::pss::VerifyingKey::<Sha256>::new(key).verify(msg, &s).unwrap();
+                }
+                SignMechanism::RsaPssSha384 => {
+                    let s = rsa::pss::Signature::try_from(sig).unwrap();
+                    rsa::pss::VerifyingKey::<Sha384>::new(key).verify(msg, &s).unwrap();
+                }
+                SignMechanism::RsaPssSha512 => {
+                    let s = rsa::pss::Signature::try_from(sig).unwrap();
+                    rsa::pss::VerifyingKey::<Sha512>::new(key).verify(msg, &s).unwrap();
+                }
+                other => panic!("not an RSA mechanism: {other:?}"),
+            }
+        }
+        KeyPairSpec::EcP256 => {
+            assert_eq!(mechanism, SignMechanism::EcdsaSha256);
+            let key = p256::ecdsa::VerifyingKey::from_public_key_der(public_der).unwrap();
+            let s = p256::ecdsa::Signature::from_slice(sig).unwrap();
+            key.verify(msg, &s).unwrap();
+        }
+        KeyPairSpec::EcP384 => {
+            assert_eq!(mechanism, SignMechanism::EcdsaSha384);
+            let key = p384::ecdsa::VerifyingKey::from_public_key_der(public_der).unwrap();
+            let s = p384::ecdsa::Signature::from_slice(sig).unwrap();
+            key.verify(msg, &s).unwrap();
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_round_trips_and_fails_where_it_must() {
+    let token = Token::new("operations");
+    let mut proxy = Proxy::start(&token, &Settings::default());
+    let client = proxy.client();
+
+    // Health: a real operation on the token.
+    let health = client.call(Health).await.unwrap();
+    assert_eq!(health.token_label, "operations");
+    assert!(health.sessions >= 1);
+    assert_eq!(health.kek_cache_capacity, 1024);
+
+    // KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct.
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
+    assert_eq!(kek.wrapped.len(), 40);
+    assert_ne!(kek.id, other.id);
+    assert_ne!(kek.wrapped, other.wrapped);
+
+    // Encrypt / decrypt, with AAD, fresh IVs, and every tampering rejected.
+    let aad = b"secret=1b4e28ba;project=p1".to_vec();
+    let plaintext = b"volume key material, 32 bytes!!!".to_vec();
+    let sealed = encrypt(&client, &kek, &plaintext, &aad).await;
+    assert_eq!(sealed.ciphertext.len(), plaintext.len());
+    assert_ne!(sealed.ciphertext, plaintext);
+    let again = encrypt(&client, &kek, &plaintext, &aad).await;
+    assert_ne!(sealed.iv, again.iv, "every encryption needs a fresh IV");
+    assert_ne!(sealed.ciphertext, again.ciphertext);
+    let opened = decrypt(&client, &kek, &sealed, &aad).await.unwrap();
+    assert_eq!(opened.expose_secret(), plaintext.as_slice());
+
+    assert_eq!(
+        status(decrypt(&client, &kek, &sealed, b"secret=other").await),
+        Status::AuthenticationFailed
+    );
+    let mut bad_tag = sealed.clone();
+    bad_tag.tag[0] ^= 1;
+    assert_eq!(status(decrypt(&client, &kek, &bad_tag, &aad).await), Status::AuthenticationFailed);
+    let mut bad_ct = sealed.clone();
+    bad_ct.ciphertext[5] ^= 0x80;
+    assert_eq!(status(decrypt(&client, &kek, &bad_ct, &aad).await), Status::AuthenticationFailed);
+    let mut bad_iv = sealed.clone();
+    bad_iv.iv[11] ^= 1;
+    assert_eq!(status(decrypt(&client, &kek, &bad_iv, &aad).await), Status::AuthenticationFailed);
+    assert_eq!(status(decrypt(&client, &other, &sealed, &aad).await), Status::AuthenticationFailed);
+    // Empty and large payloads.
+    for len in [0usize, 1, 20_000] {
+        let data = vec![0x5a; len];
+        let s = encrypt(&client, &kek, &data, &aad).await;
+        assert_eq!(
+            decrypt(&client, &kek, &s, &aad).await.unwrap().expose_secret(),
+            data.as_slice()
+        );
+    }
+
+    // A KEK blob that was not wrapped under this token's MKEK.
+    let mut forged = kek.clone();
+    forged.id = KekId([7; 16]);
+    forged.wrapped[3] ^= 0xff;
+    let r = client
+        .call(Encrypt { kek: forged, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
+        .await;
+    assert_eq!(status(r), Status::KekInvalid);
+    // A known KEK id with a different blob is refused, never mixed up.
+    let mut swapped = other.clone();
+    swapped.id = kek.id;
+    let r = client
+        .call(Encrypt { kek: swapped, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
+        .await;
+    assert_eq!(status(r), Status::InvalidArgument);
+
+    // Symmetric keys from the HSM, sealed under the KEK.
+    for bits in [128u16, 192, 256] {
+        let sealed = client
+            .call(GenerateSymmetric { kek: kek.clone(), bits, aad: aad.clone() })
+            .await
+            .unwrap();
+        let key = decrypt(&client, &kek, &sealed, &aad).await.unwrap();
+        assert_eq!(key.len(), usize::from(bits / 8));
+    }
+    let r = client.call(GenerateSymmetric { kek: kek.clone(), bits: 100, aad: vec![] }).await;
+    assert_eq!(status(r), Status::InvalidArgument);
+
+    // Key pairs: generate, sign in the HSM, verify outside with the public key.
+    let message = b"to be signed by a key that never leaves the HSM in clear".to_vec();
+    let cases = [
+        (
+            KeyPairSpec::Rsa2048,
+            vec![
+                SignMechanism::RsaPkcs1v15Sha256,
+                SignMechanism::RsaPkcs1v15Sha384,
+                SignMechanism::RsaPkcs1v15Sha512,
+                SignMechanism::RsaPssSha256,
+                SignMechanism::RsaPssSha384,
+                SignMechanism::RsaPssSha512,
+            ],
+        ),
+        (KeyPairSpec::Rsa3072, vec![SignMechanism::RsaPssSha256]),
+        (KeyPairSpec::Rsa4096, vec![SignMechanism::RsaPkcs1v15Sha256]),
+        (KeyPairSpec::EcP256, vec![SignMechanism::EcdsaSha256]),
+        (KeyPairSpec::EcP384, vec![SignMechanism::EcdsaSha384]),
+    ];
+    let mut rsa_key = None;
+    for (spec, mechanisms) in cases {
+        let pair = client.call(GenerateKeyPair { kek: kek.clone(), spec }).await.unwrap();
+        assert!(!pair.private_key.blob.is_empty());
+        for mechanism in mechanisms {
+            let sig = client
+                .call(Sign {
+                    kek: kek.clone(),
+                    key: pair.private_key.clone(),
+                    mechanism,
+                    data: message.clone(),
+                })
+                .await
+                .unwrap();
+            verify(spec, mechanism, &pair.public_key_der, &message, &sig.bytes);
+        }
+        // The wrong KEK cannot unwrap the private key; a key of the other kind is refused.
+        let r = client
+            .call(Sign {
+                kek: other.clone(),
+                key: pair.private_key.clone(),
+                mechanism: SignMechanism::EcdsaSha256,
+                data: vec![1],
+            })
+            .await;
+        let expected = if matches!(spec, KeyPairSpec::EcP256 | KeyPairSpec::EcP384) {
+            Status::WrappedKeyInvalid
+        } else {
+            Status::InvalidArgument
+        };
+        assert_eq!(status(r), expected, "{spec:?}");
+        if spec == KeyPairSpec::Rsa2048 {
+            rsa_key = Some(pair);
+        }
+    }
+
+    // Rewrap: sealed data and a wrapped private key move to another KEK.
+    let moved = client
+        .call(Rewrap {
+            old: kek.clone(),
+            new: other.clone(),
+            blob: Blob::Sealed { sealed: sealed.clone(), aad: aad.clone() },
+        })
+        .await
+        .unwrap();
+    let Blob::Sealed { sealed: moved, aad: moved_aad } = moved else {
+        panic!("sealed in, sealed out")
+    };
+    assert_eq!(moved_aad, aad);
+    assert_eq!(
+        decrypt(&client, &other, &moved, &aad).await.unwrap().expose_secret(),
+        plaintext.as_slice()
+    );
+    assert_eq!(status(decrypt(&client, &kek, &moved, &aad).await), Status::AuthenticationFailed);
+
+    let pair = rsa_key.unwrap();
+    let moved = client
+        .call(Rewrap {
+            old: kek.clone(),
+            new: other.clone(),
+            blob: Blob::Wrapped(pair.private_key.clone()),
+        })
+        .await
+        .unwrap();
+    let Blob::Wrapped(moved_key) = moved else { panic!("wrapped in, wrapped out") };
+    assert_ne!(moved_key.blob, pair.private_key.blob);
+    let sig = client
+        .call(Sign {
+            kek: other.clone(),
+            key: moved_key.clone(),
+            mechanism: SignMechanism::RsaPssSha256,
+            data: message.clone(),
+        })
+        .await
+        .unwrap();
+    verify(
+        KeyPairSpec::Rsa2048,
+        SignMechanism::RsaPssSha256,
+        &pair.public_key_der,
+        &message,
+        &sig.bytes,
+    );
+    let r = client
+        .call(Sign {
+            kek: kek.clone(),
+            key: moved_key,
+            mechanism: SignMechanism::RsaPssSha256,
+            data: message.clone(),
+        })
+        .await;
+    assert_eq!(status(r), Status::WrappedKeyInvalid);
+    let garbage = WrappedKey { kind: pair.private_key.kind, blob: vec![0u8; 48] };
+    let r = client
+        .call(Rewrap { old: kek.clone(), new: other.clone(), blob: Blob::Wrapped(garbage) })
+        .await;
+    assert_eq!(status(r), Status::WrappedKeyInvalid);
+
+    // Random bytes, bounded.
+    let a = client.call(Random { len: 32 }).await.unwrap();
+    let b = client.call(Random { len: 32 }).await.unwrap();
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, b);
+    assert_eq!(client.call(Random { len: 0 }).await.unwrap().len(), 0);
+    assert_eq!(
+        status(client.call(Random { len: MAX_RANDOM_BYTES + 1 }).await),
+        Status::InvalidArgument
+    );
+
+    // One frame, several operations, results in order, failures alone.
+    let results = client
+        .call_batch(vec![
+            Request::Random(Random { len: 8 }),
+            Request::Decrypt(Decrypt {
+                kek: kek.clone(),
+                sealed: bad_tag.clone(),
+                aad: aad.clone(),
+            }),
+            Request::Decrypt(Decrypt {
+                kek: kek.clone(),
+                sealed: sealed.clone(),
+                aad: aad.clone(),
+            }),
+            Request::Health(Health),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(matches!(&results[0], Ok(Reply::Random(r)) if r.len() == 8));
+    assert_eq!(results[1], Err(Status::AuthenticationFailed));
+    assert!(
+        matches!(&results[2], Ok(Reply::Decrypt(p)) if p.expose_secret() == plaintext.as_slice())
+    );
+    assert!(matches!(&results[3], Ok(Reply::Health(_))));
+
+    // Every KEK was unwrapped into the HSM once, then used by handle.
+    let misses = proxy.metric("hsm_proxy_kek_cache_misses_total");
+    let hits = proxy.metric("hsm_proxy_kek_cache_hits_total");
+    assert_eq!(misses, 3.0, "kek, other, and the forged blob; everything else is a hit");
+    assert!(hits > 30.0, "hits {hits}");
+    assert!(
+        proxy.metric(r#"hsm_proxy_operations_total{op="Decrypt",status="authentication_failed"}"#)
+            >= 6.0
+    );
+    proxy.assert_healthy();
+
+    // A clean stop: logged out, exit code 0.
+    let (status, log) = proxy.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("sessions closed and logged out"), "{log}");
+}
+
+#[test]
+fn serve_refuses_a_token_without_master_key() {
+    let token = Token::new("no-mkek");
+    let (config, _) = common::write_config(&token, &Settings::default());
+    let out =
+        common::proxy_command(&token).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no master key labelled \"hsm-proxy-mkek\""), "{stderr}");
+    assert!(stderr.contains("init-token"), "{stderr}");
+    assert!(!stderr.contains(common::PIN), "the PIN must never be logged");
+}
+
+#[test]
+fn a_wrong_pin_is_a_clear_error() {
+    let token = Token::new("wrong-pin");
+    let (config, _) = common::write_config(&token, &Settings::default());
+    std::fs::write(&token.pin_file, "not-the-pin").unwrap();
+    let out = common::proxy_command(&token)
+        .args(["init-token", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PinIncorrect") || stderr.contains("PIN"), "{stderr}");
+    assert!(!stderr.contains("not-the-pin"), "the PIN must never be logged: {stderr}");
+}
