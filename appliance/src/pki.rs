@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 use zeroize::Zeroizing;
@@ -56,9 +56,13 @@ impl fmt::Debug for Issued {
     }
 }
 
+/// Common name of the CA that [`write_bundle`] creates.
+pub const BUNDLE_CA_NAME: &str = "hsm appliance CA";
+
 /// A certificate authority whose key is held in memory.
 pub struct CertificateAuthority {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -79,13 +83,26 @@ impl CertificateAuthority {
             KeyUsagePurpose::DigitalSignature,
         ];
         set_validity(&mut params, CA_VALIDITY);
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
-        Ok(Self { issuer })
+        let key = KeyPair::generate()?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(Self { issuer: Issuer::new(params, key), cert_pem })
+    }
+
+    /// A CA created earlier (by [`CertificateAuthority::new`] with `common_name`), from its
+    /// certificate and key. Certificates it issues chain to that certificate: the issuer name is
+    /// rebuilt from `common_name` and the key identifier from the key.
+    pub fn load(cert_pem: &str, key_pem: &str, common_name: &str) -> Result<Self, Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::from_pem(key_pem)?;
+        Ok(Self { issuer: Issuer::new(params, key), cert_pem: cert_pem.to_owned() })
     }
 
     /// The CA certificate.
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// The CA's private key.
@@ -151,7 +168,7 @@ pub struct Bundle {
 /// `client_name`, and writes them into `dir` (keys with mode 0600).
 pub fn write_bundle(dir: &Path, proxy_names: &[&str], client_name: &str) -> Result<Bundle, Error> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_owned(), source })?;
-    let ca = CertificateAuthority::new("hsm appliance CA")?;
+    let ca = CertificateAuthority::new(BUNDLE_CA_NAME)?;
     let proxy = ca.issue_server(proxy_names)?;
     let client = ca.issue_client(client_name)?;
     let bundle = Bundle {
@@ -247,6 +264,22 @@ mod tests {
                 .is_err()
         );
         assert!(!format!("{client:?}").contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_loaded_ca_issues_certificates_that_chain_to_the_original() {
+        let ca = CertificateAuthority::new(BUNDLE_CA_NAME).unwrap();
+        let loaded =
+            CertificateAuthority::load(&ca.cert_pem(), &ca.key_pem(), BUNDLE_CA_NAME).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(&ca.cert_pem())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let client = loaded.issue_client("appliance").unwrap();
+        verifier.verify_client_cert(&der(&client.cert_pem), &[], UnixTime::now()).unwrap();
     }
 
     #[test]

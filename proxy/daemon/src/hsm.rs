@@ -173,13 +173,14 @@ impl Token {
     }
 
     /// Replaces the library instance that epoch `seen` belonged to, unless another worker
-    /// already did. Clears the KEK cache: its objects died with the old instance.
-    pub(crate) fn reinitialize(&self, seen: u64, keys: &KekCache) -> Result<(), Status> {
+    /// already did (then `Ok(false)`). Clears the KEK cache: its objects died with the old
+    /// instance.
+    pub(crate) fn reinitialize(&self, seen: u64, keys: &KekCache) -> Result<bool, Status> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let (number, since) = match &*state {
-            State::Up(epoch) if epoch.number != seen => return Ok(()),
+            State::Up(epoch) if epoch.number != seen => return Ok(false),
             State::Up(epoch) => (epoch.number, Instant::now()),
-            State::Down { number, .. } if *number != seen => return Ok(()),
+            State::Down { number, .. } if *number != seen => return Ok(false),
             State::Down { last_attempt, .. } if last_attempt.elapsed() < REINIT_BACKOFF => {
                 return Err(Status::HsmUnavailable);
             }
@@ -207,7 +208,7 @@ impl Token {
                 );
                 *state = State::Up(epoch);
                 self.reinitializations.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
                 tracing::error!(error = %e, "PKCS#11 re-initialisation failed; will retry");

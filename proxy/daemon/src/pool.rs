@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cryptoki::session::Session;
+use cryptoki::session::{Session, SessionState};
 use hsm_proxy_proto::op::HealthReport;
 use hsm_proxy_proto::{OpCode, Outcome, Reply, Request, Status};
 use tokio::sync::oneshot;
@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 /// Stack for worker threads: PKCS#11 modules need little, and with memory locked every byte of
 /// stack is resident.
 const WORKER_STACK_BYTES: usize = 512 * 1024;
+
+/// Attempts per operation: the first, and up to two after recoveries.
+const MAX_ATTEMPTS: u32 = 3;
 
 enum Message {
     Run(Job),
@@ -211,10 +214,15 @@ impl Worker {
         self.close_session();
     }
 
-    /// Runs an operation, recovering once from a lost session, a lost device or a stale handle.
+    /// Runs an operation, recovering from a lost session, a lost device or a stale handle.
+    ///
+    /// Every operation is safe to run again (none leaves anything behind in the token when it
+    /// fails), so after a recovery it is retried, at most [`MAX_ATTEMPTS`] times in all: losing
+    /// the whole library shows first as a lost session, then as a lost login.
     fn execute(&mut self, op: &Request) -> Outcome {
-        let mut retried = false;
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let failure = match self.attempt(op) {
                 Ok(reply) => return Ok(reply),
                 Err(failure) => failure,
@@ -235,10 +243,9 @@ impl Worker {
                 }
                 Class::Device => {
                     self.forget_session();
-                    if let Some(epoch) = seen_epoch.or(Some(self.token.read().number())) {
-                        if self.token.reinitialize(epoch, &self.keys).is_ok() {
-                            self.metrics.reinitializations.inc();
-                        }
+                    let epoch = seen_epoch.unwrap_or_else(|| self.token.read().number());
+                    if let Ok(true) = self.token.reinitialize(epoch, &self.keys) {
+                        self.metrics.reinitializations.inc();
                     }
                 }
                 Class::StaleKek => {
@@ -247,10 +254,9 @@ impl Worker {
                     }
                 }
             }
-            if retried {
+            if attempts >= MAX_ATTEMPTS {
                 return Err(failure.status());
             }
-            retried = true;
             self.metrics.retries.inc();
         }
     }
@@ -277,8 +283,20 @@ impl Worker {
                 }
                 _ => Failure::Status(Status::Internal),
             })?;
-            self.session = Some((epoch.number, session));
             self.metrics.sessions_open.inc();
+            // Sessions share the application's login: a new session that is not logged in
+            // means the library lost its state underneath us, which only re-initialising cures.
+            let logged_in = session.get_session_info().is_ok_and(|info| {
+                matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser)
+            });
+            self.session = Some((epoch.number, session));
+            if !logged_in {
+                return Err(Failure::Pkcs11 {
+                    rv: cryptoki::error::RvError::UserNotLoggedIn,
+                    function: cryptoki::context::Function::GetSessionInfo,
+                    step: crate::hsm::failure::Step::Other,
+                });
+            }
         }
         let Some((_, session)) = self.session.as_ref() else {
             return Err(Failure::Status(Status::Internal));

@@ -23,18 +23,28 @@ pub fn module() -> PathBuf {
 
 /// A freshly initialised SoftHSM2 token in its own directory.
 pub struct Token {
-    pub dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// Deletes the directory when the token is dropped (absent in a child test process).
+    _tmp: Option<tempfile::TempDir>,
     pub conf: PathBuf,
     pub label: String,
     pub pin_file: PathBuf,
 }
 
 impl Token {
+    /// The token the parent test process made (see [`in_child_process`]).
+    pub fn from_parent() -> Token {
+        let dir = PathBuf::from(std::env::var_os("HSM_PROXY_TEST_TOKEN_DIR").unwrap());
+        let label = std::env::var("HSM_PROXY_TEST_TOKEN_LABEL").unwrap();
+        Token { conf: dir.join("softhsm2.conf"), pin_file: dir.join("pin"), dir, _tmp: None, label }
+    }
+
     pub fn new(label: &str) -> Token {
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
+        let conf = dir.join("softhsm2.conf");
         std::fs::write(
             &conf,
             format!(
@@ -49,13 +59,13 @@ impl Token {
             .output()
             .expect("softhsm2-util must be installed (apt-get install softhsm2)");
         assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
-        let pin_file = dir.path().join("pin");
+        let pin_file = dir.join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-        Token { dir, conf, label: label.into(), pin_file }
+        Token { dir, _tmp: Some(tmp), conf, label: label.into(), pin_file }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 }
 
@@ -188,10 +198,7 @@ impl Proxy {
     }
 
     pub fn client_with(&self, cert: &Path, key: &Path) -> Client {
-        let tls = tls_config_from_pem_files(&self.pki.ca_cert, cert, key).unwrap();
-        let mut config = ClientConfig::new(vec![self.addr.to_string()], "hsm-proxy", tls).unwrap();
-        config.request_timeout = Duration::from_secs(60);
-        Client::new(config).unwrap()
+        client_for(self.addr, &self.pki.ca_cert, cert, key)
     }
 
     /// A rustls client configuration trusting the proxy, with the appliance certificate.
@@ -248,6 +255,14 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
     }
+}
+
+/// A client for the proxy at `addr`.
+pub fn client_for(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> Client {
+    let tls = tls_config_from_pem_files(ca, cert, key).unwrap();
+    let mut config = ClientConfig::new(vec![addr.to_string()], "hsm-proxy", tls).unwrap();
+    config.request_timeout = Duration::from_secs(60);
+    Client::new(config).unwrap()
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
