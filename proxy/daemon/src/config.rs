@@ -294,10 +294,10 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = self.pkcs11.pin_file.as_mut() {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+        if let Some(p) = self.pkcs11.pin_file.as_mut()
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
     }
 
@@ -384,6 +384,32 @@ mod tests {
         assert_eq!(c.hardening.lock_memory, LockMemory::Required);
         assert_eq!(c.pkcs11.mkek_label, "hsm-proxy-mkek");
         assert!(!c.logging.log_error_details);
+    }
+
+    #[test]
+    fn the_example_file_lists_valid_keys_with_their_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
+        let c = Config::load(&path).unwrap();
+        let defaults: Config = toml::from_str(MINIMAL).unwrap();
+        assert_eq!(c.server.max_body_bytes, defaults.server.max_body_bytes);
+        assert_eq!(c.server.max_batch_ops, defaults.server.max_batch_ops);
+        assert_eq!(c.server.max_connections, defaults.server.max_connections);
+        assert_eq!(c.server.max_frames_in_flight, defaults.server.max_frames_in_flight);
+        assert_eq!(c.server.handshake_timeout_ms, defaults.server.handshake_timeout_ms);
+        assert_eq!(c.server.drain_timeout_ms, defaults.server.drain_timeout_ms);
+        assert_eq!(c.pool.sessions, defaults.pool.sessions);
+        assert_eq!(c.pool.max_sessions, defaults.pool.max_sessions);
+        assert_eq!(c.pool.queue_depth, defaults.pool.queue_depth);
+        assert_eq!(c.pool.default_deadline_ms, defaults.pool.default_deadline_ms);
+        assert_eq!(c.pool.max_deadline_ms, defaults.pool.max_deadline_ms);
+        assert_eq!(c.keys.kek_cache_capacity, defaults.keys.kek_cache_capacity);
+        assert_eq!(c.health.cache_ms, defaults.health.cache_ms);
+        assert_eq!(c.hardening.lock_memory, defaults.hardening.lock_memory);
+        assert_eq!(c.hardening.disable_core_dumps, defaults.hardening.disable_core_dumps);
+        assert_eq!(c.pkcs11.mkek_label, defaults.pkcs11.mkek_label);
+        assert_eq!(c.logging.log_error_details, defaults.logging.log_error_details);
+        // Relative paths are taken from the file's directory.
+        assert!(c.tls.client_ca.starts_with(env!("CARGO_MANIFEST_DIR")));
     }
 
     #[test]

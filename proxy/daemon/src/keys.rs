@@ -7,7 +7,6 @@
 //! so no handle is destroyed under a running operation.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cryptoki::mechanism::Mechanism;
@@ -42,8 +41,6 @@ pub(crate) struct KekCache {
     entries: Mutex<LruCache<KekId, Arc<KekEntry>>>,
     graveyard: Arc<Mutex<Vec<(u64, ObjectHandle)>>>,
     capacity: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -54,8 +51,6 @@ impl KekCache {
             entries: Mutex::new(LruCache::new(cap)),
             graveyard: Arc::new(Mutex::new(Vec::new())),
             capacity: cap.get(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
             metrics,
         }
     }
@@ -68,27 +63,18 @@ impl KekCache {
         lock(&self.entries).len()
     }
 
-    /// (hits, misses) since start.
-    #[cfg(test)]
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
-    }
-
     /// The handle of `kek` in this epoch, unwrapping it under the MKEK on a miss.
     pub(crate) fn resolve(&self, kek: &Kek, epoch: &Epoch) -> Result<Arc<KekEntry>, Failure> {
         if let Some(entry) = self.lookup(kek, epoch.number)? {
-            self.hits.fetch_add(1, Ordering::Relaxed);
             self.metrics.kek_cache_hits.inc();
             return Ok(entry);
         }
         let keyholder = lock(&epoch.keyholder);
         // Another worker may have unwrapped it while we waited for the key-holder.
         if let Some(entry) = self.lookup(kek, epoch.number)? {
-            self.hits.fetch_add(1, Ordering::Relaxed);
             self.metrics.kek_cache_hits.inc();
             return Ok(entry);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         self.metrics.kek_cache_misses.inc();
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),

@@ -117,11 +117,11 @@ impl Pool {
         if self.closing.load(Ordering::Acquire) {
             return Err(Status::ShuttingDown);
         }
-        if let Request::Health(_) = op {
-            if let Some(report) = self.cached_health() {
-                let _ = reply.send(Ok(Reply::Health(report)));
-                return Ok(rx);
-            }
+        if let Request::Health(_) = op
+            && let Some(report) = self.cached_health()
+        {
+            let _ = reply.send(Ok(Reply::Health(report)));
+            return Ok(rx);
         }
         let job = Job { op, enqueued: Instant::now(), deadline, reply };
         let send = self.queue.send_async(Message::Run(job));

@@ -11,15 +11,18 @@ use std::time::{Duration, Instant};
 
 use hsm_proxy_proto::frame::{FrameKind, HEADER_BYTES, Header};
 use hsm_proxy_proto::{Outcome, Request, RequestBatch, ResponseBatch, Status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+
+/// Responses gathered into one write at most (a few TLS records).
+const COALESCE_BYTES: usize = 64 * 1024;
 
 /// Limits the listener enforces.
 #[derive(Clone, Copy, Debug)]
@@ -210,25 +213,26 @@ async fn run_batch(pool: &Pool, ops: Vec<Outcome<Request>>, deadline: Instant) -
 }
 
 async fn write_loop(
-    half: WriteHalf<TlsStream<TcpStream>>,
+    mut half: WriteHalf<TlsStream<TcpStream>>,
     mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) {
-    let mut out = BufWriter::with_capacity(64 * 1024, half);
+    // Answers that are already waiting leave in one write (fewer TLS records and syscalls).
+    // The staging buffer is ours, not a BufWriter's, so that the plaintexts it held are wiped.
+    let mut out = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
     while let Some(frame) = frames.recv().await {
-        if out.write_all(&frame).await.is_err() {
-            return;
+        out.extend_from_slice(&frame);
+        drop(frame);
+        while out.len() < COALESCE_BYTES {
+            let Ok(frame) = frames.try_recv() else { break };
+            out.extend_from_slice(&frame);
         }
-        // Answers that are already waiting leave in the same flush: fewer records and syscalls.
-        while let Ok(frame) = frames.try_recv() {
-            if out.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-        if out.flush().await.is_err() {
+        let written = half.write_all(&out).await.and(half.flush().await);
+        out.zeroize();
+        if written.is_err() {
             return;
         }
     }
-    let _ = out.shutdown().await;
+    let _ = half.shutdown().await;
 }
 
 fn usize_of(n: u32) -> usize {

@@ -1,5 +1,7 @@
 //! Many clients, thousands of mixed operations at once: every result checked, none failed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 mod common;
 
 use hsm_proxy_proto::client::Client;

@@ -1,6 +1,8 @@
 //! Hostile and broken frames: each gets an error status or a closed connection, never a panic,
 //! and the proxy goes on serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Mutual TLS: who the proxy refuses at the handshake, and that it keeps serving the others.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 mod common;
 
 use std::io::{Read, Write};

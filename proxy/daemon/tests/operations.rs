@@ -1,5 +1,7 @@
 //! Every operation through the real daemon on a SoftHSM2 token, and the ways each must fail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 mod common;
 
 use hsm_proxy_proto::client::{Client, Error};

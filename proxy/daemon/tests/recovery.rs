@@ -4,6 +4,8 @@
 //! instance and pull it out from under the pool, as another component of a process, a token
 //! reset or a crashed HSM client library would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
 mod common;
 
 use std::time::Duration;

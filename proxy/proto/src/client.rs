@@ -15,18 +15,20 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::frame::{DEFAULT_MAX_BODY_BYTES, FrameKind, HEADER_BYTES, Header};
 use crate::{Op, OpCode, Outcome, Reply, Request, RequestBatch, ResponseBatch, Status};
 
 /// Frames queued per connection before callers wait.
 const WRITE_QUEUE_FRAMES: usize = 1024;
+/// Frames gathered into one write at most.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 /// Why a call failed as a whole (per-operation failures are [`Status`]es in the results).
 #[derive(Debug)]
@@ -309,12 +311,14 @@ impl Client {
     async fn connection(&self) -> Result<Arc<Connection>, Error> {
         let n = self.inner.slots.len();
         let start = self.inner.next_slot.fetch_add(1, Ordering::Relaxed);
-        let slot = &self.inner.slots[start % n];
+        let Some(slot) = self.inner.slots.get(start % n) else {
+            return Err(Error::Config("no connection slots".into()));
+        };
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
-            if !conn.closed.load(Ordering::Acquire) {
-                return Ok(conn.clone());
-            }
+        if let Some(conn) = guard.as_ref()
+            && !conn.closed.load(Ordering::Acquire)
+        {
+            return Ok(conn.clone());
         }
         let conn = self.connect().await?;
         *guard = Some(conn.clone());
@@ -328,7 +332,7 @@ impl Client {
         let mut last_err = None;
         for i in 0..count {
             let index = (first + i) % count;
-            let endpoint = &config.endpoints[index];
+            let Some(endpoint) = config.endpoints.get(index) else { continue };
             match tokio::time::timeout(config.connect_timeout, self.open(endpoint)).await {
                 Ok(Ok(stream)) => {
                     self.inner.preferred_endpoint.store(index, Ordering::Relaxed);
@@ -381,28 +385,24 @@ fn spawn_connection(
 
 async fn write_loop(
     conn: Weak<Connection>,
-    half: WriteHalf<TlsStream<TcpStream>>,
+    mut half: WriteHalf<TlsStream<TcpStream>>,
     mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) {
-    let mut out = BufWriter::with_capacity(64 * 1024, half);
+    // Frames queued by concurrent callers leave in one write; the staging buffer is wiped after
+    // each write because request frames carry plaintexts.
+    let mut out = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
     while let Some(frame) = frames.recv().await {
-        if out.write_all(&frame).await.is_err() {
+        out.extend_from_slice(&frame);
+        drop(frame);
+        while out.len() < COALESCE_BYTES {
+            let Ok(frame) = frames.try_recv() else { break };
+            out.extend_from_slice(&frame);
+        }
+        let written = half.write_all(&out).await.and(half.flush().await);
+        out.zeroize();
+        let open = conn.upgrade().is_some_and(|c| !c.closed.load(Ordering::Acquire));
+        if written.is_err() || !open {
             break;
-        }
-        // Frames already queued go out in the same flush (fewer TLS records and syscalls).
-        let mut failed = false;
-        while let Ok(frame) = frames.try_recv() {
-            if out.write_all(&frame).await.is_err() {
-                failed = true;
-                break;
-            }
-        }
-        if failed || out.flush().await.is_err() {
-            break;
-        }
-        match conn.upgrade() {
-            Some(c) if !c.closed.load(Ordering::Acquire) => {}
-            _ => break,
         }
     }
     if let Some(c) = conn.upgrade() {

@@ -161,6 +161,10 @@ impl RequestBatch {
     }
 }
 
+/// A decoded response body whose replies are still postcard bytes: the frame status, and per
+/// operation its reply bytes or its status.
+pub type RawResponse<'a> = (Status, Vec<Outcome<&'a [u8]>>);
+
 /// The results of a batch, as sent by the proxy.
 #[derive(Debug)]
 pub struct ResponseBatch;
@@ -202,7 +206,7 @@ impl ResponseBatch {
     }
 
     /// Decodes a response body into the frame status and each operation's reply bytes.
-    pub fn decode(body: &[u8]) -> Result<(Status, Vec<Outcome<&[u8]>>), Status> {
+    pub fn decode(body: &[u8]) -> Result<RawResponse<'_>, Status> {
         let mut r = Reader::new(body);
         let frame_status = Status::from_code(r.u16().ok_or(Status::MalformedFrame)?);
         let count = r.u32().ok_or(Status::MalformedFrame)?;

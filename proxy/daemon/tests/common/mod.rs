@@ -1,5 +1,6 @@
 //! Shared test harness: a throw-away SoftHSM2 token, a PKI, and the real `hsm-proxy` binary.
-#![allow(dead_code, unreachable_pub)]
+// Harness failures are test failures: unwrap is the clearest report.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -71,6 +72,8 @@ impl Token {
 
 /// Settings that differ between tests.
 pub struct Settings {
+    /// `host:port` to listen on; a free port by default.
+    pub listen: String,
     pub allowed_clients: Vec<&'static str>,
     pub server_extra: String,
     pub extra: String,
@@ -79,6 +82,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            listen: "127.0.0.1:0".into(),
             allowed_clients: vec!["appliance"],
             server_extra: String::new(),
             extra: String::new(),
@@ -86,19 +90,27 @@ impl Default for Settings {
     }
 }
 
-/// Writes the PKI and `proxy.toml` for `token` into its directory.
+/// Writes `proxy.toml` for `token` into its directory, and the PKI the first time.
 pub fn write_config(token: &Token, settings: &Settings) -> (PathBuf, Bundle) {
-    let pki = appliance::pki::write_bundle(
-        &token.path().join("pki"),
-        &["hsm-proxy", "127.0.0.1"],
-        "appliance",
-    )
-    .unwrap();
+    let dir = token.path().join("pki");
+    let pki = if dir.join("ca.pem").exists() {
+        // A restarted proxy keeps its certificates, as a real one does.
+        Bundle {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            proxy_cert: dir.join("proxy.pem"),
+            proxy_key: dir.join("proxy-key.pem"),
+            client_cert: dir.join("appliance.pem"),
+            client_key: dir.join("appliance-key.pem"),
+        }
+    } else {
+        appliance::pki::write_bundle(&dir, &["hsm-proxy", "127.0.0.1"], "appliance").unwrap()
+    };
     let allowed: Vec<String> = settings.allowed_clients.iter().map(|c| format!("{c:?}")).collect();
     let config = format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 metrics_listen = "127.0.0.1:0"
 {server_extra}
 
@@ -118,6 +130,7 @@ lock_memory = "preferred"
 
 {extra}
 "#,
+        listen = settings.listen,
         server_extra = settings.server_extra,
         ca = pki.ca_cert.display(),
         cert = pki.proxy_cert.display(),
@@ -155,6 +168,8 @@ impl Proxy {
             proxy_command(token).arg("init-token").arg("--config").arg(&config).output().unwrap();
         assert!(out.status.success(), "init-token: {}", String::from_utf8_lossy(&out.stderr));
         let ready = token.path().join("ready.json");
+        // A restart must not read the previous run's addresses.
+        let _ = std::fs::remove_file(&ready);
         let log = token.path().join("proxy.log");
         let child = proxy_command(token)
             .args(["--log-level", "debug", "serve", "--config"])

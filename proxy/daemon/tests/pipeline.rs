@@ -1,0 +1,127 @@
+//! The pipeline's limits: deadlines answered without touching the HSM, back-pressure instead of
+//! errors when the queue is full, and a client that reconnects and fails over by itself.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+mod common;
+
+use std::time::Duration;
+
+use hsm_proxy_proto::frame::{HEADER_BYTES, Header};
+use hsm_proxy_proto::op::{GenerateKek, GenerateKeyPair, Health, KeyPairSpec, OpCode, Random};
+use hsm_proxy_proto::{Request, RequestBatch, ResponseBatch, Status};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use common::{Proxy, Settings, Token};
+
+/// Sends one frame with an explicit deadline and returns the decoded statuses.
+async fn send_with_timeout(proxy: &Proxy, ops: &[Request], timeout_ms: u32) -> Vec<Status> {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut s = TlsConnector::from(proxy.tls())
+        .connect(ServerName::try_from("hsm-proxy").unwrap(), tcp)
+        .await
+        .unwrap();
+    s.write_all(&RequestBatch::encode_frame(1, timeout_ms, ops)).await.unwrap();
+    let mut header = [0u8; HEADER_BYTES];
+    s.read_exact(&mut header).await.unwrap();
+    let header = Header::decode(&header, u32::MAX).unwrap();
+    let mut body = vec![0u8; header.body_len as usize];
+    s.read_exact(&mut body).await.unwrap();
+    let codes: Vec<OpCode> = ops.iter().map(Request::code).collect();
+    let (status, results) = ResponseBatch::decode_replies(&body, &codes).unwrap();
+    assert_eq!(status, Status::Ok);
+    results.into_iter().map(|r| r.err().unwrap_or(Status::Ok)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_and_back_pressure() {
+    let token = Token::new("pipeline");
+    // Two workers, a queue of two: most of a 12-operation frame waits for room.
+    let settings =
+        Settings { extra: "[pool]\nsessions = 2\nqueue_depth = 2\n".into(), ..Settings::default() };
+    let mut proxy = Proxy::start(&token, &settings);
+    let kek = proxy.client().call(GenerateKek).await.unwrap();
+    // RSA-3072 generation takes the token tens of milliseconds or more per key.
+    let slow: Vec<Request> = (0..12)
+        .map(|_| GenerateKeyPair { kek: kek.clone(), spec: KeyPairSpec::Rsa3072 }.into())
+        .collect();
+
+    // With a 1 ms deadline, the operations still queued when it passes are answered
+    // DeadlineExceeded and never reach the HSM; at most the two picked up at once ran.
+    let statuses = send_with_timeout(&proxy, &slow, 1).await;
+    let expired = statuses.iter().filter(|s| **s == Status::DeadlineExceeded).count();
+    assert!(expired >= 10, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, Status::Ok | Status::DeadlineExceeded)),
+        "{statuses:?}"
+    );
+
+    // With room in time, the full queue slows the frame down but fails nothing.
+    let statuses = send_with_timeout(&proxy, &slow, 120_000).await;
+    assert!(statuses.iter().all(|s| *s == Status::Ok), "{statuses:?}");
+
+    let metrics = proxy.metrics_text();
+    let expired_metric = common::metric_value(
+        &metrics,
+        r#"hsm_proxy_operations_total{op="GenerateKeyPair",status="deadline_exceeded"}"#,
+    );
+    // Operations that expired while waiting for room in the queue are answered by the listener;
+    // those that expired inside the queue are answered by a worker, without an HSM call, and
+    // counted. Both kinds happened: the queue held two while the first two keys were generated.
+    assert!(expired_metric >= 1.0 && expired_metric <= expired as f64, "{metrics}");
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            r#"hsm_proxy_operations_total{op="GenerateKeyPair",status="ok"}"#
+        ),
+        (12 + 12 - expired) as f64,
+        "{metrics}"
+    );
+    proxy.assert_healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_after_a_proxy_restart_and_fails_over() {
+    let token = Token::new("reconnect");
+    let proxy = Proxy::start(&token, &Settings::default());
+    let addr = proxy.addr;
+    let pki = proxy.pki.clone();
+    let client = proxy.client();
+    assert!(client.call(Health).await.is_ok());
+
+    // The proxy goes away: calls fail cleanly, nothing hangs.
+    let (status, _) = proxy.terminate();
+    assert!(status.success());
+    assert!(client.call(Random { len: 1 }).await.is_err());
+
+    // A new proxy on the same address (same token, MKEK and certificates): the same client
+    // reconnects by itself.
+    let restarted =
+        Proxy::start(&token, &Settings { listen: addr.to_string(), ..Settings::default() });
+    for _ in 0..3 {
+        assert_eq!(client.call(Random { len: 8 }).await.unwrap().len(), 8);
+    }
+
+    // Failover: the first endpoint refuses connections, the second answers.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let tls = hsm_proxy_proto::client::tls_config_from_pem_files(
+        &pki.ca_cert,
+        &pki.client_cert,
+        &pki.client_key,
+    )
+    .unwrap();
+    let mut config = hsm_proxy_proto::client::ClientConfig::new(
+        vec![dead.to_string(), restarted.addr.to_string()],
+        "hsm-proxy",
+        tls,
+    )
+    .unwrap();
+    config.connect_timeout = Duration::from_secs(2);
+    let failover = hsm_proxy_proto::client::Client::new(config).unwrap();
+    for _ in 0..4 {
+        assert_eq!(failover.call(Random { len: 4 }).await.unwrap().len(), 4);
+    }
+}
