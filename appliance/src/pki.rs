@@ -164,6 +164,20 @@ pub struct Bundle {
     pub client_key: PathBuf,
 }
 
+impl Bundle {
+    /// Where the files of a bundle written into `dir` are.
+    pub fn in_dir(dir: &Path) -> Bundle {
+        Bundle {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            proxy_cert: dir.join("proxy.pem"),
+            proxy_key: dir.join("proxy-key.pem"),
+            client_cert: dir.join("appliance.pem"),
+            client_key: dir.join("appliance-key.pem"),
+        }
+    }
+}
+
 /// Issues a CA, a proxy server certificate for `proxy_names` and a client certificate for
 /// `client_name`, and writes them into `dir` (keys with mode 0600).
 pub fn write_bundle(dir: &Path, proxy_names: &[&str], client_name: &str) -> Result<Bundle, Error> {
@@ -171,14 +185,7 @@ pub fn write_bundle(dir: &Path, proxy_names: &[&str], client_name: &str) -> Resu
     let ca = CertificateAuthority::new(BUNDLE_CA_NAME)?;
     let proxy = ca.issue_server(proxy_names)?;
     let client = ca.issue_client(client_name)?;
-    let bundle = Bundle {
-        ca_cert: dir.join("ca.pem"),
-        ca_key: dir.join("ca-key.pem"),
-        proxy_cert: dir.join("proxy.pem"),
-        proxy_key: dir.join("proxy-key.pem"),
-        client_cert: dir.join("appliance.pem"),
-        client_key: dir.join("appliance-key.pem"),
-    };
+    let bundle = Bundle::in_dir(dir);
     write_file(&bundle.ca_cert, ca.cert_pem().as_bytes(), 0o644)?;
     write_file(&bundle.ca_key, ca.key_pem().as_bytes(), 0o600)?;
     write_file(&bundle.proxy_cert, proxy.cert_pem.as_bytes(), 0o644)?;

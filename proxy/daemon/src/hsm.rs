@@ -77,6 +77,8 @@ pub(crate) struct Token {
     reinitializations: AtomicU64,
     pub(crate) summary: TokenSummary,
     pub(crate) caps: Capabilities,
+    /// Whether opening the token created the MKEK.
+    pub(crate) created_mkek: bool,
 }
 
 #[derive(Debug)]
@@ -148,7 +150,7 @@ impl Token {
             ecdsa_sha256: supports(MechanismType::ECDSA_SHA256),
             ecdsa_sha384: supports(MechanismType::ECDSA_SHA384),
         };
-        let epoch = open_epoch(&ctx, &config, slot, 0, mkek)?;
+        let (epoch, created_mkek) = open_epoch(&ctx, &config, slot, 0, mkek)?;
         Ok(Token {
             ctx,
             config,
@@ -156,6 +158,7 @@ impl Token {
             reinitializations: AtomicU64::new(0),
             summary,
             caps,
+            created_mkek,
         })
     }
 
@@ -195,6 +198,7 @@ impl Token {
             Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
                 find_slot(&self.ctx, &self.config).and_then(|slot| {
                     open_epoch(&self.ctx, &self.config, slot, number + 1, MkekPolicy::Require)
+                        .map(|(epoch, _)| epoch)
                 })
             }
             Err(e) => Err(e.into()),
@@ -264,12 +268,18 @@ fn find_slot(ctx: &Pkcs11, config: &TokenConfig) -> Result<Slot> {
     let Some(label) = &config.label else {
         return slots.into_iter().next().ok_or_else(|| Error::Token("no token present".into()));
     };
+    let mut present = Vec::new();
     for slot in slots {
-        if ctx.get_token_info(slot)?.label().trim() == label {
+        let found = ctx.get_token_info(slot)?.label().trim().to_owned();
+        if found == *label {
             return Ok(slot);
         }
+        present.push(format!("{found:?} (slot {})", slot.id()));
     }
-    Err(Error::Token(format!("no token labelled {label:?}")))
+    Err(Error::Token(format!(
+        "no token labelled {label:?}; tokens present: {}",
+        if present.is_empty() { "none".to_owned() } else { present.join(", ") }
+    )))
 }
 
 fn open_epoch(
@@ -278,7 +288,7 @@ fn open_epoch(
     slot: Slot,
     number: u64,
     policy: MkekPolicy,
-) -> Result<Epoch> {
+) -> Result<(Epoch, bool)> {
     let keyholder = ctx.open_rw_session_no_drop(slot)?;
     match keyholder.login(UserType::User, Some(&config.pin)) {
         Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -287,12 +297,12 @@ fn open_epoch(
             return Err(e.into());
         }
     }
-    let mkek = match find_mkek(&keyholder, &config.mkek_label) {
-        Ok(Some(handle)) => handle,
+    let (mkek, created) = match find_mkek(&keyholder, &config.mkek_label) {
+        Ok(Some(handle)) => (handle, false),
         Ok(None) if policy == MkekPolicy::Create => {
             let handle = create_mkek(&keyholder, &config.mkek_label)?;
             tracing::info!(label = %config.mkek_label, "created the master key (MKEK) in the token");
-            handle
+            (handle, true)
         }
         Ok(None) => {
             let _ = keyholder.close();
@@ -307,7 +317,7 @@ fn open_epoch(
             return Err(e);
         }
     };
-    Ok(Epoch { number, slot, mkek, keyholder: Mutex::new(keyholder) })
+    Ok((Epoch { number, slot, mkek, keyholder: Mutex::new(keyholder) }, created))
 }
 
 /// Finds the MKEK and checks that the token enforces what the design relies on.

@@ -138,18 +138,10 @@ impl Proxy {
 /// Creates the MKEK if the token has none; true when it was created.
 pub fn init_token(config: &Config) -> Result<bool> {
     let pin = config.pkcs11.read_pin()?;
-    match Token::open(&config.pkcs11, pin.clone(), MkekPolicy::Require) {
-        Ok(token) => {
-            token.shutdown();
-            Ok(false)
-        }
-        Err(Error::Token(msg)) if msg.contains("no master key") => {
-            let token = Token::open(&config.pkcs11, pin, MkekPolicy::Create)?;
-            token.shutdown();
-            Ok(true)
-        }
-        Err(e) => Err(e),
-    }
+    let token = Token::open(&config.pkcs11, pin, MkekPolicy::Create)?;
+    let created = token.created_mkek;
+    token.shutdown();
+    Ok(created)
 }
 
 /// Worker sessions: the configured number, or one per CPU, within the session budget and the

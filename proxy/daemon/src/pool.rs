@@ -234,10 +234,12 @@ impl Worker {
                 Class::SessionLost => {
                     // The token no longer knows this handle; closing it could close a session
                     // that has since been given the same number.
+                    tracing::warn!(worker = self.index, "session lost; opening a new one");
                     self.forget_session();
                     self.metrics.sessions_replaced.inc();
                 }
                 Class::SessionBroken => {
+                    tracing::warn!(worker = self.index, "session in a bad state; replacing it");
                     self.close_session();
                     self.metrics.sessions_replaced.inc();
                 }

@@ -16,13 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-
-/// Responses gathered into one write at most (a few TLS records).
-const COALESCE_BYTES: usize = 64 * 1024;
 
 /// Limits the listener enforces.
 #[derive(Clone, Copy, Debug)]
@@ -216,23 +213,9 @@ async fn write_loop(
     mut half: WriteHalf<TlsStream<TcpStream>>,
     mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) {
-    // Answers that are already waiting leave in one write (fewer TLS records and syscalls).
-    // The staging buffer is ours, not a BufWriter's, so that the plaintexts it held are wiped.
-    let mut out = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
-    while let Some(frame) = frames.recv().await {
-        out.extend_from_slice(&frame);
-        drop(frame);
-        while out.len() < COALESCE_BYTES {
-            let Ok(frame) = frames.try_recv() else { break };
-            out.extend_from_slice(&frame);
-        }
-        let written = half.write_all(&out).await.and(half.flush().await);
-        out.zeroize();
-        if written.is_err() {
-            return;
-        }
+    if hsm_proxy_proto::io::write_frames(&mut half, &mut frames).await.is_ok() {
+        let _ = half.shutdown().await;
     }
-    let _ = half.shutdown().await;
 }
 
 fn usize_of(n: u32) -> usize {

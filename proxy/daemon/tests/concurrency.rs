@@ -125,11 +125,7 @@ async fn thousands_of_mixed_operations_from_many_clients() {
     assert!(total >= 16_000, "{total}");
 
     let metrics = proxy.metrics_text();
-    let failures: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("hsm_proxy_operations_total{") && !l.contains("status=\"ok\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let failures = common::failed_operations(&metrics);
     assert_eq!(failures, 0.0, "{metrics}");
     // Each KEK was unwrapped into the HSM exactly once, however many streams raced for it.
     assert_eq!(common::metric_value(&metrics, "hsm_proxy_kek_cache_misses_total"), CLIENTS as f64);

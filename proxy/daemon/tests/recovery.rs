@@ -113,11 +113,7 @@ async fn sessions_lost_underneath_the_pool_are_replaced() {
 
     // Nothing failed from the client's point of view.
     let rendered = metrics.render();
-    let failed: f64 = rendered
-        .lines()
-        .filter(|l| l.starts_with("hsm_proxy_operations_total{") && !l.contains("status=\"ok\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let failed = common::failed_operations(&rendered);
     assert_eq!(failed, 0.0, "{rendered}");
 
     let _ = stop.send(());

@@ -15,20 +15,18 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::frame::{DEFAULT_MAX_BODY_BYTES, FrameKind, HEADER_BYTES, Header};
 use crate::{Op, OpCode, Outcome, Reply, Request, RequestBatch, ResponseBatch, Status};
 
 /// Frames queued per connection before callers wait.
 const WRITE_QUEUE_FRAMES: usize = 1024;
-/// Frames gathered into one write at most.
-const COALESCE_BYTES: usize = 64 * 1024;
 
 /// Why a call failed as a whole (per-operation failures are [`Status`]es in the results).
 #[derive(Debug)]
@@ -388,23 +386,8 @@ async fn write_loop(
     mut half: WriteHalf<TlsStream<TcpStream>>,
     mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) {
-    // Frames queued by concurrent callers leave in one write; the staging buffer is wiped after
-    // each write because request frames carry plaintexts.
-    let mut out = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
-    while let Some(frame) = frames.recv().await {
-        out.extend_from_slice(&frame);
-        drop(frame);
-        while out.len() < COALESCE_BYTES {
-            let Ok(frame) = frames.try_recv() else { break };
-            out.extend_from_slice(&frame);
-        }
-        let written = half.write_all(&out).await.and(half.flush().await);
-        out.zeroize();
-        let open = conn.upgrade().is_some_and(|c| !c.closed.load(Ordering::Acquire));
-        if written.is_err() || !open {
-            break;
-        }
-    }
+    // Ends when the connection's last handle is dropped (the channel closes) or a write fails.
+    let _ = crate::io::write_frames(&mut half, &mut frames).await;
     if let Some(c) = conn.upgrade() {
         c.fail_all();
     }

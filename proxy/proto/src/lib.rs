@@ -16,6 +16,8 @@ mod status;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "client")]
+pub mod io;
 
 pub use bytes::SecretBytes;
 pub use frame::{FrameError, FrameKind, Header, RequestBatch, ResponseBatch};

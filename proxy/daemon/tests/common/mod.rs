@@ -95,14 +95,7 @@ pub fn write_config(token: &Token, settings: &Settings) -> (PathBuf, Bundle) {
     let dir = token.path().join("pki");
     let pki = if dir.join("ca.pem").exists() {
         // A restarted proxy keeps its certificates, as a real one does.
-        Bundle {
-            ca_cert: dir.join("ca.pem"),
-            ca_key: dir.join("ca-key.pem"),
-            proxy_cert: dir.join("proxy.pem"),
-            proxy_key: dir.join("proxy-key.pem"),
-            client_cert: dir.join("appliance.pem"),
-            client_key: dir.join("appliance-key.pem"),
-        }
+        Bundle::in_dir(&dir)
     } else {
         appliance::pki::write_bundle(&dir, &["hsm-proxy", "127.0.0.1"], "appliance").unwrap()
     };
@@ -278,6 +271,15 @@ pub fn client_for(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> Clien
     let mut config = ClientConfig::new(vec![addr.to_string()], "hsm-proxy", tls).unwrap();
     config.request_timeout = Duration::from_secs(60);
     Client::new(config).unwrap()
+}
+
+/// Operations answered with anything but `ok`, from a `/metrics` page.
+pub fn failed_operations(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("hsm_proxy_operations_total{") && !l.contains("status=\"ok\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
