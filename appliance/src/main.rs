@@ -2,21 +2,45 @@
 
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-/// The key-manager appliance.
+/// The key-manager appliance: a Barbican v1 API whose keys live in an HSM.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the Barbican v1 API until SIGTERM or Ctrl-C.
+    Serve {
+        /// The configuration file (see appliance.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the whole appliance on this machine: a SoftHSM2 token, an hsm-proxy, a fresh mTLS
+    /// PKI, SQLite, and the API; a second start reuses the same data.
+    Dev {
+        /// Where the token, PKI, database and logs are kept.
+        #[arg(long, default_value = "appliance-data")]
+        data_dir: PathBuf,
+        /// Address of the API; 127.0.0.1:0 picks a free port (dev.json tells which).
+        #[arg(long, default_value = "127.0.0.1:9311")]
+        listen: SocketAddr,
+        /// The hsm-proxy binary (default: next to this binary, then PATH).
+        #[arg(long)]
+        proxy_bin: Option<PathBuf>,
+    },
     /// The appliance's own PKI for mutual TLS with its proxies.
     #[command(subcommand)]
     Pki(Pki),
@@ -39,17 +63,50 @@ enum Pki {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e:#}");
             eprintln!("appliance: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let cfg = appliance::config::Config::load(&config)?;
+            runtime()?.block_on(async {
+                let app = appliance::build(&cfg).await?;
+                let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+                    .await
+                    .with_context(|| format!("binding {}", cfg.server.listen))?;
+                tracing::info!(listen = %listener.local_addr()?, "serving the Barbican v1 API");
+                appliance::server::serve(listener, app.clone(), shutdown_signal()).await;
+                app.store().close().await;
+                Ok(())
+            })
+        }
+        Command::Dev { data_dir, listen, proxy_bin } => {
+            let options = appliance::dev::DevOptions { data_dir, listen, proxy_bin };
+            runtime()?.block_on(appliance::dev::run(options, shutdown_signal()))?;
+            Ok(())
+        }
         Command::Pki(Pki::Init { dir, proxy_names, client_name }) => {
             let names: Vec<&str> = proxy_names.iter().map(String::as_str).collect();
             let bundle = appliance::pki::write_bundle(&dir, &names, &client_name)?;
@@ -61,5 +118,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("client key          {}", bundle.client_key.display());
             Ok(())
         }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
     }
 }

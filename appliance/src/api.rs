@@ -1,0 +1,387 @@
+//! The Barbican v1 REST API: routing, identity, microversions, and the pieces every handler
+//! shares. Handlers live in a module per Barbican resource.
+//!
+//! [`handle`] is a plain async function from a request (body already read) to a response, so
+//! tests drive it in-process and `server` puts it behind hyper.
+
+mod body;
+pub(crate) mod error;
+mod secretmeta;
+mod secrets;
+mod versions;
+
+use hsm_proxy_proto::SecretBytes;
+use hyper::body::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use policy::{Credentials, Decision, Policy, Scope, Target};
+
+pub use crate::api::error::ApiError;
+use crate::auth::{Identity, IdentitySource};
+use crate::hsm::Hsm;
+use crate::store::Store;
+
+/// Highest microversion served: `key-manager 1.2`.
+const MAX_MINOR: u8 = 2;
+/// Barbican's default `max_allowed_request_size_in_bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 25_000;
+/// Barbican's default `max_allowed_secret_in_bytes`.
+pub const DEFAULT_MAX_SECRET_BYTES: usize = 20_000;
+
+/// Everything the API needs, shared by all requests.
+#[derive(Debug)]
+pub struct App {
+    pub(crate) store: Store,
+    pub(crate) hsm: Hsm,
+    pub(crate) policy: Policy,
+    pub(crate) settings: ApiSettings,
+}
+
+/// API behaviour the operator sets.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Base of every href (`https://kms.example.com`); derived from the request when unset.
+    pub host_href: Option<String>,
+    /// Largest request body read.
+    pub max_request_bytes: usize,
+    /// Largest secret payload (as submitted).
+    pub max_secret_bytes: usize,
+    /// Where identities come from.
+    pub identity: IdentitySource,
+}
+
+impl App {
+    /// Assembles the API from its parts.
+    pub fn new(store: Store, hsm: Hsm, policy: Policy, settings: ApiSettings) -> App {
+        App { store, hsm, policy, settings }
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// A request whose body has been read (up to the configured limit).
+#[derive(Debug)]
+pub struct Request {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The body; wiped when the request is dropped (it may hold a payload).
+    pub body: SecretBytes,
+    /// The body was longer than `max_request_bytes` and was not read in full.
+    pub body_too_large: bool,
+    /// `http` or `https`, as the connection was made.
+    pub scheme: &'static str,
+}
+
+/// A response ready to be sent.
+#[derive(Debug)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body; payloads come back in a buffer that is wiped once sent.
+    pub body: Bytes,
+}
+
+/// What a handler answers.
+pub(crate) enum Reply {
+    Json(StatusCode, serde_json::Value),
+    /// Raw bytes with their content type (payloads), wiped once sent.
+    Payload(StatusCode, &'static str, zeroize::Zeroizing<Vec<u8>>),
+    Empty(StatusCode),
+}
+
+pub(crate) type Outcome = Result<(Reply, Vec<(HeaderName, String)>), ApiError>;
+
+/// One request being answered.
+pub(crate) struct Call<'a> {
+    pub(crate) app: &'a App,
+    pub(crate) method: &'a Method,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) body: &'a [u8],
+    pub(crate) body_too_large: bool,
+    pub(crate) base: String,
+    pub(crate) minor: u8,
+    pub(crate) identity: Option<Identity>,
+}
+
+impl Call<'_> {
+    /// The first value of a query parameter.
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The caller; every `/v1` route has one.
+    pub(crate) fn identity(&self) -> &Identity {
+        // `route` authenticates before any /v1 handler runs.
+        static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
+        self.identity.as_ref().unwrap_or_else(|| NOBODY.get_or_init(Identity::nobody))
+    }
+
+    /// Enforces `action` on `target`; a denial is `<operation> attempt not allowed ...`.
+    pub(crate) fn authorize(&self, action: &str, target: &Target, operation: &str) -> Result<(), ApiError> {
+        let id = self.identity();
+        let creds = Credentials {
+            roles: id.roles.clone(),
+            user_id: id.user_id.clone(),
+            project_id: Some(id.project_id.clone()),
+            domain_id: id.domain_id.clone(),
+            scope: if id.domain_id.is_some() { Scope::Domain } else { Scope::Project },
+            attributes: Default::default(),
+        };
+        match self.app.policy.enforce(action, target, &creds) {
+            Decision::Allow => Ok(()),
+            Decision::Deny => {
+                tracing::info!(action, project = %id.project_id, "policy denied the request");
+                Err(ApiError::forbidden(operation))
+            }
+        }
+    }
+
+    /// The media type of the request body, lower-case, parameters dropped.
+    pub(crate) fn content_type(&self) -> Option<String> {
+        self.header("content-type").map(|v| media_type(v))
+    }
+
+    /// Requires a JSON body (415 otherwise).
+    pub(crate) fn require_json(&self) -> Result<(), ApiError> {
+        match self.content_type().as_deref() {
+            Some("application/json") => Ok(()),
+            _ => Err(ApiError::unsupported_media(&["application/json"])),
+        }
+    }
+}
+
+/// The media type of a Content-Type or Accept value: lower-case, parameters dropped.
+pub(crate) fn media_type(value: &str) -> String {
+    value.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Answers one request.
+pub async fn handle(app: &App, req: Request) -> Response {
+    let request_id = request_id(&req.headers);
+    let (mut response, minor) = match microversion(&req.headers) {
+        Ok(minor) => (route(app, &req, minor).await, minor),
+        Err(error) => (error_response(&error), 0),
+    };
+    let headers = &mut response.headers;
+    insert(headers, "x-openstack-request-id", &request_id);
+    insert(headers, "openstack-api-version", &format!("key-manager 1.{minor}"));
+    insert(headers, "vary", "OpenStack-API-Version");
+    response
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// The caller's request id when it has the right form, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers.get("x-openstack-request-id").and_then(|v| v.to_str().ok());
+    match given {
+        Some(id)
+            if id.strip_prefix("req-").is_some_and(|u| uuid::Uuid::parse_str(u).is_ok()) =>
+        {
+            id.to_owned()
+        }
+        _ => format!("req-{}", uuid::Uuid::new_v4()),
+    }
+}
+
+/// The `key-manager` microversion asked for: 400 if unparsable, 406 if unsupported.
+fn microversion(headers: &HeaderMap) -> Result<u8, ApiError> {
+    let mut minor = 0;
+    for value in headers.get_all("openstack-api-version") {
+        let Ok(value) = value.to_str() else { continue };
+        for entry in value.split(',') {
+            let mut words = entry.split_whitespace();
+            let (Some(service), Some(version)) = (words.next(), words.next()) else { continue };
+            if !service.eq_ignore_ascii_case("key-manager") {
+                continue;
+            }
+            if version.eq_ignore_ascii_case("latest") {
+                minor = MAX_MINOR;
+                continue;
+            }
+            let parsed = version
+                .split_once('.')
+                .and_then(|(major, minor)| Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?)));
+            minor = match parsed {
+                Some((1, m)) if m <= MAX_MINOR => m,
+                Some(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_ACCEPTABLE,
+                        format!("Invalid microversion: Unacceptable version header: {version}"),
+                    ));
+                }
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid microversion: invalid version string: {version}"
+                    )));
+                }
+            };
+        }
+    }
+    Ok(minor)
+}
+
+/// `{scheme}://{host}` of the server, as clients reach it.
+fn base_url(app: &App, req: &Request) -> String {
+    if let Some(href) = &app.settings.host_href {
+        return href.trim_end_matches('/').to_owned();
+    }
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let scheme = header("x-forwarded-proto").unwrap_or(req.scheme);
+    let host = header("x-forwarded-host").or_else(|| header("host")).unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+async fn route(app: &App, req: &Request, minor: u8) -> Response {
+    let path = req.path.trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let query = req
+        .query
+        .as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let mut call = Call {
+        app,
+        method: &req.method,
+        headers: &req.headers,
+        query,
+        body: req.body.expose_secret(),
+        body_too_large: req.body_too_large,
+        base: base_url(app, req),
+        minor,
+        identity: None,
+    };
+    let outcome = match segments.as_slice() {
+        [] => versions::root(&call),
+        ["v1", rest @ ..] => match app.settings.identity.identify(&req.headers).await {
+            Ok(identity) => {
+                call.identity = Some(identity);
+                v1(&call, rest).await
+            }
+            Err(early) => return early,
+        },
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    };
+    match outcome {
+        Ok((reply, extra)) => {
+            let mut response = match reply {
+                Reply::Json(status, value) => json_response(status, &value),
+                Reply::Payload(status, content_type, bytes) => {
+                    let mut r = Response {
+                        status,
+                        headers: HeaderMap::new(),
+                        body: Bytes::from_owner(bytes),
+                    };
+                    insert(&mut r.headers, "content-type", content_type);
+                    r
+                }
+                Reply::Empty(status) => {
+                    Response { status, headers: HeaderMap::new(), body: Bytes::new() }
+                }
+            };
+            for (name, value) in extra {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.headers.insert(name, value);
+                }
+            }
+            response
+        }
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
+    match rest {
+        [] => versions::v1(call),
+        ["secrets"] => match *call.method {
+            Method::GET => secrets::list(call).await,
+            Method::POST => secrets::create(call).await,
+            _ => Err(ApiError::method_not_allowed("GET, POST")),
+        },
+        ["secrets", id, sub @ ..] => {
+            let secret = secrets::lookup(call, id).await?;
+            match sub {
+                [] => match *call.method {
+                    Method::GET => secrets::get(call, &secret).await,
+                    Method::PUT => secrets::put(call, &secret).await,
+                    Method::DELETE => secrets::delete(call, &secret).await,
+                    _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
+                },
+                ["payload"] => match *call.method {
+                    Method::GET => secrets::payload(call, &secret, call.header("accept")).await,
+                    _ => Err(ApiError::method_not_allowed("GET")),
+                },
+                ["metadata"] => secretmeta::collection(call, &secret).await,
+                ["metadata", key] => secretmeta::item(call, &secret, key).await,
+                _ => Err(ApiError::not_found("The resource could not be found.")),
+            }
+        }
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut r = Response {
+        status,
+        headers: HeaderMap::new(),
+        body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    };
+    insert(&mut r.headers, "content-type", "application/json");
+    r
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let mut r = json_response(error.status, &error.body());
+    if let Some(allow) = error.allow {
+        insert(&mut r.headers, "allow", allow);
+    }
+    r
+}
+
+/// A `Target` for rules about a secret.
+pub(crate) fn secret_target(secret: &crate::store::SecretRow) -> Target {
+    // Without ACLs every secret is readable project-wide, and no user is on a read list.
+    Target::new()
+        .set("target.secret.project_id", secret.project_id.clone())
+        .set_opt("target.secret.creator_id", secret.creator_id.clone())
+        .set("target.secret.read_project_access", "True")
+        .set_opt("target.secret.read", None)
+}
+
+/// A `Target` for collection rules: the caller's own project.
+pub(crate) fn project_target(call: &Call<'_>) -> Target {
+    Target::new().set("project_id", call.identity().project_id.clone())
+}
+
+pub(crate) use body::parse_json;
+
+/// True when `value` is a canonical lower-case UUID (Barbican's id check).
+pub(crate) fn is_uuid4(value: &str) -> bool {
+    uuid::Uuid::parse_str(value)
+        .is_ok_and(|u| u.get_version_num() == 4 && u.hyphenated().to_string() == value)
+}
+
+/// Reply helpers.
+pub(crate) fn json(status: StatusCode, value: serde_json::Value) -> Outcome {
+    Ok((Reply::Json(status, value), Vec::new()))
+}

@@ -1,0 +1,111 @@
+//! API errors in Barbican's shape: `{"code": N, "title": "...", "description": "..."}`.
+//!
+//! Internal details (database, proxy, HSM) never reach the client: they are logged, and the
+//! client gets Barbican's generic sentence for the operation.
+
+use hyper::StatusCode;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) description: String,
+    /// For 405: the methods the resource does accept.
+    pub(crate) allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, description: impl Into<String>) -> Self {
+        Self { status, description: description.into(), allow: None }
+    }
+
+    pub(crate) fn not_found(description: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, description)
+    }
+
+    pub(crate) fn bad_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `Provided object does not match schema '<schema>': <reason>. Invalid property: '<prop>'`
+    pub(crate) fn schema(schema: &str, reason: &str, property: Option<&str>) -> Self {
+        Self::bad_request(format!(
+            "Provided object does not match schema '{schema}': {reason}. Invalid property: '{}'",
+            property.unwrap_or("None")
+        ))
+    }
+
+    pub(crate) fn malformed_json() -> Self {
+        Self::bad_request("Malformed JSON")
+    }
+
+    pub(crate) fn forbidden(operation: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            format!("{operation} attempt not allowed - please review your user/project privileges"),
+        )
+    }
+
+    /// `<operation> issue seen - <message>.` with the given status.
+    pub(crate) fn issue(status: StatusCode, operation: &str, message: &str) -> Self {
+        Self::new(status, format!("{operation} issue seen - {message}."))
+    }
+
+    pub(crate) fn too_large(operation: &str) -> Self {
+        Self::issue(StatusCode::PAYLOAD_TOO_LARGE, operation, "Provided information too large to process")
+    }
+
+    pub(crate) fn unsupported_media(expected: &[&str]) -> Self {
+        let list: Vec<String> = expected.iter().map(|t| format!("'{t}'")).collect();
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Unexpected content type. Expected content types are: [{}]", list.join(", ")),
+        )
+    }
+
+    pub(crate) fn method_not_allowed(allow: &'static str) -> Self {
+        Self { status: StatusCode::METHOD_NOT_ALLOWED, description: String::new(), allow: Some(allow) }
+    }
+
+    /// An unexpected failure: logged with its cause, answered with Barbican's generic 500.
+    pub(crate) fn internal(operation: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(operation, error = %cause, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{operation} failure seen - please contact site administrator."),
+        )
+    }
+
+    /// The HSM (through its proxies) or the database cannot be reached: retry later.
+    pub(crate) fn unavailable(operation: &str, what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(operation, error = %cause, "{what} unavailable");
+        Self::issue(
+            StatusCode::SERVICE_UNAVAILABLE,
+            operation,
+            &format!("the {what} is unavailable, please retry later"),
+        )
+    }
+
+    /// The JSON body of this error.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "code": self.status.as_u16(),
+            "title": title(self.status),
+            "description": self.description,
+        })
+    }
+}
+
+/// The HTTP reason phrase Barbican (webob) uses.
+pub(crate) fn title(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "Request Entity Too Large",
+        other => other.canonical_reason().unwrap_or(""),
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.description)
+    }
+}

@@ -1,0 +1,134 @@
+//! Who is calling: the identity source turns request headers into an [`Identity`].
+//!
+//! `noauth` reads Barbican's unauthenticated-context headers (`X-Project-Id`, `X-Roles`,
+//! `X-User-Id`, `X-Domain-Id`); other sources plug in here.
+
+use hyper::header::HeaderMap;
+use hyper::StatusCode;
+
+use crate::api::Response;
+
+/// Where identities come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// Barbican's no-auth headers: whoever sends `X-Project-Id` is in that project. For
+    /// development and tests only.
+    NoAuth,
+}
+
+/// The caller of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The project the caller acts in.
+    pub project_id: String,
+    /// The user, when known.
+    pub user_id: Option<String>,
+    /// Lower-case role names.
+    pub roles: Vec<String>,
+    /// Set when the credentials are domain-scoped (every Barbican rule then denies).
+    pub domain_id: Option<String>,
+}
+
+impl Identity {
+    /// An identity with no project and no roles, which every rule denies.
+    pub(crate) fn nobody() -> Identity {
+        Identity { project_id: String::new(), user_id: None, roles: Vec::new(), domain_id: None }
+    }
+}
+
+impl IdentitySource {
+    /// The caller, or the response to send instead (missing or invalid credentials).
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Response> {
+        match self {
+            IdentitySource::NoAuth => no_auth(headers),
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn no_auth(headers: &HeaderMap) -> Result<Identity, Response> {
+    let Some(project_id) = header(headers, "x-project-id") else {
+        return Err(missing_project(headers));
+    };
+    let roles = match headers.get("x-roles").and_then(|v| v.to_str().ok()) {
+        // Barbican's unauthenticated context: without X-Roles the caller is `admin` (only).
+        None => vec!["admin".to_owned()],
+        Some(list) => list
+            .split(',')
+            .map(|r| r.trim().to_ascii_lowercase())
+            .filter(|r| !r.is_empty())
+            .collect(),
+    };
+    Ok(Identity {
+        project_id: project_id.to_owned(),
+        user_id: header(headers, "x-user-id").map(str::to_owned),
+        roles,
+        domain_id: header(headers, "x-domain-id").map(str::to_owned),
+    })
+}
+
+/// The error page Barbican's middleware (webob) answers when `X-Project-Id` is missing: plain
+/// text, or webob's JSON form when the client accepts JSON.
+fn missing_project(headers: &HeaderMap) -> Response {
+    const EXPLANATION: &str =
+        "The server could not comply with the request since it is either malformed or otherwise incorrect.";
+    let wants_json = header(headers, "accept").is_some_and(|a| a.contains("application/json"));
+    let (body, content_type) = if wants_json {
+        let value = serde_json::json!({
+            "message": format!("{EXPLANATION}<br /><br />\nMissing X-Project-Id\n\n"),
+            "code": "400 Bad Request",
+            "title": "Bad Request",
+        });
+        (serde_json::to_vec(&value).unwrap_or_default(), "application/json")
+    } else {
+        (
+            format!("400 Bad Request\n\n{EXPLANATION}\n\n Missing X-Project-Id  ").into_bytes(),
+            "text/plain; charset=UTF-8",
+        )
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    Response { status: StatusCode::BAD_REQUEST, headers, body: body.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[tokio::test]
+    async fn no_auth_headers() {
+        let id = IdentitySource::NoAuth
+            .identify(&headers(&[("x-project-id", "p1"), ("x-roles", " Member, ,reader"), ("x-user-id", "u")]))
+            .await
+            .unwrap();
+        assert_eq!(id.project_id, "p1");
+        assert_eq!(id.roles, vec!["member", "reader"]);
+        assert_eq!(id.user_id.as_deref(), Some("u"));
+
+        let id = IdentitySource::NoAuth.identify(&headers(&[("x-project-id", "p1")])).await.unwrap();
+        assert_eq!(id.roles, vec!["admin"]);
+
+        let r = IdentitySource::NoAuth.identify(&headers(&[])).await.unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&r.body).ends_with("Missing X-Project-Id  "));
+        let r = IdentitySource::NoAuth
+            .identify(&headers(&[("accept", "application/json")]))
+            .await
+            .unwrap_err();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "400 Bad Request");
+    }
+}

@@ -1,0 +1,223 @@
+//! `appliance.toml`: the control plane's configuration, every default here.
+//!
+//! Relative paths are resolved against the directory of the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP API.
+    pub server: ServerConfig,
+    /// Where secrets (ciphertext) and wrapped KEKs are kept.
+    pub database: DatabaseConfig,
+    /// The HSM proxies.
+    pub hsm: HsmConfig,
+    /// Who callers are.
+    pub identity: IdentityConfig,
+    /// Authorisation.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the Barbican v1 API.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Base URL of every href (`https://kms.example.com:9311`); derived from each request's
+    /// Host (and X-Forwarded-*) when unset.
+    #[serde(default)]
+    pub host_href: Option<String>,
+    /// Largest request body, in bytes (Barbican's `max_allowed_request_size_in_bytes`).
+    #[serde(default = "defaults::max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Largest secret payload, in bytes (Barbican's `max_allowed_secret_in_bytes`).
+    #[serde(default = "defaults::max_secret_bytes")]
+    pub max_secret_bytes: usize,
+}
+
+/// `[database]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:///path/appliance.db` or `postgres://user@host:5432/db`.
+    pub url: String,
+    /// Connections kept in the pool.
+    #[serde(default = "defaults::db_connections")]
+    pub max_connections: u32,
+}
+
+/// `[hsm]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// `host:port` of each proxy, tried in order (failover).
+    pub endpoints: Vec<String>,
+    /// The name the proxies' certificates carry.
+    #[serde(default = "defaults::server_name")]
+    pub server_name: String,
+    /// PEM: the CA that issued the proxies' certificates.
+    pub ca: PathBuf,
+    /// PEM: the appliance's client certificate and key.
+    pub cert: PathBuf,
+    /// PEM: the key of `cert`.
+    pub key: PathBuf,
+    /// Connections kept open per appliance.
+    #[serde(default = "defaults::connections")]
+    pub connections: usize,
+    /// Time allowed to connect to a proxy.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one HSM operation, queueing included.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+/// `[identity]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// `noauth`: trust Barbican's X-Project-Id / X-Roles / X-User-Id headers.
+    pub source: IdentitySourceName,
+    /// Must be true to start with `source = "noauth"`: anyone who can reach the API can then
+    /// claim any project.
+    #[serde(default)]
+    pub allow_noauth: bool,
+}
+
+/// Identity sources.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySourceName {
+    /// Barbican's unauthenticated-context headers.
+    Noauth,
+}
+
+/// `[policy]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A policy file (YAML or JSON, rule name → check string) overriding Barbican's defaults.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Barbican's secure-RBAC defaults; false ORs in the pre-Wallaby rules (creator, observer,
+    /// audit roles).
+    #[serde(default = "defaults::yes")]
+    pub enforce_new_defaults: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self { file: None, enforce_new_defaults: true }
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+
+    pub(super) fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9311))
+    }
+    pub(super) fn max_request_bytes() -> usize {
+        crate::api::DEFAULT_MAX_REQUEST_BYTES
+    }
+    pub(super) fn max_secret_bytes() -> usize {
+        crate::api::DEFAULT_MAX_SECRET_BYTES
+    }
+    pub(super) fn db_connections() -> u32 {
+        16
+    }
+    pub(super) fn server_name() -> String {
+        "hsm-proxy".into()
+    }
+    pub(super) fn connections() -> usize {
+        2
+    }
+    pub(super) fn connect_timeout_ms() -> u64 {
+        3_000
+    }
+    pub(super) fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub(super) fn yes() -> bool {
+        true
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut config.hsm.ca, &mut config.hsm.cert, &mut config.hsm.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(p) = config.policy.file.as_mut()
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that cannot work or that need an explicit opt-in.
+    pub fn validate(&self) -> Result<()> {
+        if self.hsm.endpoints.is_empty() {
+            return Err(Error::Config("[hsm] endpoints must list at least one proxy".into()));
+        }
+        if self.identity.source == IdentitySourceName::Noauth && !self.identity.allow_noauth {
+            return Err(Error::Config(
+                "[identity] source = \"noauth\" lets any caller claim any project; set \
+                 allow_noauth = true to accept that (development and tests only)"
+                    .into(),
+            ));
+        }
+        if self.server.max_secret_bytes == 0 || self.server.max_request_bytes == 0 {
+            return Err(Error::Config("[server] size limits must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_valid_and_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.server.listen, defaults::listen());
+        assert_eq!(c.server.max_request_bytes, 25_000);
+        assert_eq!(c.server.max_secret_bytes, 20_000);
+        assert_eq!(c.database.max_connections, defaults::db_connections());
+        assert_eq!(c.hsm.connections, defaults::connections());
+        assert_eq!(c.hsm.request_timeout_ms, defaults::request_timeout_ms());
+        assert_eq!(c.hsm.connect_timeout_ms, defaults::connect_timeout_ms());
+        assert!(c.policy.enforce_new_defaults);
+        assert!(c.hsm.ca.is_absolute());
+    }
+
+    #[test]
+    fn noauth_needs_an_explicit_opt_in() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
+        let text = std::fs::read_to_string(path).unwrap().replace("allow_noauth = true", "");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("allow_noauth"));
+    }
+}

@@ -1,0 +1,45 @@
+//! The appliance's error type for start-up, configuration and commands.
+//!
+//! Request failures are not `Error`s: they are answered in Barbican's error shape
+//! (`api::ApiError`).
+
+use std::path::PathBuf;
+
+/// Why the appliance (or one of its commands) could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The policy or its file is invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] policy::Error),
+    /// The HSM proxy client could not be configured.
+    #[error("HSM proxy client: {0}")]
+    Hsm(#[from] hsm_proxy_proto::client::Error),
+    /// The PKI could not be issued or written.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::Error),
+    /// The dev stack could not be brought up.
+    #[error("dev: {0}")]
+    Dev(String),
+    /// A listener could not be bound.
+    #[error("network: {0}")]
+    Network(#[source] std::io::Error),
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

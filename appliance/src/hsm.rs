@@ -1,0 +1,133 @@
+//! The appliance's side of the key hierarchy: project KEKs (created on first use, stored only
+//! wrapped) and sealing payloads through the HSM proxies.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use hsm_proxy_proto::client::{Client, Error as ClientError};
+use hsm_proxy_proto::op::{Decrypt, Encrypt, GenerateKek, Kek, KekId, Sealed};
+use hsm_proxy_proto::{SecretBytes, Status};
+
+use crate::store::{KekRow, Store, StoreError};
+
+/// Why an HSM-backed step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    /// No proxy answered, or the HSM behind it is down or saturated: retry later.
+    #[error("HSM proxy unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data does not authenticate under its KEK (corruption or tampering).
+    #[error("stored data failed authentication: {0}")]
+    Corrupt(Status),
+    /// Anything else the proxy refused.
+    #[error("HSM operation failed: {0}")]
+    Failed(String),
+    /// Reading or writing a KEK failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ClientError> for HsmError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Operation(status) | ClientError::Refused(status)
+                if matches!(status, Status::AuthenticationFailed | Status::KekInvalid) =>
+            {
+                HsmError::Corrupt(status)
+            }
+            ClientError::Operation(status) | ClientError::Refused(status) if !status.is_transient() => {
+                HsmError::Failed(status.to_string())
+            }
+            other => HsmError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Access to the HSM through the proxies.
+#[derive(Debug)]
+pub struct Hsm {
+    client: Client,
+    /// Wrapped KEKs already read, by project and by id (wrapped blobs are not secret).
+    by_project: Mutex<HashMap<String, Kek>>,
+    by_id: Mutex<HashMap<String, Kek>>,
+}
+
+/// The additional authenticated data binding a payload to its secret and project: a
+/// ciphertext moved to another row or project does not decrypt.
+pub(crate) fn payload_aad(project_id: &str, secret_id: &str) -> Vec<u8> {
+    format!("hsm-appliance/secret/v1\0{project_id}\0{secret_id}").into_bytes()
+}
+
+impl Hsm {
+    /// Wraps a connected (or lazily connecting) proxy client.
+    pub fn new(client: Client) -> Hsm {
+        Hsm { client, by_project: Mutex::new(HashMap::new()), by_id: Mutex::new(HashMap::new()) }
+    }
+
+    /// The project's KEK, generated in the HSM and stored (wrapped) on first use.
+    pub(crate) async fn project_kek(&self, store: &Store, project_id: &str) -> Result<(String, Kek), HsmError> {
+        if let Some(kek) = lock(&self.by_project).get(project_id) {
+            return Ok((hex(&kek.id), kek.clone()));
+        }
+        let row = match store.active_kek(project_id).await? {
+            Some(row) => row,
+            None => {
+                let kek = self.client.call(GenerateKek).await?;
+                let row = KekRow { id: hex(&kek.id), wrapped: kek.wrapped };
+                if store.insert_kek(project_id, &row).await? {
+                    tracing::info!(kek = %row.id, "new project KEK created in the HSM");
+                    row
+                } else {
+                    // Another request created the project's KEK at the same time: use that one.
+                    store.active_kek(project_id).await?.ok_or_else(|| {
+                        HsmError::Failed("project KEK vanished while being created".into())
+                    })?
+                }
+            }
+        };
+        let kek = to_kek(&row)?;
+        lock(&self.by_project).insert(project_id.to_owned(), kek.clone());
+        lock(&self.by_id).insert(row.id.clone(), kek.clone());
+        Ok((row.id, kek))
+    }
+
+    /// A KEK by its stored id.
+    pub(crate) async fn kek(&self, store: &Store, id: &str) -> Result<Kek, HsmError> {
+        if let Some(kek) = lock(&self.by_id).get(id) {
+            return Ok(kek.clone());
+        }
+        let row = store.kek(id).await?.ok_or_else(|| HsmError::Failed(format!("KEK {id} is not in the database")))?;
+        let kek = to_kek(&row)?;
+        lock(&self.by_id).insert(id.to_owned(), kek.clone());
+        Ok(kek)
+    }
+
+    /// Encrypts `plaintext` under `kek` in the HSM.
+    pub(crate) async fn seal(&self, kek: &Kek, plaintext: &[u8], aad: Vec<u8>) -> Result<Sealed, HsmError> {
+        let op = Encrypt { kek: kek.clone(), plaintext: SecretBytes::copy_from(plaintext), aad };
+        Ok(self.client.call(op).await?)
+    }
+
+    /// Decrypts in the HSM.
+    pub(crate) async fn open(&self, kek: &Kek, sealed: Sealed, aad: Vec<u8>) -> Result<SecretBytes, HsmError> {
+        Ok(self.client.call(Decrypt { kek: kek.clone(), sealed, aad }).await?)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hex(id: &KekId) -> String {
+    id.to_string()
+}
+
+fn to_kek(row: &KekRow) -> Result<Kek, HsmError> {
+    let bytes: Vec<u8> = (0..row.id.len())
+        .step_by(2)
+        .filter_map(|i| row.id.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect();
+    let id: [u8; 16] =
+        bytes.try_into().map_err(|_| HsmError::Failed(format!("malformed KEK id {:?}", row.id)))?;
+    Ok(Kek { id: KekId(id), wrapped: row.wrapped.clone() })
+}

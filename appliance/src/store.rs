@@ -1,0 +1,511 @@
+//! Storage: SQLite (default) or PostgreSQL through sqlx's `Any` driver, one set of queries.
+//!
+//! Secrets are stored as AES-GCM ciphertext with IV, tag and the id of the project KEK they are
+//! sealed under; KEKs only wrapped under the HSM's master key. Nothing here ever holds a
+//! plaintext or an unwrapped key.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::timefmt::now_micros;
+
+/// Migrations per backend, applied in order; append only.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_secrets.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/postgres/0001_secrets.sql"))];
+/// Serialises migrations between appliances sharing one PostgreSQL (an arbitrary constant).
+const MIGRATION_LOCK: i64 = 0x6b65_795f_6d67_7231;
+
+/// A database failure; callers answer 500 (or 503 when the database is unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("database: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+impl StoreError {
+    /// Whether the database could not be reached at all (rather than refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.0, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Which database is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, one file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A project's KEK as stored: its id and the key wrapped under the MKEK.
+#[derive(Clone, Debug)]
+pub struct KekRow {
+    /// Hex of the proxy's 16-byte KEK id.
+    pub id: String,
+    /// The wrapped key.
+    pub wrapped: Vec<u8>,
+}
+
+/// A secret's row. The payload fields are all set or all empty.
+#[derive(Clone, Debug)]
+pub struct SecretRow {
+    /// UUID4, canonical lower case.
+    pub id: String,
+    /// The owning project (external id).
+    pub project_id: String,
+    /// Free-form name.
+    pub name: Option<String>,
+    /// `symmetric`, `public`, `private`, `passphrase`, `certificate` or `opaque`.
+    pub secret_type: String,
+    /// As sent by the client.
+    pub algorithm: Option<String>,
+    /// As sent by the client.
+    pub bit_length: Option<i64>,
+    /// As sent by the client.
+    pub mode: Option<String>,
+    /// Microseconds since the epoch; past it the secret looks deleted.
+    pub expiration: Option<i64>,
+    /// The user that created it.
+    pub creator_id: Option<String>,
+    /// Microseconds since the epoch.
+    pub created: i64,
+    /// Microseconds since the epoch.
+    pub updated: i64,
+    /// None for a metadata-only secret.
+    pub payload: Option<StoredPayload>,
+}
+
+/// The sealed payload of a secret.
+#[derive(Clone, Debug)]
+pub struct StoredPayload {
+    /// Normalised media type: `text/plain`, `application/octet-stream`, `application/pkcs8`.
+    pub content_type: String,
+    /// The project KEK it is sealed under.
+    pub kek_id: String,
+    /// AES-256-GCM ciphertext.
+    pub ciphertext: Vec<u8>,
+    /// The 96-bit IV.
+    pub iv: Vec<u8>,
+    /// The 128-bit tag.
+    pub tag: Vec<u8>,
+}
+
+/// A comparison in a date filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// `=`
+    Eq,
+    /// `>`
+    Gt,
+    /// `>=`
+    Gte,
+    /// `<`
+    Lt,
+    /// `<=`
+    Lte,
+}
+
+/// What `GET /v1/secrets` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct SecretQuery {
+    /// The caller's project.
+    pub project_id: String,
+    /// SQL `LIKE` pattern on the name (case-insensitive).
+    pub name: Option<String>,
+    /// SQL `LIKE` pattern on the algorithm.
+    pub algorithm: Option<String>,
+    /// SQL `LIKE` pattern on the mode.
+    pub mode: Option<String>,
+    /// Exact bit length.
+    pub bits: Option<i64>,
+    /// Exact secret type.
+    pub secret_type: Option<String>,
+    /// Bounds on `created`.
+    pub created: Vec<(Compare, i64)>,
+    /// Bounds on `updated`.
+    pub updated: Vec<(Compare, i64)>,
+    /// Bounds on `expiration`.
+    pub expiration: Vec<(Compare, i64)>,
+    /// (column, descending), before the default creation order.
+    pub sort: Vec<(&'static str, bool)>,
+    /// Rows skipped.
+    pub offset: i64,
+    /// Rows returned at most.
+    pub limit: i64,
+}
+
+/// The database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SECRET_COLUMNS: &str = "id, project_id, name, secret_type, algorithm, bit_length, mode, \
+     expiration, creator_id, created, updated, content_type, kek_id, ciphertext, iv, tag";
+
+impl Store {
+    /// Connects (creating a SQLite file if needed) and applies pending migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; the busy timeout makes writers
+                        // queue instead of failing with SQLITE_BUSY.
+                        for pragma in [
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA busy_timeout = 5000",
+                            "PRAGMA synchronous = NORMAL",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+        }
+        sqlx::query("CREATE TABLE IF NOT EXISTS appliance_schema (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let applied: Option<i64> =
+            sqlx::query("SELECT MAX(version) FROM appliance_schema").fetch_one(&mut *tx).await?.try_get(0)?;
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        for (version, sql) in migrations {
+            if applied.is_some_and(|a| a >= *version) {
+                continue;
+            }
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO appliance_schema (version, applied) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now_micros())
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, "database migration applied");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The project's active KEK, if it has one.
+    pub async fn active_kek(&self, project_id: &str) -> Result<Option<KekRow>> {
+        let row = sqlx::query("SELECT id, wrapped FROM project_keks WHERE project_id = $1 AND active = 1")
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(KekRow { id: r.try_get(0)?, wrapped: r.try_get(1)? })).transpose()
+    }
+
+    /// A KEK by id (active or retired).
+    pub async fn kek(&self, id: &str) -> Result<Option<KekRow>> {
+        let row = sqlx::query("SELECT id, wrapped FROM project_keks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(KekRow { id: r.try_get(0)?, wrapped: r.try_get(1)? })).transpose()
+    }
+
+    /// Records a new active KEK for the project. `false` when another one became active first
+    /// (two first secrets at once); the caller then uses that one.
+    pub async fn insert_kek(&self, project_id: &str, kek: &KekRow) -> Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO project_keks (id, project_id, wrapped, active, created) VALUES ($1, $2, $3, 1, $4)",
+        )
+        .bind(&kek.id)
+        .bind(project_id)
+        .bind(&kek.wrapped)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Inserts a secret and its metadata in one transaction.
+    pub async fn insert_secret(&self, s: &SecretRow) -> Result<()> {
+        let p = s.payload.as_ref();
+        sqlx::query(&format!(
+            "INSERT INTO secrets ({SECRET_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        ))
+        .bind(&s.id)
+        .bind(&s.project_id)
+        .bind(&s.name)
+        .bind(&s.secret_type)
+        .bind(&s.algorithm)
+        .bind(s.bit_length)
+        .bind(&s.mode)
+        .bind(s.expiration)
+        .bind(&s.creator_id)
+        .bind(s.created)
+        .bind(s.updated)
+        .bind(p.map(|p| p.content_type.clone()))
+        .bind(p.map(|p| p.kek_id.clone()))
+        .bind(p.map(|p| p.ciphertext.clone()))
+        .bind(p.map(|p| p.iv.clone()))
+        .bind(p.map(|p| p.tag.clone()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A secret that exists and has not expired.
+    pub async fn secret(&self, id: &str) -> Result<Option<SecretRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE id = $1 \
+             AND (expiration IS NULL OR expiration > $2)"
+        ))
+        .bind(id)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(secret_from_row).transpose()
+    }
+
+    /// Adds the payload to a metadata-only secret; `false` if it already has one.
+    pub async fn set_payload(&self, id: &str, payload: &StoredPayload) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE secrets SET content_type = $1, kek_id = $2, ciphertext = $3, iv = $4, tag = $5, \
+             updated = $6 WHERE id = $7 AND ciphertext IS NULL",
+        )
+        .bind(&payload.content_type)
+        .bind(&payload.kek_id)
+        .bind(&payload.ciphertext)
+        .bind(&payload.iv)
+        .bind(&payload.tag)
+        .bind(now_micros())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Deletes a secret with its metadata.
+    pub async fn delete_secret(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM secrets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One page of a project's secrets and the total number matching.
+    pub async fn list_secrets(&self, q: &SecretQuery) -> Result<(Vec<SecretRow>, i64)> {
+        let mut sql = String::from(" FROM secrets WHERE project_id = $1 AND (expiration IS NULL OR expiration > $2)");
+        let mut n = 2;
+        let mut next = |sql: &mut String, clause: &str| {
+            n += 1;
+            sql.push_str(&clause.replace("$?", &format!("${n}")));
+        };
+        // Case-insensitive on both databases (SQLite's LIKE already is, for ASCII).
+        let like = if self.backend == Backend::Postgres { "ILIKE" } else { "LIKE" };
+        if q.name.is_some() {
+            next(&mut sql, &format!(" AND name {like} $?"));
+        }
+        if q.algorithm.is_some() {
+            next(&mut sql, &format!(" AND algorithm {like} $?"));
+        }
+        if q.mode.is_some() {
+            next(&mut sql, &format!(" AND mode {like} $?"));
+        }
+        if q.bits.is_some() {
+            next(&mut sql, " AND bit_length = $?");
+        }
+        if q.secret_type.is_some() {
+            next(&mut sql, " AND secret_type = $?");
+        }
+        for (column, filters) in [("created", &q.created), ("updated", &q.updated), ("expiration", &q.expiration)] {
+            for (cmp, _) in filters.iter() {
+                let op = match cmp {
+                    Compare::Eq => "=",
+                    Compare::Gt => ">",
+                    Compare::Gte => ">=",
+                    Compare::Lt => "<",
+                    Compare::Lte => "<=",
+                };
+                next(&mut sql, &format!(" AND {column} {op} $?"));
+            }
+        }
+        let now = now_micros();
+        macro_rules! bind_all {
+            ($query:expr) => {{
+                let mut query = $query.bind(&q.project_id).bind(now);
+                for v in [&q.name, &q.algorithm, &q.mode].into_iter().flatten() {
+                    query = query.bind(v);
+                }
+                if let Some(bits) = q.bits {
+                    query = query.bind(bits);
+                }
+                if let Some(t) = &q.secret_type {
+                    query = query.bind(t);
+                }
+                for filters in [&q.created, &q.updated, &q.expiration] {
+                    for (_, value) in filters.iter() {
+                        query = query.bind(*value);
+                    }
+                }
+                query
+            }};
+        }
+        let count_sql = format!("SELECT COUNT(*){sql}");
+        let total: i64 = bind_all!(sqlx::query(&count_sql)).fetch_one(&self.pool).await?.try_get(0)?;
+        let mut order: Vec<String> =
+            q.sort.iter().map(|(c, desc)| format!("{c} {}", if *desc { "DESC" } else { "ASC" })).collect();
+        order.push("created ASC".into());
+        order.push("id ASC".into());
+        let page_sql = format!(
+            "SELECT {SECRET_COLUMNS}{sql} ORDER BY {} LIMIT {} OFFSET {}",
+            order.join(", "),
+            q.limit.max(0),
+            q.offset.max(0)
+        );
+        let rows = bind_all!(sqlx::query(&page_sql)).fetch_all(&self.pool).await?;
+        let secrets = rows.iter().map(secret_from_row).collect::<Result<Vec<_>>>()?;
+        Ok((secrets, total))
+    }
+
+    /// A secret's user metadata.
+    pub async fn metadata(&self, secret_id: &str) -> Result<BTreeMap<String, String>> {
+        let rows = sqlx::query("SELECT key, value FROM secret_metadata WHERE secret_id = $1")
+            .bind(secret_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Replaces the whole metadata set.
+    pub async fn replace_metadata(&self, secret_id: &str, entries: &BTreeMap<String, String>) -> Result<()> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1").bind(secret_id).execute(&mut *tx).await?;
+        for (key, value) in entries {
+            sqlx::query(
+                "INSERT INTO secret_metadata (secret_id, key, value, created, updated) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(secret_id)
+            .bind(key)
+            .bind(value)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds one key; `false` if it is already there.
+    pub async fn add_metadatum(&self, secret_id: &str, key: &str, value: &str) -> Result<bool> {
+        let now = now_micros();
+        let result = sqlx::query(
+            "INSERT INTO secret_metadata (secret_id, key, value, created, updated) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(secret_id)
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Changes one key's value; `false` if the key is not there.
+    pub async fn update_metadatum(&self, secret_id: &str, key: &str, value: &str) -> Result<bool> {
+        let result =
+            sqlx::query("UPDATE secret_metadata SET value = $1, updated = $2 WHERE secret_id = $3 AND key = $4")
+                .bind(value)
+                .bind(now_micros())
+                .bind(secret_id)
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Removes one key (nothing happens if it is not there).
+    pub async fn delete_metadatum(&self, secret_id: &str, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1 AND key = $2")
+            .bind(secret_id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn secret_from_row(r: &AnyRow) -> Result<SecretRow> {
+    let content_type: Option<String> = r.try_get("content_type")?;
+    let payload = match content_type {
+        Some(content_type) => Some(StoredPayload {
+            content_type,
+            kek_id: r.try_get("kek_id")?,
+            ciphertext: r.try_get("ciphertext")?,
+            iv: r.try_get("iv")?,
+            tag: r.try_get("tag")?,
+        }),
+        None => None,
+    };
+    Ok(SecretRow {
+        id: r.try_get("id")?,
+        project_id: r.try_get("project_id")?,
+        name: r.try_get("name")?,
+        secret_type: r.try_get("secret_type")?,
+        algorithm: r.try_get("algorithm")?,
+        bit_length: r.try_get("bit_length")?,
+        mode: r.try_get("mode")?,
+        expiration: r.try_get("expiration")?,
+        creator_id: r.try_get("creator_id")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+        payload,
+    })
+}

@@ -1,0 +1,233 @@
+//! Shared harness: an HSM stack (SoftHSM2 + the real hsm-proxy), the API in-process on SQLite
+//! or PostgreSQL, and request helpers.
+// Harness failures are test failures: unwrap is the clearest report.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use appliance::App;
+use appliance::api::{Request, handle};
+use appliance::dev::HsmStack;
+use hsm_proxy_proto::SecretBytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+
+/// Where the tests find PostgreSQL.
+pub fn postgres_admin_url() -> String {
+    std::env::var("APPLIANCE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Builds hsm-proxy if this test run did not (`cargo test -p appliance` alone).
+fn ensure_proxy_built() {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    if profile_dir.join("hsm-proxy").exists() {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "-p", "hsm-proxy", "--bin", "hsm-proxy"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building hsm-proxy failed");
+}
+
+/// Which database a test runs on.
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres { admin: String, name: String, url: String },
+}
+
+/// The API in-process, with its HSM stack.
+pub struct Env {
+    pub app: Arc<App>,
+    pub stack: HsmStack,
+    pub db: Db,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub async fn sqlite() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("appliance.db");
+        let url = format!("sqlite://{}", path.display());
+        Env::with(dir, url, Db::Sqlite(path)).await
+    }
+
+    /// PostgreSQL in a fresh database; `None` (said loudly) when no server answers, unless
+    /// `APPLIANCE_REQUIRE_POSTGRES` is set, which CI does.
+    pub async fn postgres() -> Option<Env> {
+        let admin = postgres_admin_url();
+        let name = format!("appliance_test_{}", uuid::Uuid::new_v4().simple());
+        let created = std::process::Command::new("psql")
+            .arg(&admin)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+            .output();
+        match created {
+            Ok(out) if out.status.success() => {}
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
+                    panic!("PostgreSQL is required but unavailable at {admin}: {why}");
+                }
+                eprintln!("\n*** SKIPPING PostgreSQL test: no server at {admin} ({why}) ***\n");
+                return None;
+            }
+        }
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+        let url = format!("{base}/{name}");
+        let dir = tempfile::tempdir().unwrap();
+        Some(Env::with(dir, url.clone(), Db::Postgres { admin, name, url }).await)
+    }
+
+    async fn with(dir: tempfile::TempDir, url: String, db: Db) -> Env {
+        ensure_proxy_built();
+        let stack = HsmStack::start(&dir.path().join("hsm"), None).await.unwrap();
+        let config = stack.appliance_config("127.0.0.1:0".parse().unwrap(), url);
+        let app = appliance::build(&config).await.unwrap();
+        Env { app, stack, db, dir }
+    }
+
+    pub async fn finish(mut self) {
+        self.app.store().close().await;
+        self.stack.stop_proxy().await;
+        if let Db::Postgres { admin, name, .. } = &self.db {
+            let _ = std::process::Command::new("psql")
+                .arg(admin)
+                .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .output();
+        }
+    }
+
+    /// Runs SQL against the test database (to age a row, or dump it).
+    pub fn sql(&self, statement: &str) -> String {
+        let out = match &self.db {
+            Db::Sqlite(path) => std::process::Command::new("python3")
+                .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); r=c.execute(sys.argv[2]).fetchall(); c.commit(); print(r)"])
+                .arg(path)
+                .arg(statement)
+                .output()
+                .unwrap(),
+            Db::Postgres { url, .. } => std::process::Command::new("psql")
+                .arg(url)
+                .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", statement])
+                .output()
+                .unwrap(),
+        };
+        assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Who calls.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub project: &'a str,
+    pub user: Option<&'a str>,
+    pub roles: Option<&'a str>,
+}
+
+pub const MEMBER: Caller<'static> = Caller { project: "p1", user: Some("u1"), roles: Some("member,reader") };
+
+pub const HOST: &str = "kms.test:9311";
+pub const BASE: &str = "http://kms.test:9311";
+
+/// A response, body read.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a Barbican error body.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, description: &str) {
+        let body = self.json();
+        assert_eq!(self.status.as_u16(), status, "{body}");
+        assert_eq!(body["code"], status, "{body}");
+        assert_eq!(body["description"], description, "{body}");
+        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+    }
+}
+
+/// One request through the in-process API.
+pub async fn call(
+    app: &App,
+    method: Method,
+    path: &str,
+    caller: Option<Caller<'_>>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut map = HeaderMap::new();
+    map.insert("host", HeaderValue::from_static(HOST));
+    if let Some(c) = caller {
+        map.insert("x-project-id", c.project.parse().unwrap());
+        if let Some(u) = c.user {
+            map.insert("x-user-id", u.parse().unwrap());
+        }
+        if let Some(r) = c.roles {
+            map.insert("x-roles", r.parse().unwrap());
+        }
+    }
+    for (k, v) in headers {
+        map.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (path.to_owned(), None),
+    };
+    let too_large = body.len() > appliance::api::DEFAULT_MAX_REQUEST_BYTES;
+    let body = if too_large { &body[..appliance::api::DEFAULT_MAX_REQUEST_BYTES] } else { body };
+    let response = handle(
+        app,
+        Request {
+            method,
+            path,
+            query,
+            headers: map,
+            body: SecretBytes::copy_from(body),
+            body_too_large: too_large,
+            scheme: "http",
+        },
+    )
+    .await;
+    Resp { status: response.status, headers: response.headers, body: response.body.to_vec() }
+}
+
+/// POSTs JSON as `caller`.
+pub async fn post_json(app: &App, path: &str, caller: Caller<'_>, body: serde_json::Value) -> Resp {
+    call(app, Method::POST, path, Some(caller), &[("content-type", "application/json")], body.to_string().as_bytes()).await
+}
+
+/// Creates a secret and returns its id.
+pub async fn create(app: &App, caller: Caller<'_>, body: serde_json::Value) -> String {
+    let r = post_json(app, "/v1/secrets", caller, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    let reference = r.json()["secret_ref"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location"), Some(reference.as_str()));
+    reference.rsplit('/').next().unwrap().to_owned()
+}
+
+pub fn path_of(id: &str) -> String {
+    format!("/v1/secrets/{id}")
+}
+
+pub fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
