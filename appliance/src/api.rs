@@ -133,7 +133,12 @@ impl Call<'_> {
     }
 
     /// Enforces `action` on `target`; a denial is `<operation> attempt not allowed ...`.
-    pub(crate) fn authorize(&self, action: &str, target: &Target, operation: &str) -> Result<(), ApiError> {
+    pub(crate) fn authorize(
+        &self,
+        action: &str,
+        target: &Target,
+        operation: &str,
+    ) -> Result<(), ApiError> {
         let id = self.identity();
         let creds = Credentials {
             roles: id.roles.clone(),
@@ -154,7 +159,7 @@ impl Call<'_> {
 
     /// The media type of the request body, lower-case, parameters dropped.
     pub(crate) fn content_type(&self) -> Option<String> {
-        self.header("content-type").map(|v| media_type(v))
+        self.header("content-type").map(media_type)
     }
 
     /// Requires a JSON body (415 otherwise).
@@ -195,9 +200,7 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
 fn request_id(headers: &HeaderMap) -> String {
     let given = headers.get("x-openstack-request-id").and_then(|v| v.to_str().ok());
     match given {
-        Some(id)
-            if id.strip_prefix("req-").is_some_and(|u| uuid::Uuid::parse_str(u).is_ok()) =>
-        {
+        Some(id) if id.strip_prefix("req-").is_some_and(|u| uuid::Uuid::parse_str(u).is_ok()) => {
             id.to_owned()
         }
         _ => format!("req-{}", uuid::Uuid::new_v4()),
@@ -219,9 +222,9 @@ fn microversion(headers: &HeaderMap) -> Result<u8, ApiError> {
                 minor = MAX_MINOR;
                 continue;
             }
-            let parsed = version
-                .split_once('.')
-                .and_then(|(major, minor)| Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?)));
+            let parsed = version.split_once('.').and_then(|(major, minor)| {
+                Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?))
+            });
             minor = match parsed {
                 Some((1, m)) if m <= MAX_MINOR => m,
                 Some(_) => {
@@ -278,7 +281,7 @@ async fn route(app: &App, req: &Request, minor: u8) -> Response {
                 call.identity = Some(identity);
                 v1(&call, rest).await
             }
-            Err(early) => return early,
+            Err(early) => return *early,
         },
         _ => Err(ApiError::not_found("The resource could not be found.")),
     };

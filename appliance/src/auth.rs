@@ -3,8 +3,8 @@
 //! `noauth` reads Barbican's unauthenticated-context headers (`X-Project-Id`, `X-Roles`,
 //! `X-User-Id`, `X-Domain-Id`); other sources plug in here.
 
-use hyper::header::HeaderMap;
 use hyper::StatusCode;
+use hyper::header::HeaderMap;
 
 use crate::api::Response;
 
@@ -38,7 +38,7 @@ impl Identity {
 
 impl IdentitySource {
     /// The caller, or the response to send instead (missing or invalid credentials).
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Response> {
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Box<Response>> {
         match self {
             IdentitySource::NoAuth => no_auth(headers),
         }
@@ -49,12 +49,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn no_auth(headers: &HeaderMap) -> Result<Identity, Response> {
+fn no_auth(headers: &HeaderMap) -> Result<Identity, Box<Response>> {
     let Some(project_id) = header(headers, "x-project-id") else {
-        return Err(missing_project(headers));
+        return Err(Box::new(missing_project(headers)));
     };
-    let roles = match headers.get("x-roles").and_then(|v| v.to_str().ok()) {
-        // Barbican's unauthenticated context: without X-Roles the caller is `admin` (only).
+    let explicit: Vec<String> = match headers.get("x-roles").and_then(|v| v.to_str().ok()) {
+        // Without X-Roles the caller is `admin`, as in Barbican's unauthenticated context.
         None => vec!["admin".to_owned()],
         Some(list) => list
             .split(',')
@@ -65,16 +65,27 @@ fn no_auth(headers: &HeaderMap) -> Result<Identity, Response> {
     Ok(Identity {
         project_id: project_id.to_owned(),
         user_id: header(headers, "x-user-id").map(str::to_owned),
-        roles,
+        roles: with_implied_roles(explicit),
         domain_id: header(headers, "x-domain-id").map(str::to_owned),
     })
+}
+
+/// Keystone's default role inference (admin implies member, member implies reader), which a
+/// token carries and Barbican's no-auth context lacks. Without it the official clients, which
+/// send no X-Roles in no-auth mode, are refused every create and list.
+fn with_implied_roles(mut roles: Vec<String>) -> Vec<String> {
+    for (role, implied) in [("admin", "member"), ("member", "reader")] {
+        if roles.iter().any(|r| r == role) && !roles.iter().any(|r| r == implied) {
+            roles.push(implied.to_owned());
+        }
+    }
+    roles
 }
 
 /// The error page Barbican's middleware (webob) answers when `X-Project-Id` is missing: plain
 /// text, or webob's JSON form when the client accepts JSON.
 fn missing_project(headers: &HeaderMap) -> Response {
-    const EXPLANATION: &str =
-        "The server could not comply with the request since it is either malformed or otherwise incorrect.";
+    const EXPLANATION: &str = "The server could not comply with the request since it is either malformed or otherwise incorrect.";
     let wants_json = header(headers, "accept").is_some_and(|a| a.contains("application/json"));
     let (body, content_type) = if wants_json {
         let value = serde_json::json!({
@@ -111,15 +122,25 @@ mod tests {
     #[tokio::test]
     async fn no_auth_headers() {
         let id = IdentitySource::NoAuth
-            .identify(&headers(&[("x-project-id", "p1"), ("x-roles", " Member, ,reader"), ("x-user-id", "u")]))
+            .identify(&headers(&[
+                ("x-project-id", "p1"),
+                ("x-roles", " Member, ,reader"),
+                ("x-user-id", "u"),
+            ]))
             .await
             .unwrap();
         assert_eq!(id.project_id, "p1");
         assert_eq!(id.roles, vec!["member", "reader"]);
         assert_eq!(id.user_id.as_deref(), Some("u"));
 
-        let id = IdentitySource::NoAuth.identify(&headers(&[("x-project-id", "p1")])).await.unwrap();
-        assert_eq!(id.roles, vec!["admin"]);
+        let id =
+            IdentitySource::NoAuth.identify(&headers(&[("x-project-id", "p1")])).await.unwrap();
+        assert_eq!(id.roles, vec!["admin", "member", "reader"]);
+        let id = IdentitySource::NoAuth
+            .identify(&headers(&[("x-project-id", "p1"), ("x-roles", "member")]))
+            .await
+            .unwrap();
+        assert_eq!(id.roles, vec!["member", "reader"]);
 
         let r = IdentitySource::NoAuth.identify(&headers(&[])).await.unwrap_err();
         assert_eq!(r.status, StatusCode::BAD_REQUEST);

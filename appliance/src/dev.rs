@@ -204,7 +204,9 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
     std::fs::write(&tmp, serde_json::to_vec_pretty(&info).unwrap_or_default()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &dev_json).map_err(io(&dev_json))?;
     let metrics = stack.proxy_metrics.map(|m| format!("http://{m}/metrics")).unwrap_or_default();
-    println!("Barbican API   http://{api}  (no-auth: send X-Project-Id and X-Roles: member,reader)");
+    println!(
+        "Barbican API   http://{api}  (no-auth: send X-Project-Id and X-Roles: member,reader)"
+    );
     println!("hsm-proxy      {}  (metrics {metrics})", stack.proxy_addr);
     println!("data           {}  (everything is listed in {})", dir.display(), dev_json.display());
     tracing::info!(api = %api, data = %dir.display(), "appliance dev stack ready");
@@ -230,11 +232,10 @@ impl SoftHsmToken {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
         };
-        let module = SOFTHSM_MODULES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| Error::Dev("SoftHSM2 is not installed (apt-get install softhsm2)".into()))?;
+        let module =
+            SOFTHSM_MODULES.iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
+                Error::Dev("SoftHSM2 is not installed (apt-get install softhsm2)".into())
+            })?;
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).map_err(io(&tokens))?;
         let conf = dir.join("softhsm2.conf");
@@ -252,10 +253,21 @@ impl SoftHsmToken {
             write_private(&dir.join("so-pin"), &so_pin)?;
             let out = Command::new("softhsm2-util")
                 .env("SOFTHSM2_CONF", &conf)
-                .args(["--init-token", "--free", "--label", TOKEN_LABEL, "--pin", &pin, "--so-pin", &so_pin])
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    TOKEN_LABEL,
+                    "--pin",
+                    &pin,
+                    "--so-pin",
+                    &so_pin,
+                ])
                 .output()
                 .await
-                .map_err(|e| Error::Dev(format!("cannot run softhsm2-util (apt-get install softhsm2): {e}")))?;
+                .map_err(|e| {
+                    Error::Dev(format!("cannot run softhsm2-util (apt-get install softhsm2): {e}"))
+                })?;
             if !out.status.success() {
                 return Err(Error::Dev(format!(
                     "softhsm2-util --init-token failed: {}",
@@ -283,10 +295,16 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(|source| Error::Io { path: path.to_owned(), source })?;
-    f.write_all(format!("{text}\n").as_bytes()).map_err(|source| Error::Io { path: path.to_owned(), source })
+    f.write_all(format!("{text}\n").as_bytes())
+        .map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
-fn write_proxy_config(dir: &Path, pki: &Bundle, token: &SoftHsmToken, listen: &str) -> Result<PathBuf> {
+fn write_proxy_config(
+    dir: &Path,
+    pki: &Bundle,
+    token: &SoftHsmToken,
+    listen: &str,
+) -> Result<PathBuf> {
     let text = format!(
         r#"# Written by `appliance dev` at every start.
 [server]
@@ -332,8 +350,9 @@ fn find_proxy_binary(given: Option<&Path>) -> Result<PathBuf> {
             }
         }
     }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("hsm-proxy")).find(|p| p.exists()));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("hsm-proxy")).find(|p| p.exists())
+    });
     on_path.ok_or_else(|| {
         Error::Dev(
             "hsm-proxy binary not found next to this binary or on PATH; build the workspace \
@@ -351,7 +370,12 @@ struct ProxyProcess {
     metrics: Option<SocketAddr>,
 }
 
-async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &SoftHsmToken) -> Result<ProxyProcess> {
+async fn start_proxy(
+    bin: &Path,
+    config: &Path,
+    dir: &Path,
+    token: &SoftHsmToken,
+) -> Result<ProxyProcess> {
     let log_path = dir.join("proxy.log");
     let out = Command::new(bin)
         .env("SOFTHSM2_CONF", &token.conf)
@@ -368,7 +392,8 @@ async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &SoftHsmToken
     }
     let ready = dir.join("proxy-ready.json");
     let _ = std::fs::remove_file(&ready);
-    let log = std::fs::File::create(&log_path).map_err(|source| Error::Io { path: log_path.clone(), source })?;
+    let log = std::fs::File::create(&log_path)
+        .map_err(|source| Error::Io { path: log_path.clone(), source })?;
     let mut child = Command::new(bin)
         .env("SOFTHSM2_CONF", &token.conf)
         .args(["serve", "--config"])
@@ -383,8 +408,8 @@ async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &SoftHsmToken
     let started = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(&ready) {
-            let info: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| Error::Dev(format!("proxy ready file: {e}")))?;
+            let info: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Dev(format!("proxy ready file: {e}")))?;
             let listen = info["listen"]
                 .as_str()
                 .and_then(|a| a.parse().ok())
@@ -409,7 +434,10 @@ impl ProxyProcess {
     /// SIGTERM, then wait (SIGKILL after a grace period).
     async fn stop(&mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
             Ok(_) => tracing::info!("hsm-proxy stopped"),

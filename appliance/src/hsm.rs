@@ -35,7 +35,9 @@ impl From<ClientError> for HsmError {
             {
                 HsmError::Corrupt(status)
             }
-            ClientError::Operation(status) | ClientError::Refused(status) if !status.is_transient() => {
+            ClientError::Operation(status) | ClientError::Refused(status)
+                if !status.is_transient() =>
+            {
                 HsmError::Failed(status.to_string())
             }
             other => HsmError::Unavailable(other.to_string()),
@@ -65,7 +67,11 @@ impl Hsm {
     }
 
     /// The project's KEK, generated in the HSM and stored (wrapped) on first use.
-    pub(crate) async fn project_kek(&self, store: &Store, project_id: &str) -> Result<(String, Kek), HsmError> {
+    pub(crate) async fn project_kek(
+        &self,
+        store: &Store,
+        project_id: &str,
+    ) -> Result<(String, Kek), HsmError> {
         if let Some(kek) = lock(&self.by_project).get(project_id) {
             return Ok((hex(&kek.id), kek.clone()));
         }
@@ -96,20 +102,33 @@ impl Hsm {
         if let Some(kek) = lock(&self.by_id).get(id) {
             return Ok(kek.clone());
         }
-        let row = store.kek(id).await?.ok_or_else(|| HsmError::Failed(format!("KEK {id} is not in the database")))?;
+        let row = store
+            .kek(id)
+            .await?
+            .ok_or_else(|| HsmError::Failed(format!("KEK {id} is not in the database")))?;
         let kek = to_kek(&row)?;
         lock(&self.by_id).insert(id.to_owned(), kek.clone());
         Ok(kek)
     }
 
     /// Encrypts `plaintext` under `kek` in the HSM.
-    pub(crate) async fn seal(&self, kek: &Kek, plaintext: &[u8], aad: Vec<u8>) -> Result<Sealed, HsmError> {
+    pub(crate) async fn seal(
+        &self,
+        kek: &Kek,
+        plaintext: &[u8],
+        aad: Vec<u8>,
+    ) -> Result<Sealed, HsmError> {
         let op = Encrypt { kek: kek.clone(), plaintext: SecretBytes::copy_from(plaintext), aad };
         Ok(self.client.call(op).await?)
     }
 
     /// Decrypts in the HSM.
-    pub(crate) async fn open(&self, kek: &Kek, sealed: Sealed, aad: Vec<u8>) -> Result<SecretBytes, HsmError> {
+    pub(crate) async fn open(
+        &self,
+        kek: &Kek,
+        sealed: Sealed,
+        aad: Vec<u8>,
+    ) -> Result<SecretBytes, HsmError> {
         Ok(self.client.call(Decrypt { kek: kek.clone(), sealed, aad }).await?)
     }
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 
-pub use crate::api::App;
 use crate::api::ApiSettings;
+pub use crate::api::App;
 use crate::auth::IdentitySource;
 use crate::config::{Config, IdentitySourceName};
 pub use crate::error::{Error, Result};

@@ -13,7 +13,8 @@ use sqlx::{AnyPool, Row};
 use crate::timefmt::now_micros;
 
 /// Migrations per backend, applied in order; append only.
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_secrets.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/sqlite/0001_secrets.sql"))];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] =
     &[(1, include_str!("../migrations/postgres/0001_secrets.sql"))];
 /// Serialises migrations between appliances sharing one PostgreSQL (an arbitrary constant).
@@ -196,13 +197,18 @@ impl Store {
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query("CREATE TABLE IF NOT EXISTS appliance_schema (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await?;
-        let applied: Option<i64> =
-            sqlx::query("SELECT MAX(version) FROM appliance_schema").fetch_one(&mut *tx).await?.try_get(0)?;
+        let applied: Option<i64> = sqlx::query("SELECT MAX(version) FROM appliance_schema")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         let migrations = match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS,
             Backend::Postgres => POSTGRES_MIGRATIONS,
@@ -225,10 +231,12 @@ impl Store {
 
     /// The project's active KEK, if it has one.
     pub async fn active_kek(&self, project_id: &str) -> Result<Option<KekRow>> {
-        let row = sqlx::query("SELECT id, wrapped FROM project_keks WHERE project_id = $1 AND active = 1")
-            .bind(project_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, wrapped FROM project_keks WHERE project_id = $1 AND active = 1",
+        )
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| Ok(KekRow { id: r.try_get(0)?, wrapped: r.try_get(1)? })).transpose()
     }
 
@@ -322,7 +330,10 @@ impl Store {
     /// Deletes a secret with its metadata.
     pub async fn delete_secret(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM secrets WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
@@ -330,7 +341,9 @@ impl Store {
 
     /// One page of a project's secrets and the total number matching.
     pub async fn list_secrets(&self, q: &SecretQuery) -> Result<(Vec<SecretRow>, i64)> {
-        let mut sql = String::from(" FROM secrets WHERE project_id = $1 AND (expiration IS NULL OR expiration > $2)");
+        let mut sql = String::from(
+            " FROM secrets WHERE project_id = $1 AND (expiration IS NULL OR expiration > $2)",
+        );
         let mut n = 2;
         let mut next = |sql: &mut String, clause: &str| {
             n += 1;
@@ -353,7 +366,9 @@ impl Store {
         if q.secret_type.is_some() {
             next(&mut sql, " AND secret_type = $?");
         }
-        for (column, filters) in [("created", &q.created), ("updated", &q.updated), ("expiration", &q.expiration)] {
+        for (column, filters) in
+            [("created", &q.created), ("updated", &q.updated), ("expiration", &q.expiration)]
+        {
             for (cmp, _) in filters.iter() {
                 let op = match cmp {
                     Compare::Eq => "=",
@@ -387,9 +402,13 @@ impl Store {
             }};
         }
         let count_sql = format!("SELECT COUNT(*){sql}");
-        let total: i64 = bind_all!(sqlx::query(&count_sql)).fetch_one(&self.pool).await?.try_get(0)?;
-        let mut order: Vec<String> =
-            q.sort.iter().map(|(c, desc)| format!("{c} {}", if *desc { "DESC" } else { "ASC" })).collect();
+        let total: i64 =
+            bind_all!(sqlx::query(&count_sql)).fetch_one(&self.pool).await?.try_get(0)?;
+        let mut order: Vec<String> = q
+            .sort
+            .iter()
+            .map(|(c, desc)| format!("{c} {}", if *desc { "DESC" } else { "ASC" }))
+            .collect();
         order.push("created ASC".into());
         order.push("id ASC".into());
         let page_sql = format!(
@@ -413,10 +432,17 @@ impl Store {
     }
 
     /// Replaces the whole metadata set.
-    pub async fn replace_metadata(&self, secret_id: &str, entries: &BTreeMap<String, String>) -> Result<()> {
+    pub async fn replace_metadata(
+        &self,
+        secret_id: &str,
+        entries: &BTreeMap<String, String>,
+    ) -> Result<()> {
         let now = now_micros();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1").bind(secret_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1")
+            .bind(secret_id)
+            .execute(&mut *tx)
+            .await?;
         for (key, value) in entries {
             sqlx::query(
                 "INSERT INTO secret_metadata (secret_id, key, value, created, updated) VALUES ($1, $2, $3, $4, $5)",
@@ -455,14 +481,15 @@ impl Store {
 
     /// Changes one key's value; `false` if the key is not there.
     pub async fn update_metadatum(&self, secret_id: &str, key: &str, value: &str) -> Result<bool> {
-        let result =
-            sqlx::query("UPDATE secret_metadata SET value = $1, updated = $2 WHERE secret_id = $3 AND key = $4")
-                .bind(value)
-                .bind(now_micros())
-                .bind(secret_id)
-                .bind(key)
-                .execute(&self.pool)
-                .await?;
+        let result = sqlx::query(
+            "UPDATE secret_metadata SET value = $1, updated = $2 WHERE secret_id = $3 AND key = $4",
+        )
+        .bind(value)
+        .bind(now_micros())
+        .bind(secret_id)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
         Ok(result.rows_affected() == 1)
     }
 

@@ -10,8 +10,10 @@ use serde_json::json;
 
 use common::{BASE, Caller, Env, MEMBER, call, create, path_of, post_json};
 
-const OTHER_PROJECT: Caller<'static> = Caller { project: "p2", user: Some("u2"), roles: Some("member,reader") };
-const FOREIGN_ADMIN: Caller<'static> = Caller { project: "p2", user: Some("a2"), roles: Some("admin,member,reader") };
+const OTHER_PROJECT: Caller<'static> =
+    Caller { project: "p2", user: Some("u2"), roles: Some("member,reader") };
+const FOREIGN_ADMIN: Caller<'static> =
+    Caller { project: "p2", user: Some("a2"), roles: Some("admin,member,reader") };
 const READER: Caller<'static> = Caller { project: "p1", user: Some("r1"), roles: Some("reader") };
 const BARE: Caller<'static> = Caller { project: "p1", user: None, roles: None };
 
@@ -26,17 +28,22 @@ async fn versions(env: &Env) {
     assert_eq!(r.header("vary"), Some("OpenStack-API-Version"));
     assert!(r.header("x-openstack-request-id").unwrap().starts_with("req-"));
 
-    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager 1.1")], b"").await;
+    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager 1.1")], b"")
+        .await;
     let v = r.json();
     assert_eq!(v["versions"][0]["status"], "CURRENT");
     assert_eq!(v["versions"][0]["min_version"], "1.0");
     assert_eq!(v["versions"][0]["max_version"], "1.2");
     assert_eq!(r.header("openstack-api-version"), Some("key-manager 1.1"));
-    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager latest")], b"").await;
+    let r =
+        call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager latest")], b"")
+            .await;
     assert_eq!(r.header("openstack-api-version"), Some("key-manager 1.2"));
-    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager 9.9")], b"").await;
+    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager 9.9")], b"")
+        .await;
     assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE);
-    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager abc")], b"").await;
+    let r = call(app, Method::GET, "/", None, &[("openstack-api-version", "key-manager abc")], b"")
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = call(app, Method::GET, "/?build", None, &[], b"").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -87,15 +94,32 @@ async fn create_and_read(env: &Env) {
     assert!(s.get("consumers").is_none(), "no consumers key at 1.0");
     let keys: Vec<&String> = s.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 12, "no extra keys: clients build objects from them: {keys:?}");
-    let r = call(app, Method::GET, &path_of(&id), Some(MEMBER), &[("openstack-api-version", "key-manager 1.1")], b"").await;
+    let r = call(
+        app,
+        Method::GET,
+        &path_of(&id),
+        Some(MEMBER),
+        &[("openstack-api-version", "key-manager 1.1")],
+        b"",
+    )
+    .await;
     assert_eq!(r.json()["consumers"], json!([]));
 
     // Payload negotiation.
     let payload = |accept: Option<&'static str>| {
         let id = id.clone();
         async move {
-            let headers: Vec<(&str, &str)> = accept.map(|a| vec![("accept", a)]).unwrap_or_default();
-            call(app, Method::GET, &format!("/v1/secrets/{id}/payload"), Some(MEMBER), &headers, b"").await
+            let headers: Vec<(&str, &str)> =
+                accept.map(|a| vec![("accept", a)]).unwrap_or_default();
+            call(
+                app,
+                Method::GET,
+                &format!("/v1/secrets/{id}/payload"),
+                Some(MEMBER),
+                &headers,
+                b"",
+            )
+            .await
         }
     };
     let r = payload(Some("text/plain")).await;
@@ -109,10 +133,15 @@ async fn create_and_read(env: &Env) {
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
     let r = payload(Some("*/*")).await;
     assert_eq!(r.header("content-type"), Some("text/plain; charset=UTF-8"));
-    payload(Some("application/json")).await.assert_error(406, "Secret payload retrieval issue seen - Wrong payload content-type.");
-    payload(Some("text/plain, */*")).await.assert_error(406, "Secret payload retrieval issue seen - Wrong payload content-type.");
+    payload(Some("application/json"))
+        .await
+        .assert_error(406, "Secret payload retrieval issue seen - Wrong payload content-type.");
+    payload(Some("text/plain, */*"))
+        .await
+        .assert_error(406, "Secret payload retrieval issue seen - Wrong payload content-type.");
     // The legacy path: any Accept but JSON on the secret itself returns the payload.
-    let r = call(app, Method::GET, &path_of(&id), Some(MEMBER), &[("accept", "text/plain")], b"").await;
+    let r =
+        call(app, Method::GET, &path_of(&id), Some(MEMBER), &[("accept", "text/plain")], b"").await;
     assert_eq!(r.body, "héllo wörld".as_bytes());
 
     // Binary, base64 on the way in, raw bytes on the way out; not text.
@@ -123,17 +152,46 @@ async fn create_and_read(env: &Env) {
                "payload_content_encoding": "base64", "secret_type": "symmetric"}),
     )
     .await;
-    let r = call(app, Method::GET, &format!("/v1/secrets/{bin}/payload"), Some(MEMBER), &[("accept", "application/octet-stream")], b"").await;
+    let r = call(
+        app,
+        Method::GET,
+        &format!("/v1/secrets/{bin}/payload"),
+        Some(MEMBER),
+        &[("accept", "application/octet-stream")],
+        b"",
+    )
+    .await;
     assert_eq!(r.body, [0u8, 1, 2, 0xff]);
-    let r = call(app, Method::GET, &format!("/v1/secrets/{bin}/payload"), Some(MEMBER), &[("accept", "text/plain")], b"").await;
+    let r = call(
+        app,
+        Method::GET,
+        &format!("/v1/secrets/{bin}/payload"),
+        Some(MEMBER),
+        &[("accept", "text/plain")],
+        b"",
+    )
+    .await;
     r.assert_error(406, "Secret payload retrieval issue seen - Wrong payload content-type.");
     let r = call(app, Method::GET, &path_of(&bin), Some(MEMBER), &[], b"").await;
     assert_eq!(r.json()["secret_type"], "symmetric");
     assert_eq!(r.json()["content_types"]["default"], "application/octet-stream");
     // PKCS#8 keeps its type.
-    let p8 = create(app, MEMBER, json!({"payload": "MC4CAQA=", "payload_content_type": "application/pkcs8",
-        "payload_content_encoding": "base64", "secret_type": "private"})).await;
-    let r = call(app, Method::GET, &format!("/v1/secrets/{p8}/payload"), Some(MEMBER), &[("accept", "application/pkcs8")], b"").await;
+    let p8 = create(
+        app,
+        MEMBER,
+        json!({"payload": "MC4CAQA=", "payload_content_type": "application/pkcs8",
+        "payload_content_encoding": "base64", "secret_type": "private"}),
+    )
+    .await;
+    let r = call(
+        app,
+        Method::GET,
+        &format!("/v1/secrets/{p8}/payload"),
+        Some(MEMBER),
+        &[("accept", "application/pkcs8")],
+        b"",
+    )
+    .await;
     assert_eq!(r.header("content-type"), Some("application/pkcs8"));
     assert_eq!(r.body, [0x30, 0x2e, 0x02, 0x01, 0x00]);
 
@@ -143,7 +201,8 @@ async fn create_and_read(env: &Env) {
     assert_eq!(r.json()["secret_type"], "opaque");
     assert!(r.json().get("content_types").is_none());
     let payload_path = format!("/v1/secrets/{meta_only}/payload");
-    call(app, Method::GET, &payload_path, Some(MEMBER), &[], b"").await
+    call(app, Method::GET, &payload_path, Some(MEMBER), &[], b"")
+        .await
         .assert_error(404, "Not Found. Sorry but your secret has no payload.");
     let put = |ct: &'static str, enc: Option<&'static str>, body: &'static [u8]| {
         let id = meta_only.clone();
@@ -163,36 +222,82 @@ async fn create_and_read(env: &Env) {
         400,
         "Secret update issue seen - Text-based binary secret payloads must specify a content-encoding of 'base64'.",
     );
-    put("application/octet-stream", None, b"").await.assert_error(400, "Secret update issue seen - No data supplied to process..");
+    put("application/octet-stream", None, b"")
+        .await
+        .assert_error(400, "Secret update issue seen - No data supplied to process..");
     let r = put("application/octet-stream", None, &[9, 8, 7, 0, 255]).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&r.body));
-    put("application/octet-stream", None, b"again").await.assert_error(409, "Secret already has data, cannot modify it.");
-    let r = call(app, Method::GET, &payload_path, Some(MEMBER), &[("accept", "application/octet-stream")], b"").await;
+    put("application/octet-stream", None, b"again")
+        .await
+        .assert_error(409, "Secret already has data, cannot modify it.");
+    let r = call(
+        app,
+        Method::GET,
+        &payload_path,
+        Some(MEMBER),
+        &[("accept", "application/octet-stream")],
+        b"",
+    )
+    .await;
     assert_eq!(r.body, [9, 8, 7, 0, 255]);
     let r = call(app, Method::GET, &path_of(&meta_only), Some(MEMBER), &[], b"").await;
     assert_eq!(r.json()["content_types"]["default"], "application/octet-stream");
     // text/plain and base64 two-step uploads.
     let t = create(app, MEMBER, json!({})).await;
-    let r = call(app, Method::PUT, &path_of(&t), Some(MEMBER), &[("content-type", "text/plain")], "päss".as_bytes()).await;
+    let r = call(
+        app,
+        Method::PUT,
+        &path_of(&t),
+        Some(MEMBER),
+        &[("content-type", "text/plain")],
+        "päss".as_bytes(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = call(app, Method::GET, &format!("/v1/secrets/{t}/payload"), Some(MEMBER), &[("accept", "text/plain")], b"").await;
+    let r = call(
+        app,
+        Method::GET,
+        &format!("/v1/secrets/{t}/payload"),
+        Some(MEMBER),
+        &[("accept", "text/plain")],
+        b"",
+    )
+    .await;
     assert_eq!(r.body, "päss".as_bytes());
     let b = create(app, MEMBER, json!({})).await;
-    let r = call(app, Method::PUT, &path_of(&b), Some(MEMBER),
-        &[("content-type", "application/octet-stream"), ("content-encoding", "base64")], b"AAEC/w==").await;
+    let r = call(
+        app,
+        Method::PUT,
+        &path_of(&b),
+        Some(MEMBER),
+        &[("content-type", "application/octet-stream"), ("content-encoding", "base64")],
+        b"AAEC/w==",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = call(app, Method::GET, &format!("/v1/secrets/{b}/payload"), Some(MEMBER), &[], b"").await;
+    let r =
+        call(app, Method::GET, &format!("/v1/secrets/{b}/payload"), Some(MEMBER), &[], b"").await;
     assert_eq!(r.body, [0u8, 1, 2, 0xff]);
     let too_big = vec![b'x'; 20_001];
     let c = create(app, MEMBER, json!({})).await;
-    let r = call(app, Method::PUT, &path_of(&c), Some(MEMBER), &[("content-type", "application/octet-stream")], &too_big).await;
+    let r = call(
+        app,
+        Method::PUT,
+        &path_of(&c),
+        Some(MEMBER),
+        &[("content-type", "application/octet-stream")],
+        &too_big,
+    )
+    .await;
     r.assert_error(413, "Secret update issue seen - Provided information too large to process.");
 }
 
 async fn validation(env: &Env) {
     let app = &env.app;
     let schema = |reason: &str, prop: &str| {
-        format!("Provided object does not match schema 'Secret': {reason}. Invalid property: '{prop}'")
+        format!(
+            "Provided object does not match schema 'Secret': {reason}. Invalid property: '{prop}'"
+        )
     };
     let cases: Vec<(serde_json::Value, u16, String)> = vec![
         (json!({"secret_type": "foo"}), 400,
@@ -232,18 +337,46 @@ async fn validation(env: &Env) {
         r.assert_error(status, &description);
     }
     // Malformed JSON, wrong content type, oversized body.
-    let r = call(app, Method::POST, "/v1/secrets", Some(MEMBER), &[("content-type", "application/json")], b"{\"name\": ").await;
+    let r = call(
+        app,
+        Method::POST,
+        "/v1/secrets",
+        Some(MEMBER),
+        &[("content-type", "application/json")],
+        b"{\"name\": ",
+    )
+    .await;
     r.assert_error(400, "Malformed JSON");
-    let r = call(app, Method::POST, "/v1/secrets", Some(MEMBER), &[("content-type", "text/plain")], b"{}").await;
-    r.assert_error(415, "Unexpected content type. Expected content types are: ['application/json']");
+    let r = call(
+        app,
+        Method::POST,
+        "/v1/secrets",
+        Some(MEMBER),
+        &[("content-type", "text/plain")],
+        b"{}",
+    )
+    .await;
+    r.assert_error(
+        415,
+        "Unexpected content type. Expected content types are: ['application/json']",
+    );
     let r = call(app, Method::POST, "/v1/secrets", Some(MEMBER), &[], b"{}").await;
     assert_eq!(r.status.as_u16(), 415);
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(30_000));
-    let r = call(app, Method::POST, "/v1/secrets", Some(MEMBER), &[("content-type", "application/json")], huge.as_bytes()).await;
+    let r = call(
+        app,
+        Method::POST,
+        "/v1/secrets",
+        Some(MEMBER),
+        &[("content-type", "application/json")],
+        huge.as_bytes(),
+    )
+    .await;
     r.assert_error(413, "Secret creation issue seen - Provided information too large to process.");
     // Non-strict base64 (Python's): characters outside the alphabet are skipped.
     let id = create(app, MEMBER, json!({"payload": "AA\nEC/w==", "payload_content_type": "application/octet-stream", "payload_content_encoding": "base64"})).await;
-    let r = call(app, Method::GET, &format!("/v1/secrets/{id}/payload"), Some(MEMBER), &[], b"").await;
+    let r =
+        call(app, Method::GET, &format!("/v1/secrets/{id}/payload"), Some(MEMBER), &[], b"").await;
     assert_eq!(r.body, [0u8, 1, 2, 0xff]);
     // Unknown fields are ignored; the body's creator_id is not the creator.
     let id = create(app, MEMBER, json!({"colour": "blue", "creator_id": "mallory"})).await;
@@ -253,69 +386,155 @@ async fn validation(env: &Env) {
 
 async fn ids_methods_and_isolation(env: &Env) {
     let app = &env.app;
-    let id = create(app, MEMBER, json!({"payload": "mine", "payload_content_type": "text/plain"})).await;
+    let id =
+        create(app, MEMBER, json!({"payload": "mine", "payload_content_type": "text/plain"})).await;
     let path = path_of(&id);
-    call(app, Method::GET, "/v1/secrets/not-a-uuid", Some(MEMBER), &[], b"").await
+    call(app, Method::GET, "/v1/secrets/not-a-uuid", Some(MEMBER), &[], b"")
+        .await
         .assert_error(404, "Not Found. Provided secret id is invalid.");
-    call(app, Method::GET, &path_of(&id.to_uppercase()), Some(MEMBER), &[], b"").await
+    call(app, Method::GET, &path_of(&id.to_uppercase()), Some(MEMBER), &[], b"")
+        .await
         .assert_error(404, "Not Found. Provided secret id is invalid.");
-    call(app, Method::GET, &path_of(&uuid::Uuid::new_v4().to_string()), Some(MEMBER), &[], b"").await
+    call(app, Method::GET, &path_of(&uuid::Uuid::new_v4().to_string()), Some(MEMBER), &[], b"")
+        .await
         .assert_error(404, "Secret not found.");
     call(app, Method::PATCH, &path, Some(MEMBER), &[], b"").await.assert_error(405, "");
     call(app, Method::POST, &path, Some(MEMBER), &[], b"").await.assert_error(405, "");
     call(app, Method::DELETE, "/v1/secrets", Some(MEMBER), &[], b"").await.assert_error(405, "");
-    call(app, Method::POST, &format!("{path}/payload"), Some(MEMBER), &[], b"").await.assert_error(405, "");
-    assert_eq!(call(app, Method::GET, &format!("{path}/nothing"), Some(MEMBER), &[], b"").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(call(app, Method::GET, "/v2/secrets", Some(MEMBER), &[], b"").await.status, StatusCode::NOT_FOUND);
+    call(app, Method::POST, &format!("{path}/payload"), Some(MEMBER), &[], b"")
+        .await
+        .assert_error(405, "");
+    assert_eq!(
+        call(app, Method::GET, &format!("{path}/nothing"), Some(MEMBER), &[], b"").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(app, Method::GET, "/v2/secrets", Some(MEMBER), &[], b"").await.status,
+        StatusCode::NOT_FOUND
+    );
     // Trailing slashes on collections, as barbicanclient sends them.
-    let r = call(app, Method::POST, "/v1/secrets/", Some(MEMBER), &[("content-type", "application/json")], b"{}").await;
+    let r = call(
+        app,
+        Method::POST,
+        "/v1/secrets/",
+        Some(MEMBER),
+        &[("content-type", "application/json")],
+        b"{}",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED);
 
     // Another project's member: 403 on everything; its admin may read metadata and delete.
-    call(app, Method::GET, &path, Some(OTHER_PROJECT), &[], b"").await
-        .assert_error(403, "Secret retrieval attempt not allowed - please review your user/project privileges");
+    call(app, Method::GET, &path, Some(OTHER_PROJECT), &[], b"").await.assert_error(
+        403,
+        "Secret retrieval attempt not allowed - please review your user/project privileges",
+    );
     call(app, Method::GET, &format!("{path}/payload"), Some(OTHER_PROJECT), &[], b"").await
         .assert_error(403, "Secret payload retrieval attempt not allowed - please review your user/project privileges");
-    call(app, Method::DELETE, &path, Some(OTHER_PROJECT), &[], b"").await
-        .assert_error(403, "Secret deletion attempt not allowed - please review your user/project privileges");
-    assert_eq!(call(app, Method::GET, &path, Some(FOREIGN_ADMIN), &[], b"").await.status, StatusCode::OK);
+    call(app, Method::DELETE, &path, Some(OTHER_PROJECT), &[], b"").await.assert_error(
+        403,
+        "Secret deletion attempt not allowed - please review your user/project privileges",
+    );
+    assert_eq!(
+        call(app, Method::GET, &path, Some(FOREIGN_ADMIN), &[], b"").await.status,
+        StatusCode::OK
+    );
     call(app, Method::GET, &format!("{path}/payload"), Some(FOREIGN_ADMIN), &[], b"").await
         .assert_error(403, "Secret payload retrieval attempt not allowed - please review your user/project privileges");
-    // Readers and bare no-auth callers (roles = admin only) cannot list or create.
-    call(app, Method::GET, "/v1/secrets", Some(READER), &[], b"").await
-        .assert_error(403, "Secret(s) retrieval attempt not allowed - please review your user/project privileges");
-    call(app, Method::GET, &path, Some(READER), &[], b"").await.assert_error(403, "Secret retrieval attempt not allowed - please review your user/project privileges");
-    post_json(app, "/v1/secrets", BARE, json!({})).await
-        .assert_error(403, "Secret creation attempt not allowed - please review your user/project privileges");
+    // Readers cannot list, read or create.
+    call(app, Method::GET, "/v1/secrets", Some(READER), &[], b"").await.assert_error(
+        403,
+        "Secret(s) retrieval attempt not allowed - please review your user/project privileges",
+    );
+    call(app, Method::GET, &path, Some(READER), &[], b"").await.assert_error(
+        403,
+        "Secret retrieval attempt not allowed - please review your user/project privileges",
+    );
+    post_json(app, "/v1/secrets", READER, json!({})).await.assert_error(
+        403,
+        "Secret creation attempt not allowed - please review your user/project privileges",
+    );
+    // A no-auth caller without X-Roles is an admin with Keystone's implied roles (what the
+    // official clients send in no-auth mode), so it may create.
+    assert_eq!(post_json(app, "/v1/secrets", BARE, json!({})).await.status, StatusCode::CREATED);
     // Domain-scoped credentials are refused everywhere.
     let r = call(app, Method::GET, &path, Some(MEMBER), &[("x-domain-id", "default")], b"").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Another member of the same project has full access (no ACL makes it private).
     let colleague = Caller { project: "p1", user: Some("u9"), roles: Some("member") };
-    let r = call(app, Method::GET, &format!("{path}/payload"), Some(colleague), &[("accept", "text/plain")], b"").await;
+    let r = call(
+        app,
+        Method::GET,
+        &format!("{path}/payload"),
+        Some(colleague),
+        &[("accept", "text/plain")],
+        b"",
+    )
+    .await;
     assert_eq!(r.body, b"mine");
 
     // Delete: 204, then gone; the foreign admin may delete too.
-    let r = call(app, Method::DELETE, &path, Some(MEMBER), &[("openstack-api-version", "key-manager 1.2")], b"").await;
+    let r = call(
+        app,
+        Method::DELETE,
+        &path,
+        Some(MEMBER),
+        &[("openstack-api-version", "key-manager 1.2")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    call(app, Method::GET, &path, Some(MEMBER), &[], b"").await.assert_error(404, "Secret not found.");
+    call(app, Method::GET, &path, Some(MEMBER), &[], b"")
+        .await
+        .assert_error(404, "Secret not found.");
     let other = create(app, MEMBER, json!({})).await;
-    let r = call(app, Method::DELETE, &format!("{}?force=maybe", path_of(&other)), Some(MEMBER), &[("openstack-api-version", "key-manager 1.2")], b"").await;
+    let r = call(
+        app,
+        Method::DELETE,
+        &format!("{}?force=maybe", path_of(&other)),
+        Some(MEMBER),
+        &[("openstack-api-version", "key-manager 1.2")],
+        b"",
+    )
+    .await;
     r.assert_error(400, "URI provided invalid query string parameters.");
-    assert_eq!(call(app, Method::DELETE, &path_of(&other), Some(FOREIGN_ADMIN), &[], b"").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(app, Method::DELETE, &path_of(&other), Some(FOREIGN_ADMIN), &[], b"").await.status,
+        StatusCode::NO_CONTENT
+    );
 }
 
 async fn expiration(env: &Env) {
     let app = &env.app;
-    let id = create(app, MEMBER, json!({"expiration": "2099-06-01", "payload": "e", "payload_content_type": "text/plain"})).await;
-    assert_eq!(call(app, Method::GET, &path_of(&id), Some(MEMBER), &[], b"").await.status, StatusCode::OK);
+    let id = create(
+        app,
+        MEMBER,
+        json!({"expiration": "2099-06-01", "payload": "e", "payload_content_type": "text/plain"}),
+    )
+    .await;
+    assert_eq!(
+        call(app, Method::GET, &path_of(&id), Some(MEMBER), &[], b"").await.status,
+        StatusCode::OK
+    );
     // Age it: an expired secret looks deleted everywhere.
     env.sql(&format!("UPDATE secrets SET expiration = 1 WHERE id = '{id}'"));
-    call(app, Method::GET, &path_of(&id), Some(MEMBER), &[], b"").await.assert_error(404, "Secret not found.");
-    call(app, Method::GET, &format!("/v1/secrets/{id}/payload"), Some(MEMBER), &[], b"").await.assert_error(404, "Secret not found.");
-    call(app, Method::DELETE, &path_of(&id), Some(MEMBER), &[], b"").await.assert_error(404, "Secret not found.");
+    call(app, Method::GET, &path_of(&id), Some(MEMBER), &[], b"")
+        .await
+        .assert_error(404, "Secret not found.");
+    call(app, Method::GET, &format!("/v1/secrets/{id}/payload"), Some(MEMBER), &[], b"")
+        .await
+        .assert_error(404, "Secret not found.");
+    call(app, Method::DELETE, &path_of(&id), Some(MEMBER), &[], b"")
+        .await
+        .assert_error(404, "Secret not found.");
     let list = call(app, Method::GET, "/v1/secrets?limit=100", Some(MEMBER), &[], b"").await.json();
-    assert!(!list["secrets"].as_array().unwrap().iter().any(|s| s["secret_ref"].as_str().unwrap().ends_with(&id)));
+    assert!(
+        !list["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["secret_ref"].as_str().unwrap().ends_with(&id))
+    );
 }
 
 async fn listing(env: &Env) {
@@ -335,7 +554,12 @@ async fn listing(env: &Env) {
         async move { call(app, Method::GET, &path, Some(p3), &[], b"").await }
     };
     let names = |v: &serde_json::Value| -> Vec<String> {
-        v["secrets"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()).collect()
+        v["secrets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
     };
     let all = list("").await.json();
     assert_eq!(all["total"], 5);
@@ -364,18 +588,36 @@ async fn listing(env: &Env) {
     assert_eq!(names(&list("?secret_type=private").await.json()), vec!["beta"]);
     assert_eq!(list("?mode=CBC").await.json()["total"], 5);
     assert_eq!(names(&list("?sort=name:desc&limit=2").await.json()), vec!["gamma", "delta"]);
-    assert_eq!(names(&list("?sort=bit_length,name:desc").await.json()), vec!["alpha-1", "delta", "gamma", "alpha-2", "beta"]);
+    assert_eq!(
+        names(&list("?sort=bit_length,name:desc").await.json()),
+        vec!["alpha-1", "delta", "gamma", "alpha-2", "beta"]
+    );
     assert_eq!(list("?created=gt:2000-01-01T00:00:00").await.json()["total"], 5);
     assert_eq!(list("?created=lt:2000-01-01").await.json()["total"], 0);
     assert_eq!(list("?acl_only=true").await.json()["total"], 0);
-    for bad in ["?sort=colour", "?sort=name,name", "?sort=name:sideways", "?created=gt:x", "?updated=gt:2000-01-01,gte:2000-01-02"] {
+    for bad in [
+        "?sort=colour",
+        "?sort=name,name",
+        "?sort=name:sideways",
+        "?created=gt:x",
+        "?updated=gt:2000-01-01,gte:2000-01-02",
+    ] {
         list(bad).await.assert_error(400, "URI provided invalid query string parameters.");
     }
     // Other projects see none of them.
     let r = call(app, Method::GET, "/v1/secrets", Some(OTHER_PROJECT), &[], b"").await.json();
     assert!(!names(&r).iter().any(|n| n.starts_with("alpha")));
     // Items carry consumers from 1.1 on.
-    let r = call(app, Method::GET, "/v1/secrets?limit=1", Some(p3), &[("openstack-api-version", "key-manager 1.1")], b"").await.json();
+    let r = call(
+        app,
+        Method::GET,
+        "/v1/secrets?limit=1",
+        Some(p3),
+        &[("openstack-api-version", "key-manager 1.1")],
+        b"",
+    )
+    .await
+    .json();
     assert_eq!(r["secrets"][0]["consumers"], json!([]));
 }
 
@@ -386,7 +628,9 @@ async fn metadata(env: &Env) {
     let json_ct = [("content-type", "application/json")];
     let put_all = |body: serde_json::Value| {
         let base = base.clone();
-        async move { call(app, Method::PUT, &base, Some(MEMBER), &json_ct, body.to_string().as_bytes()).await }
+        async move {
+            call(app, Method::PUT, &base, Some(MEMBER), &json_ct, body.to_string().as_bytes()).await
+        }
     };
     let r = call(app, Method::GET, &base, Some(MEMBER), &[], b"").await;
     assert_eq!(r.json(), json!({"metadata": {}}));
@@ -395,24 +639,37 @@ async fn metadata(env: &Env) {
     assert_eq!(r.json(), json!({"metadata_ref": format!("{BASE}/v1/secrets/{id}/metadata")}));
     let r = call(app, Method::GET, &base, Some(MEMBER), &[], b"").await;
     assert_eq!(r.json(), json!({"metadata": {"colour": "blue", "x-1_y": "z"}}));
-    put_all(json!({"metadata": {"a": 1}})).await.assert_error(400, "Invalid Metadata. Keys and Values must be Strings.");
-    put_all(json!({"metadata": {"a b": "c"}})).await.assert_error(400, "Invalid Key. Key must be URL safe.");
+    put_all(json!({"metadata": {"a": 1}}))
+        .await
+        .assert_error(400, "Invalid Metadata. Keys and Values must be Strings.");
+    put_all(json!({"metadata": {"a b": "c"}}))
+        .await
+        .assert_error(400, "Invalid Key. Key must be URL safe.");
     put_all(json!({"other": {}})).await.assert_error(
         400,
         "Provided object does not match schema 'SecretMetadata': 'metadata' is a required property. Invalid property: 'None'",
     );
-    let r = call(app, Method::PUT, &base, Some(MEMBER), &[("content-type", "text/plain")], b"{}").await;
+    let r =
+        call(app, Method::PUT, &base, Some(MEMBER), &[("content-type", "text/plain")], b"{}").await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let post = |body: serde_json::Value| {
         let base = base.clone();
-        async move { call(app, Method::POST, &base, Some(MEMBER), &json_ct, body.to_string().as_bytes()).await }
+        async move {
+            call(app, Method::POST, &base, Some(MEMBER), &json_ct, body.to_string().as_bytes())
+                .await
+        }
     };
     let r = post(json!({"key": "Size", "value": "10"})).await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.json(), json!({"key": "size", "value": "10"}));
-    assert_eq!(r.header("location"), Some(format!("{BASE}/v1/secrets/{id}/metadata/size").as_str()));
-    post(json!({"key": "size", "value": "11"})).await.assert_error(409, "Conflict. Key in request is already in the secret metadata");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{BASE}/v1/secrets/{id}/metadata/size").as_str())
+    );
+    post(json!({"key": "size", "value": "11"}))
+        .await
+        .assert_error(409, "Conflict. Key in request is already in the secret metadata");
     post(json!({"key": "k", "value": "v", "extra": 1})).await.assert_error(
         400,
         "Provided object does not match schema 'SecretMetadatum': Additional properties are not allowed ('extra' was unexpected). Invalid property: 'None'",
@@ -421,32 +678,71 @@ async fn metadata(env: &Env) {
         400,
         "Provided object does not match schema 'SecretMetadatum': 'value' is a required property. Invalid property: 'None'",
     );
-    post(json!({"key": "bad key", "value": "v"})).await.assert_error(400, "Invalid Key. Key must be URL safe.");
+    post(json!({"key": "bad key", "value": "v"}))
+        .await
+        .assert_error(400, "Invalid Key. Key must be URL safe.");
 
     let item = |key: &str| format!("{base}/{key}");
     let r = call(app, Method::GET, &item("size"), Some(MEMBER), &[], b"").await;
     assert_eq!(r.json(), json!({"key": "size", "value": "10"}));
     // Compared as written in the URL.
-    call(app, Method::GET, &item("Size"), Some(MEMBER), &[], b"").await.assert_error(404, "Secret metadata not found.");
-    let r = call(app, Method::PUT, &item("size"), Some(MEMBER), &json_ct, json!({"key": "size", "value": "12"}).to_string().as_bytes()).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json(), json!({"key": "size", "value": "12"}));
-    call(app, Method::PUT, &item("size"), Some(MEMBER), &json_ct, json!({"key": "other", "value": "1"}).to_string().as_bytes())
-        .await
-        .assert_error(409, "Key in request data does not match key in the ");
-    call(app, Method::PUT, &item("nope"), Some(MEMBER), &json_ct, json!({"key": "nope", "value": "1"}).to_string().as_bytes())
+    call(app, Method::GET, &item("Size"), Some(MEMBER), &[], b"")
         .await
         .assert_error(404, "Secret metadata not found.");
-    assert_eq!(call(app, Method::DELETE, &item("size"), Some(MEMBER), &[], b"").await.status, StatusCode::NO_CONTENT);
-    assert_eq!(call(app, Method::DELETE, &item("size"), Some(MEMBER), &[], b"").await.status, StatusCode::NO_CONTENT);
-    call(app, Method::GET, &item("size"), Some(MEMBER), &[], b"").await.assert_error(404, "Secret metadata not found.");
-    call(app, Method::POST, &item("size"), Some(MEMBER), &json_ct, b"{}").await.assert_error(405, "");
+    let r = call(
+        app,
+        Method::PUT,
+        &item("size"),
+        Some(MEMBER),
+        &json_ct,
+        json!({"key": "size", "value": "12"}).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"key": "size", "value": "12"}));
+    call(
+        app,
+        Method::PUT,
+        &item("size"),
+        Some(MEMBER),
+        &json_ct,
+        json!({"key": "other", "value": "1"}).to_string().as_bytes(),
+    )
+    .await
+    .assert_error(409, "Key in request data does not match key in the ");
+    call(
+        app,
+        Method::PUT,
+        &item("nope"),
+        Some(MEMBER),
+        &json_ct,
+        json!({"key": "nope", "value": "1"}).to_string().as_bytes(),
+    )
+    .await
+    .assert_error(404, "Secret metadata not found.");
+    assert_eq!(
+        call(app, Method::DELETE, &item("size"), Some(MEMBER), &[], b"").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(app, Method::DELETE, &item("size"), Some(MEMBER), &[], b"").await.status,
+        StatusCode::NO_CONTENT
+    );
+    call(app, Method::GET, &item("size"), Some(MEMBER), &[], b"")
+        .await
+        .assert_error(404, "Secret metadata not found.");
+    call(app, Method::POST, &item("size"), Some(MEMBER), &json_ct, b"{}")
+        .await
+        .assert_error(405, "");
     call(app, Method::PATCH, &base, Some(MEMBER), &json_ct, b"{}").await.assert_error(405, "");
     // Other projects: 403.
     call(app, Method::GET, &base, Some(OTHER_PROJECT), &[], b"").await
         .assert_error(403, "Secret metadata retrieval attempt not allowed - please review your user/project privileges");
     // Deleting the secret removes its metadata.
-    assert_eq!(call(app, Method::DELETE, &path_of(&id), Some(MEMBER), &[], b"").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(app, Method::DELETE, &path_of(&id), Some(MEMBER), &[], b"").await.status,
+        StatusCode::NO_CONTENT
+    );
     let left = env.sql(&format!("SELECT COUNT(*) FROM secret_metadata WHERE secret_id = '{id}'"));
     assert!(left.trim() == "0" || left.trim() == "[(0,)]", "{left}");
 }

@@ -13,7 +13,11 @@ pub(crate) fn parse_json(body: &[u8], schema: &str) -> Result<JsonObject, ApiErr
     let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::malformed_json())?;
     match strip(value) {
         Value::Object(map) => Ok(map),
-        other => Err(ApiError::schema(schema, &format!("{} is not of type 'object'", repr(&other)), None)),
+        other => Err(ApiError::schema(
+            schema,
+            &format!("{} is not of type 'object'", repr(&other)),
+            None,
+        )),
     }
 }
 
@@ -21,7 +25,11 @@ fn strip(value: Value) -> Value {
     match value {
         Value::String(s) => {
             let trimmed = s.trim();
-            if trimmed.len() == s.len() { Value::String(s) } else { Value::String(trimmed.to_owned()) }
+            if trimmed.len() == s.len() {
+                Value::String(s)
+            } else {
+                Value::String(trimmed.to_owned())
+            }
         }
         Value::Array(items) => Value::Array(items.into_iter().map(strip).collect()),
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, strip(v))).collect()),
@@ -42,7 +50,10 @@ pub(crate) fn repr(value: &Value) -> String {
         }
         Value::Object(map) => format!(
             "{{{}}}",
-            map.iter().map(|(k, v)| format!("{}: {}", py_str(k), repr(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", py_str(k), repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -88,16 +99,16 @@ pub(crate) fn check_field(
         };
         return fail(format!("{} is not of type {expected}", repr(value)));
     }
-    if let (Some(text), Some(choices)) = (value.as_str(), choices) {
-        if !choices.contains(&text) {
-            let list: Vec<String> = choices.iter().map(|c| format!("'{c}'")).collect();
-            return fail(format!("{} is not one of [{}]", repr(value), list.join(", ")));
-        }
+    if let (Some(text), Some(choices)) = (value.as_str(), choices)
+        && !choices.contains(&text)
+    {
+        let list: Vec<String> = choices.iter().map(|c| format!("'{c}'")).collect();
+        return fail(format!("{} is not one of [{}]", repr(value), list.join(", ")));
     }
-    if let (Some(text), Some(max)) = (value.as_str(), max_len) {
-        if text.chars().count() > max {
-            return fail(format!("{} is too long", repr(value)));
-        }
+    if let (Some(text), Some(max)) = (value.as_str(), max_len)
+        && text.chars().count() > max
+    {
+        return fail(format!("{} is too long", repr(value)));
     }
     if let (Some(n), Some((min, max))) = (value.as_i64(), range) {
         if n < min {
@@ -107,10 +118,11 @@ pub(crate) fn check_field(
             return fail(format!("{n} is greater than the maximum of {max}"));
         }
     }
-    if value.as_u64().is_some() && value.as_i64().is_none() {
-        if let Some((_, max)) = range {
-            return fail(format!("{value} is greater than the maximum of {max}"));
-        }
+    if value.as_u64().is_some()
+        && value.as_i64().is_none()
+        && let Some((_, max)) = range
+    {
+        return fail(format!("{value} is greater than the maximum of {max}"));
     }
     Ok(())
 }

@@ -52,7 +52,11 @@ impl ApiError {
     }
 
     pub(crate) fn too_large(operation: &str) -> Self {
-        Self::issue(StatusCode::PAYLOAD_TOO_LARGE, operation, "Provided information too large to process")
+        Self::issue(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            operation,
+            "Provided information too large to process",
+        )
     }
 
     pub(crate) fn unsupported_media(expected: &[&str]) -> Self {
@@ -64,7 +68,11 @@ impl ApiError {
     }
 
     pub(crate) fn method_not_allowed(allow: &'static str) -> Self {
-        Self { status: StatusCode::METHOD_NOT_ALLOWED, description: String::new(), allow: Some(allow) }
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            description: String::new(),
+            allow: Some(allow),
+        }
     }
 
     /// An unexpected failure: logged with its cause, answered with Barbican's generic 500.

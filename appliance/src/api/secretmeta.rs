@@ -39,7 +39,11 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
             }
             let body = parse_json(call.body, "SecretMetadata")?;
             let Some(metadata) = body.get("metadata") else {
-                return Err(ApiError::schema("SecretMetadata", "'metadata' is a required property", None));
+                return Err(ApiError::schema(
+                    "SecretMetadata",
+                    "'metadata' is a required property",
+                    None,
+                ));
             };
             let Value::Object(map) = metadata else {
                 return Err(ApiError::schema(
@@ -51,7 +55,9 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
             let mut entries = BTreeMap::new();
             for (key, value) in map {
                 let Value::String(value) = value else {
-                    return Err(ApiError::bad_request("Invalid Metadata. Keys and Values must be Strings."));
+                    return Err(ApiError::bad_request(
+                        "Invalid Metadata. Keys and Values must be Strings.",
+                    ));
                 };
                 if !key_is_url_safe(key) {
                     return Err(ApiError::bad_request("Invalid Key. Key must be URL safe."));
@@ -66,7 +72,11 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
             call.authorize("secret_meta:post", &target, OP)?;
             call.require_json()?;
             let (key, value) = metadatum_body(call)?;
-            if !store.add_metadatum(&secret.id, &key, &value).await.map_err(|e| store_error(OP, &e))? {
+            if !store
+                .add_metadatum(&secret.id, &key, &value)
+                .await
+                .map_err(|e| store_error(OP, &e))?
+            {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "Conflict. Key in request is already in the secret metadata",
@@ -91,7 +101,11 @@ fn metadatum_body(call: &Call<'_>) -> Result<(String, String), ApiError> {
     let body = parse_json(call.body, SCHEMA)?;
     for required in ["key", "value"] {
         if !body.contains_key(required) {
-            return Err(ApiError::schema(SCHEMA, &format!("'{required}' is a required property"), None));
+            return Err(ApiError::schema(
+                SCHEMA,
+                &format!("'{required}' is a required property"),
+                None,
+            ));
         }
     }
     check_field(SCHEMA, &body, "key", Kind::String, Some(255), None, None)?;
@@ -102,7 +116,10 @@ fn metadatum_body(call: &Call<'_>) -> Result<(String, String), ApiError> {
         let verb = if extra.len() == 1 { "was" } else { "were" };
         return Err(ApiError::schema(
             SCHEMA,
-            &format!("Additional properties are not allowed ({} {verb} unexpected)", extra.join(", ")),
+            &format!(
+                "Additional properties are not allowed ({} {verb} unexpected)",
+                extra.join(", ")
+            ),
             None,
         ));
     }
@@ -137,9 +154,16 @@ pub(crate) async fn item(call: &Call<'_>, secret: &SecretRow, key: &str) -> Outc
                 return Err(not_found());
             }
             if body_key != key {
-                return Err(ApiError::new(StatusCode::CONFLICT, "Key in request data does not match key in the "));
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Key in request data does not match key in the ",
+                ));
             }
-            if !store.update_metadatum(&secret.id, key, &value).await.map_err(|e| store_error(OP, &e))? {
+            if !store
+                .update_metadatum(&secret.id, key, &value)
+                .await
+                .map_err(|e| store_error(OP, &e))?
+            {
                 return Err(not_found());
             }
             super::json(StatusCode::OK, json!({"key": key, "value": value}))

@@ -3,8 +3,8 @@
 
 use base64::Engine;
 use hsm_proxy_proto::op::Sealed;
-use hyper::header::LOCATION;
 use hyper::StatusCode;
+use hyper::header::LOCATION;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -14,13 +14,23 @@ use crate::hsm::{HsmError, payload_aad};
 use crate::store::{Compare, SecretQuery, SecretRow, StoreError, StoredPayload};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
 
-const SECRET_TYPES: &[&str] = &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
+const SECRET_TYPES: &[&str] =
+    &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
 const CONTENT_TYPES: &str = "['text/plain', 'text/plain;charset=utf-8', 'text/plain; charset=utf-8', \
                              'application/octet-stream', 'application/pkcs8']";
 /// Barbican's MAX_FIELD_SIZE for `bit_length`.
 const MAX_BIT_LENGTH: i64 = 32767;
-const SORT_KEYS: &[&str] =
-    &["algorithm", "bit_length", "created", "expiration", "mode", "name", "secret_type", "status", "updated"];
+const SORT_KEYS: &[&str] = &[
+    "algorithm",
+    "bit_length",
+    "created",
+    "expiration",
+    "mode",
+    "name",
+    "secret_type",
+    "status",
+    "updated",
+];
 const BAD_QUERY: &str = "URI provided invalid query string parameters.";
 
 /// Finds the secret of `/v1/secrets/{id}...`: 404 for a malformed id, or a missing or expired
@@ -101,8 +111,12 @@ fn normalize_content_type(value: &str) -> Option<&'static str> {
 /// Python's non-strict `b64decode`: characters outside the alphabet are skipped, padding must
 /// still be right.
 pub(crate) fn decode_base64(text: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    let mut data: Zeroizing<Vec<u8>> =
-        Zeroizing::new(text.iter().copied().filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/').collect());
+    let mut data: Zeroizing<Vec<u8>> = Zeroizing::new(
+        text.iter()
+            .copied()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+            .collect(),
+    );
     let padding = text.iter().filter(|c| **c == b'=').count();
     match data.len() % 4 {
         0 => {}
@@ -128,7 +142,11 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
         None => None,
         Some(Value::String(s)) => Some(Zeroizing::new(s)),
         Some(other) => {
-            return Err(ApiError::schema(SCHEMA, &format!("{} is not of type 'string'", super::body::repr(&other)), Some("payload")));
+            return Err(ApiError::schema(
+                SCHEMA,
+                &format!("{} is not of type 'string'", super::body::repr(&other)),
+                Some("payload"),
+            ));
         }
     };
     check_field(SCHEMA, &body, "name", Kind::StringOrNull, Some(255), None, None)?;
@@ -138,17 +156,43 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
     check_field(SCHEMA, &body, "bit_length", Kind::Integer, None, Some((1, MAX_BIT_LENGTH)), None)?;
     check_field(SCHEMA, &body, "expiration", Kind::String, Some(255), None, None)?;
     check_field(SCHEMA, &body, "payload_content_type", Kind::StringOrNull, Some(255), None, None)?;
-    check_field(SCHEMA, &body, "payload_content_encoding", Kind::String, Some(255), None, Some(&["base64"]))?;
-    check_field(SCHEMA, &body, "transport_key_needed", Kind::String, None, None, Some(&["true", "false"]))?;
+    check_field(
+        SCHEMA,
+        &body,
+        "payload_content_encoding",
+        Kind::String,
+        Some(255),
+        None,
+        Some(&["base64"]),
+    )?;
+    check_field(
+        SCHEMA,
+        &body,
+        "transport_key_needed",
+        Kind::String,
+        None,
+        None,
+        Some(&["true", "false"]),
+    )?;
     check_field(SCHEMA, &body, "transport_key_id", Kind::String, None, None, None)?;
 
     let now = now_micros();
     let expiration = match string(&body, "expiration").filter(|e| !e.is_empty()) {
         None => None,
         Some(text) => match parse_iso8601(&text) {
-            None => return Err(ApiError::schema(SCHEMA, "Invalid date for 'expiration'", Some("expiration"))),
+            None => {
+                return Err(ApiError::schema(
+                    SCHEMA,
+                    "Invalid date for 'expiration'",
+                    Some("expiration"),
+                ));
+            }
             Some(t) if t <= now => {
-                return Err(ApiError::schema(SCHEMA, "'expiration' is before current time", Some("expiration")));
+                return Err(ApiError::schema(
+                    SCHEMA,
+                    "'expiration' is before current time",
+                    Some("expiration"),
+                ));
             }
             Some(t) => Some(t),
         },
@@ -156,7 +200,13 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
     let content_type = string(&body, "payload_content_type");
     let encoding = string(&body, "payload_content_encoding");
     let plaintext: Option<(&'static str, Zeroizing<Vec<u8>>)> = match &payload {
-        Some(payload) => Some(validate_payload(call, SCHEMA, payload, content_type.as_deref(), encoding.as_deref())?),
+        Some(payload) => Some(validate_payload(
+            call,
+            SCHEMA,
+            payload,
+            content_type.as_deref(),
+            encoding.as_deref(),
+        )?),
         None if content_type.is_some() => {
             return Err(ApiError::schema(
                 SCHEMA,
@@ -196,7 +246,10 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
     // The row is written only once the payload is sealed: a failure before leaves nothing.
     call.app.store.insert_secret(&row).await.map_err(|e| store_error(OP, &e))?;
     let location = secret_ref(call, &id);
-    Ok((Reply::Json(StatusCode::CREATED, json!({"secret_ref": location})), vec![(LOCATION, location)]))
+    Ok((
+        Reply::Json(StatusCode::CREATED, json!({"secret_ref": location})),
+        vec![(LOCATION, location)],
+    ))
 }
 
 /// Checks a one-step payload and returns its stored type and bytes.
@@ -225,7 +278,11 @@ fn validate_payload(
     match (text, encoding) {
         (true, None) | (false, Some("base64")) => {}
         (true, Some(_)) => {
-            return Err(ApiError::schema(schema, "payload_content_encoding is not one of None", Some("payload_content_encoding")));
+            return Err(ApiError::schema(
+                schema,
+                "payload_content_encoding is not one of None",
+                Some("payload_content_encoding"),
+            ));
         }
         (false, _) => {
             return Err(ApiError::schema(
@@ -239,13 +296,21 @@ fn validate_payload(
         return Err(ApiError::too_large("Secret creation"));
     }
     if payload.is_empty() {
-        return Err(ApiError::schema(schema, "If 'payload' specified, must be non empty", Some("payload")));
+        return Err(ApiError::schema(
+            schema,
+            "If 'payload' specified, must be non empty",
+            Some("payload"),
+        ));
     }
     let bytes = if text {
         Zeroizing::new(payload.as_bytes().to_vec())
     } else {
         decode_base64(payload.as_bytes()).ok_or_else(|| {
-            ApiError::schema(schema, "Invalid payload for payload_content_encoding", Some("payload"))
+            ApiError::schema(
+                schema,
+                "Invalid payload for payload_content_encoding",
+                Some("payload"),
+            )
         })?
     };
     Ok((stored, bytes))
@@ -260,8 +325,10 @@ async fn seal(
     bytes: &[u8],
 ) -> Result<StoredPayload, ApiError> {
     let hsm = &call.app.hsm;
-    let (kek_id, kek) =
-        hsm.project_kek(&call.app.store, &row.project_id).await.map_err(|e| hsm_error(operation, &e))?;
+    let (kek_id, kek) = hsm
+        .project_kek(&call.app.store, &row.project_id)
+        .await
+        .map_err(|e| hsm_error(operation, &e))?;
     let sealed = hsm
         .seal(&kek, bytes, payload_aad(&row.project_id, &row.id))
         .await
@@ -290,7 +357,8 @@ pub(crate) async fn get(call: &Call<'_>, secret: &SecretRow) -> Outcome {
 pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<&str>) -> Outcome {
     const OP: &str = "Secret payload retrieval";
     call.authorize("secret:decrypt", &secret_target(secret), OP)?;
-    if call.param("trans_wrapped_session_key").is_some() && call.param("transport_key_id").is_none() {
+    if call.param("trans_wrapped_session_key").is_some() && call.param("transport_key_id").is_none()
+    {
         return Err(ApiError::bad_request(
             "Transport key wrapped session key has been provided to wrap secrets for retrieval, \
              but the transport key id has not been provided.",
@@ -299,21 +367,35 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
     let Some(stored) = &secret.payload else {
         return Err(ApiError::not_found("Not Found. Sorry but your secret has no payload."));
     };
-    let wrong_type = || ApiError::issue(StatusCode::NOT_ACCEPTABLE, OP, "Wrong payload content-type");
+    let wrong_type =
+        || ApiError::issue(StatusCode::NOT_ACCEPTABLE, OP, "Wrong payload content-type");
     // Barbican compares the raw header: no q-values, no lists.
     let (text, content_type): (bool, &str) = match accept.map(str::trim).filter(|a| !a.is_empty()) {
         None => (false, "application/octet-stream"),
-        Some("*/*") => (stored.content_type == "text/plain", stored_response_type(&stored.content_type)),
-        Some(a) if normalize_content_type(a) == Some("text/plain") => (true, "text/plain; charset=UTF-8"),
+        Some("*/*") => {
+            (stored.content_type == "text/plain", stored_response_type(&stored.content_type))
+        }
+        Some(a) if normalize_content_type(a) == Some("text/plain") => {
+            (true, "text/plain; charset=UTF-8")
+        }
         Some("application/octet-stream") => (false, "application/octet-stream"),
         Some("application/pkcs8") => (false, "application/pkcs8"),
         Some(_) => return Err(wrong_type()),
     };
-    let kek = call.app.hsm.kek(&call.app.store, &stored.kek_id).await.map_err(|e| hsm_error(OP, &e))?;
+    let kek =
+        call.app.hsm.kek(&call.app.store, &stored.kek_id).await.map_err(|e| hsm_error(OP, &e))?;
     let sealed = Sealed {
         ciphertext: stored.ciphertext.clone(),
-        iv: stored.iv.as_slice().try_into().map_err(|_| ApiError::internal(OP, &"stored IV has a wrong length"))?,
-        tag: stored.tag.as_slice().try_into().map_err(|_| ApiError::internal(OP, &"stored tag has a wrong length"))?,
+        iv: stored
+            .iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| ApiError::internal(OP, &"stored IV has a wrong length"))?,
+        tag: stored
+            .tag
+            .as_slice()
+            .try_into()
+            .map_err(|_| ApiError::internal(OP, &"stored tag has a wrong length"))?,
     };
     let plaintext = call
         .app
@@ -346,7 +428,9 @@ pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         _ => return Err(ApiError::unsupported_media(&["application/octet-stream", "text/plain"])),
     };
     let encoding = call.header("content-encoding").map(|e| e.trim().to_ascii_lowercase());
-    if stored_type == "application/octet-stream" && encoding.as_deref().is_some_and(|e| e != "base64") {
+    if stored_type == "application/octet-stream"
+        && encoding.as_deref().is_some_and(|e| e != "base64")
+    {
         return Err(ApiError::issue(
             StatusCode::BAD_REQUEST,
             OP,
@@ -360,18 +444,29 @@ pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         return Err(ApiError::issue(StatusCode::BAD_REQUEST, OP, "No data supplied to process."));
     }
     if secret.payload.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "Secret already has data, cannot modify it."));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Secret already has data, cannot modify it.",
+        ));
     }
     let bytes = match (stored_type, encoding.as_deref()) {
-        ("application/octet-stream", Some("base64")) => decode_base64(call.body).ok_or_else(|| {
-            ApiError::issue(StatusCode::BAD_REQUEST, OP, "Invalid payload for payload_content_encoding")
-        })?,
+        ("application/octet-stream", Some("base64")) => {
+            decode_base64(call.body).ok_or_else(|| {
+                ApiError::issue(
+                    StatusCode::BAD_REQUEST,
+                    OP,
+                    "Invalid payload for payload_content_encoding",
+                )
+            })?
+        }
         _ => Zeroizing::new(call.body.to_vec()),
     };
     let payload = seal(call, OP, secret, stored_type, &bytes).await?;
     match call.app.store.set_payload(&secret.id, &payload).await {
         Ok(true) => Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new())),
-        Ok(false) => Err(ApiError::new(StatusCode::CONFLICT, "Secret already has data, cannot modify it.")),
+        Ok(false) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "Secret already has data, cannot modify it."))
+        }
         Err(e) => Err(store_error(OP, &e)),
     }
 }
@@ -380,10 +475,10 @@ pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
 pub(crate) async fn delete(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     const OP: &str = "Secret deletion";
     call.authorize("secret:delete", &secret_target(secret), OP)?;
-    if call.minor >= 2 {
-        if let Some(force) = call.param("force") {
-            parse_bool(force).ok_or_else(|| ApiError::bad_request(BAD_QUERY))?;
-        }
+    if call.minor >= 2
+        && let Some(force) = call.param("force")
+    {
+        parse_bool(force).ok_or_else(|| ApiError::bad_request(BAD_QUERY))?;
     }
     call.app.store.delete_secret(&secret.id).await.map_err(|e| store_error(OP, &e))?;
     Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
@@ -399,7 +494,8 @@ fn parse_bool(value: &str) -> Option<bool> {
 
 /// `limit` and `offset` as Barbican cleans them.
 pub(crate) fn paging(call: &Call<'_>) -> (i64, i64) {
-    let offset = call.param("offset").and_then(|o| o.trim().parse::<i64>().ok()).unwrap_or(0).max(0);
+    let offset =
+        call.param("offset").and_then(|o| o.trim().parse::<i64>().ok()).unwrap_or(0).max(0);
     let limit = match call.param("limit").filter(|l| !l.is_empty()) {
         None => 10,
         Some(l) => l.trim().parse::<i64>().unwrap_or(10).clamp(1, 100),
@@ -456,13 +552,15 @@ pub(crate) async fn list(call: &Call<'_>) -> Outcome {
     q.updated = date_filter(call.param("updated")).ok_or_else(bad)?;
     q.expiration = date_filter(call.param("expiration")).ok_or_else(bad)?;
     q.sort = sort(call.param("sort")).ok_or_else(bad)?;
-    let (secrets, total) = if call.param("acl_only").is_some_and(|a| a.eq_ignore_ascii_case("true")) {
+    let (secrets, total) = if call.param("acl_only").is_some_and(|a| a.eq_ignore_ascii_case("true"))
+    {
         // Secrets shared with the caller through a read ACL: none can exist without ACLs.
         (Vec::new(), 0)
     } else {
         call.app.store.list_secrets(&q).await.map_err(|e| store_error(OP, &e))?
     };
-    let items: Vec<Value> = secrets.iter().map(|s| representation(call, s, call.minor >= 1)).collect();
+    let items: Vec<Value> =
+        secrets.iter().map(|s| representation(call, s, call.minor >= 1)).collect();
     let mut out = serde_json::Map::new();
     let empty = items.is_empty();
     out.insert("secrets".into(), Value::Array(items));
@@ -529,7 +627,6 @@ fn sort(value: Option<&str>) -> Option<Vec<(&'static str, bool)>> {
     Some(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,10 +643,15 @@ mod tests {
 
     #[test]
     fn content_types_normalise() {
-        for ok in ["text/plain", "TEXT/PLAIN", "text/plain;charset=utf-8", "text/plain; charset=UTF-8"] {
+        for ok in
+            ["text/plain", "TEXT/PLAIN", "text/plain;charset=utf-8", "text/plain; charset=UTF-8"]
+        {
             assert_eq!(normalize_content_type(ok), Some("text/plain"), "{ok}");
         }
-        assert_eq!(normalize_content_type("application/octet-stream"), Some("application/octet-stream"));
+        assert_eq!(
+            normalize_content_type("application/octet-stream"),
+            Some("application/octet-stream")
+        );
         for bad in ["text/plain; charset=latin1", "application/json", "text/html", ""] {
             assert_eq!(normalize_content_type(bad), None, "{bad}");
         }
@@ -561,7 +663,10 @@ mod tests {
         assert!(date_filter(Some("gt:2030-01-01,gte:2030-01-02")).is_none());
         assert!(date_filter(Some("2030-01-01,lt:2031-01-01")).is_none());
         assert!(date_filter(Some("gt:yesterday")).is_none());
-        assert_eq!(sort(Some("name:desc,created")).unwrap(), vec![("name", true), ("created", false)]);
+        assert_eq!(
+            sort(Some("name:desc,created")).unwrap(),
+            vec![("name", true), ("created", false)]
+        );
         assert!(sort(Some("name,name")).is_none());
         assert!(sort(Some("colour")).is_none());
         assert!(sort(Some("name:up")).is_none());

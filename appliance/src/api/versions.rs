@@ -42,9 +42,13 @@ fn accepts_json(call: &Call<'_>) -> Result<bool, ApiError> {
     let accept = accept.to_ascii_lowercase();
     let json = accept.contains("application/json") && !only_json_home(&accept);
     let home = accept.contains("application/json-home");
-    let any = accept.contains("*/*") || accept.contains("application/*") || accept.trim().is_empty();
+    let any =
+        accept.contains("*/*") || accept.contains("application/*") || accept.trim().is_empty();
     if !(json || home || any) {
-        return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "The server could not generate a response acceptable to the client."));
+        return Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "The server could not generate a response acceptable to the client.",
+        ));
     }
     Ok(home && !json)
 }

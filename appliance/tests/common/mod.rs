@@ -132,7 +132,8 @@ pub struct Caller<'a> {
     pub roles: Option<&'a str>,
 }
 
-pub const MEMBER: Caller<'static> = Caller { project: "p1", user: Some("u1"), roles: Some("member,reader") };
+pub const MEMBER: Caller<'static> =
+    Caller { project: "p1", user: Some("u1"), roles: Some("member,reader") };
 
 pub const HOST: &str = "kms.test:9311";
 pub const BASE: &str = "http://kms.test:9311";
@@ -146,8 +147,9 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body))
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -212,7 +214,15 @@ pub async fn call(
 
 /// POSTs JSON as `caller`.
 pub async fn post_json(app: &App, path: &str, caller: Caller<'_>, body: serde_json::Value) -> Resp {
-    call(app, Method::POST, path, Some(caller), &[("content-type", "application/json")], body.to_string().as_bytes()).await
+    call(
+        app,
+        Method::POST,
+        path,
+        Some(caller),
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 /// Creates a secret and returns its id.

@@ -1,0 +1,207 @@
+//! Helpers for the end-to-end tests: the real `appliance dev` stack as a child process, and a
+//! minimal HTTP/1.1 client.
+// Test helpers: a failure is a test failure, reported by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace's target directory for this build profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// Builds the workspace binaries if this test run did not.
+pub fn ensure_binaries() {
+    let dir = bin_dir();
+    if dir.join("appliance").exists() && dir.join("hsm-proxy").exists() {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", "appliance", "-p", "hsm-proxy", "--bins"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the binaries failed");
+}
+
+/// `appliance dev` running in a child process.
+#[derive(Debug)]
+pub struct DevStack {
+    child: Option<Child>,
+    /// Where the stack keeps its data.
+    pub data_dir: PathBuf,
+    /// The contents of `dev.json`.
+    pub info: serde_json::Value,
+    log: PathBuf,
+}
+
+impl DevStack {
+    /// Starts `appliance dev` on a free port with its data under `data_dir`.
+    pub fn start(data_dir: &Path) -> DevStack {
+        ensure_binaries();
+        let dev_json = data_dir.join("dev.json");
+        let _ = std::fs::remove_file(&dev_json);
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.join("appliance.log");
+        let child = Command::new(bin_dir().join("appliance"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stack = DevStack {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            info: serde_json::Value::Null,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&dev_json) {
+                stack.info = serde_json::from_str(&text).unwrap();
+                return stack;
+            }
+            if let Some(status) = stack.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("appliance dev exited with {status}:\n{}", stack.log());
+            }
+            assert!(Instant::now() < deadline, "appliance dev did not start:\n{}", stack.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The API's base URL.
+    pub fn api_url(&self) -> String {
+        self.info["api_url"].as_str().unwrap().to_owned()
+    }
+
+    /// What the appliance logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM (as Ctrl-C), then the exit status.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "appliance dev did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`url` like `http://127.0.0.1:9311/v1/secrets`).
+pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) =
+        rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}
+
+/// The python-barbicanclient virtualenv: `BARBICAN_CLIENT_VENV`, or `target/interop-venv`.
+/// `None` (said loudly) when absent, unless `REQUIRE_BARBICAN_CLIENT` is set, as CI does.
+pub fn barbican_venv() -> Option<PathBuf> {
+    let venv = std::env::var_os("BARBICAN_CLIENT_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().parent().unwrap().join("interop-venv"));
+    if venv.join("bin/barbican").exists() {
+        return Some(venv);
+    }
+    if std::env::var_os("REQUIRE_BARBICAN_CLIENT").is_some() {
+        panic!("python-barbicanclient is required but not installed in {}", venv.display());
+    }
+    eprintln!(
+        "\n*** SKIPPING barbicanclient interop test: no virtualenv at {} (scripts/test creates it) ***\n",
+        venv.display()
+    );
+    None
+}
