@@ -1,4 +1,4 @@
-//! The HTTP server: hyper HTTP/1.1 in front of [`api::handle`](crate::api::handle).
+//! The HTTP server: hyper HTTP/1.1 in front of [`api::handle`].
 //!
 //! Bodies are read into a wiped buffer, at most `max_request_bytes` of them: a longer body is
 //! not read further, the handler answers 413, and the connection is closed.
