@@ -350,6 +350,46 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
     assert!(log.contains("sessions closed and logged out"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_key_pairs_decrypt_to_matching_pkcs8() {
+    use hsm_proxy_proto::op::GenerateKeyPairSealed;
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+    let token = Token::new("sealed-pairs");
+    let mut proxy = Proxy::start(&token, &Settings::default());
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let aad = b"secret=private-key".to_vec();
+    for spec in [KeyPairSpec::Rsa2048, KeyPairSpec::EcP256, KeyPairSpec::EcP384] {
+        let pair = client
+            .call(GenerateKeyPairSealed { kek: kek.clone(), spec, aad: aad.clone() })
+            .await
+            .unwrap();
+        let pkcs8 = decrypt(&client, &kek, &pair.private_key_pkcs8, &aad).await.unwrap();
+        let derived_public = match spec {
+            KeyPairSpec::Rsa2048 => {
+                let key = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.expose_secret()).unwrap();
+                key.validate().unwrap();
+                key.to_public_key().to_public_key_der().unwrap().as_bytes().to_vec()
+            }
+            KeyPairSpec::EcP256 => {
+                let key = p256::SecretKey::from_pkcs8_der(pkcs8.expose_secret()).unwrap();
+                key.public_key().to_public_key_der().unwrap().as_bytes().to_vec()
+            }
+            _ => {
+                let key = p384::SecretKey::from_pkcs8_der(pkcs8.expose_secret()).unwrap();
+                key.public_key().to_public_key_der().unwrap().as_bytes().to_vec()
+            }
+        };
+        assert_eq!(derived_public, pair.public_key_der, "{spec:?}");
+        // Bound to its AAD like every sealed payload.
+        assert_eq!(
+            status(decrypt(&client, &kek, &pair.private_key_pkcs8, b"other").await),
+            Status::AuthenticationFailed
+        );
+    }
+    proxy.assert_healthy();
+}
+
 #[test]
 fn serve_refuses_a_token_without_master_key() {
     let token = Token::new("no-mkek");

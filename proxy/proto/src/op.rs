@@ -147,6 +147,10 @@ operations! {
     Rewrap = 8 => Blob,
     /// Random bytes from the HSM's generator.
     Random = 9 => SecretBytes,
+    /// A new key pair generated in the HSM, its private key returned as PKCS#8 sealed (GCM)
+    /// under a project KEK: for key pairs whose private key clients retrieve (Barbican
+    /// asymmetric orders).
+    GenerateKeyPairSealed = 10 => SealedKeyPair,
 }
 
 macro_rules! reply_conversions {
@@ -190,6 +194,7 @@ reply_conversions! {
     Health => HealthReport,
     GenerateKek => Kek,
     GenerateKeyPair => KeyPair,
+    GenerateKeyPairSealed => SealedKeyPair,
     Sign => Signature,
     Rewrap => Blob,
 }
@@ -354,6 +359,29 @@ pub struct GenerateKeyPair {
     pub spec: KeyPairSpec,
 }
 
+/// Parameters of [`OpCode::GenerateKeyPairSealed`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct GenerateKeyPairSealed {
+    /// The project KEK to seal the private key under.
+    pub kek: Kek,
+    /// Which key pair.
+    pub spec: KeyPairSpec,
+    /// Additional authenticated data for the sealing, as for [`Encrypt`].
+    #[serde(with = "serde_bytes")]
+    pub aad: Vec<u8>,
+}
+
+/// A generated key pair whose private key is sealed, not wrapped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedKeyPair {
+    /// The private key as DER PKCS#8 (PrivateKeyInfo), sealed with AES-256-GCM.
+    pub private_key_pkcs8: Sealed,
+    /// The public key as DER SubjectPublicKeyInfo.
+    #[serde(with = "serde_bytes")]
+    pub public_key_der: Vec<u8>,
+}
+
 /// What a wrapped key is, so that it can be unwrapped with the right template. Append-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -477,7 +505,7 @@ mod tests {
 
     #[test]
     fn op_codes_are_pinned() {
-        let pinned: [(OpCode, u16); 9] = [
+        let pinned: [(OpCode, u16); 10] = [
             (OpCode::Health, 1),
             (OpCode::GenerateKek, 2),
             (OpCode::Encrypt, 3),
@@ -487,6 +515,7 @@ mod tests {
             (OpCode::Sign, 7),
             (OpCode::Rewrap, 8),
             (OpCode::Random, 9),
+            (OpCode::GenerateKeyPairSealed, 10),
         ];
         assert_eq!(OpCode::ALL.len(), pinned.len());
         for (op, code) in pinned {
@@ -494,7 +523,7 @@ mod tests {
             assert_eq!(OpCode::from_code(code), Some(op));
         }
         assert_eq!(OpCode::from_code(0), None);
-        assert_eq!(OpCode::from_code(10), None);
+        assert_eq!(OpCode::from_code(11), None);
     }
 
     #[test]

@@ -1,4 +1,7 @@
-//! Just enough DER to turn PKCS#11 public-key attributes into SubjectPublicKeyInfo.
+//! Just enough DER to turn PKCS#11 key attributes into SubjectPublicKeyInfo and (for keys
+//! that clients retrieve) PKCS#8. Private material is only ever assembled in zeroizing buffers.
+
+use zeroize::Zeroizing;
 
 /// `rsaEncryption` (1.2.840.113549.1.1.1), as a full DER OID.
 const OID_RSA_ENCRYPTION: &[u8] =
@@ -42,6 +45,58 @@ pub(crate) fn ec_point(attribute: &[u8]) -> &[u8] {
         },
         _ => attribute,
     }
+}
+
+/// PKCS#8 PrivateKeyInfo of an RSA key from its PKCS#11 components (big-endian), in order:
+/// n, e, d, p, q, d mod (p-1), d mod (q-1), q^-1 mod p.
+pub(crate) fn rsa_pkcs8(components: [&[u8]; 8]) -> Zeroizing<Vec<u8>> {
+    let mut key = Zeroizing::new(integer(&[0]));
+    for c in components {
+        key.extend_from_slice(&secret_integer(c));
+    }
+    let rsa_private_key = secret_tlv(TAG_SEQUENCE, &key);
+    let mut algorithm = OID_RSA_ENCRYPTION.to_vec();
+    algorithm.extend(tlv(TAG_NULL, &[]));
+    pkcs8(&tlv(TAG_SEQUENCE, &algorithm), &rsa_private_key)
+}
+
+/// PKCS#8 PrivateKeyInfo of an EC key: curve OID (full DER), private scalar, public point.
+pub(crate) fn ec_pkcs8(
+    curve_oid: &[u8],
+    scalar_len: usize,
+    scalar: &[u8],
+    point: &[u8],
+) -> Zeroizing<Vec<u8>> {
+    // RFC 5915: the scalar is an OCTET STRING of the curve's order length, zero-padded.
+    let mut padded = Zeroizing::new(vec![0u8; scalar_len.saturating_sub(scalar.len())]);
+    padded.extend_from_slice(scalar);
+    let mut body = Zeroizing::new(integer(&[1]));
+    body.extend_from_slice(&secret_tlv(TAG_OCTET_STRING, &padded));
+    let mut bits = Vec::with_capacity(point.len() + 1);
+    bits.push(0);
+    bits.extend_from_slice(point);
+    body.extend(tlv(0xa1, &tlv(TAG_BIT_STRING, &bits)));
+    let ec_private_key = secret_tlv(TAG_SEQUENCE, &body);
+    let mut algorithm = OID_EC_PUBLIC_KEY.to_vec();
+    algorithm.extend_from_slice(curve_oid);
+    pkcs8(&tlv(TAG_SEQUENCE, &algorithm), &ec_private_key)
+}
+
+fn pkcs8(algorithm: &[u8], private_key: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(integer(&[0]));
+    body.extend_from_slice(algorithm);
+    body.extend_from_slice(&secret_tlv(TAG_OCTET_STRING, private_key));
+    secret_tlv(TAG_SEQUENCE, &body)
+}
+
+/// [`integer`] for secret values: the copy is wiped.
+fn secret_integer(big_endian: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(integer(big_endian))
+}
+
+/// [`tlv`] for secret content: the copy is wiped.
+fn secret_tlv(tag: u8, content: &[u8]) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(tlv(tag, content))
 }
 
 fn spki(algorithm: &[u8], key: &[u8]) -> Vec<u8> {

@@ -10,9 +10,9 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use hsm_proxy_proto::op::{
-    Blob, Decrypt, Encrypt, GCM_IV_BYTES, GCM_TAG_BYTES, GenerateKeyPair, GenerateSymmetric,
-    HealthReport, Kek, KekId, KeyPair, KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, Sealed, Sign,
-    SignMechanism, Signature, WrappedKey, WrappedKeyKind,
+    Blob, Decrypt, Encrypt, GCM_IV_BYTES, GCM_TAG_BYTES, GenerateKeyPair, GenerateKeyPairSealed,
+    GenerateSymmetric, HealthReport, Kek, KekId, KeyPair, KeyPairSpec, MAX_RANDOM_BYTES, Random,
+    Rewrap, Sealed, SealedKeyPair, Sign, SignMechanism, Signature, WrappedKey, WrappedKeyKind,
 };
 use hsm_proxy_proto::{Reply, Request, SecretBytes, Status};
 use sha2::Digest;
@@ -40,6 +40,7 @@ pub(crate) fn keks(op: &Request) -> Vec<KekId> {
         Request::GenerateKeyPair(o) => vec![o.kek.id],
         Request::Sign(o) => vec![o.kek.id],
         Request::Rewrap(o) => vec![o.old.id, o.new.id],
+        Request::GenerateKeyPairSealed(o) => vec![o.kek.id],
         _ => Vec::new(),
     }
 }
@@ -56,6 +57,9 @@ pub(crate) fn execute(cx: &OpContext<'_>, op: &Request) -> Result<Reply, Failure
         Request::Sign(o) => sign(cx, o).map(Reply::Sign),
         Request::Rewrap(o) => rewrap(cx, o).map(Reply::Rewrap),
         Request::Random(o) => random(cx, o).map(Reply::Random),
+        Request::GenerateKeyPairSealed(o) => {
+            generate_key_pair_sealed(cx, o).map(Reply::GenerateKeyPairSealed)
+        }
         _ => Err(Failure::Status(Status::UnknownOperation)),
     }
 }
@@ -216,6 +220,96 @@ fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair
         }
     };
     Ok(KeyPair { private_key: WrappedKey { kind, blob }, public_key_der })
+}
+
+/// A key pair for a client to retrieve: generated in the HSM, its private key read out once as
+/// PKCS#8 (in zeroizing buffers) and sealed under the project KEK before it leaves the proxy.
+fn generate_key_pair_sealed(
+    cx: &OpContext<'_>,
+    op: &GenerateKeyPairSealed,
+) -> Result<SealedKeyPair, Failure> {
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let rsa_bits: Option<u64> = match op.spec {
+        KeyPairSpec::Rsa2048 => Some(2048),
+        KeyPairSpec::Rsa3072 => Some(3072),
+        KeyPairSpec::Rsa4096 => Some(4096),
+        KeyPairSpec::EcP256 | KeyPairSpec::EcP384 => None,
+        _ => return Err(Failure::Status(Status::InvalidArgument)),
+    };
+    let (curve_oid, scalar_len) =
+        if op.spec == KeyPairSpec::EcP384 { (der::OID_P384, 48) } else { (der::OID_P256, 32) };
+    let (mechanism, mut public_template) = match rsa_bits {
+        Some(bits) => (
+            Mechanism::RsaPkcsKeyPairGen,
+            vec![Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![1, 0, 1])],
+        ),
+        None => (Mechanism::EccKeyPairGen, vec![Attribute::EcParams(curve_oid.to_vec())]),
+    };
+    public_template.extend([Attribute::Token(false), Attribute::Verify(true)]);
+    // Readable once, because the client is to receive it; it lives only as long as this call.
+    let private_template = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+        Attribute::Sign(true),
+    ];
+    let (public, private) = cx
+        .session
+        .generate_key_pair(&mechanism, &public_template, &private_template)
+        .at(Step::Other)?;
+    let public = temp(cx.session, public);
+    let private = temp(cx.session, private);
+    let (pkcs8, public_key_der) = if rsa_bits.is_some() {
+        let types = [
+            AttributeType::Modulus,
+            AttributeType::PublicExponent,
+            AttributeType::PrivateExponent,
+            AttributeType::Prime1,
+            AttributeType::Prime2,
+            AttributeType::Exponent1,
+            AttributeType::Exponent2,
+            AttributeType::Coefficient,
+        ];
+        let attrs = cx.session.get_attributes(private.handle, &types).at(Step::Other)?;
+        let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(8);
+        for attr in attrs {
+            let value = match attr {
+                Attribute::Modulus(v)
+                | Attribute::PublicExponent(v)
+                | Attribute::PrivateExponent(v)
+                | Attribute::Prime1(v)
+                | Attribute::Prime2(v)
+                | Attribute::Exponent1(v)
+                | Attribute::Exponent2(v)
+                | Attribute::Coefficient(v) => v,
+                _ => return Err(Failure::Status(Status::HsmFailure)),
+            };
+            parts.push(Zeroizing::new(value));
+        }
+        let [n, e, d, p, q, dp, dq, qi] = parts.as_slice() else {
+            return Err(Failure::Status(Status::HsmFailure));
+        };
+        let pkcs8 = der::rsa_pkcs8([n, e, d, p, q, dp, dq, qi]);
+        (pkcs8, der::rsa_spki(n, e))
+    } else {
+        let value =
+            cx.session.get_attributes(private.handle, &[AttributeType::Value]).at(Step::Other)?;
+        let Some(Attribute::Value(scalar)) = value.into_iter().next() else {
+            return Err(Failure::Status(Status::HsmFailure));
+        };
+        let scalar = Zeroizing::new(scalar);
+        let attrs =
+            cx.session.get_attributes(public.handle, &[AttributeType::EcPoint]).at(Step::Other)?;
+        let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
+            return Err(Failure::Status(Status::HsmFailure));
+        };
+        let point = der::ec_point(&point);
+        (der::ec_pkcs8(curve_oid, scalar_len, &scalar, point), der::ec_spki(curve_oid, point))
+    };
+    drop(private);
+    let private_key_pkcs8 = seal(cx.session, kek.handle, &pkcs8, &op.aad)?;
+    Ok(SealedKeyPair { private_key_pkcs8, public_key_der })
 }
 
 fn sign(cx: &OpContext<'_>, op: &Sign) -> Result<Signature, Failure> {
