@@ -4,10 +4,17 @@
 //! [`handle`] is a plain async function from a request (body already read) to a response, so
 //! tests drive it in-process and `server` puts it behind hyper.
 
+mod acls;
 mod body;
+mod consumers;
+mod containers;
 pub(crate) mod error;
+mod orders;
+mod quotas;
 mod secretmeta;
-mod secrets;
+pub(crate) mod secrets;
+mod secretstores;
+mod transportkeys;
 mod versions;
 
 use hsm_proxy_proto::SecretBytes;
@@ -35,6 +42,7 @@ pub struct App {
     pub(crate) hsm: Hsm,
     pub(crate) policy: Policy,
     pub(crate) settings: ApiSettings,
+    pub(crate) orders: crate::orders::OrderQueue,
 }
 
 /// API behaviour the operator sets.
@@ -48,12 +56,23 @@ pub struct ApiSettings {
     pub max_secret_bytes: usize,
     /// Where identities come from.
     pub identity: IdentitySource,
+    /// Default quota per resource (secrets, orders, containers, consumers, cas); negative is
+    /// unlimited.
+    pub quota_defaults: [i64; 5],
+    /// When this appliance started (microseconds since the epoch).
+    pub started: i64,
 }
 
 impl App {
     /// Assembles the API from its parts.
-    pub fn new(store: Store, hsm: Hsm, policy: Policy, settings: ApiSettings) -> App {
-        App { store, hsm, policy, settings }
+    pub fn new(
+        store: Store,
+        hsm: Hsm,
+        policy: Policy,
+        settings: ApiSettings,
+        orders: crate::orders::OrderQueue,
+    ) -> App {
+        App { store, hsm, policy, settings, orders }
     }
 
     /// The database.
@@ -336,9 +355,35 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
                 },
                 ["metadata"] => secretmeta::collection(call, &secret).await,
                 ["metadata", key] => secretmeta::item(call, &secret, key).await,
+                ["consumers"] => consumers::collection(call, &secret).await,
+                ["consumers", consumer_id] => {
+                    consumers::single(call, consumer_id, "SecretConsumer retrieval").await
+                }
+                ["acl"] => {
+                    let entity = acls::Entity {
+                        kind: "secret",
+                        id: &secret.id,
+                        reference: format!("{}/v1/secrets/{}", call.base, secret.id),
+                        target: secret_target(call, &secret).await?,
+                    };
+                    acls::acl(call, entity).await
+                }
                 _ => Err(ApiError::not_found("The resource could not be found.")),
             }
         }
+        ["containers"] => containers::collection(call).await,
+        ["containers", id, sub @ ..] => {
+            let container = containers::lookup(call, id).await?;
+            containers::item(call, &container, sub).await
+        }
+        ["orders"] => orders::collection(call).await,
+        ["orders", id, rest @ ..] => orders::item(call, id, rest).await,
+        ["quotas"] => quotas::effective(call).await,
+        ["project-quotas"] => quotas::project(call, None).await,
+        ["project-quotas", id] => quotas::project(call, Some(id)).await,
+        ["secret-stores", rest @ ..] => secretstores::route(call, rest).await,
+        ["transport_keys"] => transportkeys::route(call, None).await,
+        ["transport_keys", id] => transportkeys::route(call, Some(id)).await,
         _ => Err(ApiError::not_found("The resource could not be found.")),
     }
 }
@@ -361,14 +406,40 @@ fn error_response(error: &ApiError) -> Response {
     r
 }
 
+/// A `Target` for rules about a secret or container: its project, creator and read ACL.
+pub(crate) async fn entity_target(
+    call: &Call<'_>,
+    kind: &str,
+    id: &str,
+    project_id: &str,
+    creator_id: Option<&str>,
+) -> Result<Target, ApiError> {
+    let acl =
+        call.app.store.acl(kind, id).await.map_err(|e| secrets::store_error("Policy check", &e))?;
+    // No ACL: readable project-wide, nobody listed.
+    let project_access = acl.as_ref().is_none_or(|a| a.project_access);
+    let caller = call.identity().user_id.as_deref();
+    let listed = match (&acl, caller) {
+        (Some(acl), Some(user)) => acl.users.iter().any(|u| u == user),
+        _ => false,
+    };
+    Ok(Target::new()
+        .set(&format!("target.{kind}.project_id"), project_id)
+        .set_opt(&format!("target.{kind}.creator_id"), creator_id.map(str::to_owned))
+        .set(
+            &format!("target.{kind}.read_project_access"),
+            if project_access { "True" } else { "False" },
+        )
+        .set_opt(&format!("target.{kind}.read"), listed.then(|| "read".to_owned())))
+}
+
 /// A `Target` for rules about a secret.
-pub(crate) fn secret_target(secret: &crate::store::SecretRow) -> Target {
-    // Without ACLs every secret is readable project-wide, and no user is on a read list.
-    Target::new()
-        .set("target.secret.project_id", secret.project_id.clone())
-        .set_opt("target.secret.creator_id", secret.creator_id.clone())
-        .set("target.secret.read_project_access", "True")
-        .set_opt("target.secret.read", None)
+pub(crate) async fn secret_target(
+    call: &Call<'_>,
+    secret: &crate::store::SecretRow,
+) -> Result<Target, ApiError> {
+    entity_target(call, "secret", &secret.id, &secret.project_id, secret.creator_id.as_deref())
+        .await
 }
 
 /// A `Target` for collection rules: the caller's own project.

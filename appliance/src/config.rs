@@ -24,6 +24,58 @@ pub struct Config {
     /// Authorisation.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Default quotas.
+    #[serde(default)]
+    pub quotas: QuotasConfig,
+    /// The order queue.
+    #[serde(default)]
+    pub orders: OrdersConfig,
+}
+
+/// `[quotas]`: defaults for projects without their own (negative: unlimited, 0: disabled).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Live secrets per project.
+    #[serde(default = "defaults::unlimited")]
+    pub secrets: i64,
+    /// Orders per project.
+    #[serde(default = "defaults::unlimited")]
+    pub orders: i64,
+    /// Containers per project.
+    #[serde(default = "defaults::unlimited")]
+    pub containers: i64,
+    /// Consumers per project (secret and container consumers counted separately).
+    #[serde(default = "defaults::unlimited")]
+    pub consumers: i64,
+    /// Certificate authorities per project (reported only).
+    #[serde(default = "defaults::unlimited")]
+    pub cas: i64,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self { secrets: -1, orders: -1, containers: -1, consumers: -1, cas: -1 }
+    }
+}
+
+/// `[orders]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdersConfig {
+    /// How long an appliance holds an order it is processing; another appliance takes the
+    /// order over once the lease expires (the holder died).
+    #[serde(default = "defaults::lease_ms")]
+    pub lease_ms: u64,
+    /// How often each appliance looks for orders whose lease expired.
+    #[serde(default = "defaults::poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl Default for OrdersConfig {
+    fn default() -> Self {
+        Self { lease_ms: defaults::lease_ms(), poll_ms: defaults::poll_ms() }
+    }
 }
 
 /// `[server]`
@@ -150,6 +202,15 @@ mod defaults {
     }
     pub(super) fn yes() -> bool {
         true
+    }
+    pub(super) fn unlimited() -> i64 {
+        -1
+    }
+    pub(super) fn lease_ms() -> u64 {
+        30_000
+    }
+    pub(super) fn poll_ms() -> u64 {
+        1_000
     }
 }
 

@@ -134,6 +134,8 @@ impl HsmStack {
             },
             identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },
             policy: PolicyConfig::default(),
+            quotas: Default::default(),
+            orders: Default::default(),
         }
     }
 

@@ -122,6 +122,11 @@ impl Hsm {
         Ok(self.client.call(op).await?)
     }
 
+    /// Runs any operation through the proxies.
+    pub(crate) async fn call<O: hsm_proxy_proto::Op>(&self, op: O) -> Result<O::Reply, HsmError> {
+        Ok(self.client.call(op).await?)
+    }
+
     /// Decrypts in the HSM.
     pub(crate) async fn open(
         &self,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 mod error;
 pub mod hsm;
+pub mod orders;
 pub mod pki;
 pub mod server;
 pub mod store;
@@ -57,11 +58,21 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             IdentitySource::NoAuth
         }
     };
+    let q = &config.quotas;
     let settings = ApiSettings {
         host_href: config.server.host_href.clone(),
         max_request_bytes: config.server.max_request_bytes,
         max_secret_bytes: config.server.max_secret_bytes,
         identity,
+        quota_defaults: [q.secrets, q.orders, q.containers, q.consumers, q.cas],
+        started: crate::timefmt::now_micros(),
     };
-    Ok(Arc::new(App::new(store, hsm, policy, settings)))
+    let (queue, submitted) = crate::orders::OrderQueue::new(
+        Duration::from_millis(config.orders.lease_ms),
+        Duration::from_millis(config.orders.poll_ms),
+    );
+    let app = Arc::new(App::new(store, hsm, policy, settings, queue));
+    // The worker holds only a weak reference: it stops when the API is dropped.
+    tokio::spawn(crate::orders::run(Arc::downgrade(&app), submitted));
+    Ok(app)
 }

@@ -12,11 +12,25 @@ use sqlx::{AnyPool, Row};
 
 use crate::timefmt::now_micros;
 
+mod orders;
+mod quotas;
+mod relations;
+
+pub use orders::{OrderRow, OrderStatus};
+pub use quotas::{QUOTA_RESOURCES, QuotaRow};
+pub use relations::{
+    AclRow, ContainerConsumerRow, ContainerRow, ContainerSecret, SecretConsumerRow,
+};
+
 /// Migrations per backend, applied in order; append only.
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/sqlite/0001_secrets.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../migrations/postgres/0001_secrets.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/sqlite/0001_secrets.sql")),
+    (2, include_str!("../migrations/sqlite/0002_orders_containers_acls.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_secrets.sql")),
+    (2, include_str!("../migrations/postgres/0002_orders_containers_acls.sql")),
+];
 /// Serialises migrations between appliances sharing one PostgreSQL (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x6b65_795f_6d67_7231;
 
@@ -32,7 +46,7 @@ impl StoreError {
     }
 }
 
-type Result<T> = std::result::Result<T, StoreError>;
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
 /// Which database is behind the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +100,9 @@ pub struct SecretRow {
 pub struct StoredPayload {
     /// Normalised media type: `text/plain`, `application/octet-stream`, `application/pkcs8`.
     pub content_type: String,
+    /// How the plaintext is served: `None` as stored; `pem:LABEL` for DER stored and served
+    /// as PEM with that label (generated private keys).
+    pub format: Option<String>,
     /// The project KEK it is sealed under.
     pub kek_id: String,
     /// AES-256-GCM ciphertext.
@@ -148,7 +165,8 @@ pub struct Store {
 }
 
 const SECRET_COLUMNS: &str = "id, project_id, name, secret_type, algorithm, bit_length, mode, \
-     expiration, creator_id, created, updated, content_type, kek_id, ciphertext, iv, tag";
+     expiration, creator_id, created, updated, content_type, kek_id, ciphertext, iv, tag, \
+     payload_format";
 
 impl Store {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
@@ -268,12 +286,25 @@ impl Store {
         }
     }
 
-    /// Inserts a secret and its metadata in one transaction.
+    /// Inserts a secret.
     pub async fn insert_secret(&self, s: &SecretRow) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_secret_on(&mut conn, s).await
+    }
+
+    /// The pool, for the other store modules.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+/// Inserts a secret on a connection or inside a transaction.
+pub(crate) async fn insert_secret_on(conn: &mut sqlx::AnyConnection, s: &SecretRow) -> Result<()> {
+    {
         let p = s.payload.as_ref();
         sqlx::query(&format!(
             "INSERT INTO secrets ({SECRET_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         ))
         .bind(&s.id)
         .bind(&s.project_id)
@@ -291,11 +322,14 @@ impl Store {
         .bind(p.map(|p| p.ciphertext.clone()))
         .bind(p.map(|p| p.iv.clone()))
         .bind(p.map(|p| p.tag.clone()))
-        .execute(&self.pool)
+        .bind(p.and_then(|p| p.format.clone()))
+        .execute(&mut *conn)
         .await?;
         Ok(())
     }
+}
 
+impl Store {
     /// A secret that exists and has not expired.
     pub async fn secret(&self, id: &str) -> Result<Option<SecretRow>> {
         let row = sqlx::query(&format!(
@@ -509,11 +543,12 @@ impl Store {
     }
 }
 
-fn secret_from_row(r: &AnyRow) -> Result<SecretRow> {
+pub(crate) fn secret_from_row(r: &AnyRow) -> Result<SecretRow> {
     let content_type: Option<String> = r.try_get("content_type")?;
     let payload = match content_type {
         Some(content_type) => Some(StoredPayload {
             content_type,
+            format: r.try_get("payload_format")?,
             kek_id: r.try_get("kek_id")?,
             ciphertext: r.try_get("ciphertext")?,
             iv: r.try_get("iv")?,

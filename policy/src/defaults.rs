@@ -2,8 +2,7 @@
 //! (deprecated) form, and the scopes it accepts.
 //!
 //! The check strings are Barbican's own (rule names and strings are what operators' policy
-//! files override, so they must match). Two of Barbican's transport-key rules contain a
-//! malformed check (`{_READER}`) that oslo.policy evaluates as false; it is written `!` here.
+//! files override, so they must match); the transport-key rules follow the API contract.
 
 /// One rule of the default policy.
 #[derive(Clone, Copy, Debug)]
@@ -267,31 +266,11 @@ pub const BARBICAN_DEFAULTS: &[RuleDefault] = &[
         "True:%(enforce_new_defaults)s and role:reader",
         "rule:all_users",
     ),
-    // Transport keys.
-    RuleDefault {
-        name: "transport_key:get",
-        check: "rule:all_users or !",
-        deprecated: None,
-        scope_types: &["project", "system"],
-    },
-    RuleDefault {
-        name: "transport_key:delete",
-        check: "role:admin and system_scope:all",
-        deprecated: None,
-        scope_types: &["system"],
-    },
-    RuleDefault {
-        name: "transport_keys:get",
-        check: "rule:all_users or !",
-        deprecated: None,
-        scope_types: &["project", "system"],
-    },
-    RuleDefault {
-        name: "transport_keys:post",
-        check: "role:admin and system_scope:all",
-        deprecated: None,
-        scope_types: &["system"],
-    },
+    // Transport keys (as the contract documents 23.0.0: readers list, admins manage).
+    project("transport_key:get", "rule:all_users or role:reader"),
+    project("transport_key:delete", "role:admin"),
+    project("transport_keys:get", "rule:all_users or role:reader"),
+    project("transport_keys:post", "role:admin"),
 ];
 
 const SECRET_META_WRITE: &str = "rule:secret_project_admin or rule:secret_project_creator or \

@@ -21,7 +21,7 @@ fn metadata_ref(call: &Call<'_>, secret: &SecretRow) -> String {
 
 /// `/metadata`: GET (all), PUT (replace all), POST (add one).
 pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
-    let target = secret_target(secret);
+    let target = secret_target(call, secret).await?;
     let store = &call.app.store;
     match *call.method {
         Method::GET => {
@@ -132,7 +132,7 @@ fn metadatum_body(call: &Call<'_>) -> Result<(String, String), ApiError> {
 
 /// `/metadata/{key}`: GET, PUT (update), DELETE.
 pub(crate) async fn item(call: &Call<'_>, secret: &SecretRow, key: &str) -> Outcome {
-    let target = secret_target(secret);
+    let target = secret_target(call, secret).await?;
     let store = &call.app.store;
     let not_found = || ApiError::not_found("Secret metadata not found.");
     match *call.method {

@@ -16,7 +16,7 @@ use crate::timefmt::{format_micros, now_micros, parse_iso8601};
 
 const SECRET_TYPES: &[&str] =
     &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
-const CONTENT_TYPES: &str = "['text/plain', 'text/plain;charset=utf-8', 'text/plain; charset=utf-8', \
+pub(crate) const CONTENT_TYPES: &str = "['text/plain', 'text/plain;charset=utf-8', 'text/plain; charset=utf-8', \
                              'application/octet-stream', 'application/pkcs8']";
 /// Barbican's MAX_FIELD_SIZE for `bit_length`.
 const MAX_BIT_LENGTH: i64 = 32767;
@@ -66,8 +66,37 @@ fn secret_ref(call: &Call<'_>, id: &str) -> String {
     format!("{}/v1/secrets/{id}", call.base)
 }
 
+/// A secret as the API shows it, with its consumers from microversion 1.1 on (or when
+/// `always_consumers`): no extra keys, clients build objects from it.
+pub(crate) async fn representation_of(
+    call: &Call<'_>,
+    s: &SecretRow,
+    always_consumers: bool,
+) -> Result<Value, ApiError> {
+    let consumers = if always_consumers || call.minor >= 1 {
+        let (rows, _) = call
+            .app
+            .store
+            .secret_consumers(&s.id, 0, i64::MAX)
+            .await
+            .map_err(|e| store_error("Secret retrieval", &e))?;
+        Some(
+            rows.iter()
+                .map(|c| json!({"service": c.service, "resource_type": c.resource_type, "resource_id": c.resource_id}))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
+    Ok(representation(call, s, consumers))
+}
+
 /// A secret as the API shows it (no extra keys: clients build objects from it).
-pub(crate) fn representation(call: &Call<'_>, s: &SecretRow, consumers: bool) -> Value {
+pub(crate) fn representation(
+    call: &Call<'_>,
+    s: &SecretRow,
+    consumers: Option<Vec<Value>>,
+) -> Value {
     let mut v = json!({
         "secret_ref": secret_ref(call, &s.id),
         "name": s.name,
@@ -84,13 +113,17 @@ pub(crate) fn representation(call: &Call<'_>, s: &SecretRow, consumers: bool) ->
     if let (Some(p), Some(map)) = (&s.payload, v.as_object_mut()) {
         map.insert("content_types".into(), json!({"default": p.content_type}));
     }
-    if let (true, Some(map)) = (consumers, v.as_object_mut()) {
-        map.insert("consumers".into(), json!([]));
+    if let (Some(consumers), Some(map)) = (consumers, v.as_object_mut()) {
+        map.insert("consumers".into(), Value::Array(consumers));
     }
     v
 }
 
 /// The stored media type for a submitted `payload_content_type`.
+pub(crate) fn normalize(value: &str) -> Option<&'static str> {
+    normalize_content_type(value)
+}
+
 fn normalize_content_type(value: &str) -> Option<&'static str> {
     let lower = value.to_ascii_lowercase();
     let mut parts = lower.split(';');
@@ -223,6 +256,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
             "Transport key wrapping is not supported by this key manager",
         ));
     }
+    super::quotas::enforce(call, "secrets", "secrets", OP).await?;
 
     let identity = call.identity();
     let id = uuid::Uuid::new_v4().to_string();
@@ -335,6 +369,7 @@ async fn seal(
         .map_err(|e| hsm_error(operation, &e))?;
     Ok(StoredPayload {
         content_type: content_type.to_owned(),
+        format: None,
         kek_id,
         ciphertext: sealed.ciphertext,
         iv: sealed.iv.to_vec(),
@@ -346,8 +381,8 @@ async fn seal(
 pub(crate) async fn get(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     match call.header("accept").map(str::trim) {
         None | Some("") | Some("application/json") | Some("*/*") => {
-            call.authorize("secret:get", &secret_target(secret), "Secret retrieval")?;
-            super::json(StatusCode::OK, representation(call, secret, call.minor >= 1))
+            call.authorize("secret:get", &secret_target(call, secret).await?, "Secret retrieval")?;
+            super::json(StatusCode::OK, representation_of(call, secret, false).await?)
         }
         Some(accept) => payload(call, secret, Some(accept)).await,
     }
@@ -356,7 +391,7 @@ pub(crate) async fn get(call: &Call<'_>, secret: &SecretRow) -> Outcome {
 /// `GET /v1/secrets/{id}/payload`.
 pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<&str>) -> Outcome {
     const OP: &str = "Secret payload retrieval";
-    call.authorize("secret:decrypt", &secret_target(secret), OP)?;
+    call.authorize("secret:decrypt", &secret_target(call, secret).await?, OP)?;
     if call.param("trans_wrapped_session_key").is_some() && call.param("transport_key_id").is_none()
     {
         return Err(ApiError::bad_request(
@@ -404,10 +439,27 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
         .await
         .map_err(|e| hsm_error(OP, &e))?
         .into_zeroizing();
+    let plaintext = match stored.format.as_deref().and_then(|f| f.strip_prefix("pem:")) {
+        Some(label) => pem(label, &plaintext),
+        None => plaintext,
+    };
     if text && std::str::from_utf8(&plaintext).is_err() {
         return Err(wrong_type());
     }
     Ok((Reply::Payload(StatusCode::OK, content_type, plaintext), Vec::new()))
+}
+
+/// PEM text of DER bytes (64-character lines), in a wiped buffer.
+pub(crate) fn pem(label: &str, der: &[u8]) -> Zeroizing<Vec<u8>> {
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    let mut out = Zeroizing::new(Vec::with_capacity(b64.len() + b64.len() / 64 + 64));
+    out.extend_from_slice(format!("-----BEGIN {label}-----\n").as_bytes());
+    for line in b64.as_bytes().chunks(64) {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
+    out
 }
 
 fn stored_response_type(stored: &str) -> &'static str {
@@ -421,7 +473,7 @@ fn stored_response_type(stored: &str) -> &'static str {
 /// `PUT /v1/secrets/{id}`: the payload of a metadata-only secret.
 pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     const OP: &str = "Secret update";
-    call.authorize("secret:put", &secret_target(secret), OP)?;
+    call.authorize("secret:put", &secret_target(call, secret).await?, OP)?;
     let stored_type = match call.content_type().as_deref() {
         Some("text/plain") => "text/plain",
         Some("application/octet-stream") => "application/octet-stream",
@@ -474,11 +526,26 @@ pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
 /// `DELETE /v1/secrets/{id}`.
 pub(crate) async fn delete(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     const OP: &str = "Secret deletion";
-    call.authorize("secret:delete", &secret_target(secret), OP)?;
-    if call.minor >= 2
-        && let Some(force) = call.param("force")
-    {
-        parse_bool(force).ok_or_else(|| ApiError::bad_request(BAD_QUERY))?;
+    call.authorize("secret:delete", &secret_target(call, secret).await?, OP)?;
+    if call.minor >= 2 {
+        let force = match call.param("force") {
+            Some(f) => parse_bool(f).ok_or_else(|| ApiError::bad_request(BAD_QUERY))?,
+            None => false,
+        };
+        let (_, consumers) = call
+            .app
+            .store
+            .secret_consumers(&secret.id, 0, 0)
+            .await
+            .map_err(|e| store_error(OP, &e))?;
+        if consumers > 0 && !force {
+            // barbicanclient recognises this sentence (SecretHasConsumers).
+            return Err(ApiError::issue(
+                StatusCode::BAD_REQUEST,
+                OP,
+                "Secret cannot be deleted as it has consumers.",
+            ));
+        }
     }
     call.app.store.delete_secret(&secret.id).await.map_err(|e| store_error(OP, &e))?;
     Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
@@ -554,13 +621,32 @@ pub(crate) async fn list(call: &Call<'_>) -> Outcome {
     q.sort = sort(call.param("sort")).ok_or_else(bad)?;
     let (secrets, total) = if call.param("acl_only").is_some_and(|a| a.eq_ignore_ascii_case("true"))
     {
-        // Secrets shared with the caller through a read ACL: none can exist without ACLs.
-        (Vec::new(), 0)
+        // Secrets shared with the caller through a read ACL, from any project.
+        let ids = match &call.identity().user_id {
+            Some(user) => {
+                call.app.store.secrets_shared_with(user).await.map_err(|e| store_error(OP, &e))?
+            }
+            None => Vec::new(),
+        };
+        let total = i64::try_from(ids.len()).unwrap_or(i64::MAX);
+        let mut page = Vec::new();
+        for id in ids
+            .iter()
+            .skip(usize::try_from(offset).unwrap_or(0))
+            .take(usize::try_from(limit).unwrap_or(0))
+        {
+            if let Some(s) = call.app.store.secret(id).await.map_err(|e| store_error(OP, &e))? {
+                page.push(s);
+            }
+        }
+        (page, total)
     } else {
         call.app.store.list_secrets(&q).await.map_err(|e| store_error(OP, &e))?
     };
-    let items: Vec<Value> =
-        secrets.iter().map(|s| representation(call, s, call.minor >= 1)).collect();
+    let mut items: Vec<Value> = Vec::with_capacity(secrets.len());
+    for s in &secrets {
+        items.push(representation_of(call, s, false).await?);
+    }
     let mut out = serde_json::Map::new();
     let empty = items.is_empty();
     out.insert("secrets".into(), Value::Array(items));

@@ -325,7 +325,7 @@ pub struct Decrypt {
 pub struct GenerateSymmetric {
     /// The project KEK to seal the new key under.
     pub kek: Kek,
-    /// Key length in bits: 128, 192 or 256.
+    /// Key length in bits: a multiple of 8 from 8 to 8192 (AES: 128, 192 or 256).
     pub bits: u16,
     /// Additional authenticated data for the sealing, as for [`Encrypt`].
     #[serde(with = "serde_bytes")]

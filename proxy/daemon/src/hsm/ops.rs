@@ -131,8 +131,9 @@ fn decrypt(cx: &OpContext<'_>, op: &Decrypt) -> Result<SecretBytes, Failure> {
 }
 
 fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Sealed, Failure> {
+    // AES keys and HMAC keys alike: any whole number of bytes up to 1 KiB.
     let bytes = match op.bits {
-        128 | 192 | 256 => u32::from(op.bits / 8),
+        8..=8192 if op.bits.is_multiple_of(8) => u32::from(op.bits / 8),
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     };
     let kek = cx.keys.resolve(&op.kek, cx.epoch)?;

@@ -1,0 +1,450 @@
+//! `/v1/containers`: named groups of secret references (generic, rsa, certificate), their
+//! secrets and consumers.
+
+use hyper::header::LOCATION;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::body::{Kind, check_field, repr, string};
+use super::secrets::{page_links, paging, store_error};
+use super::{ApiError, Call, Outcome, Reply, entity_target, is_uuid4, parse_json, project_target};
+use crate::store::{ContainerRow, ContainerSecret};
+use crate::timefmt::{format_micros, now_micros};
+
+const TYPES: &[&str] = &["generic", "rsa", "certificate"];
+
+fn container_ref(call: &Call<'_>, id: &str) -> String {
+    format!("{}/v1/containers/{id}", call.base)
+}
+
+/// The container of `/v1/containers/{id}...`: 404 for a malformed id or a missing container.
+pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<ContainerRow, ApiError> {
+    if !is_uuid4(id) {
+        return Err(ApiError::not_found("Not Found. Provided container id is invalid."));
+    }
+    match call.app.store.container(id).await {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(ApiError::not_found("Secrets container not found.")),
+        Err(e) => Err(store_error("Container retrieval", &e)),
+    }
+}
+
+pub(crate) async fn target(call: &Call<'_>, c: &ContainerRow) -> Result<policy::Target, ApiError> {
+    entity_target(call, "container", &c.id, &c.project_id, c.creator_id.as_deref()).await
+}
+
+/// A container as the API shows it.
+pub(crate) async fn representation(call: &Call<'_>, c: &ContainerRow) -> Result<Value, ApiError> {
+    let (consumers, _) = call
+        .app
+        .store
+        .container_consumers(&c.id, 0, i64::MAX)
+        .await
+        .map_err(|e| store_error("Container retrieval", &e))?;
+    Ok(json!({
+        "container_ref": container_ref(call, &c.id),
+        "name": c.name,
+        "type": c.kind,
+        "status": "ACTIVE",
+        "creator_id": c.creator_id,
+        "created": format_micros(c.created),
+        "updated": format_micros(c.updated),
+        "secret_refs": c.secrets.iter().map(|s| json!({
+            "name": s.name,
+            "secret_ref": format!("{}/v1/secrets/{}", call.base, s.secret_id),
+        })).collect::<Vec<_>>(),
+        "consumers": consumers.iter().map(|k| json!({"name": k.name, "URL": k.url})).collect::<Vec<_>>(),
+    }))
+}
+
+/// The secret id at the end of a reference (a trailing `/` tolerated).
+fn last_segment(reference: &str) -> &str {
+    reference.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}
+
+/// `GET|POST /v1/containers`.
+pub(crate) async fn collection(call: &Call<'_>) -> Outcome {
+    match *call.method {
+        Method::GET => list(call).await,
+        Method::POST => create(call).await,
+        _ => Err(ApiError::method_not_allowed("GET, POST")),
+    }
+}
+
+async fn create(call: &Call<'_>) -> Outcome {
+    const OP: &str = "Container creation";
+    const SCHEMA: &str = "Container";
+    call.authorize("containers:post", &project_target(call), OP)?;
+    call.require_json()?;
+    if call.body_too_large {
+        return Err(ApiError::too_large(OP));
+    }
+    let body = parse_json(call.body, SCHEMA)?;
+    if !body.contains_key("type") {
+        return Err(ApiError::schema(SCHEMA, "'type' is a required property", None));
+    }
+    check_field(SCHEMA, &body, "name", Kind::StringOrNull, Some(255), None, None)?;
+    check_field(SCHEMA, &body, "type", Kind::String, None, None, Some(TYPES))?;
+    let refs = match body.get("secret_refs") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(other) => {
+            return Err(ApiError::schema(
+                SCHEMA,
+                &format!("{} is not of type 'array'", repr(other)),
+                Some("secret_refs"),
+            ));
+        }
+    };
+    let mut entries: Vec<(Option<String>, String)> = Vec::with_capacity(refs.len());
+    for item in &refs {
+        let Value::Object(entry) = item else {
+            return Err(ApiError::schema(
+                SCHEMA,
+                &format!("{} is not of type 'object'", repr(item)),
+                Some("secret_refs"),
+            ));
+        };
+        if !entry.contains_key("secret_ref") {
+            return Err(ApiError::schema(
+                SCHEMA,
+                "'secret_ref' is a required property",
+                Some("secret_refs"),
+            ));
+        }
+        check_field(SCHEMA, entry, "secret_ref", Kind::String, None, None, None)?;
+        check_field(SCHEMA, entry, "name", Kind::StringOrNull, Some(255), None, None)?;
+        let reference = string(entry, "secret_ref").unwrap_or_default();
+        if reference.is_empty() {
+            return Err(ApiError::schema(SCHEMA, "'' is too short", Some("secret_refs")));
+        }
+        entries.push((string(entry, "name"), reference));
+    }
+    let kind = string(&body, "type").unwrap_or_default();
+    let names: Vec<String> = entries.iter().map(|(n, _)| n.clone().unwrap_or_default()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    if names.iter().any(|n| !seen.insert(n.clone())) {
+        return Err(ApiError::bad_request("Duplicate reference names are not allowed"));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    if entries.iter().any(|(_, r)| !ids.insert(last_segment(r).to_owned())) {
+        return Err(ApiError::bad_request("Duplicate secret ids are not allowed"));
+    }
+    if entries.iter().any(|(_, r)| !r.starts_with(&format!("{}/", call.base))) {
+        return Err(ApiError::bad_request("Provided field value is not supported"));
+    }
+    let has = |n: &str| names.iter().any(|x| x == n);
+    match kind.as_str() {
+        "rsa" => {
+            if names.iter().any(|n| {
+                !["public_key", "private_key", "private_key_passphrase"].contains(&n.as_str())
+            }) {
+                return Err(ApiError::bad_request(
+                    "only 'private_key', 'public_key' and 'private_key_passphrase' reference names are allowed for RSA type",
+                ));
+            }
+            if !has("public_key") || !has("private_key") {
+                return Err(ApiError::bad_request(
+                    "The minimum required reference names are 'public_key' and'private_key' for RSA type",
+                ));
+            }
+        }
+        "certificate" => {
+            let allowed = ["certificate", "private_key", "private_key_passphrase", "intermediates"];
+            if names.iter().any(|n| !allowed.contains(&n.as_str())) {
+                return Err(ApiError::bad_request(
+                    "only 'private_key', 'certificate' , 'private_key_passphrase', or 'intermediates' reference names are allowed for Certificate type",
+                ));
+            }
+            if !has("certificate") {
+                return Err(ApiError::bad_request(
+                    "The minimum required reference name is 'certificate' for Certificate type",
+                ));
+            }
+        }
+        _ => {}
+    }
+    super::quotas::enforce(call, "containers", "containers", OP).await?;
+    let project = &call.identity().project_id;
+    let mut secrets = Vec::with_capacity(entries.len());
+    for (name, reference) in &entries {
+        let id = last_segment(reference);
+        let found = if is_uuid4(id) {
+            call.app.store.secret(id).await.map_err(|e| store_error(OP, &e))?
+        } else {
+            None
+        };
+        match found {
+            Some(s) if s.project_id == *project => {
+                secrets.push(ContainerSecret { name: name.clone(), secret_id: s.id })
+            }
+            _ => {
+                let shown = name.clone().unwrap_or_else(|| "None".into());
+                return Err(ApiError::not_found(&format!(
+                    "Secret provided for '{shown}' doesn't exist."
+                )));
+            }
+        }
+    }
+    let now = now_micros();
+    let id = uuid::Uuid::new_v4().to_string();
+    let row = ContainerRow {
+        id: id.clone(),
+        project_id: project.clone(),
+        name: string(&body, "name"),
+        kind,
+        creator_id: call.identity().user_id.clone(),
+        created: now,
+        updated: now,
+        secrets,
+    };
+    call.app.store.insert_container(&row).await.map_err(|e| store_error(OP, &e))?;
+    let reference = container_ref(call, &id);
+    Ok((
+        Reply::Json(StatusCode::CREATED, json!({"container_ref": reference})),
+        vec![(LOCATION, reference)],
+    ))
+}
+
+async fn list(call: &Call<'_>) -> Outcome {
+    const OP: &str = "Containers(s) retrieval";
+    call.authorize("containers:get", &project_target(call), OP)?;
+    let (offset, limit) = paging(call);
+    let (rows, total) = call
+        .app
+        .store
+        .list_containers(
+            &call.identity().project_id,
+            call.param("name"),
+            call.param("type"),
+            offset,
+            limit,
+        )
+        .await
+        .map_err(|e| store_error(OP, &e))?;
+    let mut items = Vec::with_capacity(rows.len());
+    for c in &rows {
+        items.push(representation(call, c).await?);
+    }
+    let mut out = serde_json::Map::new();
+    let empty = items.is_empty();
+    out.insert("containers".into(), Value::Array(items));
+    out.insert("total".into(), json!(total));
+    if !empty {
+        page_links(call, "containers", offset, limit, total, &mut out);
+    }
+    super::json(StatusCode::OK, Value::Object(out))
+}
+
+/// `/v1/containers/{id}` and its sub-resources.
+pub(crate) async fn item(call: &Call<'_>, c: &ContainerRow, sub: &[&str]) -> Outcome {
+    let target = target(call, c).await?;
+    match sub {
+        [] => match *call.method {
+            Method::GET => {
+                call.authorize("container:get", &target, "Container retrieval")?;
+                super::json(StatusCode::OK, representation(call, c).await?)
+            }
+            Method::DELETE => {
+                const OP: &str = "Container deletion";
+                call.authorize("container:delete", &target, OP)?;
+                call.app.store.delete_container(&c.id).await.map_err(|e| store_error(OP, &e))?;
+                Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
+            }
+            _ => Err(ApiError::method_not_allowed("GET, DELETE")),
+        },
+        ["secrets"] => container_secrets(call, c, &target).await,
+        ["consumers"] => consumers(call, c, &target).await,
+        ["consumers", consumer_id] => {
+            super::consumers::single(call, consumer_id, "ContainerConsumer retrieval").await
+        }
+        ["acl"] => {
+            let entity = super::acls::Entity {
+                kind: "container",
+                id: &c.id,
+                reference: container_ref(call, &c.id),
+                target,
+            };
+            super::acls::acl(call, entity).await
+        }
+        _ => Err(ApiError::not_found("The resource could not be found.")),
+    }
+}
+
+async fn container_secrets(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -> Outcome {
+    const SCHEMA: &str = "ContainerSecret";
+    let parse = |call: &Call<'_>| -> Result<(Option<String>, String), ApiError> {
+        let body = parse_json(call.body, SCHEMA)?;
+        if !body.contains_key("secret_ref") {
+            return Err(ApiError::schema(SCHEMA, "'secret_ref' is a required property", None));
+        }
+        check_field(SCHEMA, &body, "secret_ref", Kind::String, None, None, None)?;
+        check_field(SCHEMA, &body, "name", Kind::StringOrNull, Some(255), None, None)?;
+        Ok((string(&body, "name"), string(&body, "secret_ref").unwrap_or_default()))
+    };
+    let store = &call.app.store;
+    match *call.method {
+        Method::POST => {
+            const OP: &str = "Container Secret creation";
+            call.authorize("container_secret:post", target, OP)?;
+            if c.kind != "generic" {
+                return Err(ApiError::bad_request("Only 'generic' containers can be modified."));
+            }
+            call.require_json()?;
+            let (name, reference) = parse(call)?;
+            let id = last_segment(&reference);
+            let secret = if is_uuid4(id) {
+                store.secret(id).await.map_err(|e| store_error(OP, &e))?
+            } else {
+                None
+            };
+            let Some(secret) = secret.filter(|s| s.project_id == call.identity().project_id) else {
+                return Err(ApiError::not_found("Secret provided doesn't exist."));
+            };
+            let entry = ContainerSecret { name, secret_id: secret.id };
+            if !store.add_container_secret(&c.id, &entry).await.map_err(|e| store_error(OP, &e))? {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "Conflict. A secret with that name and ID is already stored in this container...",
+                ));
+            }
+            let reference = container_ref(call, &c.id);
+            Ok((
+                Reply::Json(StatusCode::CREATED, json!({"container_ref": reference})),
+                vec![(LOCATION, reference)],
+            ))
+        }
+        Method::DELETE => {
+            const OP: &str = "Container Secret deletion";
+            call.authorize("container_secret:delete", target, OP)?;
+            let (name, reference) = parse(call)?;
+            let id = last_segment(&reference);
+            let secret = if is_uuid4(id) {
+                store.secret(id).await.map_err(|e| store_error(OP, &e))?
+            } else {
+                None
+            };
+            let Some(secret) = secret else {
+                let shown = name.clone().unwrap_or_else(|| "None".into());
+                return Err(ApiError::not_found(&format!(
+                    "Secret '{shown}' with reference '{reference}' doesn't exist."
+                )));
+            };
+            let entry = ContainerSecret { name, secret_id: secret.id };
+            if !store
+                .remove_container_secret(&c.id, &entry)
+                .await
+                .map_err(|e| store_error(OP, &e))?
+            {
+                return Err(ApiError::not_found("Secret provided is not in the container"));
+            }
+            Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
+        }
+        _ => Err(ApiError::method_not_allowed("POST, DELETE")),
+    }
+}
+
+async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -> Outcome {
+    const SCHEMA: &str = "Consumer";
+    let parse = |call: &Call<'_>, op: &str| -> Result<(String, String), ApiError> {
+        call.require_json()?;
+        if call.body_too_large {
+            return Err(ApiError::too_large(op));
+        }
+        let body = parse_json(call.body, SCHEMA)?;
+        for field in ["name", "URL"] {
+            if !body.contains_key(field) {
+                return Err(ApiError::schema(
+                    SCHEMA,
+                    &format!("'{field}' is a required property"),
+                    None,
+                ));
+            }
+        }
+        check_field(SCHEMA, &body, "name", Kind::String, Some(36), None, None)?;
+        check_field(SCHEMA, &body, "URL", Kind::String, Some(255), None, None)?;
+        let (name, url) =
+            (string(&body, "name").unwrap_or_default(), string(&body, "URL").unwrap_or_default());
+        for (field, value) in [("name", &name), ("URL", &url)] {
+            if value.is_empty() {
+                return Err(ApiError::schema(SCHEMA, "'' is too short", Some(field)));
+            }
+        }
+        Ok((name, url))
+    };
+    let store = &call.app.store;
+    match *call.method {
+        Method::GET => {
+            const OP: &str = "ContainerConsumers(s) retrieval";
+            call.authorize("container_consumers:get", target, OP)?;
+            let (offset, limit) = paging(call);
+            let (rows, total) = store
+                .container_consumers(&c.id, offset, limit)
+                .await
+                .map_err(|e| store_error(OP, &e))?;
+            let items: Vec<Value> = rows
+                .iter()
+                .map(|k| json!({"name": k.name, "URL": k.url, "created": format_micros(k.created), "updated": format_micros(k.updated), "status": "ACTIVE"}))
+                .collect();
+            let mut out = serde_json::Map::new();
+            let empty = items.is_empty();
+            out.insert("consumers".into(), Value::Array(items));
+            out.insert("total".into(), json!(total));
+            if !empty {
+                page_links(
+                    call,
+                    &format!("containers/{}/consumers", c.id),
+                    offset,
+                    limit,
+                    total,
+                    &mut out,
+                );
+            }
+            super::json(StatusCode::OK, Value::Object(out))
+        }
+        Method::POST => {
+            const OP: &str = "ContainerConsumer creation";
+            call.authorize("container_consumers:post", target, OP)?;
+            let (name, url) = parse(call, OP)?;
+            let exists = store
+                .container_consumer_project(&c.id, &name, &url)
+                .await
+                .map_err(|e| store_error(OP, &e))?;
+            if exists.is_none() {
+                super::quotas::enforce(call, "consumers", "container_consumers", OP).await?;
+            }
+            store
+                .add_container_consumer(&c.id, &call.identity().project_id, &name, &url)
+                .await
+                .map_err(|e| store_error(OP, &e))?;
+            let location = format!("{}/v1/consumers/{}/consumers", call.base, c.id);
+            Ok((
+                Reply::Json(StatusCode::OK, representation(call, c).await?),
+                vec![(LOCATION, location)],
+            ))
+        }
+        Method::DELETE => {
+            const OP: &str = "ContainerConsumer deletion";
+            call.authorize("container_consumers:delete", target, OP)?;
+            let (name, url) = parse(call, OP)?;
+            let owner = store
+                .container_consumer_project(&c.id, &name, &url)
+                .await
+                .map_err(|e| store_error(OP, &e))?
+                .ok_or_else(|| ApiError::not_found("Consumer not found."))?;
+            let caller = &call.identity().project_id;
+            if *caller != owner && *caller != c.project_id {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Not Allowed. Sorry, only the creator of a consumer can delete it.",
+                ));
+            }
+            store
+                .remove_container_consumer(&c.id, &name, &url)
+                .await
+                .map_err(|e| store_error(OP, &e))?;
+            super::json(StatusCode::OK, representation(call, c).await?)
+        }
+        _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+    }
+}

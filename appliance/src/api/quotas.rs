@@ -1,0 +1,170 @@
+//! `/v1/quotas` and `/v1/project-quotas`: per-project limits on what may be created, and their
+//! enforcement.
+
+use hyper::{Method, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::body::repr;
+use super::secrets::{paging, store_error};
+use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
+use crate::store::{QUOTA_RESOURCES, QuotaRow};
+
+/// Refuses a creation when the project is at its quota for `resource` (403, Barbican's text).
+/// `counted` names what is counted (`secret_consumers` and `container_consumers` are separate).
+pub(crate) async fn enforce(
+    call: &Call<'_>,
+    resource: &str,
+    counted: &str,
+    operation: &str,
+) -> Result<(), ApiError> {
+    let project = &call.identity().project_id;
+    let index = QUOTA_RESOURCES.iter().position(|r| *r == resource).unwrap_or(0);
+    let configured =
+        call.app.store.project_quota(project).await.map_err(|e| store_error(operation, &e))?;
+    let quota = configured
+        .and_then(|q| q.values.get(index).copied().flatten())
+        .unwrap_or(call.app.settings.quota_defaults.get(index).copied().unwrap_or(-1));
+    if quota < 0 {
+        return Ok(());
+    }
+    let count =
+        call.app.store.count(counted, project).await.map_err(|e| store_error(operation, &e))?;
+    if quota == 0 || count >= quota {
+        return Err(ApiError::issue(
+            StatusCode::FORBIDDEN,
+            operation,
+            "Creation not allowed because a quota has been reached",
+        ));
+    }
+    Ok(())
+}
+
+fn values_json(values: &[Option<i64>; 5]) -> Value {
+    let mut map = Map::new();
+    for (resource, value) in QUOTA_RESOURCES.iter().zip(values) {
+        map.insert((*resource).into(), value.map_or(Value::Null, |v| json!(v)));
+    }
+    Value::Object(map)
+}
+
+/// `GET /v1/quotas`: the caller's effective quotas.
+pub(crate) async fn effective(call: &Call<'_>) -> Outcome {
+    const OP: &str = "Quotas";
+    if *call.method != Method::GET {
+        return Err(ApiError::method_not_allowed("GET"));
+    }
+    call.authorize("quotas:get", &project_target(call), OP)?;
+    let configured = call
+        .app
+        .store
+        .project_quota(&call.identity().project_id)
+        .await
+        .map_err(|e| store_error(OP, &e))?;
+    let mut values = [None; 5];
+    for (i, v) in values.iter_mut().enumerate() {
+        let set = configured.as_ref().and_then(|q| q.values.get(i).copied().flatten());
+        *v = Some(set.unwrap_or(call.app.settings.quota_defaults.get(i).copied().unwrap_or(-1)));
+    }
+    super::json(StatusCode::OK, json!({"quotas": values_json(&values)}))
+}
+
+/// `/v1/project-quotas[/{project_id}]`.
+pub(crate) async fn project(call: &Call<'_>, project_id: Option<&str>) -> Outcome {
+    const OP: &str = "Project Quotas";
+    let store = &call.app.store;
+    let target = project_target(call);
+    let not_found = || ApiError::not_found("Project quotas not found.");
+    match (project_id, call.method.clone()) {
+        (None, Method::GET) => {
+            call.authorize("project_quotas:get", &target, OP)?;
+            let (offset, limit) = paging(call);
+            let (rows, total) =
+                store.list_project_quotas(offset, limit).await.map_err(|e| store_error(OP, &e))?;
+            let items: Vec<Value> = rows
+                .iter()
+                .map(|q: &QuotaRow| json!({"project_id": q.project_id, "project_quotas": values_json(&q.values)}))
+                .collect();
+            let mut out = Map::new();
+            let empty = items.is_empty();
+            out.insert("project_quotas".into(), Value::Array(items));
+            out.insert("total".into(), json!(total));
+            if !empty {
+                // Barbican's links name the collection `project_quotas` (the route has a dash).
+                super::secrets::page_links(call, "project_quotas", offset, limit, total, &mut out);
+            }
+            super::json(StatusCode::OK, Value::Object(out))
+        }
+        (None, _) => Err(ApiError::method_not_allowed("GET")),
+        (Some(pid), Method::GET) => {
+            call.authorize("project_quotas:get", &target, OP)?;
+            let q = store
+                .project_quota(pid)
+                .await
+                .map_err(|e| store_error(OP, &e))?
+                .ok_or_else(not_found)?;
+            super::json(StatusCode::OK, json!({"project_quotas": values_json(&q.values)}))
+        }
+        (Some(pid), Method::PUT) => {
+            const SCHEMA: &str = "Project Quota";
+            call.authorize("project_quotas:put", &target, OP)?;
+            call.require_json()?;
+            if call.body.iter().all(u8::is_ascii_whitespace) {
+                return Err(ApiError::issue(
+                    StatusCode::BAD_REQUEST,
+                    OP,
+                    "No data supplied to process.",
+                ));
+            }
+            let body = parse_json(call.body, SCHEMA)?;
+            if let Some(extra) = body.keys().find(|k| *k != "project_quotas") {
+                return Err(ApiError::schema(
+                    SCHEMA,
+                    &format!("Additional properties are not allowed ('{extra}' was unexpected)"),
+                    None,
+                ));
+            }
+            let Some(inner) = body.get("project_quotas") else {
+                return Err(ApiError::schema(
+                    SCHEMA,
+                    "'project_quotas' is a required property",
+                    None,
+                ));
+            };
+            let Value::Object(inner) = inner else {
+                return Err(ApiError::schema(
+                    SCHEMA,
+                    &format!("{} is not of type 'object'", repr(inner)),
+                    Some("project_quotas"),
+                ));
+            };
+            let mut updates = Vec::new();
+            for (key, value) in inner {
+                let Some(resource) = QUOTA_RESOURCES.iter().find(|r| **r == key.as_str()) else {
+                    return Err(ApiError::schema(
+                        SCHEMA,
+                        &format!("Additional properties are not allowed ('{key}' was unexpected)"),
+                        Some("project_quotas"),
+                    ));
+                };
+                let Some(n) = value.as_i64() else {
+                    return Err(ApiError::schema(
+                        SCHEMA,
+                        &format!("{} is not of type 'integer'", repr(value)),
+                        Some("project_quotas"),
+                    ));
+                };
+                updates.push((*resource, n));
+            }
+            store.put_project_quota(pid, &updates).await.map_err(|e| store_error(OP, &e))?;
+            Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
+        }
+        (Some(pid), Method::DELETE) => {
+            call.authorize("project_quotas:delete", &target, OP)?;
+            if !store.delete_project_quota(pid).await.map_err(|e| store_error(OP, &e))? {
+                return Err(not_found());
+            }
+            Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
+        }
+        (Some(_), _) => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
+    }
+}

@@ -1,0 +1,284 @@
+//! The order worker: turns PENDING orders into secrets (and containers) generated in the HSM.
+//!
+//! Orders are a job queue in the database. The appliance that accepts an order leases it and
+//! processes it at once; every appliance also polls for orders whose lease expired (their
+//! appliance died), leasing them one at a time (`FOR UPDATE SKIP LOCKED` on PostgreSQL). An
+//! order completes only under its lease, in the transaction that writes its secrets, so each
+//! order is fulfilled exactly once however many appliances share the queue.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use hsm_proxy_proto::op::{GenerateKeyPairSealed, GenerateSymmetric, KeyPairSpec};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::api::App;
+use crate::api::secrets::pem;
+use crate::hsm::{HsmError, payload_aad};
+use crate::store::{ContainerRow, ContainerSecret, OrderRow, SecretRow, StoredPayload};
+use crate::timefmt::now_micros;
+
+/// Delay before retrying an order whose HSM step failed transiently.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Symmetric algorithms key orders accept (any multiple of 8 bits, as Barbican's PKCS#11 backend).
+const SYMMETRIC: &[&str] =
+    &["aes", "des", "3des", "hmacsha1", "hmacsha256", "hmacsha384", "hmacsha512"];
+
+/// This appliance's handle on the queue.
+#[derive(Debug)]
+pub struct OrderQueue {
+    /// Identifies this appliance's leases.
+    pub(crate) owner: String,
+    lease: Duration,
+    poll: Duration,
+    submit: mpsc::UnboundedSender<String>,
+}
+
+impl OrderQueue {
+    /// A queue handle and the receiving end for [`run`].
+    pub fn new(lease: Duration, poll: Duration) -> (OrderQueue, mpsc::UnboundedReceiver<String>) {
+        let (submit, rx) = mpsc::unbounded_channel();
+        let owner = format!("appliance-{}", uuid::Uuid::new_v4());
+        (OrderQueue { owner, lease, poll, submit }, rx)
+    }
+
+    pub(crate) fn lease_micros(&self) -> i64 {
+        i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX)
+    }
+
+    /// Hands a freshly leased order to the worker.
+    pub(crate) fn submit(&self, id: String) {
+        let _ = self.submit.send(id);
+    }
+}
+
+/// Processes submitted orders at once and polls for abandoned ones, until the app is dropped.
+pub async fn run(app: Weak<App>, mut submitted: mpsc::UnboundedReceiver<String>) {
+    let poll = match app.upgrade() {
+        Some(app) => app.orders.poll,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            id = submitted.recv() => {
+                let (Some(id), Some(app)) = (id, app.upgrade()) else { return };
+                tokio::spawn(async move {
+                    match app.store.order(&id).await {
+                        Ok(Some(order)) => process(&app, order).await,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(order = %id, error = %e, "cannot read a new order; it will be retried"),
+                    }
+                });
+            }
+            _ = ticker.tick() => {
+                let Some(app) = app.upgrade() else { return };
+                loop {
+                    let lease_until = now_micros() + app.orders.lease_micros();
+                    match app.store.claim_order(&app.orders.owner, lease_until).await {
+                        Ok(Some(order)) => {
+                            tracing::info!(order = %order.id, "took over an order whose lease had expired");
+                            let app = app.clone();
+                            tokio::spawn(async move { process(&app, order).await });
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot poll the order queue");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why an order could not be fulfilled.
+enum Failure {
+    /// For good: the order becomes ERROR with this code and reason.
+    Permanent(&'static str, String),
+    /// The HSM or database is unavailable: try again later.
+    Transient(String),
+}
+
+fn issue(reason: &str) -> Failure {
+    Failure::Permanent("400", format!("Process TypeOrder issue seen - {reason}."))
+}
+
+impl From<HsmError> for Failure {
+    fn from(e: HsmError) -> Self {
+        match e {
+            HsmError::Unavailable(m) => Failure::Transient(m),
+            HsmError::Store(s) if s.is_unavailable() => Failure::Transient(s.to_string()),
+            other => {
+                tracing::error!(error = %other, "order failed");
+                Failure::Permanent(
+                    "500",
+                    "Process TypeOrder failure seen - please contact site administrator.".into(),
+                )
+            }
+        }
+    }
+}
+
+async fn process(app: &Arc<App>, order: OrderRow) {
+    let owner = &app.orders.owner;
+    let started = std::time::Instant::now();
+    let result = match order.kind.as_str() {
+        "key" => key_order(app, &order).await.map(|s| (vec![s], None)),
+        _ => asymmetric_order(app, &order).await.map(|(s, c)| (s, Some(c))),
+    };
+    let store = &app.store;
+    let outcome = match result {
+        Ok((secrets, container)) => {
+            match store.complete_order(&order.id, owner, &secrets, container.as_ref()).await {
+                Ok(true) => {
+                    tracing::info!(order = %order.id, ms = started.elapsed().as_millis(), "order ACTIVE");
+                    Ok(())
+                }
+                Ok(false) => {
+                    tracing::warn!(order = %order.id, "order lease lost to another appliance; its result is discarded");
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Err(Failure::Permanent(code, reason)) => {
+            tracing::info!(order = %order.id, code, reason = %reason, "order ERROR");
+            store
+                .fail_order(&order.id, owner, code, &reason)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        Err(Failure::Transient(why)) => Err(why),
+    };
+    if let Err(why) = outcome {
+        let retry = now_micros() + i64::try_from(RETRY_AFTER.as_micros()).unwrap_or(0);
+        tracing::warn!(order = %order.id, reason = %why, "order postponed; will be retried");
+        let _ = store.release_order(&order.id, owner, retry).await;
+    }
+}
+
+fn meta_str(meta: &Value, key: &str) -> Option<String> {
+    meta.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn base_secret(order: &OrderRow, meta: &Value, secret_type: &str) -> SecretRow {
+    let now = now_micros();
+    SecretRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: order.project_id.clone(),
+        name: meta_str(meta, "name"),
+        secret_type: secret_type.into(),
+        algorithm: meta_str(meta, "algorithm"),
+        bit_length: meta.get("bit_length").and_then(Value::as_i64),
+        mode: meta_str(meta, "mode"),
+        expiration: meta_str(meta, "expiration").and_then(|e| crate::timefmt::parse_iso8601(&e)),
+        creator_id: order.creator_id.clone(),
+        created: now,
+        updated: now,
+        payload: None,
+    }
+}
+
+fn content_type(meta: &Value) -> String {
+    meta_str(meta, "payload_content_type")
+        .and_then(|ct| crate::api::secrets::normalize(&ct))
+        .unwrap_or("application/octet-stream")
+        .to_owned()
+}
+
+async fn key_order(app: &App, order: &OrderRow) -> Result<SecretRow, Failure> {
+    let meta: Value = serde_json::from_str(&order.meta).unwrap_or(Value::Null);
+    let algorithm = meta_str(&meta, "algorithm").unwrap_or_default().to_ascii_lowercase();
+    let bits = meta.get("bit_length").and_then(Value::as_u64).unwrap_or(0);
+    let Some(bits) =
+        u16::try_from(bits).ok().filter(|b| SYMMETRIC.contains(&algorithm.as_str()) && *b > 0)
+    else {
+        return Err(issue("Secret generate supported plugin not found."));
+    };
+    let mut secret = base_secret(order, &meta, "symmetric");
+    let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;
+    let aad = payload_aad(&order.project_id, &secret.id);
+    let sealed = app.hsm.call(GenerateSymmetric { kek, bits, aad }).await?;
+    secret.payload = Some(StoredPayload {
+        content_type: content_type(&meta),
+        format: None,
+        kek_id,
+        ciphertext: sealed.ciphertext,
+        iv: sealed.iv.to_vec(),
+        tag: sealed.tag.to_vec(),
+    });
+    Ok(secret)
+}
+
+async fn asymmetric_order(
+    app: &App,
+    order: &OrderRow,
+) -> Result<(Vec<SecretRow>, ContainerRow), Failure> {
+    let meta: Value = serde_json::from_str(&order.meta).unwrap_or(Value::Null);
+    let algorithm = meta_str(&meta, "algorithm").unwrap_or_default().to_ascii_lowercase();
+    let bits = meta.get("bit_length").and_then(Value::as_u64).unwrap_or(0);
+    let spec = match (algorithm.as_str(), bits) {
+        ("rsa", 2048) => KeyPairSpec::Rsa2048,
+        ("rsa", 3072) => KeyPairSpec::Rsa3072,
+        ("rsa", 4096) => KeyPairSpec::Rsa4096,
+        ("ec", 256) => KeyPairSpec::EcP256,
+        ("ec", 384) => KeyPairSpec::EcP384,
+        _ => return Err(issue("Secret generate supported plugin not found.")),
+    };
+    if meta.get("passphrase").is_some_and(|p| !p.is_null()) {
+        return Err(issue(
+            "Passphrase-protected private keys are not supported by this key manager.",
+        ));
+    }
+    let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;
+    let mut private = base_secret(order, &meta, "private");
+    let mut public = base_secret(order, &meta, "public");
+    let pair = app
+        .hsm
+        .call(GenerateKeyPairSealed {
+            kek: kek.clone(),
+            spec,
+            aad: payload_aad(&order.project_id, &private.id),
+        })
+        .await?;
+    let sealed = pair.private_key_pkcs8;
+    private.payload = Some(StoredPayload {
+        content_type: content_type(&meta),
+        format: Some("pem:PRIVATE KEY".into()),
+        kek_id: kek_id.clone(),
+        ciphertext: sealed.ciphertext,
+        iv: sealed.iv.to_vec(),
+        tag: sealed.tag.to_vec(),
+    });
+    let public_pem = pem("PUBLIC KEY", &pair.public_key_der);
+    let sealed =
+        app.hsm.seal(&kek, &public_pem, payload_aad(&order.project_id, &public.id)).await?;
+    public.payload = Some(StoredPayload {
+        content_type: content_type(&meta),
+        format: None,
+        kek_id,
+        ciphertext: sealed.ciphertext,
+        iv: sealed.iv.to_vec(),
+        tag: sealed.tag.to_vec(),
+    });
+    let now = now_micros();
+    let container = ContainerRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: order.project_id.clone(),
+        name: meta_str(&meta, "name"),
+        kind: algorithm,
+        creator_id: order.creator_id.clone(),
+        created: now,
+        updated: now,
+        secrets: vec![
+            ContainerSecret { name: Some("private_key".into()), secret_id: private.id.clone() },
+            ContainerSecret { name: Some("public_key".into()), secret_id: public.id.clone() },
+        ],
+    };
+    Ok((vec![private, public], container))
+}
