@@ -4,7 +4,9 @@
 //! processes it at once; every appliance also polls for orders whose lease expired (their
 //! appliance died), leasing them one at a time (`FOR UPDATE SKIP LOCKED` on PostgreSQL). An
 //! order completes only under its lease, in the transaction that writes its secrets, so each
-//! order is fulfilled exactly once however many appliances share the queue.
+//! order is fulfilled exactly once however many appliances share the queue. A lease is renewed
+//! while its order is processed (generating an RSA-4096 key can outlast it), and an appliance
+//! processes a bounded number of orders at once, taking over only what it has room for.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,6 +23,8 @@ use crate::timefmt::now_micros;
 
 /// Delay before retrying an order whose HSM step failed transiently.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Orders one appliance processes at once; the HSM serialises key-pair generation anyway.
+const MAX_IN_FLIGHT: usize = 16;
 /// Symmetric algorithms key orders accept (any multiple of 8 bits, as Barbican's PKCS#11 backend).
 const SYMMETRIC: &[&str] =
     &["aes", "des", "3des", "hmacsha1", "hmacsha256", "hmacsha384", "hmacsha512"];
@@ -33,6 +37,7 @@ pub struct OrderQueue {
     lease: Duration,
     poll: Duration,
     submit: mpsc::UnboundedSender<String>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl OrderQueue {
@@ -40,7 +45,8 @@ impl OrderQueue {
     pub fn new(lease: Duration, poll: Duration) -> (OrderQueue, mpsc::UnboundedReceiver<String>) {
         let (submit, rx) = mpsc::unbounded_channel();
         let owner = format!("appliance-{}", uuid::Uuid::new_v4());
-        (OrderQueue { owner, lease, poll, submit }, rx)
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        (OrderQueue { owner, lease, poll, submit, slots }, rx)
     }
 
     pub(crate) fn lease_micros(&self) -> i64 {
@@ -66,6 +72,9 @@ pub async fn run(app: Weak<App>, mut submitted: mpsc::UnboundedReceiver<String>)
             id = submitted.recv() => {
                 let (Some(id), Some(app)) = (id, app.upgrade()) else { return };
                 tokio::spawn(async move {
+                    // Orders accepted here wait for a slot; their lease is renewed meanwhile
+                    // only once processing starts, so a long wait hands them to a peer.
+                    let Ok(_slot) = app.orders.slots.clone().acquire_owned().await else { return };
                     match app.store.order(&id).await {
                         Ok(Some(order)) => process(&app, order).await,
                         Ok(None) => {}
@@ -76,12 +85,17 @@ pub async fn run(app: Weak<App>, mut submitted: mpsc::UnboundedReceiver<String>)
             _ = ticker.tick() => {
                 let Some(app) = app.upgrade() else { return };
                 loop {
+                    // Only as many as there is room for: the rest stay for peers or later.
+                    let Ok(slot) = app.orders.slots.clone().try_acquire_owned() else { break };
                     let lease_until = now_micros() + app.orders.lease_micros();
                     match app.store.claim_order(&app.orders.owner, lease_until).await {
                         Ok(Some(order)) => {
                             tracing::info!(order = %order.id, "took over an order whose lease had expired");
                             let app = app.clone();
-                            tokio::spawn(async move { process(&app, order).await });
+                            tokio::spawn(async move {
+                                process(&app, order).await;
+                                drop(slot);
+                            });
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -126,10 +140,12 @@ impl From<HsmError> for Failure {
 async fn process(app: &Arc<App>, order: OrderRow) {
     let owner = &app.orders.owner;
     let started = std::time::Instant::now();
+    let renewal = tokio::spawn(renew(app.clone(), order.id.clone()));
     let result = match order.kind.as_str() {
         "key" => key_order(app, &order).await.map(|s| (vec![s], None)),
         _ => asymmetric_order(app, &order).await.map(|(s, c)| (s, Some(c))),
     };
+    renewal.abort();
     let store = &app.store;
     let outcome = match result {
         Ok((secrets, container)) => {
@@ -159,6 +175,20 @@ async fn process(app: &Arc<App>, order: OrderRow) {
         let retry = now_micros() + i64::try_from(RETRY_AFTER.as_micros()).unwrap_or(0);
         tracing::warn!(order = %order.id, reason = %why, "order postponed; will be retried");
         let _ = store.release_order(&order.id, owner, retry).await;
+    }
+}
+
+/// Keeps an order's lease alive while it is processed (a third of the lease at a time).
+async fn renew(app: Arc<App>, id: String) {
+    let every = app.orders.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = now_micros() + app.orders.lease_micros();
+        match app.store.renew_lease(&id, &app.orders.owner, until).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(order = %id, error = %e, "cannot renew an order lease"),
+        }
     }
 }
 

@@ -205,3 +205,41 @@ pub fn barbican_venv() -> Option<PathBuf> {
     );
     None
 }
+
+/// A fresh PostgreSQL database: `(admin url, name, url)`, or `None` (said loudly) without a
+/// server, unless `APPLIANCE_REQUIRE_POSTGRES` is set, as CI does.
+pub fn postgres_database() -> Option<(String, String, String)> {
+    let admin = std::env::var("APPLIANCE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("e2e_{}", std::process::id());
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        other => {
+            let why = other
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_else(|e| e.to_string());
+            if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
+                panic!("PostgreSQL is required but unavailable at {admin}: {why}");
+            }
+            eprintln!("\n*** SKIPPING PostgreSQL test: no server at {admin} ({why}) ***\n");
+            return None;
+        }
+    }
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    Some((admin, name, url))
+}
+
+/// Runs one SQL statement and returns its output (`psql -At`).
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

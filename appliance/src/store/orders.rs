@@ -225,6 +225,17 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Extends `owner`'s lease on an order it is still processing; `false` if it lost it.
+    pub async fn renew_lease(&self, id: &str, owner: &str, lease_until: i64) -> Result<bool> {
+        let r = sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PENDING'")
+            .bind(lease_until)
+            .bind(id)
+            .bind(owner)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Gives a lease back after a transient failure; the order is retried after `retry_at`.
     pub async fn release_order(&self, id: &str, owner: &str, retry_at: i64) -> Result<()> {
         sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PENDING'")

@@ -1,0 +1,165 @@
+//! The order queue shared by two appliances on one PostgreSQL: hundreds of orders, one
+//! appliance killed (SIGKILL) while it still holds orders, and every order completed exactly
+//! once by the survivor taking over expired leases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{DevStack, bin_dir, http, postgres_database, psql};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn appliance(
+    dir: &std::path::Path,
+    name: &str,
+    db: &str,
+    info: &serde_json::Value,
+) -> (Child, String) {
+    let port = free_port();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+[database]
+url = "{db}"
+max_connections = 4
+[hsm]
+endpoints = ["{proxy}"]
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+request_timeout_ms = 60000
+[identity]
+source = "noauth"
+allow_noauth = true
+[orders]
+lease_ms = 2000
+poll_ms = 200
+"#,
+            proxy = info["proxy"]["address"].as_str().unwrap(),
+            ca = info["pki"]["ca"].as_str().unwrap(),
+            cert = info["pki"]["client_cert"].as_str().unwrap(),
+            key = info["pki"]["client_key"].as_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin_dir().join("appliance"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+const MEMBER: &[(&str, &str)] = &[
+    ("X-Project-Id", "queue"),
+    ("X-Roles", "member,reader"),
+    ("Content-Type", "application/json"),
+];
+
+fn order(api: &str, body: &str) {
+    let r = http("POST", &format!("{api}/v1/orders"), MEMBER, body.as_bytes());
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[test]
+fn two_appliances_share_the_queue_and_survive_one_dying() {
+    let Some((admin, name, db)) = postgres_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("dev"));
+    let (mut a, api_a) = appliance(dir.path(), "a", &db, &stack.info);
+    let (mut b, api_b) = appliance(dir.path(), "b", &db, &stack.info);
+
+    // A receives slow orders (RSA-3072 key pairs) and key orders; B key orders only.
+    let key = r#"{"type": "key", "meta": {"algorithm": "aes", "bit_length": 256}}"#;
+    let pair = r#"{"type": "asymmetric", "meta": {"algorithm": "rsa", "bit_length": 3072}}"#;
+    let feeder_b = {
+        let api = api_b.clone();
+        std::thread::spawn(move || (0..150).for_each(|_| order(&api, key)))
+    };
+    for i in 0..150 {
+        order(&api_a, if i % 3 == 0 { pair } else { key });
+    }
+    // A dies with RSA orders still leased to it and unfinished.
+    let pending_at_kill: i64 =
+        psql(&db, "SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(a.id()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    a.wait().unwrap();
+    feeder_b.join().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pending: i64 =
+            psql(&db, "SELECT COUNT(*) FROM orders WHERE status <> 'ACTIVE'").parse().unwrap();
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let rows = psql(
+                &db,
+                "SELECT status, error_reason, lease_owner, lease_until, attempts FROM orders WHERE status <> 'ACTIVE' LIMIT 3",
+            );
+            let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!("{pending} orders never completed:\n{rows}\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(psql(&db, "SELECT COUNT(*) FROM orders"), "300");
+    // Exactly once: one secret per key order, one container (two secrets) per key pair, and
+    // nothing else.
+    assert_eq!(psql(&db, "SELECT COUNT(*) FROM orders WHERE type = 'key'"), "250");
+    assert_eq!(psql(&db, "SELECT COUNT(DISTINCT secret_id) FROM orders WHERE type = 'key'"), "250");
+    assert_eq!(
+        psql(&db, "SELECT COUNT(DISTINCT container_id) FROM orders WHERE type = 'asymmetric'"),
+        "50"
+    );
+    assert_eq!(psql(&db, "SELECT COUNT(*) FROM containers"), "50");
+    assert_eq!(psql(&db, "SELECT COUNT(*) FROM secrets"), "350");
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT COUNT(*) FROM secrets s WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.secret_id = s.id) AND NOT EXISTS (SELECT 1 FROM container_secrets c WHERE c.secret_id = s.id)"
+        ),
+        "0"
+    );
+    let log_b = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    let taken_over = log_b.matches("took over an order").count();
+    assert!(
+        pending_at_kill > 0 && taken_over > 0,
+        "A held {pending_at_kill} pending orders at its death; B took over {taken_over}"
+    );
+    eprintln!("orders pending when A was killed: {pending_at_kill}; taken over by B: {taken_over}");
+    // A generated key is readable through the survivor.
+    let secret = psql(&db, "SELECT secret_id FROM orders WHERE type = 'key' LIMIT 1");
+    let r = http(
+        "GET",
+        &format!("{api_b}/v1/secrets/{secret}/payload"),
+        &[("X-Project-Id", "queue"), ("X-Roles", "member")],
+        b"",
+    );
+    assert_eq!((r.status, r.body.len()), (200, 32));
+
+    let _ = b.kill();
+    let _ = b.wait();
+    drop(stack);
+    psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
