@@ -1,16 +1,22 @@
 //! Who is calling: the identity source turns request headers into an [`Identity`].
 //!
-//! `noauth` reads Barbican's unauthenticated-context headers (`X-Project-Id`, `X-Roles`,
-//! `X-User-Id`, `X-Domain-Id`); other sources plug in here.
+//! `keystone` validates `X-Auth-Token` (and `X-Service-Token`) against Keystone; `noauth` reads
+//! Barbican's unauthenticated-context headers (`X-Project-Id`, `X-Roles`, `X-User-Id`,
+//! `X-Domain-Id`).
+
+use std::sync::Arc;
 
 use hyper::StatusCode;
 use hyper::header::HeaderMap;
 
 use crate::api::Response;
+use crate::keystone::{Keystone, TokenError};
 
 /// Where identities come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum IdentitySource {
+    /// Keystone tokens, validated and cached.
+    Keystone(Arc<Keystone>),
     /// Barbican's no-auth headers: whoever sends `X-Project-Id` is in that project. For
     /// development and tests only.
     NoAuth,
@@ -41,8 +47,52 @@ impl IdentitySource {
     pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Box<Response>> {
         match self {
             IdentitySource::NoAuth => no_auth(headers),
+            IdentitySource::Keystone(keystone) => by_token(keystone, headers).await,
         }
     }
+}
+
+/// keystonemiddleware's checks: a valid user token, and a valid service token (carrying the
+/// `service` role) when one is sent.
+async fn by_token(keystone: &Keystone, headers: &HeaderMap) -> Result<Identity, Box<Response>> {
+    let refuse = |e: TokenError| match e {
+        TokenError::Invalid => Box::new(unauthorized(keystone)),
+        TokenError::Unavailable(why) => {
+            tracing::warn!(reason = %why, "keystone unavailable: new tokens cannot be validated");
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Authentication service unavailable, please retry later.",
+            ))
+        }
+    };
+    let Some(token) = header(headers, "x-auth-token") else {
+        return Err(Box::new(unauthorized(keystone)));
+    };
+    let (identity, _) = keystone.validate(token).await.map_err(refuse)?;
+    if let Some(service) = header(headers, "x-service-token") {
+        let (_, roles) = keystone.validate(service).await.map_err(refuse)?;
+        if !roles.iter().any(|r| r == "service") {
+            tracing::info!("a service token without the service role was refused");
+            return Err(Box::new(unauthorized(keystone)));
+        }
+    }
+    Ok(identity)
+}
+
+/// 401 in Barbican's error shape (barbicanclient cannot parse keystonemiddleware's), with the
+/// header that tells clients where to authenticate.
+fn unauthorized(keystone: &Keystone) -> Response {
+    let mut r =
+        error(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.");
+    if let Ok(v) = keystone.www_authenticate().parse() {
+        r.headers.insert(hyper::header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn error(status: StatusCode, description: &str) -> Response {
+    let e = crate::api::ApiError::new(status, description);
+    crate::api::json_response(status, &e.body())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

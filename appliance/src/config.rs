@@ -30,6 +30,45 @@ pub struct Config {
     /// The order queue.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// Keystone, for `[identity] source = "keystone"`.
+    #[serde(default)]
+    pub keystone: Option<KeystoneConfig>,
+}
+
+/// `[keystone]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoneConfig {
+    /// Keystone's v3 URL, e.g. `https://keystone.example.com:5000/v3`.
+    pub auth_url: String,
+    /// The appliance's service user (it validates tokens; it needs the `service` role for
+    /// service-token checks).
+    pub username: String,
+    /// The service user's domain id.
+    #[serde(default = "defaults::default_domain")]
+    pub user_domain_id: String,
+    /// The project the service user authenticates in.
+    #[serde(default = "defaults::service_project")]
+    pub project: String,
+    /// That project's domain id.
+    #[serde(default = "defaults::default_domain")]
+    pub project_domain_id: String,
+    /// File holding the service user's password.
+    pub password_file: PathBuf,
+    /// What 401 answers name in `WWW-Authenticate: Keystone uri="..."`; default: `auth_url`
+    /// without `/v3`.
+    #[serde(default)]
+    pub www_authenticate_uri: Option<String>,
+    /// Longest time a validated token is trusted without asking Keystone again: also how long
+    /// a revoked token may keep working.
+    #[serde(default = "defaults::token_cache_ttl_ms")]
+    pub cache_ttl_ms: u64,
+    /// Most validated tokens kept.
+    #[serde(default = "defaults::token_cache_entries")]
+    pub cache_entries: usize,
+    /// Limit for one request to Keystone.
+    #[serde(default = "defaults::keystone_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 /// `[quotas]`: defaults for projects without their own (negative: unlimited, 0: disabled).
@@ -70,11 +109,19 @@ pub struct OrdersConfig {
     /// How often each appliance looks for orders whose lease expired.
     #[serde(default = "defaults::poll_ms")]
     pub poll_ms: u64,
+    /// How long `POST /v1/orders` waits for its order to complete before answering 202 (the
+    /// order goes on after that). Clients then find it ACTIVE at their first read.
+    #[serde(default = "defaults::inline_wait_ms")]
+    pub inline_wait_ms: u64,
 }
 
 impl Default for OrdersConfig {
     fn default() -> Self {
-        Self { lease_ms: defaults::lease_ms(), poll_ms: defaults::poll_ms() }
+        Self {
+            lease_ms: defaults::lease_ms(),
+            poll_ms: defaults::poll_ms(),
+            inline_wait_ms: defaults::inline_wait_ms(),
+        }
     }
 }
 
@@ -138,7 +185,9 @@ pub struct HsmConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
-    /// `noauth`: trust Barbican's X-Project-Id / X-Roles / X-User-Id headers.
+    /// `keystone`: validate X-Auth-Token with Keystone. `noauth`: trust Barbican's
+    /// X-Project-Id / X-Roles / X-User-Id headers. Also accepted as `auth`.
+    #[serde(alias = "auth")]
     pub source: IdentitySourceName,
     /// Must be true to start with `source = "noauth"`: anyone who can reach the API can then
     /// claim any project.
@@ -150,6 +199,8 @@ pub struct IdentityConfig {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentitySourceName {
+    /// Keystone tokens (`X-Auth-Token`), as Castellan, Cinder and Nova send them.
+    Keystone,
     /// Barbican's unauthenticated-context headers.
     Noauth,
 }
@@ -203,6 +254,21 @@ mod defaults {
     pub(super) fn yes() -> bool {
         true
     }
+    pub(super) fn default_domain() -> String {
+        "default".into()
+    }
+    pub(super) fn service_project() -> String {
+        "service".into()
+    }
+    pub(super) fn token_cache_ttl_ms() -> u64 {
+        300_000
+    }
+    pub(super) fn token_cache_entries() -> usize {
+        10_000
+    }
+    pub(super) fn keystone_timeout_ms() -> u64 {
+        5_000
+    }
     pub(super) fn unlimited() -> i64 {
         -1
     }
@@ -210,6 +276,9 @@ mod defaults {
         30_000
     }
     pub(super) fn poll_ms() -> u64 {
+        1_000
+    }
+    pub(super) fn inline_wait_ms() -> u64 {
         1_000
     }
 }
@@ -232,6 +301,11 @@ impl Config {
         {
             *p = base.join(&*p);
         }
+        if let Some(p) = config.keystone.as_mut().map(|k| &mut k.password_file)
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -246,6 +320,11 @@ impl Config {
                 "[identity] source = \"noauth\" lets any caller claim any project; set \
                  allow_noauth = true to accept that (development and tests only)"
                     .into(),
+            ));
+        }
+        if self.identity.source == IdentitySourceName::Keystone && self.keystone.is_none() {
+            return Err(Error::Config(
+                "[identity] source = \"keystone\" needs a [keystone] section".into(),
             ));
         }
         if self.server.max_secret_bytes == 0 || self.server.max_request_bytes == 0 {
@@ -280,5 +359,32 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap().replace("allow_noauth = true", "");
         let c: Config = toml::from_str(&text).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("allow_noauth"));
+    }
+
+    #[test]
+    fn the_commented_keystone_example_is_valid_and_needed() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("source = \"noauth\"", "source = \"keystone\"");
+        let c: Config = toml::from_str(&text).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("needs a [keystone] section"));
+        // Uncomment the example's [keystone] section: every line from its header to [policy].
+        let (head, rest) = text.split_once("# [keystone]").unwrap();
+        let (section, tail) = rest.split_once("[policy]").unwrap();
+        let section: String = section
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: Config =
+            toml::from_str(&format!("{head}[keystone]\n{section}\n[policy]{tail}")).unwrap();
+        c.validate().unwrap();
+        let k = c.keystone.unwrap();
+        assert_eq!(k.auth_url, "https://keystone.example.com:5000/v3");
+        assert_eq!(k.username, "barbican");
+        assert_eq!(k.cache_ttl_ms, defaults::token_cache_ttl_ms());
+        assert_eq!(k.cache_entries, defaults::token_cache_entries());
+        assert_eq!(k.timeout_ms, defaults::keystone_timeout_ms());
     }
 }

@@ -43,6 +43,8 @@ pub struct DevOptions {
     pub listen: SocketAddr,
     /// The `hsm-proxy` binary; by default the one next to this binary, then `$PATH`.
     pub proxy_bin: Option<PathBuf>,
+    /// Keystone identity instead of no-auth.
+    pub keystone: Option<crate::config::KeystoneConfig>,
 }
 
 /// The HSM half of the appliance under a data directory: a SoftHSM2 token, the mTLS PKI, and
@@ -136,6 +138,7 @@ impl HsmStack {
             policy: PolicyConfig::default(),
             quotas: Default::default(),
             orders: Default::default(),
+            keystone: None,
         }
     }
 
@@ -180,7 +183,12 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
     let dir = options.data_dir.canonicalize().map_err(io(&options.data_dir))?;
     let mut stack = HsmStack::start(&dir, options.proxy_bin.as_deref()).await?;
     let database = format!("sqlite://{}", dir.join("appliance.db").display());
-    let config = stack.appliance_config(options.listen, database);
+    let mut config = stack.appliance_config(options.listen, database);
+    if let Some(keystone) = options.keystone {
+        config.identity =
+            IdentityConfig { source: IdentitySourceName::Keystone, allow_noauth: false };
+        config.keystone = Some(keystone);
+    }
     let app = match crate::build(&config).await {
         Ok(app) => app,
         Err(e) => {

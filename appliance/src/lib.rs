@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 mod error;
 pub mod hsm;
+pub mod keystone;
 pub mod orders;
 pub mod pki;
 pub mod server;
@@ -30,6 +31,15 @@ use crate::config::{Config, IdentitySourceName};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
 use crate::store::Store;
+
+/// Reads a secret (a password) from a file, trailing newline dropped, into a secret type.
+fn read_secret(path: &std::path::Path) -> Result<secrecy::SecretString> {
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|source| Error::Io { path: path.to_owned(), source })?,
+    );
+    Ok(secrecy::SecretString::from(raw.trim_end_matches(['\r', '\n']).to_owned()))
+}
 
 /// Builds the API from a configuration: opens (and migrates) the database, reads the policy,
 /// configures the proxy client.
@@ -50,6 +60,31 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     client_config.request_timeout = Duration::from_millis(config.hsm.request_timeout_ms);
     let hsm = Hsm::new(Client::new(client_config)?);
     let identity = match config.identity.source {
+        IdentitySourceName::Keystone => {
+            let k = config.keystone.as_ref().ok_or_else(|| {
+                Error::Config("[identity] source = \"keystone\" needs a [keystone] section".into())
+            })?;
+            let password = read_secret(&k.password_file)?;
+            let www = k.www_authenticate_uri.clone().unwrap_or_else(|| {
+                k.auth_url.trim_end_matches('/').trim_end_matches("/v3").to_owned()
+            });
+            let settings = crate::keystone::KeystoneSettings {
+                auth_url: k.auth_url.trim_end_matches('/').to_owned(),
+                username: k.username.clone(),
+                user_domain_id: k.user_domain_id.clone(),
+                project: k.project.clone(),
+                project_domain_id: k.project_domain_id.clone(),
+                password,
+                www_authenticate_uri: www,
+                cache_ttl: Duration::from_millis(k.cache_ttl_ms),
+                cache_entries: k.cache_entries.max(1),
+                timeout: Duration::from_millis(k.timeout_ms),
+            };
+            tracing::info!(auth_url = %settings.auth_url, user = %settings.username, "Keystone identity");
+            IdentitySource::Keystone(Arc::new(
+                crate::keystone::Keystone::new(settings).map_err(Error::Network)?,
+            ))
+        }
         IdentitySourceName::Noauth => {
             tracing::warn!(
                 "IDENTITY IS NOT AUTHENTICATED: [identity] source = \"noauth\" trusts the \
@@ -70,6 +105,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     let (queue, submitted) = crate::orders::OrderQueue::new(
         Duration::from_millis(config.orders.lease_ms),
         Duration::from_millis(config.orders.poll_ms),
+        Duration::from_millis(config.orders.inline_wait_ms),
     );
     let app = Arc::new(App::new(store, hsm, policy, settings, queue));
     // The worker holds only a weak reference: it stops when the API is dropped.

@@ -40,6 +40,18 @@ enum Command {
         /// The hsm-proxy binary (default: next to this binary, then PATH).
         #[arg(long)]
         proxy_bin: Option<PathBuf>,
+        /// Use Keystone tokens instead of no-auth: Keystone's v3 URL.
+        #[arg(long, requires_all = ["keystone_user", "keystone_password_file"])]
+        keystone_url: Option<String>,
+        /// The appliance's service user in Keystone.
+        #[arg(long)]
+        keystone_user: Option<String>,
+        /// File holding that user's password.
+        #[arg(long)]
+        keystone_password_file: Option<PathBuf>,
+        /// The project the service user authenticates in.
+        #[arg(long, default_value = "service")]
+        keystone_project: String,
     },
     /// The appliance's own PKI for mutual TLS with its proxies.
     #[command(subcommand)]
@@ -109,8 +121,33 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Dev { data_dir, listen, proxy_bin } => {
-            let options = appliance::dev::DevOptions { data_dir, listen, proxy_bin };
+        Command::Dev {
+            data_dir,
+            listen,
+            proxy_bin,
+            keystone_url,
+            keystone_user,
+            keystone_password_file,
+            keystone_project,
+        } => {
+            let keystone = match (keystone_url, keystone_user, keystone_password_file) {
+                (Some(auth_url), Some(username), Some(password_file)) => {
+                    Some(appliance::config::KeystoneConfig {
+                        auth_url,
+                        username,
+                        user_domain_id: "default".into(),
+                        project: keystone_project,
+                        project_domain_id: "default".into(),
+                        password_file,
+                        www_authenticate_uri: None,
+                        cache_ttl_ms: 300_000,
+                        cache_entries: 10_000,
+                        timeout_ms: 5_000,
+                    })
+                }
+                _ => None,
+            };
+            let options = appliance::dev::DevOptions { data_dir, listen, proxy_bin, keystone };
             runtime()?.block_on(appliance::dev::run(options, shutdown_signal()))?;
             Ok(())
         }

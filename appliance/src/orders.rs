@@ -36,31 +36,38 @@ pub struct OrderQueue {
     pub(crate) owner: String,
     lease: Duration,
     poll: Duration,
-    submit: mpsc::UnboundedSender<String>,
+    /// How long `POST /v1/orders` waits for its order before answering 202.
+    pub(crate) inline_wait: Duration,
+    submit: mpsc::UnboundedSender<(String, tokio::sync::oneshot::Sender<()>)>,
     slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl OrderQueue {
     /// A queue handle and the receiving end for [`run`].
-    pub fn new(lease: Duration, poll: Duration) -> (OrderQueue, mpsc::UnboundedReceiver<String>) {
+    pub fn new(lease: Duration, poll: Duration, inline_wait: Duration) -> (OrderQueue, Submitted) {
         let (submit, rx) = mpsc::unbounded_channel();
         let owner = format!("appliance-{}", uuid::Uuid::new_v4());
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-        (OrderQueue { owner, lease, poll, submit, slots }, rx)
+        (OrderQueue { owner, lease, poll, inline_wait, submit, slots }, rx)
     }
 
     pub(crate) fn lease_micros(&self) -> i64 {
         i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX)
     }
 
-    /// Hands a freshly leased order to the worker.
-    pub(crate) fn submit(&self, id: String) {
-        let _ = self.submit.send(id);
+    /// Hands a freshly leased order to the worker; the receiver fires once it is processed.
+    pub(crate) fn submit(&self, id: String) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let _ = self.submit.send((id, done));
+        rx
     }
 }
 
+/// Orders handed to the worker, each with the signal that it was processed.
+pub type Submitted = mpsc::UnboundedReceiver<(String, tokio::sync::oneshot::Sender<()>)>;
+
 /// Processes submitted orders at once and polls for abandoned ones, until the app is dropped.
-pub async fn run(app: Weak<App>, mut submitted: mpsc::UnboundedReceiver<String>) {
+pub async fn run(app: Weak<App>, mut submitted: Submitted) {
     let poll = match app.upgrade() {
         Some(app) => app.orders.poll,
         None => return,
@@ -69,8 +76,8 @@ pub async fn run(app: Weak<App>, mut submitted: mpsc::UnboundedReceiver<String>)
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            id = submitted.recv() => {
-                let (Some(id), Some(app)) = (id, app.upgrade()) else { return };
+            next = submitted.recv() => {
+                let (Some((id, done)), Some(app)) = (next, app.upgrade()) else { return };
                 tokio::spawn(async move {
                     // Orders accepted here wait for a slot; their lease is renewed meanwhile
                     // only once processing starts, so a long wait hands them to a peer.
@@ -80,6 +87,7 @@ pub async fn run(app: Weak<App>, mut submitted: mpsc::UnboundedReceiver<String>)
                         Ok(None) => {}
                         Err(e) => tracing::warn!(order = %id, error = %e, "cannot read a new order; it will be retried"),
                     }
+                    let _ = done.send(());
                 });
             }
             _ = ticker.tick() => {

@@ -44,6 +44,11 @@ pub struct DevStack {
 impl DevStack {
     /// Starts `appliance dev` on a free port with its data under `data_dir`.
     pub fn start(data_dir: &Path) -> DevStack {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// [`DevStack::start`] with more `appliance dev` arguments.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> DevStack {
         ensure_binaries();
         let dev_json = data_dir.join("dev.json");
         let _ = std::fs::remove_file(&dev_json);
@@ -52,6 +57,7 @@ impl DevStack {
         let child = Command::new(bin_dir().join("appliance"))
             .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -201,6 +207,23 @@ pub fn barbican_venv() -> Option<PathBuf> {
     }
     eprintln!(
         "\n*** SKIPPING barbicanclient interop test: no virtualenv at {} (scripts/test creates it) ***\n",
+        venv.display()
+    );
+    None
+}
+
+/// The virtualenv's Keystone (with gunicorn, Castellan and the openstack CLI), when installed;
+/// `None` (said loudly) otherwise, unless `REQUIRE_KEYSTONE` is set, as CI does.
+pub fn keystone_venv() -> Option<PathBuf> {
+    let venv = barbican_venv()?;
+    if venv.join("bin/keystone-manage").exists() && venv.join("bin/openstack").exists() {
+        return Some(venv);
+    }
+    if std::env::var_os("REQUIRE_KEYSTONE").is_some() {
+        panic!("Keystone is required but not installed in {}", venv.display());
+    }
+    eprintln!(
+        "\n*** SKIPPING Keystone test: no keystone in {} (scripts/test installs it) ***\n",
         venv.display()
     );
     None

@@ -42,6 +42,7 @@ allow_noauth = true
 [orders]
 lease_ms = 2000
 poll_ms = 200
+inline_wait_ms = 0
 "#,
             proxy = info["proxy"]["address"].as_str().unwrap(),
             ca = info["pki"]["ca"].as_str().unwrap(),

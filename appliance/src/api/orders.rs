@@ -140,8 +140,11 @@ async fn create(call: &Call<'_>) -> Outcome {
         .await
         .map_err(|e| store_error(OP, &e))?;
     // Processed at once by this appliance, which holds the lease; should it die, another
-    // appliance takes the order over when the lease expires.
-    queue.submit(id.clone());
+    // appliance takes the order over when the lease expires. The answer waits (briefly) for
+    // it: Castellan reads the order right after the 202 and sleeps a whole second more if
+    // that first read is PENDING, as Barbican's synchronous orders never are.
+    let done = queue.submit(id.clone());
+    let _ = tokio::time::timeout(queue.inline_wait, done).await;
     let reference = order_ref(call, &id);
     Ok((
         Reply::Json(StatusCode::ACCEPTED, json!({"order_ref": reference})),

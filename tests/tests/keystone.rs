@@ -1,0 +1,373 @@
+//! Keystone identity with a real Keystone: tokens validated and cached, service tokens, 401 and
+//! 503 answers, the real Castellan (as Cinder and Nova use it) and the real openstack CLI.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e::{DevStack, http, keystone_venv};
+
+fn harness(venv: &Path, args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/keystone/harness.py");
+    let out = Command::new(venv.join("bin/python")).arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "harness {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A project-scoped token for one of the harness's users.
+fn token(venv: &Path, ks: &serde_json::Value, user: &str) -> String {
+    let u = &ks["users"][user];
+    let script = "import sys\nfrom keystoneauth1 import session, identity\n\
+        a = identity.v3.Password(auth_url=sys.argv[1], username=sys.argv[2], password=sys.argv[3], \
+        project_name=sys.argv[4], user_domain_id='default', project_domain_id='default')\n\
+        print(session.Session(auth=a).get_token())";
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", script, ks["auth_url"].as_str().unwrap(), user])
+        .arg(u["password"].as_str().unwrap())
+        .arg(u["project"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Stops Keystone however the test ends.
+struct Keystone<'a> {
+    venv: &'a Path,
+    dir: PathBuf,
+}
+
+impl Keystone<'_> {
+    fn stop(&self) {
+        harness(self.venv, &["stop", "--dir", self.dir.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Keystone<'_> {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/keystone/harness.py");
+        let _ = Command::new(self.venv.join("bin/python"))
+            .arg(script)
+            .args(["stop", "--dir"])
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+const SHORT_LIVED: &str = r#"
+import datetime, json, sys
+from keystoneauth1 import identity, session
+from keystoneclient.v3 import client
+ks = json.load(open(sys.argv[1])); u = ks["users"]["alice"]
+auth = identity.v3.Password(auth_url=ks["auth_url"], username="alice", password=u["password"],
+                            project_name=u["project"], user_domain_id="default", project_domain_id="default")
+sess = session.Session(auth=auth)
+ksc = client.Client(session=sess)
+# A token expires no later than the application credential it came from.
+expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=8)
+ac = ksc.application_credentials.create(name="short-lived", user=u["id"], expires_at=expires.replace(tzinfo=None))
+short = session.Session(auth=identity.v3.ApplicationCredential(
+    auth_url=ks["auth_url"], application_credential_id=ac.id, application_credential_secret=ac.secret))
+token = short.get_token()
+# A second token of alice's, revoked before anyone uses it.
+revoked = session.Session(auth=identity.v3.Password(
+    auth_url=ks["auth_url"], username="alice", password=u["password"], project_name=u["project"],
+    user_domain_id="default", project_domain_id="default")).get_token()
+ksc.tokens.revoke_token(revoked)
+print(token, short.auth.get_access(short).expires.timestamp(), revoked)
+"#;
+
+fn validations(ks_dir: &Path) -> usize {
+    std::fs::read_to_string(ks_dir.join("access.log"))
+        .unwrap_or_default()
+        .matches("GET /v3/auth/tokens")
+        .count()
+}
+
+const CASTELLAN: &str = r#"
+import datetime, json, statistics, sys, time
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from castellan import key_manager, options
+from castellan.common import exception
+from castellan.common.objects import passphrase, private_key, symmetric_key, x_509
+from keystoneauth1 import identity, session
+from oslo_config import cfg
+from oslo_context import context
+
+api, ks = sys.argv[1], json.load(open(sys.argv[2]))
+
+def ctx(name):
+    u = ks["users"][name]
+    auth = identity.v3.Password(auth_url=ks["auth_url"], username=name, password=u["password"],
+                                project_name=u["project"], user_domain_id="default", project_domain_id="default")
+    # What Cinder and Nova pass: the user's token and project in a request context.
+    return context.RequestContext(auth_token=session.Session(auth=auth).get_token(), project_id=u["project_id"])
+
+conf = cfg.ConfigOpts()
+options.set_defaults(conf, backend="barbican", barbican_endpoint=api, auth_endpoint=ks["auth_url"])
+km = key_manager.API(conf)
+alice, bob, rita = ctx("alice"), ctx("bob"), ctx("rita")
+
+creates, gets, key_ids = [], [], set()
+for _ in range(10):
+    t0 = time.perf_counter(); key_id = km.create_key(alice, algorithm="AES", length=256); creates.append(time.perf_counter() - t0)
+    key_ids.add(key_id)
+    t0 = time.perf_counter(); key = km.get(alice, key_id); gets.append(time.perf_counter() - t0)
+assert key.algorithm == "AES" and key.bit_length == 256 and len(key.get_encoded()) == 32
+
+# Castellan hands over private keys and certificates as DER; Barbican keeps them as PEM.
+rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+der_key = rsa_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "castellan")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(rsa_key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(rsa_key, hashes.SHA256()))
+der_cert = cert.public_bytes(serialization.Encoding.DER)
+stored = {
+    "symmetric": km.store(alice, symmetric_key.SymmetricKey("AES", 128, b"\x01" * 16)),
+    "passphrase": km.store(alice, passphrase.Passphrase(b"correct horse")),
+    # A str payload travels as text/plain and comes back as str, as with Barbican.
+    "text": km.store(alice, passphrase.Passphrase("battery staple")),
+    "private": km.store(alice, private_key.PrivateKey("RSA", 2048, der_key)),
+    "certificate": km.store(alice, x_509.X509(der_cert)),
+}
+assert km.get(alice, stored["symmetric"]).get_encoded() == b"\x01" * 16
+assert km.get(alice, stored["passphrase"]).get_encoded() == b"correct horse"
+assert km.get(alice, stored["text"]).get_encoded() == "battery staple"
+assert km.get(alice, stored["private"]).get_encoded() == der_key
+assert km.get(alice, stored["certificate"]).get_encoded() == der_cert
+# One page of Barbican's default size (10), oldest first: the project's first secret (stored
+# over plain HTTP before this script ran), then the first nine keys.
+listed = [o.id for o in km.list(alice)]
+assert len(listed) == 10 and len(set(listed[1:]) & key_ids) == 9, listed
+
+# Another project's user cannot read the key; a reader has what Barbican's policy gives: nothing.
+for who in (bob, rita):
+    try:
+        km.get(who, key_id)
+        raise SystemExit("a key was readable from the wrong user")
+    except exception.KeyManagerError:
+        pass
+try:
+    km.create_key(rita, algorithm="AES", length=256)
+    raise SystemExit("a reader created a key")
+except exception.KeyManagerError:
+    pass
+
+km.delete(alice, key_id)
+try:
+    km.get(alice, key_id)
+    raise SystemExit("a deleted key was readable")
+except exception.ManagedObjectNotFoundError:
+    pass
+print("castellan create_key median %.1f ms, get median %.1f ms"
+      % (statistics.median(creates) * 1000, statistics.median(gets) * 1000))
+"#;
+
+#[test]
+fn keystone_tokens_castellan_and_the_openstack_cli() {
+    let Some(venv) = keystone_venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ks_dir: PathBuf = dir.path().join("keystone");
+    harness(&venv, &["start", "--dir", ks_dir.to_str().unwrap()]);
+    let keystone = Keystone { venv: &venv, dir: ks_dir.clone() };
+    let ks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ks_dir.join("keystone.json")).unwrap())
+            .unwrap();
+    let auth_url = ks["auth_url"].as_str().unwrap().to_owned();
+    let password_file = dir.path().join("barbican-password");
+    std::fs::write(&password_file, "barbican-password\n").unwrap();
+    let stack = DevStack::start_with(
+        &dir.path().join("data"),
+        &[
+            "--keystone-url",
+            &auth_url,
+            "--keystone-user",
+            "barbican",
+            "--keystone-password-file",
+            password_file.to_str().unwrap(),
+        ],
+    );
+    let api = stack.api_url();
+    harness(&venv, &["catalog", "--dir", ks_dir.to_str().unwrap(), "--url", &api]);
+
+    // Discovery needs no token; everything under /v1 does.
+    assert_eq!(http("GET", &format!("{api}/"), &[], b"").status, 300);
+    for headers in [vec![], vec![("X-Auth-Token", "not-a-token")]] {
+        let r = http("GET", &format!("{api}/v1/secrets"), &headers, b"");
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some(format!("Keystone uri=\"{}\"", auth_url.trim_end_matches("/v3")).as_str())
+        );
+        assert_eq!(r.json()["title"], "Unauthorized");
+    }
+    // The no-auth headers mean nothing here.
+    let r = http(
+        "GET",
+        &format!("{api}/v1/secrets"),
+        &[("X-Project-Id", "anything"), ("X-Roles", "admin")],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+
+    let alice = token(&venv, &ks, "alice");
+    let bob = token(&venv, &ks, "bob");
+    let nova = token(&venv, &ks, "nova");
+    let a = |extra: &[(&'static str, &'static str)]| {
+        let mut h: Vec<(&str, &str)> = vec![("X-Auth-Token", alice.as_str())];
+        h.extend_from_slice(extra);
+        h
+    };
+    let r = http(
+        "POST",
+        &format!("{api}/v1/secrets"),
+        &a(&[("Content-Type", "application/json")]),
+        br#"{"payload": "alpha's", "payload_content_type": "text/plain"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let secret = r.json()["secret_ref"].as_str().unwrap().to_owned();
+    let r = http("GET", &format!("{secret}/payload"), &a(&[("Accept", "text/plain")]), b"");
+    assert_eq!(r.body, b"alpha's");
+    let meta = http("GET", &secret, &a(&[]), b"").json();
+    assert_eq!(meta["creator_id"], ks["users"]["alice"]["id"]);
+    assert_eq!(http("GET", &secret, &[("X-Auth-Token", bob.as_str())], b"").status, 403);
+
+    // Service tokens: accepted with the service role, refused without it.
+    let r = http(
+        "GET",
+        &secret,
+        &[("X-Auth-Token", alice.as_str()), ("X-Service-Token", nova.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let r = http(
+        "GET",
+        &secret,
+        &[("X-Auth-Token", alice.as_str()), ("X-Service-Token", bob.as_str())],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+
+    // A hot path costs no Keystone round trip: 100 metadata reads, no new validation.
+    let before = validations(&ks_dir);
+    for _ in 0..100 {
+        assert_eq!(http("GET", &secret, &a(&[]), b"").status, 200);
+    }
+    assert_eq!(validations(&ks_dir), before, "cached tokens must not be validated again");
+
+    // The real Castellan.
+    let ks_json = ks_dir.join("keystone.json");
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", CASTELLAN, &api])
+        .arg(&ks_json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("castellan"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", stdout.trim());
+
+    // The real openstack CLI, finding the appliance in the catalog.
+    let u = &ks["users"]["alice"];
+    let osc = |args: &[&str]| {
+        let out = Command::new(venv.join("bin/openstack"))
+            .args([
+                "--os-auth-url",
+                &auth_url,
+                "--os-identity-api-version",
+                "3",
+                "--os-username",
+                "alice",
+            ])
+            .args(["--os-password", u["password"].as_str().unwrap(), "--os-project-name", "alpha"])
+            .args(["--os-user-domain-id", "default", "--os-project-domain-id", "default"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openstack {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let href = osc(&[
+        "secret",
+        "store",
+        "--name",
+        "osc-secret",
+        "--payload",
+        "from osc",
+        "-f",
+        "value",
+        "-c",
+        "Secret href",
+    ]);
+    let href = href.trim();
+    assert!(href.starts_with(&api), "{href}");
+    assert_eq!(osc(&["secret", "get", "--payload", href, "-f", "value"]).trim(), "from osc");
+    assert_eq!(
+        osc(&["secret", "list", "--name", "osc-secret", "-f", "value", "-c", "Secret href"]).trim(),
+        href
+    );
+    osc(&["secret", "delete", href]);
+
+    // Revoked and expired tokens: 401 once Keystone says so.
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", SHORT_LIVED])
+        .arg(ks_dir.join("keystone.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = line.split_whitespace();
+    let (short, expires, revoked) =
+        (words.next().unwrap(), words.next().unwrap(), words.next().unwrap());
+    let expires: f64 = expires.parse().unwrap();
+    assert_eq!(http("GET", &secret, &[("X-Auth-Token", revoked)], b"").status, 401);
+    assert_eq!(http("GET", &secret, &[("X-Auth-Token", short)], b"").status, 200);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_secs_f64((expires - now).max(0.0) + 1.0));
+    let r = http("GET", &secret, &[("X-Auth-Token", short)], b"");
+    assert_eq!(r.status, 401, "an expired token, cached while valid, must be refused");
+    assert_eq!(r.json()["title"], "Unauthorized");
+
+    // Keystone goes away: validated tokens keep working, new ones get a 503.
+    keystone.stop();
+    assert_eq!(http("GET", &secret, &a(&[]), b"").status, 200);
+    let fresh = token_unvalidated();
+    let r = http("GET", &secret, &[("X-Auth-Token", fresh.as_str())], b"");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["title"], "Service Unavailable");
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+    // Each token costs one validation (Castellan trades its user token for a new one per client).
+    let line = log
+        .lines()
+        .find(|l| l.contains("Keystone token cache"))
+        .expect("the cache figures are logged at shutdown");
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (hits, misses) = (field("hits"), field("misses"));
+    assert!(hits >= 100 && hits >= 4 * misses, "{line}");
+    eprintln!(
+        "token cache: {hits} hits, {misses} misses ({:.1}% hits)",
+        100.0 * hits as f64 / (hits + misses) as f64
+    );
+}
+
+/// A token no appliance has seen (its validity cannot be checked without Keystone).
+fn token_unvalidated() -> String {
+    format!("gAAAAAB{}", "x".repeat(170))
+}
