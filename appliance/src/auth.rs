@@ -68,10 +68,10 @@ async fn by_token(keystone: &Keystone, headers: &HeaderMap) -> Result<Identity, 
     let Some(token) = header(headers, "x-auth-token") else {
         return Err(Box::new(unauthorized(keystone)));
     };
-    let (identity, _) = keystone.validate(token).await.map_err(refuse)?;
+    let identity = keystone.validate(token).await.map_err(refuse)?;
     if let Some(service) = header(headers, "x-service-token") {
-        let (_, roles) = keystone.validate(service).await.map_err(refuse)?;
-        if !roles.iter().any(|r| r == "service") {
+        let service = keystone.validate(service).await.map_err(refuse)?;
+        if !service.roles.iter().any(|r| r == "service") {
             tracing::info!("a service token without the service role was refused");
             return Err(Box::new(unauthorized(keystone)));
         }

@@ -76,7 +76,6 @@ pub enum TokenError {
 #[derive(Clone)]
 struct Cached {
     identity: Identity,
-    roles: Vec<String>,
     valid_until: i64,
 }
 
@@ -125,13 +124,13 @@ impl Keystone {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
-    /// The identity behind a user token, and its roles.
-    pub async fn validate(&self, token: &str) -> Result<(Identity, Vec<String>), TokenError> {
+    /// The identity behind a token: project, user, roles and scope.
+    pub async fn validate(&self, token: &str) -> Result<Identity, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = now_micros();
         if let Some(hit) = self.lock_cache().get(&key).filter(|c| c.valid_until > now).cloned() {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((hit.identity, hit.roles));
+            return Ok(hit.identity);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let body = match self.check(token).await? {
@@ -163,15 +162,11 @@ impl Keystone {
         let identity = Identity {
             project_id: project_id.unwrap_or_default(),
             user_id: t["user"]["id"].as_str().map(str::to_owned),
-            roles: roles.clone(),
+            roles,
             domain_id,
         };
         let ttl = i64::try_from(self.settings.cache_ttl.as_micros()).unwrap_or(i64::MAX);
-        let entry = Cached {
-            identity: identity.clone(),
-            roles: roles.clone(),
-            valid_until: expires.min(now + ttl),
-        };
+        let entry = Cached { identity: identity.clone(), valid_until: expires.min(now + ttl) };
         let mut cache = self.lock_cache();
         if cache.len() >= self.settings.cache_entries {
             // Full: drop what is stale, then (still full) the entry closest to expiry.
@@ -184,7 +179,7 @@ impl Keystone {
             }
         }
         cache.insert(key, entry);
-        Ok((identity, roles))
+        Ok(identity)
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
@@ -202,7 +197,7 @@ impl Keystone {
                 .header("x-subject-token", token)
                 .body(Full::new(Bytes::new()))
                 .map_err(|_| TokenError::Invalid)?;
-            let (status, body) = self.send(request).await?;
+            let (status, _, body) = self.send(request).await?;
             match status {
                 StatusCode::OK => {
                     return serde_json::from_slice(&body)
@@ -241,17 +236,11 @@ impl Keystone {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|_| TokenError::Invalid)?;
-        let response = tokio::time::timeout(s.timeout, self.http.request(request))
-            .await
-            .map_err(|_| TokenError::Unavailable("keystone timed out".into()))?
-            .map_err(|e| TokenError::Unavailable(format!("keystone: {e}")))?;
-        let status = response.status();
-        let token = response
-            .headers()
+        let (status, headers, body) = self.send(request).await?;
+        let token = headers
             .get("x-subject-token")
             .and_then(|v| v.to_str().ok())
             .map(|t| SecretString::from(t.to_owned()));
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let (Some(token), true) = (token, status == StatusCode::CREATED) else {
             tracing::error!(%status, user = %s.username, "keystone refused the appliance's service user");
             return Err(TokenError::Unavailable(format!("service user login failed: {status}")));
@@ -264,18 +253,21 @@ impl Keystone {
         Ok(token)
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), TokenError> {
+    /// One request to Keystone, within the configured time limit.
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), TokenError> {
         let response = tokio::time::timeout(self.settings.timeout, self.http.request(request))
             .await
             .map_err(|_| TokenError::Unavailable("keystone timed out".into()))?
             .map_err(|e| TokenError::Unavailable(format!("keystone: {e}")))?;
-        let status = response.status();
-        let body = response
-            .into_body()
+        let (parts, body) = response.into_parts();
+        let body = body
             .collect()
             .await
             .map(|b| b.to_bytes())
             .map_err(|e| TokenError::Unavailable(e.to_string()))?;
-        Ok((status, body))
+        Ok((parts.status, parts.headers, body))
     }
 }

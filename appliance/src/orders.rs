@@ -242,14 +242,7 @@ async fn key_order(app: &App, order: &OrderRow) -> Result<SecretRow, Failure> {
     let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;
     let aad = payload_aad(&order.project_id, &secret.id);
     let sealed = app.hsm.call(GenerateSymmetric { kek, bits, aad }).await?;
-    secret.payload = Some(StoredPayload {
-        content_type: content_type(&meta),
-        format: None,
-        kek_id,
-        ciphertext: sealed.ciphertext,
-        iv: sealed.iv.to_vec(),
-        tag: sealed.tag.to_vec(),
-    });
+    secret.payload = Some(StoredPayload::new(content_type(&meta), None, kek_id, sealed));
     Ok(secret)
 }
 
@@ -284,26 +277,16 @@ async fn asymmetric_order(
             aad: payload_aad(&order.project_id, &private.id),
         })
         .await?;
-    let sealed = pair.private_key_pkcs8;
-    private.payload = Some(StoredPayload {
-        content_type: content_type(&meta),
-        format: Some("pem:PRIVATE KEY".into()),
-        kek_id: kek_id.clone(),
-        ciphertext: sealed.ciphertext,
-        iv: sealed.iv.to_vec(),
-        tag: sealed.tag.to_vec(),
-    });
+    private.payload = Some(StoredPayload::new(
+        content_type(&meta),
+        Some("pem:PRIVATE KEY".into()),
+        kek_id.clone(),
+        pair.private_key_pkcs8,
+    ));
     let public_pem = pem("PUBLIC KEY", &pair.public_key_der);
     let sealed =
         app.hsm.seal(&kek, &public_pem, payload_aad(&order.project_id, &public.id)).await?;
-    public.payload = Some(StoredPayload {
-        content_type: content_type(&meta),
-        format: None,
-        kek_id,
-        ciphertext: sealed.ciphertext,
-        iv: sealed.iv.to_vec(),
-        tag: sealed.tag.to_vec(),
-    });
+    public.payload = Some(StoredPayload::new(content_type(&meta), None, kek_id, sealed));
     let now = now_micros();
     let container = ContainerRow {
         id: uuid::Uuid::new_v4().to_string(),

@@ -113,6 +113,25 @@ pub struct StoredPayload {
     pub tag: Vec<u8>,
 }
 
+impl StoredPayload {
+    /// A payload as the HSM sealed it under KEK `kek_id`.
+    pub fn new(
+        content_type: String,
+        format: Option<String>,
+        kek_id: String,
+        sealed: hsm_proxy_proto::op::Sealed,
+    ) -> StoredPayload {
+        StoredPayload {
+            content_type,
+            format,
+            kek_id,
+            ciphertext: sealed.ciphertext,
+            iv: sealed.iv.to_vec(),
+            tag: sealed.tag.to_vec(),
+        }
+    }
+}
+
 /// A comparison in a date filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compare {

@@ -5,7 +5,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{Kind, check_field, string};
-use super::secrets::{page_links, paging, representation_of, store_error};
+use super::secrets::{paged, paging, representation_of, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, secret_target};
 use crate::store::{SecretConsumerRow, SecretRow};
 use crate::timefmt::format_micros;
@@ -54,21 +54,14 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
                 .await
                 .map_err(|e| store_error(OP, &e))?;
             let items: Vec<Value> = rows.iter().map(consumer_json).collect();
-            let mut out = serde_json::Map::new();
-            let empty = items.is_empty();
-            out.insert("consumers".into(), Value::Array(items));
-            out.insert("total".into(), json!(total));
-            if !empty {
-                page_links(
-                    call,
-                    &format!("secrets/{}/consumers", secret.id),
-                    offset,
-                    limit,
-                    total,
-                    &mut out,
-                );
-            }
-            super::json(StatusCode::OK, Value::Object(out))
+            paged(
+                call,
+                "consumers",
+                &format!("secrets/{}/consumers", secret.id),
+                items,
+                (offset, limit),
+                total,
+            )
         }
         Method::POST => {
             const OP: &str = "SecretConsumer creation";

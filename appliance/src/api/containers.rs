@@ -6,7 +6,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{Kind, check_field, repr, string};
-use super::secrets::{page_links, paging, store_error};
+use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, entity_target, is_uuid4, parse_json, project_target};
 use crate::store::{ContainerRow, ContainerSecret};
 use crate::timefmt::{format_micros, now_micros};
@@ -226,14 +226,7 @@ async fn list(call: &Call<'_>) -> Outcome {
     for c in &rows {
         items.push(representation(call, c).await?);
     }
-    let mut out = serde_json::Map::new();
-    let empty = items.is_empty();
-    out.insert("containers".into(), Value::Array(items));
-    out.insert("total".into(), json!(total));
-    if !empty {
-        page_links(call, "containers", offset, limit, total, &mut out);
-    }
-    super::json(StatusCode::OK, Value::Object(out))
+    paged(call, "containers", "containers", items, (offset, limit), total)
 }
 
 /// `/v1/containers/{id}` and its sub-resources.
@@ -386,21 +379,14 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -
                 .iter()
                 .map(|k| json!({"name": k.name, "URL": k.url, "created": format_micros(k.created), "updated": format_micros(k.updated), "status": "ACTIVE"}))
                 .collect();
-            let mut out = serde_json::Map::new();
-            let empty = items.is_empty();
-            out.insert("consumers".into(), Value::Array(items));
-            out.insert("total".into(), json!(total));
-            if !empty {
-                page_links(
-                    call,
-                    &format!("containers/{}/consumers", c.id),
-                    offset,
-                    limit,
-                    total,
-                    &mut out,
-                );
-            }
-            super::json(StatusCode::OK, Value::Object(out))
+            paged(
+                call,
+                "consumers",
+                &format!("containers/{}/consumers", c.id),
+                items,
+                (offset, limit),
+                total,
+            )
         }
         Method::POST => {
             const OP: &str = "ContainerConsumer creation";

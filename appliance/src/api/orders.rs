@@ -6,7 +6,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::{Kind, check_field, repr, string};
-use super::secrets::{page_links, paging, store_error};
+use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
 use crate::store::{OrderRow, OrderStatus};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
@@ -74,14 +74,7 @@ async fn list(call: &Call<'_>) -> Outcome {
         .await
         .map_err(|e| store_error(OP, &e))?;
     let items: Vec<Value> = rows.iter().map(|o| representation(call, o)).collect();
-    let mut out = Map::new();
-    let empty = items.is_empty();
-    out.insert("orders".into(), Value::Array(items));
-    out.insert("total".into(), json!(total));
-    if !empty {
-        page_links(call, "orders", offset, limit, total, &mut out);
-    }
-    super::json(StatusCode::OK, Value::Object(out))
+    paged(call, "orders", "orders", items, (offset, limit), total)
 }
 
 async fn create(call: &Call<'_>) -> Outcome {

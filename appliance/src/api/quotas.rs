@@ -5,7 +5,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::repr;
-use super::secrets::{paging, store_error};
+use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
 use crate::store::{QUOTA_RESOURCES, QuotaRow};
 
@@ -84,15 +84,8 @@ pub(crate) async fn project(call: &Call<'_>, project_id: Option<&str>) -> Outcom
                 .iter()
                 .map(|q: &QuotaRow| json!({"project_id": q.project_id, "project_quotas": values_json(&q.values)}))
                 .collect();
-            let mut out = Map::new();
-            let empty = items.is_empty();
-            out.insert("project_quotas".into(), Value::Array(items));
-            out.insert("total".into(), json!(total));
-            if !empty {
-                // Barbican's links name the collection `project_quotas` (the route has a dash).
-                super::secrets::page_links(call, "project_quotas", offset, limit, total, &mut out);
-            }
-            super::json(StatusCode::OK, Value::Object(out))
+            // Barbican's links name the collection `project_quotas` (the route has a dash).
+            paged(call, "project_quotas", "project_quotas", items, (offset, limit), total)
         }
         (None, _) => Err(ApiError::method_not_allowed("GET")),
         (Some(pid), Method::GET) => {

@@ -367,14 +367,7 @@ async fn seal(
         .seal(&kek, bytes, payload_aad(&row.project_id, &row.id))
         .await
         .map_err(|e| hsm_error(operation, &e))?;
-    Ok(StoredPayload {
-        content_type: content_type.to_owned(),
-        format: None,
-        kek_id,
-        ciphertext: sealed.ciphertext,
-        iv: sealed.iv.to_vec(),
-        tag: sealed.tag.to_vec(),
-    })
+    Ok(StoredPayload::new(content_type.to_owned(), None, kek_id, sealed))
 }
 
 /// `GET /v1/secrets/{id}`: metadata, or (any Accept but JSON) the legacy payload path.
@@ -570,8 +563,28 @@ pub(crate) fn paging(call: &Call<'_>) -> (i64, i64) {
     (offset, limit)
 }
 
+/// One page of a collection, as every Barbican list answers: `{key: items, "total": N}`, plus
+/// `next`/`previous` links to `/v1/{collection}` unless the page is empty.
+pub(crate) fn paged(
+    call: &Call<'_>,
+    key: &str,
+    collection: &str,
+    items: Vec<Value>,
+    (offset, limit): (i64, i64),
+    total: i64,
+) -> Outcome {
+    let mut out = serde_json::Map::new();
+    let empty = items.is_empty();
+    out.insert(key.into(), Value::Array(items));
+    out.insert("total".into(), json!(total));
+    if !empty {
+        page_links(call, collection, offset, limit, total, &mut out);
+    }
+    super::json(StatusCode::OK, Value::Object(out))
+}
+
 /// `next`/`previous` links: `?limit=L&offset=O` then the other parameters as sent.
-pub(crate) fn page_links(
+fn page_links(
     call: &Call<'_>,
     collection: &str,
     offset: i64,
@@ -647,14 +660,7 @@ pub(crate) async fn list(call: &Call<'_>) -> Outcome {
     for s in &secrets {
         items.push(representation_of(call, s, false).await?);
     }
-    let mut out = serde_json::Map::new();
-    let empty = items.is_empty();
-    out.insert("secrets".into(), Value::Array(items));
-    out.insert("total".into(), json!(total));
-    if !empty {
-        page_links(call, "secrets", offset, limit, total, &mut out);
-    }
-    super::json(StatusCode::OK, Value::Object(out))
+    paged(call, "secrets", "secrets", items, (offset, limit), total)
 }
 
 /// `gt:T,lte:T`-style filters; `None` for a combination Barbican refuses.

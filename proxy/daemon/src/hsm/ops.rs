@@ -143,36 +143,41 @@ fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Seal
     seal(cx.session, kek.handle, &key, &op.aad)
 }
 
-fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair, Failure> {
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
-    let (mechanism, mut public_template, kind) = match op.spec {
-        KeyPairSpec::Rsa2048 | KeyPairSpec::Rsa3072 | KeyPairSpec::Rsa4096 => {
-            let bits: u64 = match op.spec {
-                KeyPairSpec::Rsa2048 => 2048,
-                KeyPairSpec::Rsa3072 => 3072,
-                _ => 4096,
-            };
-            let template = vec![
-                Attribute::ModulusBits(bits.into()),
-                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
-            ];
-            (Mechanism::RsaPkcsKeyPairGen, template, WrappedKeyKind::RsaPrivate)
-        }
-        KeyPairSpec::EcP256 | KeyPairSpec::EcP384 => {
-            let oid = if op.spec == KeyPairSpec::EcP256 { der::OID_P256 } else { der::OID_P384 };
-            (
-                Mechanism::EccKeyPairGen,
-                vec![Attribute::EcParams(oid.to_vec())],
-                WrappedKeyKind::EcPrivate,
-            )
-        }
+/// The algorithm family of a generated pair; an EC pair carries its curve.
+enum PairKind {
+    Rsa,
+    Ec { oid: &'static [u8], scalar_len: usize },
+}
+
+/// Generates a session key pair of `spec`. Its private key is sensitive unless `readable`:
+/// a sealed pair's private key is read out once, because the client is to receive it.
+fn generate_pair<'s>(
+    cx: &OpContext<'s>,
+    spec: KeyPairSpec,
+    readable: bool,
+) -> Result<(TempObject<'s>, TempObject<'s>, PairKind), Failure> {
+    let rsa = |bits: u64| {
+        let template =
+            vec![Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![1, 0, 1])];
+        (Mechanism::RsaPkcsKeyPairGen, template, PairKind::Rsa)
+    };
+    let ec = |oid: &'static [u8], scalar_len| {
+        let template = vec![Attribute::EcParams(oid.to_vec())];
+        (Mechanism::EccKeyPairGen, template, PairKind::Ec { oid, scalar_len })
+    };
+    let (mechanism, mut public_template, kind) = match spec {
+        KeyPairSpec::Rsa2048 => rsa(2048),
+        KeyPairSpec::Rsa3072 => rsa(3072),
+        KeyPairSpec::Rsa4096 => rsa(4096),
+        KeyPairSpec::EcP256 => ec(der::OID_P256, 32),
+        KeyPairSpec::EcP384 => ec(der::OID_P384, 48),
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     };
     public_template.extend([Attribute::Token(false), Attribute::Verify(true)]);
     let private_template = [
         Attribute::Token(false),
         Attribute::Private(true),
-        Attribute::Sensitive(true),
+        Attribute::Sensitive(!readable),
         Attribute::Extractable(true),
         Attribute::Sign(true),
     ];
@@ -180,14 +185,28 @@ fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair
         .session
         .generate_key_pair(&mechanism, &public_template, &private_template)
         .at(Step::Other)?;
-    let public = temp(cx.session, public);
-    let private = temp(cx.session, private);
+    Ok((temp(cx.session, public), temp(cx.session, private), kind))
+}
+
+/// An EC public key's CKA_EC_POINT, as the HSM returns it.
+fn ec_point_of(cx: &OpContext<'_>, public: &TempObject<'_>) -> Result<Vec<u8>, Failure> {
+    let attrs =
+        cx.session.get_attributes(public.handle, &[AttributeType::EcPoint]).at(Step::Other)?;
+    let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
+        return Err(Failure::Status(Status::HsmFailure));
+    };
+    Ok(point)
+}
+
+fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair, Failure> {
+    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let (public, private, pair) = generate_pair(cx, op.spec, false)?;
     let blob = cx
         .session
         .wrap_key(&Mechanism::AesKeyWrapPad, kek.handle, private.handle)
         .at(Step::Other)?;
-    let public_key_der = match kind {
-        WrappedKeyKind::RsaPrivate => {
+    let (kind, public_key_der) = match pair {
+        PairKind::Rsa => {
             let attrs = cx
                 .session
                 .get_attributes(
@@ -206,18 +225,11 @@ fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair
             let (Some(n), Some(e)) = (n, e) else {
                 return Err(Failure::Status(Status::HsmFailure));
             };
-            der::rsa_spki(&n, &e)
+            (WrappedKeyKind::RsaPrivate, der::rsa_spki(&n, &e))
         }
-        _ => {
-            let attrs = cx
-                .session
-                .get_attributes(public.handle, &[AttributeType::EcPoint])
-                .at(Step::Other)?;
-            let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
-                return Err(Failure::Status(Status::HsmFailure));
-            };
-            let oid = if op.spec == KeyPairSpec::EcP256 { der::OID_P256 } else { der::OID_P384 };
-            der::ec_spki(oid, der::ec_point(&point))
+        PairKind::Ec { oid, .. } => {
+            let point = ec_point_of(cx, &public)?;
+            (WrappedKeyKind::EcPrivate, der::ec_spki(oid, der::ec_point(&point)))
         }
     };
     Ok(KeyPair { private_key: WrappedKey { kind, blob }, public_key_der })
@@ -230,83 +242,54 @@ fn generate_key_pair_sealed(
     op: &GenerateKeyPairSealed,
 ) -> Result<SealedKeyPair, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
-    let rsa_bits: Option<u64> = match op.spec {
-        KeyPairSpec::Rsa2048 => Some(2048),
-        KeyPairSpec::Rsa3072 => Some(3072),
-        KeyPairSpec::Rsa4096 => Some(4096),
-        KeyPairSpec::EcP256 | KeyPairSpec::EcP384 => None,
-        _ => return Err(Failure::Status(Status::InvalidArgument)),
-    };
-    let (curve_oid, scalar_len) =
-        if op.spec == KeyPairSpec::EcP384 { (der::OID_P384, 48) } else { (der::OID_P256, 32) };
-    let (mechanism, mut public_template) = match rsa_bits {
-        Some(bits) => (
-            Mechanism::RsaPkcsKeyPairGen,
-            vec![Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![1, 0, 1])],
-        ),
-        None => (Mechanism::EccKeyPairGen, vec![Attribute::EcParams(curve_oid.to_vec())]),
-    };
-    public_template.extend([Attribute::Token(false), Attribute::Verify(true)]);
-    // Readable once, because the client is to receive it; it lives only as long as this call.
-    let private_template = [
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(false),
-        Attribute::Extractable(true),
-        Attribute::Sign(true),
-    ];
-    let (public, private) = cx
-        .session
-        .generate_key_pair(&mechanism, &public_template, &private_template)
-        .at(Step::Other)?;
-    let public = temp(cx.session, public);
-    let private = temp(cx.session, private);
-    let (pkcs8, public_key_der) = if rsa_bits.is_some() {
-        let types = [
-            AttributeType::Modulus,
-            AttributeType::PublicExponent,
-            AttributeType::PrivateExponent,
-            AttributeType::Prime1,
-            AttributeType::Prime2,
-            AttributeType::Exponent1,
-            AttributeType::Exponent2,
-            AttributeType::Coefficient,
-        ];
-        let attrs = cx.session.get_attributes(private.handle, &types).at(Step::Other)?;
-        let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(8);
-        for attr in attrs {
-            let value = match attr {
-                Attribute::Modulus(v)
-                | Attribute::PublicExponent(v)
-                | Attribute::PrivateExponent(v)
-                | Attribute::Prime1(v)
-                | Attribute::Prime2(v)
-                | Attribute::Exponent1(v)
-                | Attribute::Exponent2(v)
-                | Attribute::Coefficient(v) => v,
-                _ => return Err(Failure::Status(Status::HsmFailure)),
+    let (public, private, pair) = generate_pair(cx, op.spec, true)?;
+    let (pkcs8, public_key_der) = match pair {
+        PairKind::Rsa => {
+            let types = [
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+                AttributeType::PrivateExponent,
+                AttributeType::Prime1,
+                AttributeType::Prime2,
+                AttributeType::Exponent1,
+                AttributeType::Exponent2,
+                AttributeType::Coefficient,
+            ];
+            let attrs = cx.session.get_attributes(private.handle, &types).at(Step::Other)?;
+            let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(8);
+            for attr in attrs {
+                let value = match attr {
+                    Attribute::Modulus(v)
+                    | Attribute::PublicExponent(v)
+                    | Attribute::PrivateExponent(v)
+                    | Attribute::Prime1(v)
+                    | Attribute::Prime2(v)
+                    | Attribute::Exponent1(v)
+                    | Attribute::Exponent2(v)
+                    | Attribute::Coefficient(v) => v,
+                    _ => return Err(Failure::Status(Status::HsmFailure)),
+                };
+                parts.push(Zeroizing::new(value));
+            }
+            let [n, e, d, p, q, dp, dq, qi] = parts.as_slice() else {
+                return Err(Failure::Status(Status::HsmFailure));
             };
-            parts.push(Zeroizing::new(value));
+            let pkcs8 = der::rsa_pkcs8([n, e, d, p, q, dp, dq, qi]);
+            (pkcs8, der::rsa_spki(n, e))
         }
-        let [n, e, d, p, q, dp, dq, qi] = parts.as_slice() else {
-            return Err(Failure::Status(Status::HsmFailure));
-        };
-        let pkcs8 = der::rsa_pkcs8([n, e, d, p, q, dp, dq, qi]);
-        (pkcs8, der::rsa_spki(n, e))
-    } else {
-        let value =
-            cx.session.get_attributes(private.handle, &[AttributeType::Value]).at(Step::Other)?;
-        let Some(Attribute::Value(scalar)) = value.into_iter().next() else {
-            return Err(Failure::Status(Status::HsmFailure));
-        };
-        let scalar = Zeroizing::new(scalar);
-        let attrs =
-            cx.session.get_attributes(public.handle, &[AttributeType::EcPoint]).at(Step::Other)?;
-        let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
-            return Err(Failure::Status(Status::HsmFailure));
-        };
-        let point = der::ec_point(&point);
-        (der::ec_pkcs8(curve_oid, scalar_len, &scalar, point), der::ec_spki(curve_oid, point))
+        PairKind::Ec { oid, scalar_len } => {
+            let value = cx
+                .session
+                .get_attributes(private.handle, &[AttributeType::Value])
+                .at(Step::Other)?;
+            let Some(Attribute::Value(scalar)) = value.into_iter().next() else {
+                return Err(Failure::Status(Status::HsmFailure));
+            };
+            let scalar = Zeroizing::new(scalar);
+            let point = ec_point_of(cx, &public)?;
+            let point = der::ec_point(&point);
+            (der::ec_pkcs8(oid, scalar_len, &scalar, point), der::ec_spki(oid, point))
+        }
     };
     drop(private);
     let private_key_pkcs8 = seal(cx.session, kek.handle, &pkcs8, &op.aad)?;
