@@ -1,9 +1,11 @@
 //! `appliance dev`: the whole appliance on one machine, from nothing.
 //!
-//! Under the data directory it keeps a SoftHSM2 token (PIN generated once, mode 0600), the
-//! mTLS PKI, a proxy configuration and the SQLite database; it runs `hsm-proxy` as a child
-//! process (the appliance itself links no PKCS#11 code) and serves the API. A second start
-//! reuses everything. `dev.json` says where each piece is.
+//! Under the data directory it keeps the HSM's token (firmware-sim by default, run as a
+//! `fwsim` child process; or SoftHSM2; or any PKCS#11 module), its PIN (generated once, mode
+//! 0600), the mTLS PKI, a proxy configuration and the SQLite database; it runs `hsm-proxy` as
+//! a child process (the appliance itself links no PKCS#11 code) and serves the API. A second
+//! start reuses everything. `dev.json` says where each piece is, including the module and
+//! environment that point `pkcs11-tool` or `hsm-bench` at the very token in use.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct DevOptions {
     pub proxy_bin: Option<PathBuf>,
     /// Keystone identity instead of no-auth.
     pub keystone: Option<crate::config::KeystoneConfig>,
+    /// The HSM.
+    pub hsm: HsmChoice,
 }
 
 /// The HSM half of the appliance under a data directory: a SoftHSM2 token, the mTLS PKI, and
@@ -61,13 +65,18 @@ pub struct HsmStack {
     pub proxy_config: PathBuf,
     dir: PathBuf,
     bin: PathBuf,
-    token: SoftHsmToken,
+    token: Token,
     proxy: Option<ProxyProcess>,
 }
 
 impl HsmStack {
-    /// Prepares (or reuses) the token and PKI under `dir` and starts the proxy.
-    pub async fn start(dir: &Path, proxy_bin: Option<&Path>) -> Result<HsmStack> {
+    /// Prepares (or reuses) the token and PKI under `dir` and starts the proxy (and the
+    /// simulator, when it is the HSM).
+    pub async fn start(
+        dir: &Path,
+        proxy_bin: Option<&Path>,
+        choice: &HsmChoice,
+    ) -> Result<HsmStack> {
         let pki_dir = dir.join("pki");
         let pki = if pki_dir.join("ca.pem").exists() {
             Bundle::in_dir(&pki_dir)
@@ -75,10 +84,20 @@ impl HsmStack {
             tracing::info!(dir = %pki_dir.display(), "issuing the mTLS PKI");
             write_bundle(&pki_dir, &["hsm-proxy", "localhost", "127.0.0.1"], "appliance")?
         };
-        let token = SoftHsmToken::prepare(&dir.join("softhsm")).await?;
-        let bin = find_proxy_binary(proxy_bin)?;
-        let proxy_config = write_proxy_config(dir, &pki, &token, "127.0.0.1:0")?;
-        let proxy = start_proxy(&bin, &proxy_config, dir, &token).await?;
+        let mut token = Token::prepare(dir, choice).await?;
+        let started = async {
+            let bin = find_binary("hsm-proxy", proxy_bin)?;
+            let proxy_config = write_proxy_config(dir, &pki, &token, "127.0.0.1:0")?;
+            let proxy = start_proxy(&bin, &proxy_config, dir, &token).await?;
+            Ok::<_, Error>((bin, proxy_config, proxy))
+        };
+        let (bin, proxy_config, proxy) = match started.await {
+            Ok(started) => started,
+            Err(e) => {
+                token.stop().await;
+                return Err(e);
+            }
+        };
         Ok(HsmStack {
             pki,
             proxy_addr: proxy.listen,
@@ -94,8 +113,24 @@ impl HsmStack {
     /// Stops the proxy (SIGTERM, then SIGKILL after a grace period).
     pub async fn stop_proxy(&mut self) {
         if let Some(mut proxy) = self.proxy.take() {
-            proxy.stop().await;
+            terminate(&mut proxy.child, "hsm-proxy").await;
         }
+    }
+
+    /// Stops the proxy, then the simulator if it is the HSM.
+    pub async fn stop(&mut self) {
+        self.stop_proxy().await;
+        self.token.stop().await;
+    }
+
+    /// The simulator's endpoint (`unix:/path`), when it is the HSM.
+    pub fn simulator_endpoint(&self) -> Option<&str> {
+        self.token.device.as_ref().map(|d| d.endpoint.as_str())
+    }
+
+    /// The simulator's fault file, when it is the HSM.
+    pub fn simulator_fault_file(&self) -> Option<&Path> {
+        self.token.device.as_ref().map(|d| d.fault_file.as_path())
     }
 
     /// Starts the proxy again on the same address, as an operator restarting it would.
@@ -161,13 +196,7 @@ impl HsmStack {
                 "proxy_cert": self.pki.proxy_cert,
                 "proxy_key": self.pki.proxy_key,
             },
-            "hsm": {
-                "kind": "softhsm2",
-                "pkcs11_module": self.token.module,
-                "env": {"SOFTHSM2_CONF": self.token.conf},
-                "token_label": TOKEN_LABEL,
-                "pin_file": self.token.pin_file,
-            },
+            "hsm": self.token.describe(),
             "metrics_urls": metrics.into_iter().collect::<Vec<_>>(),
         })
     }
@@ -181,7 +210,7 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
     };
     std::fs::create_dir_all(&options.data_dir).map_err(io(&options.data_dir))?;
     let dir = options.data_dir.canonicalize().map_err(io(&options.data_dir))?;
-    let mut stack = HsmStack::start(&dir, options.proxy_bin.as_deref()).await?;
+    let mut stack = HsmStack::start(&dir, options.proxy_bin.as_deref(), &options.hsm).await?;
     let database = format!("sqlite://{}", dir.join("appliance.db").display());
     let mut config = stack.appliance_config(options.listen, database);
     if let Some(keystone) = options.keystone {
@@ -192,14 +221,14 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
     let app = match crate::build(&config).await {
         Ok(app) => app,
         Err(e) => {
-            stack.stop_proxy().await;
+            stack.stop().await;
             return Err(e);
         }
     };
     let listener = match TcpListener::bind(options.listen).await {
         Ok(l) => l,
         Err(e) => {
-            stack.stop_proxy().await;
+            stack.stop().await;
             return Err(Error::Network(e));
         }
     };
@@ -218,26 +247,202 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
         "Barbican API   http://{api}  (no-auth: send X-Project-Id and X-Roles: member,reader)"
     );
     println!("hsm-proxy      {}  (metrics {metrics})", stack.proxy_addr);
+    println!(
+        "HSM            {} token {:?} via {}",
+        stack.token.kind,
+        stack.token.label,
+        stack.token.module.display()
+    );
     println!("data           {}  (everything is listed in {})", dir.display(), dev_json.display());
     tracing::info!(api = %api, data = %dir.display(), "appliance dev stack ready");
 
     crate::server::serve(listener, app.clone(), shutdown).await;
     app.store().close().await;
-    stack.stop_proxy().await;
+    stack.stop().await;
     let _ = std::fs::remove_file(&dev_json);
     Ok(())
 }
 
-/// A SoftHSM2 token kept under the data directory.
-#[derive(Debug)]
-struct SoftHsmToken {
-    conf: PathBuf,
-    pin_file: PathBuf,
-    module: PathBuf,
+/// Which HSM `appliance dev` runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HsmChoice {
+    /// firmware-sim, as a child process (`fwsim serve`), with this latency profile.
+    Sim {
+        /// A built-in profile name or a profile file.
+        profile: String,
+    },
+    /// A SoftHSM2 token initialised under the data directory.
+    SoftHsm2,
+    /// Any PKCS#11 module whose token is already initialised.
+    Pkcs11 {
+        /// The module.
+        module: PathBuf,
+        /// The token's label.
+        token_label: String,
+        /// A file holding the user PIN.
+        pin_file: PathBuf,
+    },
 }
 
-impl SoftHsmToken {
-    async fn prepare(dir: &Path) -> Result<SoftHsmToken> {
+impl Default for HsmChoice {
+    fn default() -> Self {
+        HsmChoice::Sim { profile: "ideal".into() }
+    }
+}
+
+/// The token the proxy uses, and the simulator behind it if there is one.
+#[derive(Debug)]
+struct Token {
+    kind: &'static str,
+    module: PathBuf,
+    /// The variable that configures the module, and its value.
+    env: Option<(&'static str, PathBuf)>,
+    label: String,
+    pin_file: PathBuf,
+    device: Option<SimDevice>,
+}
+
+/// A `fwsim serve` child process.
+#[derive(Debug)]
+struct SimDevice {
+    child: Child,
+    endpoint: String,
+    profile: String,
+    state: PathBuf,
+    fault_file: PathBuf,
+    log: PathBuf,
+}
+
+impl Token {
+    async fn prepare(dir: &Path, choice: &HsmChoice) -> Result<Token> {
+        match choice {
+            HsmChoice::Sim { profile } => Token::simulator(&dir.join("fwsim"), profile).await,
+            HsmChoice::SoftHsm2 => Token::softhsm(&dir.join("softhsm")).await,
+            HsmChoice::Pkcs11 { module, token_label, pin_file } => {
+                if !module.exists() {
+                    return Err(Error::Dev(format!("no PKCS#11 module at {}", module.display())));
+                }
+                if !pin_file.exists() {
+                    return Err(Error::Dev(format!("no PIN file at {}", pin_file.display())));
+                }
+                Ok(Token {
+                    kind: "pkcs11",
+                    module: module.clone(),
+                    env: None,
+                    label: token_label.clone(),
+                    pin_file: pin_file.clone(),
+                    device: None,
+                })
+            }
+        }
+    }
+
+    fn env(&self, command: &mut Command) {
+        if let Some((name, value)) = &self.env {
+            command.env(name, value);
+        }
+    }
+
+    async fn simulator(dir: &Path, profile: &str) -> Result<Token> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let fwsim = find_binary("fwsim", None)?;
+        let module = find_module("libfirmware_sim_pkcs11.so")?;
+        let socket = dir.join("fwsim.sock");
+        if socket.as_os_str().len() > 100 {
+            return Err(Error::Dev(format!(
+                "the data directory's path is too long for a Unix socket ({}); use a shorter --data-dir",
+                socket.display()
+            )));
+        }
+        let endpoint = format!("unix:{}", socket.display());
+        let state = dir.join("state");
+        let fault_file = dir.join("faults.toml");
+        let log = dir.join("fwsim.log");
+        let ready = dir.join("fwsim-ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log_file = std::fs::File::create(&log).map_err(io(&log))?;
+        let mut child = Command::new(&fwsim)
+            .args(["serve", "--listen", &endpoint, "--profile", profile, "--state"])
+            .arg(&state)
+            .arg("--fault-file")
+            .arg(&fault_file)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Dev(format!("cannot start {}: {e}", fwsim.display())))?;
+        let started = Instant::now();
+        while !ready.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(Error::Dev(format!("fwsim exited ({status}):\n{text}")));
+            }
+            if started.elapsed() > PROXY_START {
+                let _ = child.kill().await;
+                return Err(Error::Dev(format!("fwsim did not start; see {}", log.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pin_file = dir.join("user-pin");
+        let initialised = dir.join("initialised");
+        if !initialised.exists() {
+            let so_pin_file = dir.join("so-pin");
+            write_private(&pin_file, &random_secret())?;
+            write_private(&so_pin_file, &random_secret())?;
+            let out = Command::new(&fwsim)
+                .args([
+                    "init-token",
+                    "--device",
+                    &endpoint,
+                    "--label",
+                    TOKEN_LABEL,
+                    "--so-pin-file",
+                ])
+                .arg(&so_pin_file)
+                .arg("--pin-file")
+                .arg(&pin_file)
+                .output()
+                .await
+                .map_err(|e| Error::Dev(format!("cannot run {}: {e}", fwsim.display())))?;
+            if !out.status.success() {
+                let _ = child.kill().await;
+                return Err(Error::Dev(format!(
+                    "fwsim init-token failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            std::fs::write(&initialised, b"").map_err(io(&initialised))?;
+            tracing::info!(label = TOKEN_LABEL, "firmware-sim token initialised");
+        }
+        let conf = dir.join("pkcs11.toml");
+        let text =
+            format!("# Written by `appliance dev` at every start.\ndevice = \"{endpoint}\"\n");
+        std::fs::write(&conf, text).map_err(io(&conf))?;
+        tracing::info!(%endpoint, profile, "firmware-sim started");
+        Ok(Token {
+            kind: "firmware-sim",
+            module,
+            env: Some(("FWSIM_PKCS11_CONF", conf)),
+            label: TOKEN_LABEL.into(),
+            pin_file,
+            device: Some(SimDevice {
+                child,
+                endpoint,
+                profile: profile.to_owned(),
+                state,
+                fault_file,
+                log,
+            }),
+        })
+    }
+
+    async fn softhsm(dir: &Path) -> Result<Token> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
@@ -287,7 +492,45 @@ impl SoftHsmToken {
             std::fs::write(&initialised, b"").map_err(io(&initialised))?;
             tracing::info!(label = TOKEN_LABEL, "SoftHSM2 token initialised");
         }
-        Ok(SoftHsmToken { conf, pin_file, module })
+        Ok(Token {
+            kind: "softhsm2",
+            module,
+            env: Some(("SOFTHSM2_CONF", conf)),
+            label: TOKEN_LABEL.into(),
+            pin_file,
+            device: None,
+        })
+    }
+
+    /// What `dev.json` says of the HSM.
+    fn describe(&self) -> serde_json::Value {
+        let env: serde_json::Map<String, serde_json::Value> =
+            self.env.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        let device = self.device.as_ref().map(|d| {
+            json!({
+                "endpoint": d.endpoint,
+                "profile": d.profile,
+                "state_file": d.state,
+                "fault_file": d.fault_file,
+                "log": d.log,
+                "pid": d.child.id(),
+            })
+        });
+        json!({
+            "kind": self.kind,
+            "pkcs11_module": self.module,
+            "env": env,
+            "token_label": self.label,
+            "pin_file": self.pin_file,
+            "device": device,
+        })
+    }
+
+    /// Stops the simulator, if one runs.
+    async fn stop(&mut self) {
+        if let Some(mut device) = self.device.take() {
+            terminate(&mut device.child, "fwsim").await;
+        }
     }
 }
 
@@ -309,12 +552,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
-fn write_proxy_config(
-    dir: &Path,
-    pki: &Bundle,
-    token: &SoftHsmToken,
-    listen: &str,
-) -> Result<PathBuf> {
+fn write_proxy_config(dir: &Path, pki: &Bundle, token: &Token, listen: &str) -> Result<PathBuf> {
     let text = format!(
         r#"# Written by `appliance dev` at every start.
 [server]
@@ -339,7 +577,7 @@ lock_memory = "preferred"
         cert = pki.proxy_cert.display(),
         key = pki.proxy_key.display(),
         module = token.module.display(),
-        label = TOKEN_LABEL,
+        label = token.label,
         pin = token.pin_file.display(),
     );
     let path = dir.join("proxy.toml");
@@ -347,28 +585,34 @@ lock_memory = "preferred"
     Ok(path)
 }
 
-fn find_proxy_binary(given: Option<&Path>) -> Result<PathBuf> {
+/// A file next to this binary; for test binaries (target/*/deps/), one directory up.
+fn beside_this_binary(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    exe.ancestors().skip(1).take(2).map(|dir| dir.join(name)).find(|p| p.exists())
+}
+
+fn find_binary(name: &str, given: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.to_owned());
     }
-    // Next to this binary; for test binaries (target/*/deps/) one directory up.
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            let path = dir.join("hsm-proxy");
-            if path.exists() {
-                return Ok(path);
-            }
-        }
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join("hsm-proxy")).find(|p| p.exists())
-    });
-    on_path.ok_or_else(|| {
-        Error::Dev(
-            "hsm-proxy binary not found next to this binary or on PATH; build the workspace \
-             (`cargo build --release`) or pass --proxy-bin"
-                .into(),
-        )
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.exists())
+        })
+    };
+    beside_this_binary(name).or_else(on_path).ok_or_else(|| {
+        Error::Dev(format!(
+            "{name} not found next to this binary or on PATH; build the workspace \
+             (`cargo build --release`)"
+        ))
+    })
+}
+
+fn find_module(name: &str) -> Result<PathBuf> {
+    beside_this_binary(name).ok_or_else(|| {
+        Error::Dev(format!(
+            "{name} not found next to this binary; build the workspace (`cargo build --release`)"
+        ))
     })
 }
 
@@ -380,15 +624,11 @@ struct ProxyProcess {
     metrics: Option<SocketAddr>,
 }
 
-async fn start_proxy(
-    bin: &Path,
-    config: &Path,
-    dir: &Path,
-    token: &SoftHsmToken,
-) -> Result<ProxyProcess> {
+async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Result<ProxyProcess> {
     let log_path = dir.join("proxy.log");
-    let out = Command::new(bin)
-        .env("SOFTHSM2_CONF", &token.conf)
+    let mut init = Command::new(bin);
+    token.env(&mut init);
+    let out = init
         .args(["init-token", "--config"])
         .arg(config)
         .output()
@@ -404,8 +644,9 @@ async fn start_proxy(
     let _ = std::fs::remove_file(&ready);
     let log = std::fs::File::create(&log_path)
         .map_err(|source| Error::Io { path: log_path.clone(), source })?;
-    let mut child = Command::new(bin)
-        .env("SOFTHSM2_CONF", &token.conf)
+    let mut serve = Command::new(bin);
+    token.env(&mut serve);
+    let mut child = serve
         .args(["serve", "--config"])
         .arg(config)
         .arg("--ready-file")
@@ -440,21 +681,19 @@ async fn start_proxy(
     }
 }
 
-impl ProxyProcess {
-    /// SIGTERM, then wait (SIGKILL after a grace period).
-    async fn stop(&mut self) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
-            Ok(_) => tracing::info!("hsm-proxy stopped"),
-            Err(_) => {
-                tracing::warn!("hsm-proxy did not stop in time; killing it");
-                let _ = self.child.kill().await;
-            }
+/// SIGTERM, then wait (SIGKILL after a grace period).
+async fn terminate(child: &mut Child, name: &str) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(_) => tracing::info!("{name} stopped"),
+        Err(_) => {
+            tracing::warn!("{name} did not stop in time; killing it");
+            let _ = child.kill().await;
         }
     }
 }

@@ -28,9 +28,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the whole appliance on this machine: a SoftHSM2 token, an hsm-proxy, a fresh mTLS
-    /// PKI, SQLite, and the API; a second start reuses the same data.
+    /// Run the whole appliance on this machine: an HSM (firmware-sim by default), an
+    /// hsm-proxy, a fresh mTLS PKI, SQLite, and the API; a second start reuses the same data.
     Dev {
+        /// The HSM: `sim` (firmware-sim), `softhsm2` (a token under the data directory), or
+        /// `pkcs11:/path/to/module.so` (with --token-label and --pin-file).
+        #[arg(long, default_value = "sim")]
+        hsm: String,
+        /// The simulator's latency profile: ideal, softhsm-like, network-hsm, usb-token, or a
+        /// profile file.
+        #[arg(long, default_value = "ideal")]
+        sim_profile: String,
+        /// The token label, with --hsm pkcs11:...
+        #[arg(long)]
+        token_label: Option<String>,
+        /// A file holding the token's user PIN, with --hsm pkcs11:...
+        #[arg(long)]
+        pin_file: Option<PathBuf>,
         /// Where the token, PKI, database and logs are kept.
         #[arg(long, default_value = "appliance-data")]
         data_dir: PathBuf,
@@ -122,6 +136,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Dev {
+            hsm,
+            sim_profile,
+            token_label,
+            pin_file,
             data_dir,
             listen,
             proxy_bin,
@@ -147,7 +165,21 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
-            let options = appliance::dev::DevOptions { data_dir, listen, proxy_bin, keystone };
+            let hsm = match hsm.as_str() {
+                "sim" => appliance::dev::HsmChoice::Sim { profile: sim_profile },
+                "softhsm2" => appliance::dev::HsmChoice::SoftHsm2,
+                other => match other.strip_prefix("pkcs11:") {
+                    Some(module) => appliance::dev::HsmChoice::Pkcs11 {
+                        module: module.into(),
+                        token_label: token_label.context("--hsm pkcs11:... needs --token-label")?,
+                        pin_file: pin_file.context("--hsm pkcs11:... needs --pin-file")?,
+                    },
+                    None => anyhow::bail!(
+                        "--hsm {other:?}: expected sim, softhsm2 or pkcs11:/path/to/module.so"
+                    ),
+                },
+            };
+            let options = appliance::dev::DevOptions { data_dir, listen, proxy_bin, keystone, hsm };
             runtime()?.block_on(appliance::dev::run(options, shutdown_signal()))?;
             Ok(())
         }

@@ -1,5 +1,7 @@
 //! `appliance dev` from nothing: one command, a working Barbican API over a real proxy and
-//! token, `dev.json` describing the pieces, a clean stop, and a second start on the same data.
+//! token (firmware-sim by default, SoftHSM2 on request), `dev.json` describing the pieces
+//! well enough to point pkcs11-tool at the very token in use, a clean stop, and a second start
+//! on the same data.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -27,8 +29,13 @@ fn dev_stack_starts_serves_stops_and_restarts_on_the_same_data() {
     }
     assert!(info["proxy"]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
     let metrics_url = info["proxy"]["metrics_url"].as_str().unwrap();
+    assert_eq!(info["hsm"]["kind"], "firmware-sim", "{info}");
     assert!(std::path::Path::new(info["hsm"]["pkcs11_module"].as_str().unwrap()).exists());
-    assert!(std::path::Path::new(info["hsm"]["env"]["SOFTHSM2_CONF"].as_str().unwrap()).exists());
+    assert!(
+        std::path::Path::new(info["hsm"]["env"]["FWSIM_PKCS11_CONF"].as_str().unwrap()).exists()
+    );
+    assert_eq!(info["hsm"]["device"]["profile"], "ideal");
+    let device_pid = info["hsm"]["device"]["pid"].as_u64().unwrap();
     assert!(info["database"].as_str().unwrap().starts_with("sqlite://"));
 
     // The API works end to end.
@@ -55,18 +62,24 @@ fn dev_stack_starts_serves_stops_and_restarts_on_the_same_data() {
         "{text}"
     );
 
-    // Ctrl-C: a clean stop, the proxy with it.
+    // pkcs11-tool, pointed at the HSM by dev.json alone, sees the proxy's master key.
+    let objects = pkcs11_tool(info, &["--list-objects", "--type", "secrkey"]);
+    assert!(objects.contains("hsm-proxy-mkek"), "{objects}");
+
+    // Ctrl-C: a clean stop, the proxy and the simulator with it.
     let proxy_pid = info["proxy"]["pid"].as_u64().unwrap();
     let (status, log) = stack.stop();
     assert!(status.success(), "{log}");
     assert!(!data.join("dev.json").exists());
-    assert!(
-        !std::path::Path::new(&format!("/proc/{proxy_pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{proxy_pid}/status"))
-                .unwrap_or_default()
-                .contains("zombie"),
-        "the proxy outlived the appliance"
-    );
+    for (name, pid) in [("the proxy", proxy_pid), ("fwsim", device_pid)] {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap_or_default()
+                    .contains("zombie"),
+            "{name} outlived the appliance"
+        );
+    }
 
     // A second start reuses the token, the PKI and the database.
     let ca_before = std::fs::read(data.join("pki/ca.pem")).unwrap();
@@ -84,4 +97,67 @@ fn dev_stack_starts_serves_stops_and_restarts_on_the_same_data() {
     assert_eq!(r.body, b"kept across restarts");
     let (status, log) = stack.stop();
     assert!(status.success(), "{log}");
+}
+
+/// Runs pkcs11-tool, logged in, against the token `dev.json` describes.
+fn pkcs11_tool(info: &serde_json::Value, args: &[&str]) -> String {
+    let hsm = &info["hsm"];
+    let pin = std::fs::read_to_string(hsm["pin_file"].as_str().unwrap()).unwrap();
+    let mut cmd = std::process::Command::new("pkcs11-tool");
+    cmd.args(["--module", hsm["pkcs11_module"].as_str().unwrap()])
+        .args(["--token-label", hsm["token_label"].as_str().unwrap(), "--login", "--pin"])
+        .arg(pin.trim())
+        .args(args);
+    for (name, value) in hsm["env"].as_object().unwrap() {
+        cmd.env(name, value.as_str().unwrap());
+    }
+    let out = cmd.output().expect("pkcs11-tool (apt-get install opensc)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pkcs11-tool {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn dev_stack_runs_on_softhsm2_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start_with(&dir.path().join("data"), &["--hsm", "softhsm2"]);
+    let info = &stack.info;
+    assert_eq!(info["hsm"]["kind"], "softhsm2", "{info}");
+    assert!(info["hsm"]["device"].is_null());
+    let api = stack.api_url();
+    let body = br#"{"payload": "on softhsm2", "payload_content_type": "text/plain"}"#;
+    let r = http(
+        "POST",
+        &format!("{api}/v1/secrets"),
+        &with(&[("Content-Type", "application/json")]),
+        body,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let secret_ref = r.json()["secret_ref"].as_str().unwrap().to_owned();
+    let r = http("GET", &format!("{secret_ref}/payload"), &with(&[("Accept", "text/plain")]), b"");
+    assert_eq!(r.body, b"on softhsm2");
+    let objects = pkcs11_tool(info, &["--list-objects", "--type", "secrkey"]);
+    assert!(objects.contains("hsm-proxy-mkek"), "{objects}");
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn a_bad_hsm_choice_is_a_clear_error() {
+    let out = std::process::Command::new(e2e::bin_dir().join("appliance"))
+        .args(["dev", "--hsm", "hsm9000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected sim, softhsm2 or pkcs11:"), "{err}");
+    let out = std::process::Command::new(e2e::bin_dir().join("appliance"))
+        .args(["dev", "--hsm", "pkcs11:/nonexistent.so"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-label"));
 }

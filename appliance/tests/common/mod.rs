@@ -1,5 +1,5 @@
-//! Shared harness: an HSM stack (SoftHSM2 + the real hsm-proxy), the API in-process on SQLite
-//! or PostgreSQL, and request helpers.
+//! Shared harness: an HSM stack (SoftHSM2, or firmware-sim with `APPLIANCE_TEST_HSM=sim`, and
+//! the real hsm-proxy), the API in-process on SQLite or PostgreSQL, and request helpers.
 // Harness failures are test failures: unwrap is the clearest report.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,19 +19,29 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// Builds hsm-proxy if this test run did not (`cargo test -p appliance` alone).
+/// The HSM the tests run on: SoftHSM2 unless `APPLIANCE_TEST_HSM=sim`.
+pub fn test_hsm() -> appliance::dev::HsmChoice {
+    match std::env::var("APPLIANCE_TEST_HSM").as_deref() {
+        Ok("sim") => appliance::dev::HsmChoice::default(),
+        _ => appliance::dev::HsmChoice::SoftHsm2,
+    }
+}
+
+/// Builds hsm-proxy and the simulator if this test run did not (`cargo test -p appliance`
+/// alone).
 fn ensure_proxy_built() {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
-    if profile_dir.join("hsm-proxy").exists() {
+    let built = ["hsm-proxy", "fwsim", "libfirmware_sim_pkcs11.so"];
+    if built.iter().all(|f| profile_dir.join(f).exists()) {
         return;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "-p", "hsm-proxy", "--bin", "hsm-proxy"])
+        .args(["build", "-p", "hsm-proxy", "-p", "firmware-sim", "-p", "firmware-sim-pkcs11"])
         .status()
         .unwrap();
-    assert!(status.success(), "building hsm-proxy failed");
+    assert!(status.success(), "building hsm-proxy and firmware-sim failed");
 }
 
 /// Which database a test runs on.
@@ -87,7 +97,7 @@ impl Env {
 
     async fn with(dir: tempfile::TempDir, url: String, db: Db) -> Env {
         ensure_proxy_built();
-        let stack = HsmStack::start(&dir.path().join("hsm"), None).await.unwrap();
+        let stack = HsmStack::start(&dir.path().join("hsm"), None, &test_hsm()).await.unwrap();
         let config = stack.appliance_config("127.0.0.1:0".parse().unwrap(), url);
         let app = appliance::build(&config).await.unwrap();
         Env { app, stack, db, dir }
@@ -95,7 +105,7 @@ impl Env {
 
     pub async fn finish(mut self) {
         self.app.store().close().await;
-        self.stack.stop_proxy().await;
+        self.stack.stop().await;
         if let Db::Postgres { admin, name, .. } = &self.db {
             let _ = std::process::Command::new("psql")
                 .arg(admin)

@@ -30,6 +30,8 @@ use crate::keys::KekCache;
 
 /// Re-initialisation is attempted at most this often while the token stays unreachable.
 const REINIT_BACKOFF: Duration = Duration::from_secs(1);
+/// Attempts to open the key-holder session and log in again during one re-initialisation.
+const REINIT_TRIES: usize = 3;
 
 /// What the token offers that changes how operations are done.
 #[derive(Clone, Copy, Debug, Default)]
@@ -196,10 +198,19 @@ impl Token {
         let _ = self.ctx.clone().finalize();
         let result = match self.ctx.initialize(init_args()) {
             Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-                find_slot(&self.ctx, &self.config).and_then(|slot| {
-                    open_epoch(&self.ctx, &self.config, slot, number + 1, MkekPolicy::Require)
-                        .map(|(epoch, _)| epoch)
-                })
+                // A transient device error while logging in again must not cost a back-off
+                // period: try a few times at once.
+                let mut opened = Err(Error::Token("not attempted".into()));
+                for _ in 0..REINIT_TRIES {
+                    opened = find_slot(&self.ctx, &self.config).and_then(|slot| {
+                        open_epoch(&self.ctx, &self.config, slot, number + 1, MkekPolicy::Require)
+                            .map(|(epoch, _)| epoch)
+                    });
+                    if opened.is_ok() {
+                        break;
+                    }
+                }
+                opened
             }
             Err(e) => Err(e.into()),
         };

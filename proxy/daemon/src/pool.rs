@@ -243,6 +243,11 @@ impl Worker {
                     self.close_session();
                     self.metrics.sessions_replaced.inc();
                 }
+                Class::DeviceError => {
+                    tracing::warn!(worker = self.index, "device error; retrying on a new session");
+                    self.close_session();
+                    self.metrics.sessions_replaced.inc();
+                }
                 Class::Device => {
                     self.forget_session();
                     let epoch = seen_epoch.unwrap_or_else(|| self.token.read().number());
@@ -288,10 +293,16 @@ impl Worker {
             self.metrics.sessions_open.inc();
             // Sessions share the application's login: a new session that is not logged in
             // means the library lost its state underneath us, which only re-initialising cures.
-            let logged_in = session.get_session_info().is_ok_and(|info| {
-                matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser)
-            });
+            let info = session.get_session_info();
             self.session = Some((epoch.number, session));
+            let info = info.map_err(|e| match e {
+                cryptoki::error::Error::Pkcs11(rv, function) => {
+                    Failure::Pkcs11 { rv, function, step: crate::hsm::failure::Step::Other }
+                }
+                _ => Failure::Status(Status::Internal),
+            })?;
+            let logged_in =
+                matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser);
             if !logged_in {
                 return Err(Failure::Pkcs11 {
                     rv: cryptoki::error::RvError::UserNotLoggedIn,

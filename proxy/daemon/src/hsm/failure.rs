@@ -39,6 +39,11 @@ pub(crate) enum Class {
     SessionLost,
     /// The session is stuck in a bad state: close it, open another, retry once.
     SessionBroken,
+    /// The device reported an error (`CKR_DEVICE_ERROR`). Network HSMs report transient
+    /// faults this way: retry on a fresh session. A device that is really gone shows it in
+    /// other ways (removed, not initialised, a new session not logged in), which re-initialise;
+    /// re-initialising on every transient error would drop every worker's session with it.
+    DeviceError,
     /// The token or library is gone, or the login was lost: re-initialise, retry once.
     Device,
     /// A cached KEK handle is no longer valid: evict it, retry once.
@@ -52,10 +57,13 @@ impl Failure {
         use RvError::*;
         let Failure::Pkcs11 { rv, step, .. } = self else { return Class::Operation };
         match rv {
+            // KEKs are unwrapped in the key-holder session: losing it loses every cached KEK
+            // handle and the session the next unwrap needs, which only re-initialising replaces.
+            SessionHandleInvalid | SessionClosed if *step == Step::KekUnwrap => Class::Device,
             SessionHandleInvalid | SessionClosed => Class::SessionLost,
             OperationActive | OperationNotInitialized => Class::SessionBroken,
+            DeviceError => Class::DeviceError,
             DeviceRemoved
-            | DeviceError
             | TokenNotPresent
             | TokenNotRecognized
             | CryptokiNotInitialized
@@ -86,7 +94,7 @@ impl Failure {
             Failure::Pkcs11 { rv, step, .. } => (*rv, *step),
         };
         match self.class() {
-            Class::SessionLost | Class::SessionBroken | Class::Device => {
+            Class::SessionLost | Class::SessionBroken | Class::DeviceError | Class::Device => {
                 return Status::HsmUnavailable;
             }
             Class::StaleKek | Class::Operation => {}
@@ -170,8 +178,11 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(fail(RvError::SessionHandleInvalid, Step::Other).class(), Class::SessionLost);
+        assert_eq!(fail(RvError::SessionHandleInvalid, Step::KekUnwrap).class(), Class::Device);
         assert_eq!(fail(RvError::OperationActive, Step::Other).class(), Class::SessionBroken);
         assert_eq!(fail(RvError::DeviceRemoved, Step::Other).class(), Class::Device);
+        assert_eq!(fail(RvError::DeviceError, Step::Other).class(), Class::DeviceError);
+        assert_eq!(fail(RvError::DeviceError, Step::Other).status(), Status::HsmUnavailable);
         assert_eq!(fail(RvError::CryptokiNotInitialized, Step::Decrypt).class(), Class::Device);
         assert_eq!(fail(RvError::UserNotLoggedIn, Step::Other).class(), Class::Device);
         assert_eq!(fail(RvError::KeyHandleInvalid, Step::Decrypt).class(), Class::StaleKek);

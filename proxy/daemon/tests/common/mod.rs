@@ -1,4 +1,5 @@
-//! Shared test harness: a throw-away SoftHSM2 token, a PKI, and the real `hsm-proxy` binary.
+//! Shared test harness: a throw-away token (SoftHSM2, or the firmware-sim module when
+//! `TEST_PKCS11_MODULE` names it), a PKI, and the real `hsm-proxy` binary.
 // Harness failures are test failures: unwrap is the clearest report.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,12 +23,27 @@ pub fn module() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
 }
 
-/// A freshly initialised SoftHSM2 token in its own directory.
+/// Whether the module under test is the firmware-sim one.
+pub fn is_simulator() -> bool {
+    module().file_name().is_some_and(|n| n.to_string_lossy().contains("firmware_sim"))
+}
+
+/// The environment variable that points the module at its configuration, and the file.
+fn module_env(dir: &Path) -> (&'static str, PathBuf) {
+    if is_simulator() {
+        ("FWSIM_PKCS11_CONF", dir.join("fwsim-pkcs11.toml"))
+    } else {
+        ("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+    }
+}
+
+/// A freshly initialised token in its own directory.
 pub struct Token {
     dir: PathBuf,
     /// Deletes the directory when the token is dropped (absent in a child test process).
     _tmp: Option<tempfile::TempDir>,
-    pub conf: PathBuf,
+    /// The module's configuration variable and file.
+    pub env: (&'static str, PathBuf),
     pub label: String,
     pub pin_file: PathBuf,
 }
@@ -37,12 +53,15 @@ impl Token {
     pub fn from_parent() -> Token {
         let dir = PathBuf::from(std::env::var_os("HSM_PROXY_TEST_TOKEN_DIR").unwrap());
         let label = std::env::var("HSM_PROXY_TEST_TOKEN_LABEL").unwrap();
-        Token { conf: dir.join("softhsm2.conf"), pin_file: dir.join("pin"), dir, _tmp: None, label }
+        Token { env: module_env(&dir), pin_file: dir.join("pin"), dir, _tmp: None, label }
     }
 
     pub fn new(label: &str) -> Token {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
+        if is_simulator() {
+            return Token::simulated(tmp, label);
+        }
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).unwrap();
         let conf = dir.join("softhsm2.conf");
@@ -62,7 +81,36 @@ impl Token {
         assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
         let pin_file = dir.join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-        Token { dir, _tmp: Some(tmp), conf, label: label.into(), pin_file }
+        Token { env: module_env(&dir), dir, _tmp: Some(tmp), label: label.into(), pin_file }
+    }
+
+    /// A firmware-sim token: the device runs inside whichever process loads the module, its
+    /// token kept in a state file that `fwsim init-token` initialises.
+    fn simulated(tmp: tempfile::TempDir, label: &str) -> Token {
+        let dir = tmp.path().to_owned();
+        let env = module_env(&dir);
+        let state = dir.join("fwsim-state");
+        std::fs::write(
+            &env.1,
+            format!("[in_process]\nprofile = \"ideal\"\nstate_file = \"{}\"\n", state.display()),
+        )
+        .unwrap();
+        let pin_file = dir.join("pin");
+        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+        let so_pin_file = dir.join("so-pin");
+        std::fs::write(&so_pin_file, SO_PIN).unwrap();
+        let fwsim = module().with_file_name("fwsim");
+        let out = Command::new(&fwsim)
+            .args(["init-token", "--label", label, "--state"])
+            .arg(&state)
+            .arg("--so-pin-file")
+            .arg(&so_pin_file)
+            .arg("--pin-file")
+            .arg(&pin_file)
+            .output()
+            .unwrap_or_else(|e| panic!("{} must be built beside the module: {e}", fwsim.display()));
+        assert!(out.status.success(), "fwsim init-token: {}", String::from_utf8_lossy(&out.stderr));
+        Token { dir, _tmp: Some(tmp), env, label: label.into(), pin_file }
     }
 
     pub fn path(&self) -> &Path {
@@ -141,7 +189,7 @@ lock_memory = "preferred"
 
 pub fn proxy_command(token: &Token) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-proxy"));
-    cmd.env("SOFTHSM2_CONF", &token.conf).env_remove("RUST_LOG");
+    cmd.env(token.env.0, &token.env.1).env_remove("RUST_LOG");
     cmd
 }
 
@@ -300,7 +348,7 @@ pub fn foreign_client(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Runs the calling test's body in a child process with `SOFTHSM2_CONF` set, for tests that
+/// Runs the calling test's body in a child process with the module's variable set, for tests that
 /// load the PKCS#11 module in-process (its configuration comes from the environment, and the
 /// test process's own environment is not changed). Returns true in the child.
 pub fn in_child_process(test_name: &str, token: Option<&Token>) -> bool {
@@ -311,7 +359,7 @@ pub fn in_child_process(test_name: &str, token: Option<&Token>) -> bool {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
         .env("HSM_PROXY_TEST_CHILD", "1")
-        .env("SOFTHSM2_CONF", &token.conf)
+        .env(token.env.0, &token.env.1)
         .env("HSM_PROXY_TEST_TOKEN_DIR", token.path())
         .env("HSM_PROXY_TEST_TOKEN_LABEL", &token.label)
         .output()
