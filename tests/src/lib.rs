@@ -19,14 +19,14 @@ pub fn bin_dir() -> PathBuf {
 /// Builds the workspace binaries if this test run did not.
 pub fn ensure_binaries() {
     let dir = bin_dir();
-    let built = ["appliance", "hsm-proxy", "fwsim", "libfirmware_sim_pkcs11.so"];
+    let built = ["appliance", "hsm-proxy", "fwsim", "libfirmware_sim_pkcs11.so", "hsm-bench"];
     if built.iter().all(|f| dir.join(f).exists()) {
         return;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "-p", "appliance", "-p", "hsm-proxy", "-p", "firmware-sim"])
-        .args(["-p", "firmware-sim-pkcs11"])
+        .args(["-p", "firmware-sim-pkcs11", "-p", "bench"])
         .status()
         .unwrap();
     assert!(status.success(), "building the binaries failed");

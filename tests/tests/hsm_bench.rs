@@ -1,0 +1,146 @@
+//! `hsm-bench` end to end, briefly (these check what it reports, not how fast anything is):
+//! every operation against the simulator's module directly, direct and through the proxy of
+//! a dev stack side by side, and HTTP load on its API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::process::Command;
+
+use e2e::{DevStack, bin_dir};
+
+fn hsm_bench(args: &[&str], env: &[(&str, &std::path::Path)]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("out.json");
+    let html = dir.path().join("out.html");
+    let mut cmd = Command::new(bin_dir().join("hsm-bench"));
+    cmd.args(args).args(["--warmup", "100ms", "--duration", "300ms", "--json"]).arg(&json);
+    cmd.arg("--report").arg(&html);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hsm-bench {args:?}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("ops/s"), "{page}");
+    for cell in report["cells"].as_array().unwrap() {
+        assert!(cell["ops"].as_u64().unwrap() > 0, "a cell did nothing: {cell}");
+        assert!(cell["errors"].as_object().unwrap().is_empty(), "errors: {cell}");
+        let (p50, p99) = (cell["p50_us"].as_u64().unwrap(), cell["p99_us"].as_u64().unwrap());
+        assert!(p50 <= p99 && p99 <= cell["max_us"].as_u64().unwrap(), "{cell}");
+        assert!(stdout.contains(cell["op"].as_str().unwrap()), "{stdout}");
+    }
+    report
+}
+
+#[test]
+fn every_operation_directly_on_the_simulator() {
+    e2e::ensure_binaries();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let conf = dir.path().join("pkcs11.toml");
+    std::fs::write(&conf, format!("[in_process]\nstate_file = \"{}\"\n", state.display())).unwrap();
+    std::fs::write(dir.path().join("so"), "bench-so-pin").unwrap();
+    std::fs::write(dir.path().join("pin"), "bench-user-pin").unwrap();
+    let out = Command::new(bin_dir().join("fwsim"))
+        .args(["init-token", "--label", "bench", "--state"])
+        .arg(&state)
+        .arg("--so-pin-file")
+        .arg(dir.path().join("so"))
+        .arg("--pin-file")
+        .arg(dir.path().join("pin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let module = bin_dir().join("libfirmware_sim_pkcs11.so");
+    let pin = dir.path().join("pin");
+    let report = hsm_bench(
+        &[
+            "pkcs11",
+            "--module",
+            module.to_str().unwrap(),
+            "--token-label",
+            "bench",
+            "--pin-file",
+            pin.to_str().unwrap(),
+            "--ops",
+            "all",
+            "--threads",
+            "1,2",
+        ],
+        &[("FWSIM_PKCS11_CONF", &conf)],
+    );
+    assert_eq!(report["cells"].as_array().unwrap().len(), 8 * 2);
+}
+
+#[test]
+fn direct_and_through_the_proxy_side_by_side_then_http_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("data"));
+    let dev_json = dir.path().join("data/dev.json");
+    let report = hsm_bench(
+        &[
+            "compare",
+            "--dev-json",
+            dev_json.to_str().unwrap(),
+            "--ops",
+            "decrypt-32,generate-aes,sign-rsa-2048",
+            "--concurrency",
+            "1,2",
+        ],
+        &[],
+    );
+    let comparisons = report["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 6);
+    for c in comparisons {
+        assert!(c["throughput_ratio"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let modes: Vec<&str> =
+        report["cells"].as_array().unwrap().iter().map(|c| c["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes.iter().filter(|m| **m == "pkcs11").count(), 6);
+    assert_eq!(modes.iter().filter(|m| **m == "proxy").count(), 6);
+
+    let api = stack.api_url();
+    let report = hsm_bench(
+        &[
+            "http",
+            "--base",
+            &api,
+            "--scenario",
+            "payload-get,secret-store,metadata-get,order",
+            "--concurrency",
+            "1,4",
+            "--pool",
+            "10",
+        ],
+        &[],
+    );
+    assert_eq!(report["cells"].as_array().unwrap().len(), 8);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    e2e::ensure_binaries();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin_dir().join("hsm-bench")).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        run(&["pkcs11", "--ops", "decrypt", "--module", "/x.so", "--pin-file", "/x"])
+            .contains("reading /x")
+    );
+    assert!(run(&["pkcs11", "--pin-file", "/x"]).contains("--module"));
+    assert!(
+        run(&["http", "--base", "http://127.0.0.1:9", "--scenario", "payload"])
+            .contains("payload-get")
+    );
+    assert!(run(&["proxy", "--duration", "5h"]).contains("units are ms, s, m"));
+}
