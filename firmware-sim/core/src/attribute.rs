@@ -109,6 +109,13 @@ impl core::fmt::Debug for Attribute {
     }
 }
 
+impl Drop for Attribute {
+    fn drop(&mut self) {
+        // A template may carry a key's value (C_CreateObject, C_GetAttributeValue answers).
+        zeroize::Zeroize::zeroize(&mut self.value);
+    }
+}
+
 impl Attribute {
     /// A boolean attribute.
     pub fn bool(kind: u64, value: bool) -> Attribute {
@@ -189,6 +196,25 @@ pub enum Value {
     Sensitive,
     /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
     Invalid,
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        // A non-sensitive key's value may be read out; wipe every copy.
+        if let Value::Present(v) = self {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
+}
+
+impl Value {
+    /// Takes the bytes of a present value, leaving it empty; `None` for a withheld one.
+    pub fn take(&mut self) -> Option<alloc::vec::Vec<u8>> {
+        match self {
+            Value::Present(v) => Some(core::mem::take(v)),
+            Value::Sensitive | Value::Invalid => None,
+        }
+    }
 }
 
 impl core::fmt::Debug for Value {

@@ -992,8 +992,8 @@ fn build(
 
 /// Whether `o` matches every attribute of a search template.
 fn matches(o: &Object, template: Template<'_>) -> bool {
-    template.0.iter().all(|a| match read_attribute(o, a.kind) {
-        Value::Present(v) => v == a.value,
+    template.0.iter().all(|a| match &read_attribute(o, a.kind) {
+        Value::Present(v) => *v == a.value,
         // A search on a withheld or absent attribute finds nothing.
         Value::Sensitive | Value::Invalid => false,
     })

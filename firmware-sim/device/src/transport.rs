@@ -58,7 +58,10 @@ pub enum Reply {
 
 /// Writes one frame.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<()> {
-    let body = postcard::to_stdvec(value).map_err(|e| Error::Protocol(e.to_string()))?;
+    // Frames carry plaintexts and PINs: the encoded copy is wiped once written.
+    let body = zeroize::Zeroizing::new(
+        postcard::to_stdvec(value).map_err(|e| Error::Protocol(e.to_string()))?,
+    );
     if body.len() > MAX_FRAME {
         return Err(Error::Protocol(format!("frame of {} bytes exceeds {MAX_FRAME}", body.len())));
     }

@@ -580,9 +580,9 @@ pkcs11_fn! {
             &kinds,
         )?;
         let mut result = Ok(());
-        for (a, value) in attrs.iter_mut().zip(values) {
-            let bytes = match value {
-                Value::Present(bytes) => bytes,
+        for (a, mut value) in attrs.iter_mut().zip(values) {
+            let bytes = match &value {
+                Value::Present(_) => zeroize::Zeroizing::new(value.take().unwrap_or_default()),
                 Value::Sensitive => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
                     result = Err(Error::AttributeSensitive);
@@ -599,7 +599,7 @@ pkcs11_fn! {
                     let wire: [u8; 8] = bytes.as_slice().try_into().map_err(|_| Error::DeviceError)?;
                     let value = CK_ULONG::try_from(u64::from_le_bytes(wire))
                         .unwrap_or(CK_UNAVAILABLE_INFORMATION);
-                    value.to_ne_bytes().to_vec()
+                    zeroize::Zeroizing::new(value.to_ne_bytes().to_vec())
                 }
                 Kind::Bool | Kind::Bytes => bytes,
             };
