@@ -10,6 +10,10 @@ use hsm_proxy_proto::{SecretBytes, Status};
 
 use crate::store::{KekRow, Store, StoreError};
 
+mod coalesce;
+
+use coalesce::Coalescer;
+
 /// Why an HSM-backed step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
@@ -48,7 +52,7 @@ impl From<ClientError> for HsmError {
 /// Access to the HSM through the proxies.
 #[derive(Debug)]
 pub struct Hsm {
-    client: Client,
+    coalescer: Coalescer,
     /// Wrapped KEKs already read, by project and by id (wrapped blobs are not secret).
     by_project: Mutex<HashMap<String, Kek>>,
     by_id: Mutex<HashMap<String, Kek>>,
@@ -61,9 +65,14 @@ pub(crate) fn payload_aad(project_id: &str, secret_id: &str) -> Vec<u8> {
 }
 
 impl Hsm {
-    /// Wraps a connected (or lazily connecting) proxy client.
+    /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
+    /// dispatcher, so it must be called inside the tokio runtime.
     pub fn new(client: Client) -> Hsm {
-        Hsm { client, by_project: Mutex::new(HashMap::new()), by_id: Mutex::new(HashMap::new()) }
+        Hsm {
+            coalescer: Coalescer::start(client),
+            by_project: Mutex::new(HashMap::new()),
+            by_id: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The project's KEK, generated in the HSM and stored (wrapped) on first use.
@@ -78,7 +87,7 @@ impl Hsm {
         let row = match store.active_kek(project_id).await? {
             Some(row) => row,
             None => {
-                let kek = self.client.call(GenerateKek).await?;
+                let kek = self.call(GenerateKek).await?;
                 let row = KekRow { id: hex(&kek.id), wrapped: kek.wrapped };
                 if store.insert_kek(project_id, &row).await? {
                     tracing::info!(kek = %row.id, "new project KEK created in the HSM");
@@ -119,12 +128,14 @@ impl Hsm {
         aad: Vec<u8>,
     ) -> Result<Sealed, HsmError> {
         let op = Encrypt { kek: kek.clone(), plaintext: SecretBytes::copy_from(plaintext), aad };
-        Ok(self.client.call(op).await?)
+        self.call(op).await
     }
 
-    /// Runs any operation through the proxies.
+    /// Runs any operation through the proxies, in a frame shared with the operations other
+    /// requests submit at the same moment.
     pub(crate) async fn call<O: hsm_proxy_proto::Op>(&self, op: O) -> Result<O::Reply, HsmError> {
-        Ok(self.client.call(op).await?)
+        let reply = self.coalescer.call(op.into()).await?;
+        O::Reply::try_from(reply).map_err(|status| HsmError::from(ClientError::Protocol(status)))
     }
 
     /// Decrypts in the HSM.
@@ -134,7 +145,7 @@ impl Hsm {
         sealed: Sealed,
         aad: Vec<u8>,
     ) -> Result<SecretBytes, HsmError> {
-        Ok(self.client.call(Decrypt { kek: kek.clone(), sealed, aad }).await?)
+        self.call(Decrypt { kek: kek.clone(), sealed, aad }).await
     }
 }
 
