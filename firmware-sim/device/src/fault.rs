@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,8 @@ pub struct FaultCounts {
 #[derive(Debug)]
 pub struct Faults {
     state: Mutex<Active>,
+    /// Whether any fault is set: the common case, none, costs every command one load.
+    active: AtomicBool,
     rng: AtomicU64,
     pub(crate) device_errors: AtomicU64,
     pub(crate) dropped_sessions: AtomicU64,
@@ -115,6 +117,7 @@ impl Faults {
         let _ = getrandom::fill(&mut seed);
         Faults {
             state: Mutex::new(Active { spec: FaultSpec::none(), stall_until: None }),
+            active: AtomicBool::new(false),
             rng: AtomicU64::new(u64::from_le_bytes(seed) | 1),
             device_errors: AtomicU64::new(0),
             dropped_sessions: AtomicU64::new(0),
@@ -128,6 +131,7 @@ impl Faults {
         let stall_until =
             (spec.stall_ms > 0).then(|| Instant::now() + Duration::from_millis(spec.stall_ms));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.active.store(spec != FaultSpec::none(), Ordering::Relaxed);
         *state = Active { spec, stall_until };
     }
 
@@ -157,6 +161,9 @@ impl Faults {
     }
 
     pub(crate) fn decide(&self, has_session: bool) -> Decision {
+        if !self.active.load(Ordering::Relaxed) {
+            return Decision { slow_factor: 1.0, ..Decision::default() };
+        }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let spec = &state.spec;
         let device_error = spec.device_error_rate > 0.0 && self.uniform() < spec.device_error_rate;

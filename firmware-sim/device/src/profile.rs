@@ -265,7 +265,7 @@ impl Profile {
                 name: name.into(),
                 engines: 30,
                 link_rtt_us: 1_000.0,
-                max_sessions: 4096.min(firmware_sim_core::session::MAX_SESSIONS),
+                max_sessions: 1024,
                 object_capacity: 2048,
                 queue_limit: 4096,
                 service: BTreeMap::from([

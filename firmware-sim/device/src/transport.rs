@@ -5,7 +5,7 @@
 //! each message gets one reply, in order. A malformed or oversized frame ends that connection
 //! only.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -56,18 +56,18 @@ pub enum Reply {
     Refused(String),
 }
 
-/// Writes one frame.
+/// Writes one frame, length and body in a single write.
 pub fn write_frame<T: Serialize>(w: &mut impl Write, value: &T) -> Result<()> {
     // Frames carry plaintexts and PINs: the encoded copy is wiped once written.
-    let body = zeroize::Zeroizing::new(
-        postcard::to_stdvec(value).map_err(|e| Error::Protocol(e.to_string()))?,
-    );
-    if body.len() > MAX_FRAME {
-        return Err(Error::Protocol(format!("frame of {} bytes exceeds {MAX_FRAME}", body.len())));
+    let mut frame = zeroize::Zeroizing::new(vec![0u8; 4]);
+    postcard::to_io(value, &mut *frame).map_err(|e| Error::Protocol(e.to_string()))?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(Error::Protocol(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
     }
-    let len = u32::try_from(body.len()).map_err(|_| Error::Protocol("frame too large".into()))?;
-    w.write_all(&len.to_le_bytes())?;
-    w.write_all(&body)?;
+    let len = u32::try_from(len).map_err(|_| Error::Protocol("frame too large".into()))?;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    w.write_all(&frame)?;
     w.flush()?;
     Ok(())
 }
@@ -91,55 +91,38 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<Opt
 
 /// Serves one connection until it closes or misbehaves.
 pub fn serve_connection<S: Read + Write>(device: &Device, stream: S) -> Result<()> {
-    let mut stream = BufStream::new(stream);
-    let app = match read_frame::<Message>(&mut stream.reader)? {
+    let mut stream = BufReader::new(stream);
+    let app = match read_frame::<Message>(&mut stream)? {
         Some(Message::Hello { version: VERSION, app }) => app,
         Some(Message::Hello { version, .. }) => {
             let why = format!(
                 "protocol version {version} is not supported (this device speaks {VERSION})"
             );
-            write_frame(&mut stream.writer(), &Reply::Refused(why.clone()))?;
+            write_frame(stream.get_mut(), &Reply::Refused(why.clone()))?;
             return Err(Error::Protocol(why));
         }
         Some(_) => {
             let why = "the first message must be Hello".to_owned();
-            write_frame(&mut stream.writer(), &Reply::Refused(why.clone()))?;
+            write_frame(stream.get_mut(), &Reply::Refused(why.clone()))?;
             return Err(Error::Protocol(why));
         }
         None => return Ok(()),
     };
     device.attach(app);
     let result = (|| {
-        write_frame(
-            &mut stream.writer(),
-            &Reply::Welcome { profile: device.profile().name.clone() },
-        )?;
-        while let Some(message) = read_frame::<Message>(&mut stream.reader)? {
+        write_frame(stream.get_mut(), &Reply::Welcome { profile: device.profile().name.clone() })?;
+        while let Some(message) = read_frame::<Message>(&mut stream)? {
             let reply = match message {
                 Message::Command(command) => Reply::Command(device.execute(app, command)),
                 Message::Admin(request) => Reply::Admin(device.admin(request)),
                 Message::Hello { .. } => Reply::Refused("Hello sent twice".into()),
             };
-            write_frame(&mut stream.writer(), &reply)?;
+            write_frame(stream.get_mut(), &reply)?;
         }
         Ok(())
     })();
     device.detach(app);
     result
-}
-
-struct BufStream<S: Read + Write> {
-    reader: BufReader<S>,
-}
-
-impl<S: Read + Write> BufStream<S> {
-    fn new(stream: S) -> Self {
-        BufStream { reader: BufReader::new(stream) }
-    }
-
-    fn writer(&mut self) -> BufWriter<&mut S> {
-        BufWriter::new(self.reader.get_mut())
-    }
 }
 
 /// Where the device listens.
@@ -259,11 +242,11 @@ impl Connection {
     pub fn call(&mut self, message: &Message) -> Result<Reply> {
         let reply = match &mut self.stream {
             Stream::Unix(s) => {
-                write_frame(&mut BufWriter::new(s.get_mut()), message)?;
+                write_frame(s.get_mut(), message)?;
                 read_frame(s)?
             }
             Stream::Tcp(s) => {
-                write_frame(&mut BufWriter::new(s.get_mut()), message)?;
+                write_frame(s.get_mut(), message)?;
                 read_frame(s)?
             }
         };

@@ -117,6 +117,28 @@ unsafe fn produced(result: Produced, length: *mut CK_ULONG) -> Result<()> {
     result
 }
 
+/// A list answered PKCS#11's way: a NULL `list` asks for the count; a short one gets
+/// `CKR_BUFFER_TOO_SMALL` with the count needed.
+unsafe fn write_list<T: Copy>(list: *mut T, count: *mut CK_ULONG, items: &[T]) -> Result<()> {
+    if count.is_null() {
+        return Err(Error::ArgumentsBad);
+    }
+    // SAFETY: `count` is non-null and points at the caller's CK_ULONG.
+    let capacity = len(unsafe { *count })?;
+    // SAFETY: as above; the caller learns how many items there are.
+    unsafe { *count = ulong(items.len()) };
+    if list.is_null() {
+        return Ok(());
+    }
+    if capacity < items.len() {
+        return Err(Error::BufferTooSmall);
+    }
+    // SAFETY: the caller guarantees `capacity` >= `items.len()` entries at `list`.
+    let out = unsafe { std::slice::from_raw_parts_mut(list, items.len()) };
+    out.copy_from_slice(items);
+    Ok(())
+}
+
 /// Writes one value through a caller's pointer.
 unsafe fn write<T>(target: *mut T, value: T) -> Result<()> {
     if target.is_null() {
@@ -346,25 +368,8 @@ pkcs11_fn! {
 pkcs11_fn! {
     fn C_GetSlotList(_token_present: CK_BBOOL, list: *mut CK_SLOT_ID, count: *mut CK_ULONG) {
         let slots = api::token::slot_list()?;
-        if count.is_null() {
-            return Err(Error::ArgumentsBad);
-        }
-        if list.is_null() {
-            // SAFETY: checked non-null above.
-            unsafe { *count = ulong(slots.len()) };
-            return Ok(());
-        }
-        // SAFETY: `count` is non-null; the caller guarantees `*count` slots at `list`.
-        let capacity = len(unsafe { *count })?;
-        // SAFETY: as above; the caller learns how many slots there are.
-        unsafe { *count = ulong(slots.len()) };
-        if capacity < slots.len() {
-            return Err(Error::BufferTooSmall);
-        }
-        // SAFETY: the caller's array holds at least `slots.len()` entries.
-        let out = unsafe { std::slice::from_raw_parts_mut(list, slots.len()) };
-        out.copy_from_slice(&slots);
-        Ok(())
+        // SAFETY: forwarded from the caller.
+        unsafe { write_list(list, count, &slots) }
     }
 }
 
@@ -417,25 +422,8 @@ pkcs11_fn! {
 pkcs11_fn! {
     fn C_GetMechanismList(slot: CK_SLOT_ID, list: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG) {
         let kinds = api::token::mechanism_list(slot)?;
-        if count.is_null() {
-            return Err(Error::ArgumentsBad);
-        }
-        if list.is_null() {
-            // SAFETY: checked non-null above.
-            unsafe { *count = ulong(kinds.len()) };
-            return Ok(());
-        }
-        // SAFETY: `count` is non-null; the caller guarantees `*count` entries at `list`.
-        let capacity = len(unsafe { *count })?;
-        // SAFETY: as above; the caller learns how many mechanisms there are.
-        unsafe { *count = ulong(kinds.len()) };
-        if capacity < kinds.len() {
-            return Err(Error::BufferTooSmall);
-        }
-        // SAFETY: the caller's array holds at least `kinds.len()` entries.
-        let out = unsafe { std::slice::from_raw_parts_mut(list, kinds.len()) };
-        out.copy_from_slice(&kinds);
-        Ok(())
+        // SAFETY: forwarded from the caller.
+        unsafe { write_list(list, count, &kinds) }
     }
 }
 

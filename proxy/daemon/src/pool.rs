@@ -284,23 +284,13 @@ impl Worker {
             self.forget_session();
         }
         if self.session.is_none() {
-            let session = token.open_session(epoch).map_err(|e| match e {
-                cryptoki::error::Error::Pkcs11(rv, function) => {
-                    Failure::Pkcs11 { rv, function, step: crate::hsm::failure::Step::Other }
-                }
-                _ => Failure::Status(Status::Internal),
-            })?;
+            let session = token.open_session(epoch).map_err(session_failure)?;
             self.metrics.sessions_open.inc();
             // Sessions share the application's login: a new session that is not logged in
             // means the library lost its state underneath us, which only re-initialising cures.
             let info = session.get_session_info();
             self.session = Some((epoch.number, session));
-            let info = info.map_err(|e| match e {
-                cryptoki::error::Error::Pkcs11(rv, function) => {
-                    Failure::Pkcs11 { rv, function, step: crate::hsm::failure::Step::Other }
-                }
-                _ => Failure::Status(Status::Internal),
-            })?;
+            let info = info.map_err(session_failure)?;
             let logged_in =
                 matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser);
             if !logged_in {
@@ -347,5 +337,15 @@ impl Worker {
             }
             self.metrics.sessions_open.dec();
         }
+    }
+}
+
+/// A failed call opening or inspecting a worker session.
+fn session_failure(e: cryptoki::error::Error) -> Failure {
+    match e {
+        cryptoki::error::Error::Pkcs11(rv, function) => {
+            Failure::Pkcs11 { rv, function, step: crate::hsm::failure::Step::Other }
+        }
+        _ => Failure::Status(Status::Internal),
     }
 }
