@@ -300,6 +300,9 @@ struct Token {
     label: String,
     pin_file: PathBuf,
     device: Option<SimDevice>,
+    /// The proxy's `[pool.hsm]` section: the token's shape, from which its pipeline depth
+    /// follows; `None` leaves the proxy's default (one worker per CPU).
+    pool_hsm: Option<String>,
 }
 
 /// A `fwsim serve` child process.
@@ -332,6 +335,7 @@ impl Token {
                     label: token_label.clone(),
                     pin_file: pin_file.clone(),
                     device: None,
+                    pool_hsm: None,
                 })
             }
         }
@@ -425,6 +429,7 @@ impl Token {
             format!("# Written by `appliance dev` at every start.\ndevice = \"{endpoint}\"\n");
         std::fs::write(&conf, text).map_err(io(&conf))?;
         tracing::info!(%endpoint, profile, "firmware-sim started");
+        let pool_hsm = sim_pool_hsm(&fwsim, profile).await;
         Ok(Token {
             kind: "firmware-sim",
             module,
@@ -439,6 +444,7 @@ impl Token {
                 fault_file,
                 log,
             }),
+            pool_hsm,
         })
     }
 
@@ -499,6 +505,9 @@ impl Token {
             label: TOKEN_LABEL.into(),
             pin_file,
             device: None,
+            // SoftHSM2 runs operations on private objects one at a time (they share one lock),
+            // so a second worker only adds contention.
+            pool_hsm: Some("engines = 1\n".into()),
         })
     }
 
@@ -552,7 +561,43 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
+/// `[pool.hsm]` for a simulator profile: its engines, link and AES-GCM decrypt time. `None`
+/// when the profile models no service time (nothing to keep busy but the host's CPUs) or
+/// cannot be read, which leaves the proxy's default.
+async fn sim_pool_hsm(fwsim: &Path, profile: &str) -> Option<String> {
+    let text = if Path::new(profile).is_file() {
+        std::fs::read_to_string(profile).ok()?
+    } else {
+        let out = Command::new(fwsim).args(["profile", profile]).output().await.ok()?;
+        String::from_utf8(out.stdout).ok()?
+    };
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    let engines = value.get("engines")?.as_integer()?;
+    let link = value.get("link_rtt_us").and_then(toml::Value::as_float).unwrap_or(0.0);
+    let service = value
+        .get("service")
+        .and_then(|s| s.get("aes-gcm-decrypt"))
+        .or_else(|| value.get("default_service"))?;
+    let number = |key: &str| service.get(key).and_then(toml::Value::as_float);
+    let mean = number("us")
+        .or_else(|| number("mean_us"))
+        .or_else(|| Some((number("min_us")? + number("max_us")?) / 2.0))?;
+    if mean <= 0.0 {
+        return None;
+    }
+    Some(format!(
+        "# From the simulator's profile {profile:?}.\nengines = {engines}\nservice_us = {}\nlink_rtt_us = {}\n",
+        mean.ceil(),
+        link.ceil()
+    ))
+}
+
 fn write_proxy_config(dir: &Path, pki: &Bundle, token: &Token, listen: &str) -> Result<PathBuf> {
+    let pool = token
+        .pool_hsm
+        .as_deref()
+        .map(|section| format!("\n[pool.hsm]\n{section}"))
+        .unwrap_or_default();
     let text = format!(
         r#"# Written by `appliance dev` at every start.
 [server]
@@ -572,7 +617,7 @@ pin_file = "{pin}"
 
 [hardening]
 lock_memory = "preferred"
-"#,
+{pool}"#,
         ca = pki.ca_cert.display(),
         cert = pki.proxy_cert.display(),
         key = pki.proxy_key.display(),
@@ -695,5 +740,43 @@ async fn terminate(child: &mut Child, name: &str) {
             tracing::warn!("{name} did not stop in time; killing it");
             let _ = child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests report failures by panicking
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pipeline_follows_a_simulator_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let network = profile(
+            "network.toml",
+            "engines = 30\nlink_rtt_us = 1000.0\n[service.aes-gcm-decrypt]\nkind = \"fixed\"\nus = 1000.0\n",
+        );
+        let section = sim_pool_hsm(Path::new("fwsim"), &network).await.unwrap();
+        assert!(
+            section.contains("engines = 30\nservice_us = 1000\nlink_rtt_us = 1000\n"),
+            "{section}"
+        );
+
+        let spread = profile(
+            "spread.toml",
+            "engines = 2\n[default_service]\nkind = \"uniform\"\nmin_us = 10.0\nmax_us = 30.0\n",
+        );
+        let section = sim_pool_hsm(Path::new("fwsim"), &spread).await.unwrap();
+        assert!(section.contains("engines = 2\nservice_us = 20\nlink_rtt_us = 0\n"), "{section}");
+
+        // No service time: nothing but the host's CPUs to keep busy, so the proxy's default.
+        let ideal =
+            profile("ideal.toml", "engines = 64\n[default_service]\nkind = \"fixed\"\nus = 0.0\n");
+        assert_eq!(sim_pool_hsm(Path::new("fwsim"), &ideal).await, None);
     }
 }

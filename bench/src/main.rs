@@ -65,6 +65,9 @@ enum Command {
         /// Threads (direct) and requests in flight (proxy), comma-separated.
         #[arg(long, default_value = "1,4")]
         concurrency: String,
+        /// Operations per frame on the proxy side.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -205,7 +208,8 @@ fn main() -> anyhow::Result<()> {
                 finish(&report, &run)
             })
         }
-        Command::Compare { token, proxy, concurrency, run } => {
+        Command::Compare { token, proxy, concurrency, batch, run } => {
+            anyhow::ensure!(batch >= 1, "--batch must be at least 1");
             let dev = dev_json(token.dev_json.as_deref())?;
             reexec_with_module_env(dev.as_ref())?;
             let target = token_target(&token, dev.as_ref())?;
@@ -223,7 +227,7 @@ fn main() -> anyhow::Result<()> {
                     for &c in &ops::parse_counts(&concurrency).map_err(anyhow::Error::msg)? {
                         // Alternate which goes first, so slow drift favours neither.
                         let (d, p) = if flip {
-                            let p = proxy_cell(&via, op, c, 1, window(&run)).await;
+                            let p = proxy_cell(&via, op, c, batch, window(&run)).await;
                             (
                                 tokio::task::block_in_place(|| {
                                     direct_cell(&direct, op, c, window(&run))
@@ -234,7 +238,7 @@ fn main() -> anyhow::Result<()> {
                             let d = tokio::task::block_in_place(|| {
                                 direct_cell(&direct, op, c, window(&run))
                             })?;
-                            (d, proxy_cell(&via, op, c, 1, window(&run)).await)
+                            (d, proxy_cell(&via, op, c, batch, window(&run)).await)
                         };
                         flip = !flip;
                         report.comparisons.push(Comparison {

@@ -142,6 +142,9 @@ fn dev_stack_runs_on_softhsm2_when_asked() {
     assert_eq!(r.body, b"on softhsm2");
     let objects = pkcs11_tool(info, &["--list-objects", "--type", "secrkey"]);
     assert!(objects.contains("hsm-proxy-mkek"), "{objects}");
+    // SoftHSM2 serialises private-object operations: the proxy keeps one outstanding.
+    let proxy_log = std::fs::read_to_string(info["proxy"]["log"].as_str().unwrap()).unwrap();
+    assert!(proxy_log.contains(", 1 worker sessions"), "{proxy_log}");
     let (status, log) = stack.stop();
     assert!(status.success(), "{log}");
 }

@@ -125,9 +125,13 @@ impl fmt::Debug for Pkcs11Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Worker sessions; 0 picks the number of CPUs, capped by `max_sessions` and the token.
+    /// Operations kept outstanding at the HSM, one worker session each; 0 derives it from
+    /// `[pool.hsm]`, or takes one per CPU. Capped by `max_sessions` and the token.
+    #[serde(default, alias = "sessions")]
+    pub pipeline_depth: usize,
+    /// The HSM's shape, from which the pipeline depth follows when it is not set.
     #[serde(default)]
-    pub sessions: usize,
+    pub hsm: HsmProfile,
     /// Budget: the most sessions this proxy opens on the token, the key-holder included.
     #[serde(default = "defaults::max_sessions")]
     pub max_sessions: usize,
@@ -145,12 +149,45 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            sessions: 0,
+            pipeline_depth: 0,
+            hsm: HsmProfile::default(),
             max_sessions: defaults::max_sessions(),
             queue_depth: defaults::queue_depth(),
             default_deadline_ms: defaults::default_deadline_ms(),
             max_deadline_ms: defaults::max_deadline_ms(),
         }
+    }
+}
+
+/// `[pool.hsm]`: what the HSM can do at once, and how long an operation takes there and on the
+/// way, so that enough operations are outstanding to keep every engine busy and no more.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmProfile {
+    /// Operations the HSM runs in parallel (cores, crypto engines); 0 = unknown.
+    #[serde(default)]
+    pub engines: usize,
+    /// Typical time one operation takes inside the HSM, microseconds.
+    #[serde(default)]
+    pub service_us: u64,
+    /// Round trip between this host and the HSM, microseconds (0 for a local token).
+    #[serde(default)]
+    pub link_rtt_us: u64,
+}
+
+impl HsmProfile {
+    /// The pipeline depth that keeps every engine busy (Little's law): each engine needs one
+    /// operation in service and enough more in transit to cover the link's round trip.
+    /// `None` when the profile does not say.
+    pub fn pipeline_depth(&self) -> Option<usize> {
+        if self.engines == 0 {
+            return None;
+        }
+        if self.service_us == 0 {
+            return Some(self.engines);
+        }
+        let per_engine = (self.service_us + self.link_rtt_us).div_ceil(self.service_us);
+        Some(self.engines.saturating_mul(usize::try_from(per_engine).unwrap_or(usize::MAX)))
     }
 }
 
@@ -318,8 +355,13 @@ impl Config {
         if self.pool.max_sessions < 2 {
             return bad("[pool] max_sessions must be at least 2 (one key-holder, one worker)");
         }
-        if self.pool.sessions >= self.pool.max_sessions {
-            return bad("[pool] sessions must be below max_sessions (one is the key-holder)");
+        if self.pool.pipeline_depth >= self.pool.max_sessions {
+            return bad("[pool] pipeline_depth must be below max_sessions (one is the key-holder)");
+        }
+        if self.pool.hsm.engines == 0
+            && (self.pool.hsm.service_us > 0 || self.pool.hsm.link_rtt_us > 0)
+        {
+            return bad("[pool.hsm] set engines as well as service_us and link_rtt_us");
         }
         if self.pool.queue_depth == 0 || self.keys.kek_cache_capacity == 0 {
             return bad("[pool] queue_depth and [keys] kek_cache_capacity must be positive");
@@ -387,6 +429,29 @@ mod tests {
     }
 
     #[test]
+    fn the_pipeline_depth_follows_the_hsm_profile() {
+        let depth = |engines, service_us, link_rtt_us| {
+            HsmProfile { engines, service_us, link_rtt_us }.pipeline_depth()
+        };
+        assert_eq!(depth(0, 0, 0), None);
+        // A local token: one operation per engine.
+        assert_eq!(depth(4, 7, 0), Some(4));
+        assert_eq!(depth(4, 0, 0), Some(4));
+        // 30 engines of 1 ms behind a 1 ms round trip: two per engine.
+        assert_eq!(depth(30, 1000, 1000), Some(60));
+        // A part of an operation in transit still needs its own.
+        assert_eq!(depth(8, 250, 200), Some(16));
+
+        let with = |extra: &str| toml::from_str::<Config>(&format!("{MINIMAL}\n{extra}")).unwrap();
+        let c = with("[pool]\nsessions = 3");
+        assert_eq!(c.pool.pipeline_depth, 3, "`sessions` is still read");
+        let c = with("[pool.hsm]\nservice_us = 1000");
+        assert!(c.validate().unwrap_err().to_string().contains("engines"));
+        let c = with("[pool]\npipeline_depth = 64");
+        assert!(c.validate().unwrap_err().to_string().contains("max_sessions"));
+    }
+
+    #[test]
     fn the_example_file_lists_valid_keys_with_their_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
         let c = Config::load(&path).unwrap();
@@ -397,7 +462,8 @@ mod tests {
         assert_eq!(c.server.max_frames_in_flight, defaults.server.max_frames_in_flight);
         assert_eq!(c.server.handshake_timeout_ms, defaults.server.handshake_timeout_ms);
         assert_eq!(c.server.drain_timeout_ms, defaults.server.drain_timeout_ms);
-        assert_eq!(c.pool.sessions, defaults.pool.sessions);
+        assert_eq!(c.pool.pipeline_depth, defaults.pool.pipeline_depth);
+        assert_eq!(c.pool.hsm.pipeline_depth(), defaults.pool.hsm.pipeline_depth());
         assert_eq!(c.pool.max_sessions, defaults.pool.max_sessions);
         assert_eq!(c.pool.queue_depth, defaults.pool.queue_depth);
         assert_eq!(c.pool.default_deadline_ms, defaults.pool.default_deadline_ms);

@@ -144,8 +144,9 @@ pub fn init_token(config: &Config) -> Result<bool> {
     Ok(created)
 }
 
-/// Worker sessions: the configured number, or one per CPU, within the session budget and the
-/// token's `ulMaxSessionCount`, one session being the key-holder.
+/// Worker sessions, which is the pipeline depth: as configured, else as the HSM profile implies,
+/// else one per CPU; within the session budget and the token's `ulMaxSessionCount`, one
+/// session being the key-holder.
 fn worker_count(config: &Config, token_max: Option<u64>) -> Result<usize> {
     let token_max = token_max.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
     let limit = config.pool.max_sessions.min(token_max).saturating_sub(1);
@@ -154,9 +155,10 @@ fn worker_count(config: &Config, token_max: Option<u64>) -> Result<usize> {
             "the token allows {token_max} sessions: no room for a worker beside the key-holder"
         )));
     }
-    let wanted = match config.pool.sessions {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
-        n => n,
+    let wanted = match (config.pool.pipeline_depth, config.pool.hsm.pipeline_depth()) {
+        (0, Some(depth)) => depth,
+        (0, None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        (n, _) => n,
     };
     if wanted > limit {
         tracing::warn!(wanted, limit, "session budget or token limit caps the worker count");

@@ -1,10 +1,14 @@
-//! The session pool and its pipeline: a bounded queue of operations served by OS threads,
-//! each owning one PKCS#11 session.
+//! The session pool and its pipeline: a bounded queue of work served by OS threads, each owning
+//! one PKCS#11 session, so the pipeline depth (operations outstanding at the HSM) is the number
+//! of workers.
 //!
-//! PKCS#11 calls block, so they never run on the async runtime: connection tasks put operations
-//! in the queue (waiting when it is full, which slows the client down) and await a one-shot
-//! answer. A worker that finds an operation past its deadline answers without touching the HSM.
+//! PKCS#11 calls block, so they never run on the async runtime: connection tasks put work in the
+//! queue (waiting when it is full, which slows the client down) and await a one-shot answer. A
+//! batch is split into one share per worker, at most, so a frame of many operations costs a
+//! handful of queue hand-offs and wake-ups rather than one per operation. A worker that finds an
+//! operation past its deadline answers it without touching the HSM.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -13,6 +17,7 @@ use std::time::{Duration, Instant};
 use cryptoki::session::{Session, SessionState};
 use hsm_proxy_proto::op::HealthReport;
 use hsm_proxy_proto::{OpCode, Outcome, Reply, Request, Status};
+use prometheus::IntCounter;
 use tokio::sync::oneshot;
 
 use crate::hsm::Token;
@@ -34,11 +39,12 @@ enum Message {
     Stop,
 }
 
+/// One worker's share of a batch, answered in one message.
 struct Job {
-    op: Request,
+    ops: Vec<Request>,
     enqueued: Instant,
     deadline: Instant,
-    reply: oneshot::Sender<Outcome>,
+    reply: oneshot::Sender<Vec<Outcome>>,
 }
 
 /// How the pool is sized and how long work may wait.
@@ -88,6 +94,7 @@ impl Pool {
                 health: health.clone(),
                 sessions: u32::try_from(settings.workers).unwrap_or(u32::MAX),
                 log_error_details: settings.log_error_details,
+                counters: HashMap::new(),
             };
             let rx = rx.clone();
             let handle = std::thread::Builder::new()
@@ -107,23 +114,72 @@ impl Pool {
         })
     }
 
-    /// Puts one operation in the queue, waiting for room until its deadline.
-    pub(crate) async fn enqueue(
+    /// Runs a batch: answers what needs no worker at once, splits the rest into at most one
+    /// share per worker, and collects the answers in the batch's order.
+    pub(crate) async fn run(&self, ops: Vec<Outcome<Request>>, deadline: Instant) -> Vec<Outcome> {
+        let mut results: Vec<Outcome> = Vec::with_capacity(ops.len());
+        let mut work = Vec::with_capacity(ops.len());
+        for (index, op) in ops.into_iter().enumerate() {
+            results.push(match op {
+                Err(status) => Err(status),
+                Ok(Request::Health(health)) => match self.cached_health() {
+                    Some(report) => Ok(Reply::Health(report)),
+                    None => {
+                        work.push((index, Request::Health(health)));
+                        Err(Status::Internal)
+                    }
+                },
+                Ok(op) => {
+                    work.push((index, op));
+                    Err(Status::Internal)
+                }
+            });
+        }
+        if work.is_empty() {
+            return results;
+        }
+        let share = work.len().div_ceil(self.settings.workers.max(1));
+        let mut work = work.into_iter();
+        let mut pending = Vec::new();
+        loop {
+            let (indices, ops): (Vec<usize>, Vec<Request>) = work.by_ref().take(share).unzip();
+            if ops.is_empty() {
+                break;
+            }
+            pending.push((indices, self.enqueue(ops, deadline).await));
+        }
+        for (indices, queued) in pending {
+            let answers = match queued {
+                Ok(rx) => rx.await.map_err(|_| Status::Internal),
+                Err(status) => Err(status),
+            };
+            match answers {
+                Ok(answers) => {
+                    for (index, outcome) in indices.into_iter().zip(answers) {
+                        results[index] = outcome;
+                    }
+                }
+                Err(status) => {
+                    for index in indices {
+                        results[index] = Err(status);
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Puts one share in the queue, waiting for room until its deadline.
+    async fn enqueue(
         &self,
-        op: Request,
+        ops: Vec<Request>,
         deadline: Instant,
-    ) -> Result<oneshot::Receiver<Outcome>, Status> {
-        let (reply, rx) = oneshot::channel();
+    ) -> Result<oneshot::Receiver<Vec<Outcome>>, Status> {
         if self.closing.load(Ordering::Acquire) {
             return Err(Status::ShuttingDown);
         }
-        if let Request::Health(_) = op
-            && let Some(report) = self.cached_health()
-        {
-            let _ = reply.send(Ok(Reply::Health(report)));
-            return Ok(rx);
-        }
-        let job = Job { op, enqueued: Instant::now(), deadline, reply };
+        let (reply, rx) = oneshot::channel();
+        let job = Job { ops, enqueued: Instant::now(), deadline, reply };
         let send = self.queue.send_async(Message::Run(job));
         match tokio::time::timeout_at(deadline.into(), send).await {
             Ok(Ok(())) => {
@@ -182,36 +238,57 @@ struct Worker {
     health: HealthCache,
     sessions: u32,
     log_error_details: bool,
+    counters: HashMap<(OpCode, Status), IntCounter>,
 }
 
 impl Worker {
     fn run(mut self, rx: flume::Receiver<Message>) {
         while let Ok(Message::Run(job)) = rx.recv() {
             self.metrics.queue_depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
-            let code = job.op.code();
-            let started = Instant::now();
-            self.metrics.queue_wait[code.index()]
-                .observe(started.saturating_duration_since(job.enqueued).as_secs_f64());
-            let outcome = if started > job.deadline {
-                Err(Status::DeadlineExceeded)
-            } else {
-                self.metrics.sessions_busy.inc();
-                let outcome = self.execute(&job.op);
-                self.metrics.sessions_busy.dec();
-                self.metrics.service_time[code.index()].observe(started.elapsed().as_secs_f64());
-                outcome
-            };
-            let status = match &outcome {
-                Ok(_) => Status::Ok,
-                Err(s) => *s,
-            };
-            self.metrics.operations.with_label_values(&[code.name(), status.name()]).inc();
-            if let Ok(Reply::Health(report)) = &outcome {
-                *lock(&self.health) = Some((Instant::now(), report.clone()));
+            let mut answers = Vec::with_capacity(job.ops.len());
+            for op in &job.ops {
+                answers.push(self.serve(op, job.enqueued, job.deadline));
             }
-            let _ = job.reply.send(outcome);
+            // The requests held plaintexts and wrapped keys; they are wiped as they drop here.
+            drop(job.ops);
+            let _ = job.reply.send(answers);
         }
         self.close_session();
+    }
+
+    /// One operation of a share, with its metrics.
+    fn serve(&mut self, op: &Request, enqueued: Instant, deadline: Instant) -> Outcome {
+        let code = op.code();
+        let started = Instant::now();
+        self.metrics.queue_wait[code.index()]
+            .observe(started.saturating_duration_since(enqueued).as_secs_f64());
+        let outcome = if started > deadline {
+            Err(Status::DeadlineExceeded)
+        } else {
+            self.metrics.sessions_busy.inc();
+            let outcome = self.execute(op);
+            self.metrics.sessions_busy.dec();
+            self.metrics.service_time[code.index()].observe(started.elapsed().as_secs_f64());
+            outcome
+        };
+        let status = match &outcome {
+            Ok(_) => Status::Ok,
+            Err(s) => *s,
+        };
+        self.count(code, status);
+        if let Ok(Reply::Health(report)) = &outcome {
+            *lock(&self.health) = Some((Instant::now(), report.clone()));
+        }
+        outcome
+    }
+
+    /// Counts an answer; the labelled counter is looked up once per worker, not per operation.
+    fn count(&mut self, code: OpCode, status: Status) {
+        let metrics = &self.metrics;
+        self.counters
+            .entry((code, status))
+            .or_insert_with(|| metrics.operations.with_label_values(&[code.name(), status.name()]))
+            .inc();
     }
 
     /// Runs an operation, recovering from a lost session, a lost device or a stale handle.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hsm_proxy_proto::frame::{FrameKind, HEADER_BYTES, Header};
-use hsm_proxy_proto::{Outcome, Request, RequestBatch, ResponseBatch, Status};
+use hsm_proxy_proto::{RequestBatch, ResponseBatch, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -174,7 +174,7 @@ impl Connection {
             let frames = frames.clone();
             let request_id = header.request_id;
             tokio::spawn(async move {
-                let results = run_batch(&pool, ops, deadline).await;
+                let results = pool.run(ops, deadline).await;
                 let frame = Zeroizing::new(ResponseBatch::encode_frame(request_id, &results));
                 drop(results);
                 let _ = frames.send(frame).await;
@@ -188,25 +188,6 @@ impl Connection {
         tracing::info!(request_id = id, %status, "request frame refused");
         let _ = frames.send(Zeroizing::new(ResponseBatch::encode_refusal(id, status))).await;
     }
-}
-
-/// Queues every operation of a batch, then collects the answers in order.
-async fn run_batch(pool: &Pool, ops: Vec<Outcome<Request>>, deadline: Instant) -> Vec<Outcome> {
-    let mut pending = Vec::with_capacity(ops.len());
-    for op in ops {
-        pending.push(match op {
-            Ok(op) => pool.enqueue(op, deadline).await,
-            Err(status) => Err(status),
-        });
-    }
-    let mut results = Vec::with_capacity(pending.len());
-    for p in pending {
-        results.push(match p {
-            Ok(rx) => rx.await.unwrap_or(Err(Status::Internal)),
-            Err(status) => Err(status),
-        });
-    }
-    results
 }
 
 async fn write_loop(

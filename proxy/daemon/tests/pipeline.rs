@@ -1,5 +1,6 @@
-//! The pipeline's limits: deadlines answered without touching the HSM, back-pressure instead of
-//! errors when the queue is full, and a client that reconnects and fails over by itself.
+//! The pipeline: batches split across the workers and answered in order, deadlines answered
+//! without touching the HSM, back-pressure instead of errors when the queue is full, and a
+//! client that reconnects and fails over by itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -39,9 +40,12 @@ async fn send_with_timeout(proxy: &Proxy, ops: &[Request], timeout_ms: u32) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_and_back_pressure() {
     let token = Token::new("pipeline");
-    // Two workers, a queue of two: most of a 12-operation frame waits for room.
-    let settings =
-        Settings { extra: "[pool]\nsessions = 2\nqueue_depth = 2\n".into(), ..Settings::default() };
+    // Two workers, a queue of two: a 12-operation frame is two shares of six, each run in turn
+    // by one worker.
+    let settings = Settings {
+        extra: "[pool]\npipeline_depth = 2\nqueue_depth = 2\n".into(),
+        ..Settings::default()
+    };
     let mut proxy = Proxy::start(&token, &settings);
     let kek = proxy.client().call(GenerateKek).await.unwrap();
     // RSA-3072 generation takes the token tens of milliseconds or more per key.
@@ -49,8 +53,8 @@ async fn deadlines_and_back_pressure() {
         .map(|_| GenerateKeyPair { kek: kek.clone(), spec: KeyPairSpec::Rsa3072 }.into())
         .collect();
 
-    // With a 1 ms deadline, the operations still queued when it passes are answered
-    // DeadlineExceeded and never reach the HSM; at most the two picked up at once ran.
+    // With a 1 ms deadline, the operations not started when it passes are answered
+    // DeadlineExceeded and never reach the HSM; at most the first of each share ran.
     let statuses = send_with_timeout(&proxy, &slow, 1).await;
     let expired = statuses.iter().filter(|s| **s == Status::DeadlineExceeded).count();
     assert!(expired >= 10, "{statuses:?}");
@@ -69,8 +73,8 @@ async fn deadlines_and_back_pressure() {
         r#"hsm_proxy_operations_total{op="GenerateKeyPair",status="deadline_exceeded"}"#,
     );
     // Operations that expired while waiting for room in the queue are answered by the listener;
-    // those that expired inside the queue are answered by a worker, without an HSM call, and
-    // counted. Both kinds happened: the queue held two while the first two keys were generated.
+    // those that expired in the queue or behind a slower operation of their share are answered
+    // by a worker, without an HSM call, and counted.
     assert!(expired_metric >= 1.0 && expired_metric <= expired as f64, "{metrics}");
     assert_eq!(
         common::metric_value(
@@ -80,6 +84,38 @@ async fn deadlines_and_back_pressure() {
         (12 + 12 - expired) as f64,
         "{metrics}"
     );
+    proxy.assert_healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_split_across_workers_and_answered_in_order() {
+    let token = Token::new("shares");
+    let settings = Settings { extra: "[pool]\npipeline_depth = 3\n".into(), ..Settings::default() };
+    let proxy = Proxy::start(&token, &settings);
+    let client = proxy.client();
+    // 40 operations over three workers: shares of 14, 14 and 12. Every fifth asks for more
+    // random bytes than allowed and fails alone; each other answer has its own length.
+    let lens: Vec<u32> = (0..40)
+        .map(|i| if i % 5 == 4 { hsm_proxy_proto::op::MAX_RANDOM_BYTES + 1 } else { i + 1 })
+        .collect();
+    let ops = lens.iter().map(|&len| Random { len }.into()).collect();
+    let replies = client.call_batch(ops).await.unwrap();
+    assert_eq!(replies.len(), lens.len());
+    for (len, reply) in lens.iter().zip(replies) {
+        match reply {
+            Ok(hsm_proxy_proto::Reply::Random(bytes)) => assert_eq!(bytes.len() as u32, *len),
+            Err(status) => {
+                assert_eq!(status, Status::InvalidArgument);
+                assert!(*len > hsm_proxy_proto::op::MAX_RANDOM_BYTES);
+            }
+            other => panic!("unexpected reply {other:?}"),
+        }
+    }
+    // A batch of one, and a batch of Health answered from the cache with no worker.
+    assert_eq!(client.call(Random { len: 7 }).await.unwrap().len(), 7);
+    let health: Vec<Request> = (0..5).map(|_| Health.into()).collect();
+    let replies = client.call_batch(health).await.unwrap();
+    assert!(replies.iter().all(|r| matches!(r, Ok(hsm_proxy_proto::Reply::Health(_)))));
     proxy.assert_healthy();
 }
 
