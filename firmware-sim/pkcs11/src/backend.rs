@@ -49,6 +49,9 @@ pub(crate) struct SessionState {
     pub(crate) find: Option<VecDeque<u32>>,
     pub(crate) encrypt: Option<Operation>,
     pub(crate) decrypt: Option<Operation>,
+    /// Message-based (PKCS#11 3.0) AES-GCM: the key stays set for many messages.
+    pub(crate) message_encrypt: Option<Operation>,
+    pub(crate) message_decrypt: Option<Operation>,
     pub(crate) sign: Option<Operation>,
     pub(crate) verify: Option<Operation>,
     /// The last attribute read, so that the usual length-then-value pair of C_GetAttributeValue

@@ -35,7 +35,7 @@ fn guard(body: impl FnOnce() -> Result<()>) -> CK_RV {
 /// Declares an exported PKCS#11 function whose body returns `Result<()>`.
 macro_rules! pkcs11_fn {
     ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        #[doc = concat!("`", stringify!($name), "`, as PKCS#11 v2.40 defines it.")]
+        #[doc = concat!("`", stringify!($name), "`, as PKCS#11 defines it.")]
         $(#[$meta])*
         ///
         /// # Safety
@@ -284,6 +284,127 @@ pkcs11_fn! {
 }
 
 /// The function list, PKCS#11 v2.40.
+/// The function list, PKCS#11 3.0: the v2.40 functions, the interface functions, and
+/// message-based AES-GCM. The other 3.0 functions are absent (NULL), which tells callers so.
+static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = CK_FUNCTION_LIST_3_0 {
+    version: CK_VERSION { major: 3, minor: 0 },
+    C_Initialize: Some(C_Initialize),
+    C_Finalize: Some(C_Finalize),
+    C_GetInfo: Some(C_GetInfo),
+    C_GetFunctionList: Some(C_GetFunctionList),
+    C_GetSlotList: Some(C_GetSlotList),
+    C_GetSlotInfo: Some(C_GetSlotInfo),
+    C_GetTokenInfo: Some(C_GetTokenInfo),
+    C_GetMechanismList: Some(C_GetMechanismList),
+    C_GetMechanismInfo: Some(C_GetMechanismInfo),
+    C_InitToken: Some(C_InitToken),
+    C_InitPIN: Some(C_InitPIN),
+    C_SetPIN: Some(C_SetPIN),
+    C_OpenSession: Some(C_OpenSession),
+    C_CloseSession: Some(C_CloseSession),
+    C_CloseAllSessions: Some(C_CloseAllSessions),
+    C_GetSessionInfo: Some(C_GetSessionInfo),
+    C_GetOperationState: Some(C_GetOperationState),
+    C_SetOperationState: Some(C_SetOperationState),
+    C_Login: Some(C_Login),
+    C_Logout: Some(C_Logout),
+    C_CreateObject: Some(C_CreateObject),
+    C_CopyObject: Some(C_CopyObject),
+    C_DestroyObject: Some(C_DestroyObject),
+    C_GetObjectSize: Some(C_GetObjectSize),
+    C_GetAttributeValue: Some(C_GetAttributeValue),
+    C_SetAttributeValue: Some(C_SetAttributeValue),
+    C_FindObjectsInit: Some(C_FindObjectsInit),
+    C_FindObjects: Some(C_FindObjects),
+    C_FindObjectsFinal: Some(C_FindObjectsFinal),
+    C_EncryptInit: Some(C_EncryptInit),
+    C_Encrypt: Some(C_Encrypt),
+    C_EncryptUpdate: Some(C_EncryptUpdate),
+    C_EncryptFinal: Some(C_EncryptFinal),
+    C_DecryptInit: Some(C_DecryptInit),
+    C_Decrypt: Some(C_Decrypt),
+    C_DecryptUpdate: Some(C_DecryptUpdate),
+    C_DecryptFinal: Some(C_DecryptFinal),
+    C_DigestInit: Some(C_DigestInit),
+    C_Digest: Some(C_Digest),
+    C_DigestUpdate: Some(C_DigestUpdate),
+    C_DigestKey: Some(C_DigestKey),
+    C_DigestFinal: Some(C_DigestFinal),
+    C_SignInit: Some(C_SignInit),
+    C_Sign: Some(C_Sign),
+    C_SignUpdate: Some(C_SignUpdate),
+    C_SignFinal: Some(C_SignFinal),
+    C_SignRecoverInit: Some(C_SignRecoverInit),
+    C_SignRecover: Some(C_SignRecover),
+    C_VerifyInit: Some(C_VerifyInit),
+    C_Verify: Some(C_Verify),
+    C_VerifyUpdate: Some(C_VerifyUpdate),
+    C_VerifyFinal: Some(C_VerifyFinal),
+    C_VerifyRecoverInit: Some(C_VerifyRecoverInit),
+    C_VerifyRecover: Some(C_VerifyRecover),
+    C_DigestEncryptUpdate: Some(C_DigestEncryptUpdate),
+    C_DecryptDigestUpdate: Some(C_DecryptDigestUpdate),
+    C_SignEncryptUpdate: Some(C_SignEncryptUpdate),
+    C_DecryptVerifyUpdate: Some(C_DecryptVerifyUpdate),
+    C_GenerateKey: Some(C_GenerateKey),
+    C_GenerateKeyPair: Some(C_GenerateKeyPair),
+    C_WrapKey: Some(C_WrapKey),
+    C_UnwrapKey: Some(C_UnwrapKey),
+    C_DeriveKey: Some(C_DeriveKey),
+    C_SeedRandom: Some(C_SeedRandom),
+    C_GenerateRandom: Some(C_GenerateRandom),
+    C_GetFunctionStatus: Some(C_GetFunctionStatus),
+    C_CancelFunction: Some(C_CancelFunction),
+    C_WaitForSlotEvent: Some(C_WaitForSlotEvent),
+    C_GetInterfaceList: Some(C_GetInterfaceList),
+    C_GetInterface: Some(C_GetInterface),
+    C_LoginUser: None,
+    C_SessionCancel: None,
+    C_MessageEncryptInit: Some(C_MessageEncryptInit),
+    C_EncryptMessage: Some(C_EncryptMessage),
+    C_EncryptMessageBegin: None,
+    C_EncryptMessageNext: None,
+    C_MessageEncryptFinal: Some(C_MessageEncryptFinal),
+    C_MessageDecryptInit: Some(C_MessageDecryptInit),
+    C_DecryptMessage: Some(C_DecryptMessage),
+    C_DecryptMessageBegin: None,
+    C_DecryptMessageNext: None,
+    C_MessageDecryptFinal: Some(C_MessageDecryptFinal),
+    C_MessageSignInit: None,
+    C_SignMessage: None,
+    C_SignMessageBegin: None,
+    C_SignMessageNext: None,
+    C_MessageSignFinal: None,
+    C_MessageVerifyInit: None,
+    C_VerifyMessage: None,
+    C_VerifyMessageBegin: None,
+    C_VerifyMessageNext: None,
+    C_MessageVerifyFinal: None,
+};
+
+/// The interface name PKCS#11 3.0 defines for its function lists.
+const INTERFACE_NAME: &[u8] = b"PKCS 11\0";
+
+/// A `CK_INTERFACE` that may live in a static.
+struct Interface(CK_INTERFACE);
+
+// SAFETY: the pointers inside point at immutable statics, never written through.
+unsafe impl Sync for Interface {}
+
+/// The interfaces offered, the default (3.0) first.
+static INTERFACES: [Interface; 2] = [
+    Interface(CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr().cast_mut(),
+        pFunctionList: ptr::addr_of!(FUNCTION_LIST_3_0).cast_mut().cast(),
+        flags: 0,
+    }),
+    Interface(CK_INTERFACE {
+        pInterfaceName: INTERFACE_NAME.as_ptr().cast_mut(),
+        pFunctionList: ptr::addr_of!(FUNCTION_LIST).cast_mut().cast(),
+        flags: 0,
+    }),
+];
+
 static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     version: CK_VERSION { major: 2, minor: 40 },
     C_Initialize: Some(C_Initialize),
@@ -362,6 +483,49 @@ pkcs11_fn! {
         // SAFETY: `write` checks for null. The list is immutable; PKCS#11 declares the pointer
         // non-const for historical reasons and callers never write through it.
         unsafe { write(list, ptr::addr_of!(FUNCTION_LIST).cast_mut()) }
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0: the interfaces offered (3.0, then 2.40).
+    fn C_GetInterfaceList(list: *mut CK_INTERFACE, count: *mut CK_ULONG) {
+        let interfaces: Vec<CK_INTERFACE> = INTERFACES.iter().map(|i| i.0).collect();
+        // SAFETY: `write_list` checks the pointers; the count and array are the caller's.
+        unsafe { write_list(list, count, &interfaces) }
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0: an interface by name and version; with neither, the default (3.0).
+    fn C_GetInterface(
+        name: *mut CK_UTF8CHAR,
+        version: *mut CK_VERSION,
+        interface: *mut *mut CK_INTERFACE,
+        flags: CK_FLAGS,
+    ) {
+        if !name.is_null() {
+            // SAFETY: a non-null name is a NUL-terminated string (PKCS#11 contract).
+            let name = unsafe { std::ffi::CStr::from_ptr(name.cast_const().cast()) };
+            if name.to_bytes_with_nul() != INTERFACE_NAME {
+                return Err(Error::ArgumentsBad);
+            }
+        }
+        let wanted = if version.is_null() {
+            None
+        } else {
+            // SAFETY: non-null; the caller's CK_VERSION.
+            Some(unsafe { ptr::read_unaligned(version) })
+        };
+        let found = INTERFACES.iter().find(|i| {
+            // SAFETY: every interface points at one of the function lists above, each of which
+            // starts with its CK_VERSION.
+            let v = unsafe { ptr::read(i.0.pFunctionList.cast::<CK_VERSION>()) };
+            wanted.is_none_or(|w| w.major == v.major && w.minor == v.minor) && flags & !i.0.flags == 0
+        });
+        let found = found.ok_or(Error::ArgumentsBad)?;
+        // SAFETY: `write` checks for null. The interface is immutable; the API declares the
+        // pointer non-const and callers never write through it.
+        unsafe { write(interface, ptr::addr_of!(found.0).cast_mut()) }
     }
 }
 
@@ -779,6 +943,144 @@ pkcs11_fn! {
     fn C_DecryptFinal(session: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG) {
         // SAFETY: forwarded from the caller; the input was gathered by the updates.
         unsafe { single(session, ptr::null(), 0, out, out_len, api::encrypt::decrypt) }
+    }
+}
+
+/// A message-based init: AES-GCM, with no parameter or a `CK_GCM_MESSAGE_PARAMS` (whose
+/// contents only matter per message).
+unsafe fn message_init(
+    session: CK_SESSION_HANDLE,
+    m: *const CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+    begin: fn(u32, u64, u32) -> Result<()>,
+) -> Result<()> {
+    if m.is_null() {
+        return Err(Error::ArgumentsBad);
+    }
+    // SAFETY: non-null; the caller guarantees a CK_MECHANISM.
+    let m = unsafe { ptr::read_unaligned(m) };
+    let param_len = len(m.ulParameterLen)?;
+    if !m.pParameter.is_null() && param_len != size_of::<CK_GCM_MESSAGE_PARAMS>() {
+        return Err(Error::MechanismParamInvalid);
+    }
+    begin(session_handle(session)?, m.mechanism, object_handle(key, Error::KeyHandleInvalid)?)
+}
+
+/// One message's `CK_GCM_MESSAGE_PARAMS`: the IV, and where the tag is (read or written).
+unsafe fn gcm_message<'a>(
+    param: *mut std::ffi::c_void,
+    param_len: CK_ULONG,
+) -> Result<(api::encrypt::GcmMessage<'a>, *mut CK_BYTE, usize)> {
+    if param.is_null() || len(param_len)? != size_of::<CK_GCM_MESSAGE_PARAMS>() {
+        return Err(Error::MechanismParamInvalid);
+    }
+    // SAFETY: non-null and exactly the size of CK_GCM_MESSAGE_PARAMS.
+    let p = unsafe { ptr::read_unaligned(param as *const CK_GCM_MESSAGE_PARAMS) };
+    if p.ivGenerator != CKG_NO_GENERATE || p.pTag.is_null() {
+        // This device takes the caller's IV; it generates none.
+        return Err(Error::MechanismParamInvalid);
+    }
+    // SAFETY: the IV is `ulIvLen` bytes at `pIv`.
+    let iv = unsafe { input(p.pIv, p.ulIvLen) }.map_err(|_| Error::MechanismParamInvalid)?;
+    let tag_len = len(p.ulTagBits / 8)?;
+    Ok((api::encrypt::GcmMessage { iv, tag_bits: p.ulTagBits }, p.pTag, tag_len))
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0.
+    fn C_MessageEncryptInit(session: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+        // SAFETY: forwarded from the caller.
+        unsafe { message_init(session, m, key, api::encrypt::message_encrypt_init) }
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0: one message; the tag is written where the parameters say.
+    fn C_EncryptMessage(
+        session: CK_SESSION_HANDLE,
+        param: *mut std::ffi::c_void,
+        param_len: CK_ULONG,
+        aad: *mut CK_BYTE,
+        aad_len: CK_ULONG,
+        plaintext: *mut CK_BYTE,
+        plaintext_len: CK_ULONG,
+        out: *mut CK_BYTE,
+        out_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the parameter, buffers and lengths are the caller's, as PKCS#11 defines them.
+        let (params, tag_ptr, tag_len) = unsafe { gcm_message(param, param_len) }?;
+        // SAFETY: as above.
+        let (aad, plaintext, buf) = unsafe {
+            (input(aad, aad_len)?, input(plaintext, plaintext_len)?, output(out, out_len)?)
+        };
+        // SAFETY: `gcm_message` checked the tag pointer; it holds `ulTagBits / 8` bytes.
+        let tag = unsafe { std::slice::from_raw_parts_mut(tag_ptr, tag_len) };
+        let result = api::encrypt::encrypt_message(
+            session_handle(session)?,
+            &params,
+            tag,
+            aad,
+            plaintext,
+            buf,
+        )?;
+        // SAFETY: `output` checked `out_len`.
+        unsafe { produced(result, out_len) }
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0.
+    fn C_MessageEncryptFinal(session: CK_SESSION_HANDLE) {
+        api::encrypt::message_encrypt_final(session_handle(session)?)
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0.
+    fn C_MessageDecryptInit(session: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) {
+        // SAFETY: forwarded from the caller.
+        unsafe { message_init(session, m, key, api::encrypt::message_decrypt_init) }
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0: one message; the tag is read from the parameters.
+    fn C_DecryptMessage(
+        session: CK_SESSION_HANDLE,
+        param: *mut std::ffi::c_void,
+        param_len: CK_ULONG,
+        aad: *mut CK_BYTE,
+        aad_len: CK_ULONG,
+        ciphertext: *mut CK_BYTE,
+        ciphertext_len: CK_ULONG,
+        out: *mut CK_BYTE,
+        out_len: *mut CK_ULONG,
+    ) {
+        // SAFETY: the parameter, buffers and lengths are the caller's, as PKCS#11 defines them.
+        let (params, tag_ptr, tag_len) = unsafe { gcm_message(param, param_len) }?;
+        // SAFETY: as above.
+        let (aad, ciphertext, buf) = unsafe {
+            (input(aad, aad_len)?, input(ciphertext, ciphertext_len)?, output(out, out_len)?)
+        };
+        // SAFETY: `gcm_message` checked the tag pointer; it holds `ulTagBits / 8` bytes.
+        let tag = unsafe { std::slice::from_raw_parts(tag_ptr.cast_const(), tag_len) };
+        let result = api::encrypt::decrypt_message(
+            session_handle(session)?,
+            &params,
+            tag,
+            aad,
+            ciphertext,
+            buf,
+        )?;
+        // SAFETY: `output` checked `out_len`.
+        unsafe { produced(result, out_len) }
+    }
+}
+
+pkcs11_fn! {
+    /// PKCS#11 3.0.
+    fn C_MessageDecryptFinal(session: CK_SESSION_HANDLE) {
+        api::encrypt::message_decrypt_final(session_handle(session)?)
     }
 }
 

@@ -127,6 +127,85 @@ fn gcm_round_trip(session: &Session, key: ObjectHandle) {
     );
 }
 
+/// PKCS#11 3.0 message-based AES-GCM: one init for many messages, each with its own IV, AAD
+/// and tag, interchangeable with the single-part functions.
+fn gcm_messages(ctx: &Pkcs11, session: &Session, key: ObjectHandle) {
+    use cryptoki::mechanism::MessageParam;
+    use cryptoki::mechanism::aead::{GcmMessageParams, GeneratorFunction};
+    for f in [Function::MessageEncryptInit, Function::EncryptMessage, Function::DecryptMessage] {
+        assert!(ctx.is_fn_supported(f), "{f:?}");
+    }
+    fn init_param<'a>(iv: &'a mut [u8; 12], tag: &'a mut [u8; 16]) -> Mechanism<'a> {
+        Mechanism::AesGcmMessage(
+            GcmMessageParams::new(iv, 0.into(), GeneratorFunction::NoGenerate, tag).unwrap(),
+        )
+    }
+    let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
+    session.message_encrypt_init(&init_param(&mut iv, &mut tag), key).unwrap();
+    let mut sealed = Vec::new();
+    for i in 0..3u8 {
+        let mut iv = [i; 12];
+        let mut tag = [0u8; 16];
+        let param = MessageParam::AesGcmMessage(
+            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
+                .unwrap(),
+        );
+        let ct = session.encrypt_message(&param, &[b'a', i], &[i; 5]).unwrap();
+        assert_eq!(ct.len(), 5);
+        sealed.push((ct, tag));
+    }
+    // One operation at a time: a second init while one is active is refused.
+    assert_eq!(
+        rv(session.message_encrypt_init(&init_param(&mut iv, &mut tag), key)),
+        RvError::OperationActive
+    );
+    session.message_encrypt_final().unwrap();
+    assert_eq!(rv(session.message_encrypt_final()), RvError::OperationNotInitialized);
+
+    // The single-part function opens what the message-based one sealed.
+    let (ct, tag) = &sealed[1];
+    let mut iv = [1u8; 12];
+    let params = GcmParams::new(&mut iv, &[b'a', 1], 128.into()).unwrap();
+    let whole = [ct.as_slice(), tag.as_slice()].concat();
+    assert_eq!(session.decrypt(&Mechanism::AesGcm(params), key, &whole).unwrap(), [1u8; 5]);
+
+    session.message_decrypt_init(&init_param(&mut iv, &mut [0u8; 16]), key).unwrap();
+    for (i, (ct, tag)) in sealed.iter().enumerate() {
+        let i = i as u8;
+        let mut iv = [i; 12];
+        let mut tag = *tag;
+        let param = MessageParam::AesGcmMessage(
+            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
+                .unwrap(),
+        );
+        assert_eq!(session.decrypt_message(&param, &[b'a', i], ct).unwrap(), [i; 5]);
+        // Another message's AAD fails the tag, and the operation stays usable.
+        assert_eq!(
+            rv(session.decrypt_message(&param, b"other", ct)),
+            RvError::EncryptedDataInvalid
+        );
+    }
+    session.message_decrypt_final().unwrap();
+    let mut iv = [0u8; 12];
+    let mut tag = sealed[0].1;
+    let param = MessageParam::AesGcmMessage(
+        GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag).unwrap(),
+    );
+    assert_eq!(
+        rv(session.decrypt_message(&param, &[b'a', 0], &sealed[0].0)),
+        RvError::OperationNotInitialized
+    );
+    // IVs made by the device are not offered.
+    let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
+    session.message_encrypt_init(&init_param(&mut iv, &mut tag), key).unwrap();
+    let param = MessageParam::AesGcmMessage(
+        GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::GenerateRandom, &mut tag)
+            .unwrap(),
+    );
+    assert_eq!(rv(session.encrypt_message(&param, b"", b"x")), RvError::MechanismParamInvalid);
+    session.message_encrypt_final().unwrap();
+}
+
 #[test]
 fn an_in_process_device_through_cryptoki() {
     if !in_child(
@@ -151,11 +230,13 @@ fn an_in_process_device_through_cryptoki() {
     ] {
         assert!(mechanisms.contains(&m), "{m}");
     }
-    assert!(ctx.get_mechanism_info(slot, MechanismType::AES_GCM).unwrap().encrypt());
+    let gcm = ctx.get_mechanism_info(slot, MechanismType::AES_GCM).unwrap();
+    assert!(gcm.encrypt() && gcm.message_encrypt() && gcm.message_decrypt());
 
     let session = user_session(&ctx, slot);
     let key = aes(&session, true, "persistent");
     gcm_round_trip(&session, key);
+    gcm_messages(&ctx, &session, key);
 
     // Attribute rules: the value of a sensitive key is withheld.
     let read = session.get_attributes(key, &[AttributeType::Value, AttributeType::Label]).unwrap();

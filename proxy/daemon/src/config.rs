@@ -105,6 +105,10 @@ pub struct Pkcs11Config {
     /// Label of the master key-encryption key.
     #[serde(default = "defaults::mkek_label")]
     pub mkek_label: String,
+    /// Use PKCS#11 3.0 message-based AES-GCM when the token offers it (one init per key and
+    /// session instead of one per operation); otherwise, or when false, single-part calls.
+    #[serde(default = "defaults::yes")]
+    pub message_aead: bool,
 }
 
 impl fmt::Debug for Pkcs11Config {
@@ -117,6 +121,7 @@ impl fmt::Debug for Pkcs11Config {
             .field("pin_file", &self.pin_file)
             .field("pin_env", &self.pin_env)
             .field("mkek_label", &self.mkek_label)
+            .field("message_aead", &self.message_aead)
             .finish()
     }
 }
@@ -463,6 +468,7 @@ mod tests {
         assert_eq!(c.server.handshake_timeout_ms, defaults.server.handshake_timeout_ms);
         assert_eq!(c.server.drain_timeout_ms, defaults.server.drain_timeout_ms);
         assert_eq!(c.pool.pipeline_depth, defaults.pool.pipeline_depth);
+        assert_eq!(c.pkcs11.message_aead, defaults.pkcs11.message_aead);
         assert_eq!(c.pool.hsm.pipeline_depth(), defaults.pool.hsm.pipeline_depth());
         assert_eq!(c.pool.max_sessions, defaults.pool.max_sessions);
         assert_eq!(c.pool.queue_depth, defaults.pool.queue_depth);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -36,6 +36,9 @@ const REINIT_TRIES: usize = 3;
 /// What the token offers that changes how operations are done.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Capabilities {
+    /// PKCS#11 3.0 message-based AES-GCM (`C_MessageEncryptInit`, `C_EncryptMessage`, ...),
+    /// offered by the token and not turned off in the configuration.
+    pub(crate) message_aead: bool,
     /// `CKM_ECDSA_SHA256` (otherwise the proxy hashes and uses `CKM_ECDSA`).
     pub(crate) ecdsa_sha256: bool,
     /// `CKM_ECDSA_SHA384`.
@@ -123,6 +126,7 @@ impl Token {
     /// Loads the module, initialises it, logs in and finds (or creates) the MKEK.
     pub(crate) fn open(config: &Pkcs11Config, pin: AuthPin, mkek: MkekPolicy) -> Result<Token> {
         let ctx = load(&config.module)?;
+        let message_aead = config.message_aead;
         let config = TokenConfig {
             label: config.token_label.clone(),
             slot: config.slot,
@@ -148,7 +152,19 @@ impl Token {
         };
         // Asked one by one: listing every mechanism makes cryptoki log each vendor-defined one.
         let supports = |m| ctx.get_mechanism_info(slot, m).is_ok_and(|info| info.sign());
+        let gcm = ctx.get_mechanism_info(slot, MechanismType::AES_GCM);
+        let message_functions = [
+            Function::MessageEncryptInit,
+            Function::EncryptMessage,
+            Function::MessageEncryptFinal,
+            Function::MessageDecryptInit,
+            Function::DecryptMessage,
+            Function::MessageDecryptFinal,
+        ];
         let caps = Capabilities {
+            message_aead: message_aead
+                && gcm.is_ok_and(|info| info.message_encrypt() && info.message_decrypt())
+                && message_functions.into_iter().all(|f| ctx.is_fn_supported(f)),
             ecdsa_sha256: supports(MechanismType::ECDSA_SHA256),
             ecdsa_sha384: supports(MechanismType::ECDSA_SHA384),
         };

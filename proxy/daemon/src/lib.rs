@@ -55,12 +55,13 @@ impl Proxy {
         let workers = worker_count(config, token.summary.max_sessions)?;
         let keys = Arc::new(KekCache::new(config.keys.kek_cache_capacity, metrics.clone()));
         let summary = format!(
-            "token {:?} ({} {}) through {}, {} worker sessions",
+            "token {:?} ({} {}) through {}, {} worker sessions, AES-GCM {}",
             token.summary.label,
             token.summary.manufacturer,
             token.summary.model,
             token.summary.library,
-            workers
+            workers,
+            if token.caps.message_aead { "message-based (PKCS#11 3.0)" } else { "single-part" }
         );
         let settings = PoolSettings {
             workers,

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::hsm::Token;
 use crate::hsm::failure::{Class, Failure};
-use crate::hsm::ops::{self, OpContext};
+use crate::hsm::ops::{self, MessageAead, OpContext};
 use crate::keys::{KekCache, lock};
 use crate::metrics::Metrics;
 
@@ -91,6 +91,7 @@ impl Pool {
                 keys: keys.clone(),
                 metrics: metrics.clone(),
                 session: None,
+                aead: MessageAead::default(),
                 health: health.clone(),
                 sessions: u32::try_from(settings.workers).unwrap_or(u32::MAX),
                 log_error_details: settings.log_error_details,
@@ -235,6 +236,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     /// The session and the epoch it was opened in.
     session: Option<(u64, Session)>,
+    /// The session's message-based AES-GCM state; reset with the session.
+    aead: MessageAead,
     health: HealthCache,
     sessions: u32,
     log_error_details: bool,
@@ -381,8 +384,15 @@ impl Worker {
         let Some((_, session)) = self.session.as_ref() else {
             return Err(Failure::Status(Status::Internal));
         };
-        let cx =
-            OpContext { session, epoch, token: &token, keys: &self.keys, sessions: self.sessions };
+        let aead = token.caps.message_aead.then_some(&self.aead);
+        let cx = OpContext {
+            session,
+            aead,
+            epoch,
+            token: &token,
+            keys: &self.keys,
+            sessions: self.sessions,
+        };
         ops::execute(&cx, op)
     }
 
@@ -400,6 +410,8 @@ impl Worker {
     }
 
     fn forget_session(&mut self) {
+        // Its operations end with it.
+        self.aead = MessageAead::default();
         if let Some((_, session)) = self.session.take() {
             // Opened without close-on-drop: dropping it leaves the token's handle alone.
             drop(session);
@@ -408,6 +420,7 @@ impl Worker {
     }
 
     fn close_session(&mut self) {
+        self.aead = MessageAead::default();
         if let Some((epoch, session)) = self.session.take() {
             if self.token.read().number() == epoch {
                 let _ = session.close();

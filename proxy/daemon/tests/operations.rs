@@ -418,3 +418,56 @@ fn a_wrong_pin_is_a_clear_error() {
     assert!(stderr.contains("PinIncorrect") || stderr.contains("PIN"), "{stderr}");
     assert!(!stderr.contains("not-the-pin"), "the PIN must never be logged: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_based_aes_gcm_where_offered_interchangeable_with_single_part() {
+    let token = Token::new("message-aead");
+    // One worker, so that consecutive operations switch the session's bound key.
+    let one = "[pool]\npipeline_depth = 1\n".to_owned();
+    let mut proxy = Proxy::start(&token, &Settings { extra: one.clone(), ..Settings::default() });
+    // The simulator's module offers PKCS#11 3.0 message-based AES-GCM; SoftHSM2 2.6 does not.
+    let expected =
+        if common::is_simulator() { "AES-GCM message-based" } else { "AES-GCM single-part" };
+    assert!(proxy.log().contains(expected), "{}", proxy.log());
+    let client = proxy.client();
+    let keks = [client.call(GenerateKek).await.unwrap(), client.call(GenerateKek).await.unwrap()];
+    let mut sealed = Vec::new();
+    for i in 0..6u8 {
+        let kek = &keks[usize::from(i % 3 == 1)];
+        let aad = vec![b'a', i];
+        sealed.push((
+            kek.clone(),
+            aad.clone(),
+            vec![i; 33],
+            encrypt(&client, kek, &[i; 33], &aad).await,
+        ));
+    }
+    for (kek, aad, plaintext, s) in &sealed {
+        let opened = decrypt(&client, kek, s, aad).await.unwrap();
+        assert_eq!(opened.expose_secret(), plaintext.as_slice());
+        // A failed message leaves the path usable.
+        assert_eq!(status(decrypt(&client, kek, s, b"other").await), Status::AuthenticationFailed);
+    }
+    let other_key = decrypt(&client, &keks[1], &sealed[0].3, &sealed[0].1).await;
+    assert_eq!(status(other_key), Status::AuthenticationFailed);
+
+    // Turned off, the same token is driven single-part, and opens what the other path sealed.
+    let off = Settings {
+        pkcs11_extra: "message_aead = false\n".into(),
+        extra: one,
+        ..Settings::default()
+    };
+    let mut single = Proxy::start(&token, &off);
+    assert!(single.log().contains("AES-GCM single-part"), "{}", single.log());
+    let client = single.client();
+    for (kek, aad, plaintext, s) in &sealed {
+        let opened = decrypt(&client, kek, s, aad).await.unwrap();
+        assert_eq!(opened.expose_secret(), plaintext.as_slice());
+    }
+    let resealed = encrypt(&client, &keks[0], b"the other way", b"x").await;
+    let client = proxy.client();
+    let opened = decrypt(&client, &keks[0], &resealed, b"x").await.unwrap();
+    assert_eq!(opened.expose_secret(), b"the other way");
+    proxy.assert_healthy();
+    single.assert_healthy();
+}

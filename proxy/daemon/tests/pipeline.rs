@@ -91,7 +91,7 @@ async fn deadlines_and_back_pressure() {
 async fn a_batch_is_split_across_workers_and_answered_in_order() {
     let token = Token::new("shares");
     let settings = Settings { extra: "[pool]\npipeline_depth = 3\n".into(), ..Settings::default() };
-    let proxy = Proxy::start(&token, &settings);
+    let mut proxy = Proxy::start(&token, &settings);
     let client = proxy.client();
     // 40 operations over three workers: shares of 14, 14 and 12. Every fifth asks for more
     // random bytes than allowed and fails alone; each other answer has its own length.

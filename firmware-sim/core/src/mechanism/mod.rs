@@ -131,6 +131,8 @@ impl Hash {
 #[allow(missing_docs)] // the CKF_ mechanism flags
 pub mod ckf {
     pub const HW: u64 = 0x1;
+    pub const MESSAGE_ENCRYPT: u64 = 0x2;
+    pub const MESSAGE_DECRYPT: u64 = 0x4;
     pub const ENCRYPT: u64 = 0x100;
     pub const DECRYPT: u64 = 0x200;
     pub const SIGN: u64 = 0x800;
@@ -181,7 +183,7 @@ pub const SUPPORTED: &[Info] = {
         info(ckm::ECDSA_SHA384, 256, 384, SIGN | VERIFY | EC),
         info(ckm::ECDSA_SHA512, 256, 384, SIGN | VERIFY | EC),
         info(ckm::AES_KEY_GEN, 16, 32, GENERATE),
-        info(ckm::AES_GCM, 16, 32, ENCRYPT | DECRYPT),
+        info(ckm::AES_GCM, 16, 32, ENCRYPT | DECRYPT | MESSAGE_ENCRYPT | MESSAGE_DECRYPT),
         info(ckm::AES_KEY_WRAP, 16, 32, WRAP | UNWRAP),
         info(ckm::AES_KEY_WRAP_PAD, 16, 32, WRAP | UNWRAP),
     ]

@@ -1,9 +1,10 @@
-//! Encryption and decryption (AES-GCM), single- and multi-part.
+//! Encryption and decryption (AES-GCM): single- and multi-part (v2.40), and message-based
+//! (v3.0), where one init serves many messages.
 
-use firmware_sim_core::mechanism::Mechanism;
-use firmware_sim_core::{Command, Error};
+use firmware_sim_core::mechanism::{Mechanism, Param, ckm};
+use firmware_sim_core::{Command, Error, Response};
 
-use super::{Out, Produced, Slot, begin, finish, secret, update};
+use super::{Out, Produced, Slot, begin, deliver, finish, secret, unexpected, update};
 use crate::backend::{Operation, SessionState, library};
 
 fn encrypting(s: &mut SessionState) -> &mut Option<Operation> {
@@ -56,4 +57,151 @@ pub(crate) fn decrypt(session: u32, data: &[u8], out: Out<'_>) -> Result<Produce
 /// C_DecryptUpdate.
 pub(crate) fn decrypt_update(session: u32, data: &[u8]) -> Result<(), Error> {
     update(&*library()?, session, DECRYPT, data)
+}
+
+fn message_encrypting(s: &mut SessionState) -> &mut Option<Operation> {
+    &mut s.message_encrypt
+}
+
+fn message_decrypting(s: &mut SessionState) -> &mut Option<Operation> {
+    &mut s.message_decrypt
+}
+
+const MESSAGE_ENCRYPT: Slot = message_encrypting;
+const MESSAGE_DECRYPT: Slot = message_decrypting;
+
+/// One message's AES-GCM parameters (`CK_GCM_MESSAGE_PARAMS`): the caller's IV (this device
+/// generates none), and the tag's length.
+#[derive(Debug)]
+pub(crate) struct GcmMessage<'a> {
+    pub(crate) iv: &'a [u8],
+    pub(crate) tag_bits: u64,
+}
+
+impl GcmMessage<'_> {
+    fn tag_len(&self) -> Result<usize, Error> {
+        if !self.tag_bits.is_multiple_of(8) || !(96..=128).contains(&self.tag_bits) {
+            return Err(Error::MechanismParamInvalid);
+        }
+        usize::try_from(self.tag_bits / 8).map_err(|_| Error::MechanismParamInvalid)
+    }
+
+    fn mechanism(&self, aad: &[u8]) -> Mechanism {
+        Mechanism {
+            kind: ckm::AES_GCM,
+            param: Param::Gcm { iv: self.iv.to_vec(), aad: aad.to_vec(), tag_bits: self.tag_bits },
+        }
+    }
+}
+
+/// The key a message-based operation was started with.
+fn message_key(session: u32, slot: Slot) -> Result<u32, Error> {
+    library()?
+        .session(session, |s| slot(s).as_ref().map(|op| op.key))
+        .ok_or(Error::OperationNotInitialized)
+}
+
+/// C_MessageEncryptInit: AES-GCM under `key` for the messages that follow.
+pub(crate) fn message_encrypt_init(session: u32, kind: u64, key: u32) -> Result<(), Error> {
+    if kind != ckm::AES_GCM {
+        return Err(Error::MechanismInvalid);
+    }
+    let op = Operation::new(Mechanism { kind, param: Param::None }, key);
+    begin(&*library()?, session, MESSAGE_ENCRYPT, op)
+}
+
+/// C_EncryptMessage: the ciphertext into `out`, the tag into `tag`. A length query costs no
+/// device round trip: GCM's ciphertext is as long as its plaintext.
+pub(crate) fn encrypt_message(
+    session: u32,
+    params: &GcmMessage<'_>,
+    tag: &mut [u8],
+    aad: &[u8],
+    plaintext: &[u8],
+    out: Out<'_>,
+) -> Result<Produced, Error> {
+    let key = message_key(session, MESSAGE_ENCRYPT)?;
+    let tag_len = params.tag_len()?;
+    if tag.len() != tag_len {
+        return Err(Error::MechanismParamInvalid);
+    }
+    match &out {
+        Out::Query => return Ok(Produced::Length(plaintext.len())),
+        Out::Buffer(buf) if buf.len() < plaintext.len() => {
+            return Ok(Produced::TooSmall(plaintext.len()));
+        }
+        Out::Buffer(_) => {}
+    }
+    let command = Command::Encrypt {
+        session,
+        mechanism: params.mechanism(aad),
+        key,
+        data: secret(plaintext.to_vec()),
+    };
+    let sealed = match library()?.execute(command)? {
+        Response::Data(bytes) => bytes,
+        other => return Err(unexpected(other)),
+    };
+    let sealed = sealed.expose();
+    let (ciphertext, computed) = sealed
+        .split_at_checked(plaintext.len())
+        .filter(|(_, t)| t.len() == tag_len)
+        .ok_or(Error::DeviceError)?;
+    tag.copy_from_slice(computed);
+    Ok(deliver(out, ciphertext))
+}
+
+/// C_MessageEncryptFinal.
+pub(crate) fn message_encrypt_final(session: u32) -> Result<(), Error> {
+    library()?
+        .session(session, |s| s.message_encrypt.take())
+        .map(|_| ())
+        .ok_or(Error::OperationNotInitialized)
+}
+
+/// C_MessageDecryptInit.
+pub(crate) fn message_decrypt_init(session: u32, kind: u64, key: u32) -> Result<(), Error> {
+    if kind != ckm::AES_GCM {
+        return Err(Error::MechanismInvalid);
+    }
+    let op = Operation::new(Mechanism { kind, param: Param::None }, key);
+    begin(&*library()?, session, MESSAGE_DECRYPT, op)
+}
+
+/// C_DecryptMessage: the tag comes in the parameters. The length query costs no round trip.
+pub(crate) fn decrypt_message(
+    session: u32,
+    params: &GcmMessage<'_>,
+    tag: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+    out: Out<'_>,
+) -> Result<Produced, Error> {
+    let key = message_key(session, MESSAGE_DECRYPT)?;
+    if tag.len() != params.tag_len()? {
+        return Err(Error::MechanismParamInvalid);
+    }
+    match &out {
+        Out::Query => return Ok(Produced::Length(ciphertext.len())),
+        Out::Buffer(buf) if buf.len() < ciphertext.len() => {
+            return Ok(Produced::TooSmall(ciphertext.len()));
+        }
+        Out::Buffer(_) => {}
+    }
+    let mut input = Vec::with_capacity(ciphertext.len() + tag.len());
+    input.extend_from_slice(ciphertext);
+    input.extend_from_slice(tag);
+    let command = Command::Decrypt { session, mechanism: params.mechanism(aad), key, data: input };
+    match library()?.execute(command)? {
+        Response::Data(plaintext) => Ok(deliver(out, plaintext.expose())),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// C_MessageDecryptFinal.
+pub(crate) fn message_decrypt_final(session: u32) -> Result<(), Error> {
+    library()?
+        .session(session, |s| s.message_decrypt.take())
+        .map(|_| ())
+        .ok_or(Error::OperationNotInitialized)
 }

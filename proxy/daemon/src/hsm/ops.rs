@@ -4,9 +4,12 @@
 //! Plaintext and key bytes that pass through the proxy (GCM payloads, HSM random for new AES
 //! keys) live only in zeroizing buffers.
 
-use cryptoki::mechanism::aead::GcmParams;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
-use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::mechanism::{Mechanism, MechanismType, MessageParam};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use hsm_proxy_proto::op::{
@@ -20,16 +23,70 @@ use zeroize::Zeroizing;
 
 use super::failure::{At, Failure, Step};
 use super::{Epoch, Token, der};
-use crate::keys::KekCache;
+use crate::keys::{KekCache, KekEntry};
 
 /// Everything an operation may use.
 pub(crate) struct OpContext<'a> {
     pub(crate) session: &'a Session,
+    /// The session's message-based AES-GCM state, when the token offers it.
+    pub(crate) aead: Option<&'a MessageAead>,
     pub(crate) epoch: &'a Epoch,
     pub(crate) token: &'a Token,
     pub(crate) keys: &'a KekCache,
     pub(crate) sessions: u32,
 }
+
+/// Message-based AES-GCM (PKCS#11 3.0) on one session: the KEK each direction was started
+/// with, so that consecutive operations under one KEK cost one call each. Holding the entry
+/// keeps its object alive (see `KekCache`), so a bound handle is never another key's.
+#[derive(Debug, Default)]
+pub(crate) struct MessageAead {
+    encrypt: RefCell<Option<Arc<KekEntry>>>,
+    decrypt: RefCell<Option<Arc<KekEntry>>>,
+}
+
+type MessageInit = fn(&Session, &Mechanism<'_>, ObjectHandle) -> cryptoki::error::Result<()>;
+type MessageFinal = fn(&Session) -> cryptoki::error::Result<()>;
+
+impl MessageAead {
+    /// Makes `kek` the key of the direction `bound`, ending the operation of another key.
+    fn bind(
+        bound: &RefCell<Option<Arc<KekEntry>>>,
+        session: &Session,
+        kek: &Arc<KekEntry>,
+        (init, finish): (MessageInit, MessageFinal),
+        step: Step,
+    ) -> Result<(), Failure> {
+        let mut bound = bound.borrow_mut();
+        if bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, kek)) {
+            return Ok(());
+        }
+        if bound.take().is_some() {
+            let _ = finish(session);
+        }
+        // The per-message parameters come with each message; these only name the mechanism.
+        let (mut iv, mut tag) = ([0u8; GCM_IV_BYTES], [0u8; GCM_TAG_BYTES]);
+        let params =
+            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
+                .map_err(|_| Failure::Status(Status::Internal))?;
+        init(session, &Mechanism::AesGcmMessage(params), kek.handle).at(step)?;
+        *bound = Some(kek.clone());
+        Ok(())
+    }
+
+    /// Ends the direction's operation after a failure: tokens differ on whether a failed
+    /// message ends it, so the next message starts afresh.
+    fn reset(bound: &RefCell<Option<Arc<KekEntry>>>, session: &Session, finish: MessageFinal) {
+        if bound.borrow_mut().take().is_some() {
+            let _ = finish(session);
+        }
+    }
+}
+
+const ENCRYPTING: (MessageInit, MessageFinal) =
+    (Session::message_encrypt_init, Session::message_encrypt_final);
+const DECRYPTING: (MessageInit, MessageFinal) =
+    (Session::message_decrypt_init, Session::message_decrypt_final);
 
 /// The KEK ids an operation uses, so that a stale handle can be evicted before the retry.
 pub(crate) fn keks(op: &Request) -> Vec<KekId> {
@@ -122,12 +179,12 @@ fn generate_kek(cx: &OpContext<'_>) -> Result<Kek, Failure> {
 
 fn encrypt(cx: &OpContext<'_>, op: &Encrypt) -> Result<Sealed, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
-    seal(cx.session, kek.handle, op.plaintext.expose_secret(), &op.aad)
+    seal(cx, &kek, op.plaintext.expose_secret(), &op.aad)
 }
 
 fn decrypt(cx: &OpContext<'_>, op: &Decrypt) -> Result<SecretBytes, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
-    open(cx.session, kek.handle, &op.sealed, &op.aad)
+    open(cx, &kek, &op.sealed, &op.aad)
 }
 
 fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Sealed, Failure> {
@@ -140,7 +197,7 @@ fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Seal
     // Key bytes from the HSM's approved generator (SP 800-133 direct DRBG output), sealed in
     // the same GCM form as every stored secret so that payload retrieval is uniform.
     let key = Zeroizing::new(cx.session.generate_random_vec(bytes).at(Step::Other)?);
-    seal(cx.session, kek.handle, &key, &op.aad)
+    seal(cx, &kek, &key, &op.aad)
 }
 
 /// The algorithm family of a generated pair; an EC pair carries its curve.
@@ -292,7 +349,7 @@ fn generate_key_pair_sealed(
         }
     };
     drop(private);
-    let private_key_pkcs8 = seal(cx.session, kek.handle, &pkcs8, &op.aad)?;
+    let private_key_pkcs8 = seal(cx, &kek, &pkcs8, &op.aad)?;
     Ok(SealedKeyPair { private_key_pkcs8, public_key_der })
 }
 
@@ -361,8 +418,8 @@ fn rewrap(cx: &OpContext<'_>, op: &Rewrap) -> Result<Blob, Failure> {
         Blob::Sealed { sealed, aad } => {
             // PKCS#11 v2.40 tokens cannot re-encrypt GCM data inside the token, so the plaintext
             // passes through this process, in a zeroizing buffer, for the two calls.
-            let plaintext = open(cx.session, old.handle, sealed, aad)?;
-            let sealed = seal(cx.session, new.handle, plaintext.expose_secret(), aad)?;
+            let plaintext = open(cx, &old, sealed, aad)?;
+            let sealed = seal(cx, &new, plaintext.expose_secret(), aad)?;
             Ok(Blob::Sealed { sealed, aad: aad.clone() })
         }
         _ => Err(Failure::Status(Status::InvalidArgument)),
@@ -378,19 +435,37 @@ fn random(cx: &OpContext<'_>, op: &Random) -> Result<SecretBytes, Failure> {
 
 /// AES-256-GCM with a fresh random 96-bit IV.
 fn seal(
-    session: &Session,
-    key: ObjectHandle,
+    cx: &OpContext<'_>,
+    kek: &Arc<KekEntry>,
     plaintext: &[u8],
     aad: &[u8],
 ) -> Result<Sealed, Failure> {
+    let session = cx.session;
     let mut iv = [0u8; GCM_IV_BYTES];
     // 96-bit random IVs from the OS generator: NIST SP 800-38D 8.2.2; project KEKs are rotated
     // long before 2^32 encryptions.
     getrandom::fill(&mut iv).map_err(|_| Failure::Status(Status::Internal))?;
+    if let Some(aead) = cx.aead {
+        MessageAead::bind(&aead.encrypt, session, kek, ENCRYPTING, Step::Other)?;
+        let mut tag = [0u8; GCM_TAG_BYTES];
+        let mut iv_param = iv;
+        let params =
+            GcmMessageParams::new(&mut iv_param, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
+                .map_err(|_| Failure::Status(Status::Internal))?;
+        let result = session.encrypt_message(&MessageParam::AesGcmMessage(params), aad, plaintext);
+        let ciphertext =
+            result.inspect_err(|_| MessageAead::reset(&aead.encrypt, session, ENCRYPTING.1));
+        let ciphertext = ciphertext.at(Step::Other)?;
+        if ciphertext.len() != plaintext.len() {
+            return Err(Failure::Status(Status::HsmFailure));
+        }
+        return Ok(Sealed { ciphertext, iv, tag });
+    }
     let mut iv_param = iv;
     let params = GcmParams::new(&mut iv_param, aad, tag_bits())
         .map_err(|_| Failure::Status(Status::InvalidArgument))?;
-    let mut out = session.encrypt(&Mechanism::AesGcm(params), key, plaintext).at(Step::Other)?;
+    let mut out =
+        session.encrypt(&Mechanism::AesGcm(params), kek.handle, plaintext).at(Step::Other)?;
     if out.len() != plaintext.len() + GCM_TAG_BYTES {
         return Err(Failure::Status(Status::HsmFailure));
     }
@@ -400,19 +475,36 @@ fn seal(
 }
 
 fn open(
-    session: &Session,
-    key: ObjectHandle,
+    cx: &OpContext<'_>,
+    kek: &Arc<KekEntry>,
     sealed: &Sealed,
     aad: &[u8],
 ) -> Result<SecretBytes, Failure> {
+    let session = cx.session;
+    let mut iv = sealed.iv;
+    if let Some(aead) = cx.aead {
+        MessageAead::bind(&aead.decrypt, session, kek, DECRYPTING, Step::Decrypt)?;
+        let mut tag = sealed.tag;
+        let params =
+            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
+                .map_err(|_| Failure::Status(Status::InvalidArgument))?;
+        let result =
+            session.decrypt_message(&MessageParam::AesGcmMessage(params), aad, &sealed.ciphertext);
+        let plaintext = Zeroizing::new(
+            result
+                .inspect_err(|_| MessageAead::reset(&aead.decrypt, session, DECRYPTING.1))
+                .at(Step::Decrypt)?,
+        );
+        return Ok(SecretBytes::from(plaintext));
+    }
     let mut input = Vec::with_capacity(sealed.ciphertext.len() + GCM_TAG_BYTES);
     input.extend_from_slice(&sealed.ciphertext);
     input.extend_from_slice(&sealed.tag);
-    let mut iv = sealed.iv;
     let params = GcmParams::new(&mut iv, aad, tag_bits())
         .map_err(|_| Failure::Status(Status::InvalidArgument))?;
-    let plaintext =
-        Zeroizing::new(session.decrypt(&Mechanism::AesGcm(params), key, &input).at(Step::Decrypt)?);
+    let plaintext = Zeroizing::new(
+        session.decrypt(&Mechanism::AesGcm(params), kek.handle, &input).at(Step::Decrypt)?,
+    );
     Ok(SecretBytes::from(plaintext))
 }
 

@@ -124,6 +124,8 @@ pub struct Settings {
     pub listen: String,
     pub allowed_clients: Vec<&'static str>,
     pub server_extra: String,
+    /// Lines added to `[pkcs11]`.
+    pub pkcs11_extra: String,
     pub extra: String,
 }
 
@@ -133,6 +135,7 @@ impl Default for Settings {
             listen: "127.0.0.1:0".into(),
             allowed_clients: vec!["appliance"],
             server_extra: String::new(),
+            pkcs11_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -165,7 +168,7 @@ allowed_clients = [{allowed}]
 module = "{module}"
 token_label = "{label}"
 pin_file = "{pin}"
-
+{pkcs11_extra}
 [hardening]
 lock_memory = "preferred"
 
@@ -173,6 +176,7 @@ lock_memory = "preferred"
 "#,
         listen = settings.listen,
         server_extra = settings.server_extra,
+        pkcs11_extra = settings.pkcs11_extra,
         ca = pki.ca_cert.display(),
         cert = pki.proxy_cert.display(),
         key = pki.proxy_key.display(),
