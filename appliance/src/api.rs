@@ -413,9 +413,17 @@ pub(crate) async fn entity_target(
     id: &str,
     project_id: &str,
     creator_id: Option<&str>,
+    has_read_acl: Option<bool>,
 ) -> Result<Target, ApiError> {
-    let acl =
-        call.app.store.acl(kind, id).await.map_err(|e| secrets::store_error("Policy check", &e))?;
+    let acl = match has_read_acl {
+        Some(false) => None,
+        _ => call
+            .app
+            .store
+            .acl(kind, id)
+            .await
+            .map_err(|e| secrets::store_error("Policy check", &e))?,
+    };
     // No ACL: readable project-wide, nobody listed.
     let project_access = acl.as_ref().is_none_or(|a| a.project_access);
     let caller = call.identity().user_id.as_deref();
@@ -438,8 +446,15 @@ pub(crate) async fn secret_target(
     call: &Call<'_>,
     secret: &crate::store::SecretRow,
 ) -> Result<Target, ApiError> {
-    entity_target(call, "secret", &secret.id, &secret.project_id, secret.creator_id.as_deref())
-        .await
+    entity_target(
+        call,
+        "secret",
+        &secret.id,
+        &secret.project_id,
+        secret.creator_id.as_deref(),
+        secret.has_read_acl,
+    )
+    .await
 }
 
 /// A `Target` for collection rules: the caller's own project.

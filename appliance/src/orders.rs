@@ -219,6 +219,7 @@ fn base_secret(order: &OrderRow, meta: &Value, secret_type: &str) -> SecretRow {
         created: now,
         updated: now,
         payload: None,
+        has_read_acl: Some(false),
     }
 }
 

@@ -93,6 +93,9 @@ pub struct SecretRow {
     pub updated: i64,
     /// None for a metadata-only secret.
     pub payload: Option<StoredPayload>,
+    /// Whether the secret has a read ACL, when the query that loaded it also asked: the policy
+    /// check of a secret without one then needs no query of its own. `None`: not asked.
+    pub has_read_acl: Option<bool>,
 }
 
 /// The sealed payload of a secret.
@@ -351,9 +354,12 @@ pub(crate) async fn insert_secret_on(conn: &mut sqlx::AnyConnection, s: &SecretR
 impl Store {
     /// A secret that exists and has not expired.
     pub async fn secret(&self, id: &str) -> Result<Option<SecretRow>> {
+        // One statement for the fetch path (a read, then the policy check): whether a read ACL
+        // exists comes with the row.
         let row = sqlx::query(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets WHERE id = $1 \
-             AND (expiration IS NULL OR expiration > $2)"
+            "SELECT {SECRET_COLUMNS}, (SELECT COUNT(*) FROM acls WHERE acls.entity_type = 'secret' \
+             AND acls.entity_id = secrets.id AND acls.operation = 'read') AS read_acls \
+             FROM secrets WHERE id = $1 AND (expiration IS NULL OR expiration > $2)"
         ))
         .bind(id)
         .bind(now_micros())
@@ -588,5 +594,7 @@ pub(crate) fn secret_from_row(r: &AnyRow) -> Result<SecretRow> {
         created: r.try_get("created")?,
         updated: r.try_get("updated")?,
         payload,
+        // Present only where the query asked (see `Store::secret`).
+        has_read_acl: r.try_get::<i64, _>("read_acls").ok().map(|n| n > 0),
     })
 }

@@ -30,7 +30,7 @@ pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<ContainerRow, Ap
 }
 
 pub(crate) async fn target(call: &Call<'_>, c: &ContainerRow) -> Result<policy::Target, ApiError> {
-    entity_target(call, "container", &c.id, &c.project_id, c.creator_id.as_deref()).await
+    entity_target(call, "container", &c.id, &c.project_id, c.creator_id.as_deref(), None).await
 }
 
 /// A container as the API shows it.

@@ -273,6 +273,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
         created: now,
         updated: now,
         payload: None,
+        has_read_acl: Some(false),
     };
     if let Some((content_type, bytes)) = plaintext {
         row.payload = Some(seal(call, OP, &row, content_type, &bytes).await?);
