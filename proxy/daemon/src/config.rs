@@ -140,7 +140,8 @@ pub struct PoolConfig {
     /// Budget: the most sessions this proxy opens on the token, the key-holder included.
     #[serde(default = "defaults::max_sessions")]
     pub max_sessions: usize,
-    /// Operations queued for the workers before clients are slowed down.
+    /// Work queued for the workers (an operation, or one worker's share of a frame) before
+    /// clients are slowed down.
     #[serde(default = "defaults::queue_depth")]
     pub queue_depth: usize,
     /// Deadline for an operation whose frame asks for none.

@@ -110,7 +110,10 @@ impl Metrics {
                 "Time a worker spent on an operation in the HSM",
             ),
             batch_size,
-            queue_depth: gauge("queue_depth", "Operations waiting for a worker"),
+            queue_depth: gauge(
+                "queue_depth",
+                "Work items (operations or shares of a frame) waiting for a worker",
+            ),
             sessions_open: gauge("sessions_open", "Worker sessions open on the token"),
             sessions_busy: gauge("sessions_busy", "Worker sessions running an operation"),
             sessions_replaced: counter(
