@@ -105,6 +105,27 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
     assert_eq!(modes.iter().filter(|m| **m == "pkcs11").count(), 6);
     assert_eq!(modes.iter().filter(|m| **m == "proxy").count(), 6);
 
+    // Batched on the proxy side: every proxy cell carries frames of 8.
+    let report = hsm_bench(
+        &[
+            "compare",
+            "--dev-json",
+            dev_json.to_str().unwrap(),
+            "--ops",
+            "decrypt-32",
+            "--concurrency",
+            "2",
+            "--batch",
+            "8",
+        ],
+        &[],
+    );
+    assert_eq!(report["comparisons"].as_array().unwrap().len(), 1);
+    for cell in report["cells"].as_array().unwrap() {
+        let batch = if cell["mode"] == "proxy" { 8 } else { 1 };
+        assert_eq!(cell["batch"], batch, "{cell}");
+    }
+
     let api = stack.api_url();
     let report = hsm_bench(
         &[
@@ -143,4 +164,5 @@ fn bad_arguments_are_clear_errors() {
             .contains("payload-get")
     );
     assert!(run(&["proxy", "--duration", "5h"]).contains("units are ms, s, m"));
+    assert!(run(&["compare", "--batch", "0"]).contains("--batch must be at least 1"));
 }
