@@ -101,17 +101,40 @@ fn message_key(session: u32, slot: Slot) -> Result<u32, Error> {
         .ok_or(Error::OperationNotInitialized)
 }
 
-/// C_MessageEncryptInit: AES-GCM under `key` for the messages that follow.
-pub(crate) fn message_encrypt_init(session: u32, kind: u64, key: u32) -> Result<(), Error> {
+/// Starts a message-based operation: AES-GCM under `key` for the messages that follow.
+fn message_begin(session: u32, slot: Slot, kind: u64, key: u32) -> Result<(), Error> {
     if kind != ckm::AES_GCM {
         return Err(Error::MechanismInvalid);
     }
     let op = Operation::new(Mechanism { kind, param: Param::None }, key);
-    begin(&*library()?, session, MESSAGE_ENCRYPT, op)
+    begin(&*library()?, session, slot, op)
 }
 
-/// C_EncryptMessage: the ciphertext into `out`, the tag into `tag`. A length query costs no
-/// device round trip: GCM's ciphertext is as long as its plaintext.
+/// Ends a message-based operation.
+fn message_end(session: u32, slot: Slot) -> Result<(), Error> {
+    library()?
+        .session(session, |s| slot(s).take())
+        .map(|_| ())
+        .ok_or(Error::OperationNotInitialized)
+}
+
+/// What a GCM message of `len` bytes needs from the output before the device is asked: its
+/// length for a query, or more room. GCM's output is as long as its input, so a length
+/// query costs no device round trip.
+fn before_device(out: &Out<'_>, len: usize) -> Option<Produced> {
+    match out {
+        Out::Query => Some(Produced::Length(len)),
+        Out::Buffer(buf) if buf.len() < len => Some(Produced::TooSmall(len)),
+        Out::Buffer(_) => None,
+    }
+}
+
+/// C_MessageEncryptInit.
+pub(crate) fn message_encrypt_init(session: u32, kind: u64, key: u32) -> Result<(), Error> {
+    message_begin(session, MESSAGE_ENCRYPT, kind, key)
+}
+
+/// C_EncryptMessage: the ciphertext into `out`, the tag into `tag`.
 pub(crate) fn encrypt_message(
     session: u32,
     params: &GcmMessage<'_>,
@@ -125,12 +148,8 @@ pub(crate) fn encrypt_message(
     if tag.len() != tag_len {
         return Err(Error::MechanismParamInvalid);
     }
-    match &out {
-        Out::Query => return Ok(Produced::Length(plaintext.len())),
-        Out::Buffer(buf) if buf.len() < plaintext.len() => {
-            return Ok(Produced::TooSmall(plaintext.len()));
-        }
-        Out::Buffer(_) => {}
+    if let Some(produced) = before_device(&out, plaintext.len()) {
+        return Ok(produced);
     }
     let command = Command::Encrypt {
         session,
@@ -153,22 +172,15 @@ pub(crate) fn encrypt_message(
 
 /// C_MessageEncryptFinal.
 pub(crate) fn message_encrypt_final(session: u32) -> Result<(), Error> {
-    library()?
-        .session(session, |s| s.message_encrypt.take())
-        .map(|_| ())
-        .ok_or(Error::OperationNotInitialized)
+    message_end(session, MESSAGE_ENCRYPT)
 }
 
 /// C_MessageDecryptInit.
 pub(crate) fn message_decrypt_init(session: u32, kind: u64, key: u32) -> Result<(), Error> {
-    if kind != ckm::AES_GCM {
-        return Err(Error::MechanismInvalid);
-    }
-    let op = Operation::new(Mechanism { kind, param: Param::None }, key);
-    begin(&*library()?, session, MESSAGE_DECRYPT, op)
+    message_begin(session, MESSAGE_DECRYPT, kind, key)
 }
 
-/// C_DecryptMessage: the tag comes in the parameters. The length query costs no round trip.
+/// C_DecryptMessage: the tag comes in the parameters.
 pub(crate) fn decrypt_message(
     session: u32,
     params: &GcmMessage<'_>,
@@ -181,12 +193,8 @@ pub(crate) fn decrypt_message(
     if tag.len() != params.tag_len()? {
         return Err(Error::MechanismParamInvalid);
     }
-    match &out {
-        Out::Query => return Ok(Produced::Length(ciphertext.len())),
-        Out::Buffer(buf) if buf.len() < ciphertext.len() => {
-            return Ok(Produced::TooSmall(ciphertext.len()));
-        }
-        Out::Buffer(_) => {}
+    if let Some(produced) = before_device(&out, ciphertext.len()) {
+        return Ok(produced);
     }
     let mut input = Vec::with_capacity(ciphertext.len() + tag.len());
     input.extend_from_slice(ciphertext);
@@ -200,8 +208,5 @@ pub(crate) fn decrypt_message(
 
 /// C_MessageDecryptFinal.
 pub(crate) fn message_decrypt_final(session: u32) -> Result<(), Error> {
-    library()?
-        .session(session, |s| s.message_decrypt.take())
-        .map(|_| ())
-        .ok_or(Error::OperationNotInitialized)
+    message_end(session, MESSAGE_DECRYPT)
 }

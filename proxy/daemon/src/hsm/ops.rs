@@ -66,10 +66,8 @@ impl MessageAead {
         }
         // The per-message parameters come with each message; these only name the mechanism.
         let (mut iv, mut tag) = ([0u8; GCM_IV_BYTES], [0u8; GCM_TAG_BYTES]);
-        let params =
-            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
-                .map_err(|_| Failure::Status(Status::Internal))?;
-        init(session, &Mechanism::AesGcmMessage(params), kek.handle).at(step)?;
+        init(session, &Mechanism::AesGcmMessage(gcm_message(&mut iv, &mut tag)?), kek.handle)
+            .at(step)?;
         *bound = Some(kek.clone());
         Ok(())
     }
@@ -81,6 +79,13 @@ impl MessageAead {
             let _ = finish(session);
         }
     }
+}
+
+/// One message's GCM parameters: the caller's IV (never one the token generates) and the tag,
+/// written by encryption and read by decryption.
+fn gcm_message<'a>(iv: &'a mut [u8], tag: &'a mut [u8]) -> Result<GcmMessageParams<'a>, Failure> {
+    GcmMessageParams::new(iv, 0.into(), GeneratorFunction::NoGenerate, tag)
+        .map_err(|_| Failure::Status(Status::Internal))
 }
 
 const ENCRYPTING: (MessageInit, MessageFinal) =
@@ -449,10 +454,8 @@ fn seal(
         MessageAead::bind(&aead.encrypt, session, kek, ENCRYPTING, Step::Other)?;
         let mut tag = [0u8; GCM_TAG_BYTES];
         let mut iv_param = iv;
-        let params =
-            GcmMessageParams::new(&mut iv_param, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
-                .map_err(|_| Failure::Status(Status::Internal))?;
-        let result = session.encrypt_message(&MessageParam::AesGcmMessage(params), aad, plaintext);
+        let params = MessageParam::AesGcmMessage(gcm_message(&mut iv_param, &mut tag)?);
+        let result = session.encrypt_message(&params, aad, plaintext);
         let ciphertext =
             result.inspect_err(|_| MessageAead::reset(&aead.encrypt, session, ENCRYPTING.1));
         let ciphertext = ciphertext.at(Step::Other)?;
@@ -485,11 +488,8 @@ fn open(
     if let Some(aead) = cx.aead {
         MessageAead::bind(&aead.decrypt, session, kek, DECRYPTING, Step::Decrypt)?;
         let mut tag = sealed.tag;
-        let params =
-            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag)
-                .map_err(|_| Failure::Status(Status::InvalidArgument))?;
-        let result =
-            session.decrypt_message(&MessageParam::AesGcmMessage(params), aad, &sealed.ciphertext);
+        let params = MessageParam::AesGcmMessage(gcm_message(&mut iv, &mut tag)?);
+        let result = session.decrypt_message(&params, aad, &sealed.ciphertext);
         let plaintext = Zeroizing::new(
             result
                 .inspect_err(|_| MessageAead::reset(&aead.decrypt, session, DECRYPTING.1))
