@@ -207,7 +207,7 @@ fn meta_str(meta: &Value, key: &str) -> Option<String> {
 fn base_secret(order: &OrderRow, meta: &Value, secret_type: &str) -> SecretRow {
     let now = now_micros();
     SecretRow {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::store::new_id(),
         project_id: order.project_id.clone(),
         name: meta_str(meta, "name"),
         secret_type: secret_type.into(),
@@ -290,7 +290,7 @@ async fn asymmetric_order(
     public.payload = Some(StoredPayload::new(content_type(&meta), None, kek_id, sealed));
     let now = now_micros();
     let container = ContainerRow {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::store::new_id(),
         project_id: order.project_id.clone(),
         name: meta_str(&meta, "name"),
         kind: algorithm,

@@ -187,7 +187,7 @@ async fn create(call: &Call<'_>) -> Outcome {
         }
     }
     let now = now_micros();
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = crate::store::new_id();
     let row = ContainerRow {
         id: id.clone(),
         project_id: project.clone(),

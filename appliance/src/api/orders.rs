@@ -111,7 +111,7 @@ async fn create(call: &Call<'_>) -> Outcome {
     let stored = validate_meta(&kind, meta)?;
     super::quotas::enforce(call, "orders", "orders", OP).await?;
     let now = now_micros();
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = crate::store::new_id();
     let order = OrderRow {
         id: id.clone(),
         project_id: call.identity().project_id.clone(),

@@ -259,7 +259,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
     super::quotas::enforce(call, "secrets", "secrets", OP).await?;
 
     let identity = call.identity();
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = crate::store::new_id();
     let mut row = SecretRow {
         id: id.clone(),
         project_id: identity.project_id.clone(),
@@ -279,7 +279,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
         row.payload = Some(seal(call, OP, &row, content_type, &bytes).await?);
     }
     // The row is written only once the payload is sealed: a failure before leaves nothing.
-    call.app.store.insert_secret(&row).await.map_err(|e| store_error(OP, &e))?;
+    call.app.store.insert_secret(row).await.map_err(|e| store_error(OP, &e))?;
     let location = secret_ref(call, &id);
     Ok((
         Reply::Json(StatusCode::CREATED, json!({"secret_ref": location})),
