@@ -144,6 +144,11 @@ pub struct PoolConfig {
     /// clients are slowed down.
     #[serde(default = "defaults::queue_depth")]
     pub queue_depth: usize,
+    /// When no work is queued or in service, a frame whose operations the HSM has lately
+    /// answered within this many microseconds in all runs on the connection's own thread, on
+    /// one more session, sparing the hand-off to a worker and back. 0 turns this off.
+    #[serde(default = "defaults::inline_below_us")]
+    pub inline_below_us: u32,
     /// Deadline for an operation whose frame asks for none.
     #[serde(default = "defaults::default_deadline_ms")]
     pub default_deadline_ms: u32,
@@ -159,6 +164,7 @@ impl Default for PoolConfig {
             hsm: HsmProfile::default(),
             max_sessions: defaults::max_sessions(),
             queue_depth: defaults::queue_depth(),
+            inline_below_us: defaults::inline_below_us(),
             default_deadline_ms: defaults::default_deadline_ms(),
             max_deadline_ms: defaults::max_deadline_ms(),
         }
@@ -295,6 +301,11 @@ mod defaults {
     }
     pub(super) fn queue_depth() -> usize {
         4096
+    }
+    /// Short enough that the connection's thread is not held up noticeably, long enough for a
+    /// local token's symmetric operations.
+    pub(super) fn inline_below_us() -> u32 {
+        50
     }
     pub(super) fn default_deadline_ms() -> u32 {
         5_000

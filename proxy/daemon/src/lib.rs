@@ -52,19 +52,32 @@ impl Proxy {
         let pin = config.pkcs11.read_pin()?;
         let metrics = Metrics::new();
         let token = Arc::new(Token::open(&config.pkcs11, pin, mkek)?);
-        let workers = worker_count(config, token.summary.max_sessions)?;
+        let sessions = session_limit(config, token.summary.max_sessions)?;
+        let workers = worker_count(config, sessions);
+        // The inline lane is one more session, so only where the budget has room for it.
+        let inline_below = if workers < sessions {
+            Duration::from_micros(u64::from(config.pool.inline_below_us))
+        } else {
+            Duration::ZERO
+        };
         let keys = Arc::new(KekCache::new(config.keys.kek_cache_capacity, metrics.clone()));
         let summary = format!(
-            "token {:?} ({} {}) through {}, {} worker sessions, AES-GCM {}",
+            "token {:?} ({} {}) through {}, {} worker sessions{}, AES-GCM {}",
             token.summary.label,
             token.summary.manufacturer,
             token.summary.model,
             token.summary.library,
             workers,
+            if inline_below.is_zero() {
+                String::new()
+            } else {
+                format!(" + 1 inline (frames under {} µs when idle)", inline_below.as_micros())
+            },
             if token.caps.message_aead { "message-based (PKCS#11 3.0)" } else { "single-part" }
         );
         let settings = PoolSettings {
             workers,
+            inline_below,
             queue_depth: config.pool.queue_depth,
             health_cache: Duration::from_millis(config.health.cache_ms),
             log_error_details: config.logging.log_error_details,
@@ -145,10 +158,9 @@ pub fn init_token(config: &Config) -> Result<bool> {
     Ok(created)
 }
 
-/// Worker sessions, which is the pipeline depth: as configured, else as the HSM profile implies,
-/// else one per CPU; within the session budget and the token's `ulMaxSessionCount`, one
-/// session being the key-holder.
-fn worker_count(config: &Config, token_max: Option<u64>) -> Result<usize> {
+/// Sessions for workers and the inline lane: the session budget and the token's
+/// `ulMaxSessionCount`, less the key-holder's.
+fn session_limit(config: &Config, token_max: Option<u64>) -> Result<usize> {
     let token_max = token_max.and_then(|n| usize::try_from(n).ok()).unwrap_or(usize::MAX);
     let limit = config.pool.max_sessions.min(token_max).saturating_sub(1);
     if limit == 0 {
@@ -156,6 +168,12 @@ fn worker_count(config: &Config, token_max: Option<u64>) -> Result<usize> {
             "the token allows {token_max} sessions: no room for a worker beside the key-holder"
         )));
     }
+    Ok(limit)
+}
+
+/// Worker sessions, which is the pipeline depth: as configured, else as the HSM profile implies,
+/// else one per CPU; within `limit`.
+fn worker_count(config: &Config, limit: usize) -> usize {
     let wanted = match (config.pool.pipeline_depth, config.pool.hsm.pipeline_depth()) {
         (0, Some(depth)) => depth,
         (0, None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -164,7 +182,7 @@ fn worker_count(config: &Config, token_max: Option<u64>) -> Result<usize> {
     if wanted > limit {
         tracing::warn!(wanted, limit, "session budget or token limit caps the worker count");
     }
-    Ok(wanted.min(limit))
+    wanted.min(limit)
 }
 
 /// Addresses written to the ready file once the proxy listens.

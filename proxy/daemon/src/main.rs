@@ -83,7 +83,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             let policy = if create_mkek { MkekPolicy::Create } else { MkekPolicy::Require };
             let proxy = Proxy::start(&cfg, policy)?;
             tracing::info!("{}", proxy.summary());
+            // At least two threads, so that a frame run inline on one leaves another serving.
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
                 .enable_all()
                 .thread_name("hsm-proxy-io")
                 .build()

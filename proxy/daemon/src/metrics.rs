@@ -46,6 +46,8 @@ pub struct Metrics {
     pub(crate) reinitializations: IntCounter,
     /// Operations retried once after a session, device or stale-handle failure.
     pub(crate) retries: IntCounter,
+    /// Operations run on the connection's own thread, the pool being idle.
+    pub(crate) inline_operations: IntCounter,
     pub(crate) kek_cache_hits: IntCounter,
     pub(crate) kek_cache_misses: IntCounter,
     pub(crate) kek_cache_evictions: IntCounter,
@@ -127,6 +129,10 @@ impl Metrics {
             retries: counter(
                 "retries_total",
                 "Operations retried once after a recoverable failure",
+            ),
+            inline_operations: counter(
+                "inline_operations_total",
+                "Operations run on the connection's thread because the pool was idle",
             ),
             kek_cache_hits: counter("kek_cache_hits_total", "Project KEK lookups served by handle"),
             kek_cache_misses: counter(

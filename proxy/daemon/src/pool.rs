@@ -7,10 +7,16 @@
 //! batch is split into one share per worker, at most, so a frame of many operations costs a
 //! handful of queue hand-offs and wake-ups rather than one per operation. A worker that finds an
 //! operation past its deadline answers it without touching the HSM.
+//!
+//! At low load the hand-off to a worker thread and back is most of what the proxy adds to an
+//! operation. So when nothing is queued or in service, a frame whose operations the HSM has
+//! lately answered within a few tens of microseconds runs on the connection's own thread, on
+//! one more session kept for that (the inline lane). Slow operations never do: they would
+//! hold up the other connections served by that thread.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,14 +57,78 @@ struct Job {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PoolSettings {
     pub(crate) workers: usize,
+    /// A frame runs inline when the pool is idle and its operations' recent service times add
+    /// up to no more than this; zero: never (and no inline session is opened).
+    pub(crate) inline_below: Duration,
     pub(crate) queue_depth: usize,
     pub(crate) health_cache: Duration,
     pub(crate) log_error_details: bool,
 }
 
+/// What the workers are doing, shared with the pool: what decides whether a frame may run
+/// inline.
+#[derive(Debug)]
+struct Load {
+    /// Shares given to the workers and not yet answered.
+    outstanding: AtomicUsize,
+    /// Recent service time per operation, in microseconds (a moving average over about eight
+    /// operations); [`Load::UNSEEN`] until one has run.
+    service_us: Vec<AtomicU32>,
+}
+
+impl Load {
+    const UNSEEN: u32 = u32::MAX;
+
+    fn new() -> Load {
+        Load {
+            outstanding: AtomicUsize::new(0),
+            service_us: OpCode::ALL.iter().map(|_| AtomicU32::new(Load::UNSEEN)).collect(),
+        }
+    }
+
+    fn observe(&self, code: OpCode, took: Duration) {
+        let Some(slot) = self.service_us.get(code.index()) else { return };
+        let sample = u32::try_from(took.as_micros()).unwrap_or(Load::UNSEEN - 1);
+        let before = slot.load(Ordering::Relaxed);
+        let average = if before == Load::UNSEEN {
+            sample
+        } else {
+            let blended = (u64::from(before) * 7 + u64::from(sample)) / 8;
+            u32::try_from(blended).unwrap_or(Load::UNSEEN - 1)
+        };
+        // Racing updates may lose a sample; an estimate needs no more.
+        slot.store(average, Ordering::Relaxed);
+    }
+
+    /// Whether `ops` are expected to take no more than `budget` in all. An operation never
+    /// seen is not: its first run goes to a worker, which measures it.
+    fn fits(&self, ops: &[Outcome<Request>], budget: Duration) -> bool {
+        let budget = u64::try_from(budget.as_micros()).unwrap_or(u64::MAX);
+        let mut total = 0u64;
+        for op in ops {
+            let Ok(op) = op else { continue };
+            if matches!(op, Request::Health(_)) {
+                continue;
+            }
+            let estimate = self
+                .service_us
+                .get(op.code().index())
+                .map_or(Load::UNSEEN, |s| s.load(Ordering::Relaxed));
+            if estimate == Load::UNSEEN {
+                return false;
+            }
+            total += u64::from(estimate);
+        }
+        total <= budget
+    }
+}
+
 /// The pool: the queue's sending side and the workers.
 pub(crate) struct Pool {
     queue: flume::Sender<Message>,
+    /// The inline lane's worker state, when inline runs are on.
+    inline: Option<std::sync::Mutex<Worker>>,
+    load: Arc<Load>,
     closing: AtomicBool,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
     token: Arc<Token>,
@@ -83,20 +153,26 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         let (tx, rx) = flume::bounded(settings.queue_depth);
         let health: HealthCache = Arc::default();
+        let load = Arc::new(Load::new());
+        let lane = |index| Worker {
+            index,
+            token: token.clone(),
+            keys: keys.clone(),
+            metrics: metrics.clone(),
+            session: None,
+            aead: MessageAead::default(),
+            health: health.clone(),
+            load: load.clone(),
+            sessions: u32::try_from(settings.workers).unwrap_or(u32::MAX),
+            log_error_details: settings.log_error_details,
+            counters: HashMap::new(),
+        };
+        // Numbered after the workers, for the logs.
+        let inline = (!settings.inline_below.is_zero())
+            .then(|| std::sync::Mutex::new(lane(settings.workers)));
         let mut workers = Vec::with_capacity(settings.workers);
         for index in 0..settings.workers {
-            let worker = Worker {
-                index,
-                token: token.clone(),
-                keys: keys.clone(),
-                metrics: metrics.clone(),
-                session: None,
-                aead: MessageAead::default(),
-                health: health.clone(),
-                sessions: u32::try_from(settings.workers).unwrap_or(u32::MAX),
-                log_error_details: settings.log_error_details,
-                counters: HashMap::new(),
-            };
+            let worker = lane(index);
             let rx = rx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("hsm-worker-{index}"))
@@ -106,6 +182,8 @@ impl Pool {
         }
         Ok(Pool {
             queue: tx,
+            inline,
+            load,
             closing: AtomicBool::new(false),
             workers: std::sync::Mutex::new(workers),
             token,
@@ -170,6 +248,50 @@ impl Pool {
         results
     }
 
+    /// Runs a frame on the calling thread if the pool is idle, the inline lane free, and the
+    /// frame's operations quick (see the module's documentation); otherwise gives the
+    /// operations back, for [`Pool::run`].
+    ///
+    /// This blocks the calling thread for as long as the HSM takes, which the estimate keeps to
+    /// tens of microseconds; one that takes longer raises the estimate, so that the next go to
+    /// the workers.
+    pub(crate) fn run_inline(
+        &self,
+        ops: Vec<Outcome<Request>>,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, Vec<Outcome<Request>>> {
+        let Some(lane) = &self.inline else { return Err(ops) };
+        if self.load.outstanding.load(Ordering::Acquire) != 0
+            || self.closing.load(Ordering::Acquire)
+            || !self.load.fits(&ops, self.settings.inline_below)
+        {
+            return Err(ops);
+        }
+        let Ok(mut lane) = lane.try_lock() else { return Err(ops) };
+        let arrived = Instant::now();
+        let mut ran = 0;
+        let results = ops
+            .into_iter()
+            .map(|op| match op {
+                Err(status) => Err(status),
+                Ok(Request::Health(health)) => match self.cached_health() {
+                    Some(report) => Ok(Reply::Health(report)),
+                    None => {
+                        ran += 1;
+                        lane.serve(&Request::Health(health), arrived, deadline)
+                    }
+                },
+                // The request holds plaintexts and wrapped keys; it is wiped as it drops here.
+                Ok(op) => {
+                    ran += 1;
+                    lane.serve(&op, arrived, deadline)
+                }
+            })
+            .collect();
+        self.metrics.inline_operations.inc_by(ran);
+        Ok(results)
+    }
+
     /// Puts one share in the queue, waiting for room until its deadline.
     async fn enqueue(
         &self,
@@ -181,15 +303,19 @@ impl Pool {
         }
         let (reply, rx) = oneshot::channel();
         let job = Job { ops, enqueued: Instant::now(), deadline, reply };
+        // Counted before it is visible to a worker, which uncounts it when done.
+        self.load.outstanding.fetch_add(1, Ordering::AcqRel);
         let send = self.queue.send_async(Message::Run(job));
-        match tokio::time::timeout_at(deadline.into(), send).await {
+        let sent = match tokio::time::timeout_at(deadline.into(), send).await {
             Ok(Ok(())) => {
                 self.metrics.queue_depth.set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
-                Ok(rx)
+                return Ok(rx);
             }
             Ok(Err(_)) => Err(Status::ShuttingDown),
             Err(_) => Err(Status::DeadlineExceeded),
-        }
+        };
+        self.load.outstanding.fetch_sub(1, Ordering::AcqRel);
+        sent
     }
 
     fn cached_health(&self) -> Option<HealthReport> {
@@ -217,12 +343,25 @@ impl Pool {
         for w in workers {
             let _ = w.join();
         }
+        if let Some(lane) = &self.inline {
+            // A run in progress holds the lock; waiting for it is as long as the operation.
+            let mut lane = match lane.lock() {
+                Ok(lane) => lane,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            lane.close_session();
+        }
         self.token.shutdown();
     }
 
     /// Worker threads still running.
     pub(crate) fn workers(&self) -> usize {
         self.settings.workers
+    }
+
+    /// Whether small frames may run inline when the pool is idle.
+    pub(crate) fn runs_inline(&self) -> bool {
+        self.inline.is_some()
     }
 }
 
@@ -239,6 +378,7 @@ struct Worker {
     /// The session's message-based AES-GCM state; reset with the session.
     aead: MessageAead,
     health: HealthCache,
+    load: Arc<Load>,
     sessions: u32,
     log_error_details: bool,
     counters: HashMap<(OpCode, Status), IntCounter>,
@@ -254,6 +394,8 @@ impl Worker {
             }
             // The requests held plaintexts and wrapped keys; they are wiped as they drop here.
             drop(job.ops);
+            // Before the answer, so that a client's next frame can find the pool idle.
+            self.load.outstanding.fetch_sub(1, Ordering::AcqRel);
             let _ = job.reply.send(answers);
         }
         self.close_session();
@@ -271,7 +413,9 @@ impl Worker {
             self.metrics.sessions_busy.inc();
             let outcome = self.execute(op);
             self.metrics.sessions_busy.dec();
-            self.metrics.service_time[code.index()].observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            self.metrics.service_time[code.index()].observe(took.as_secs_f64());
+            self.load.observe(code, took);
             outcome
         };
         let status = match &outcome {
@@ -437,5 +581,39 @@ fn session_failure(e: cryptoki::error::Error) -> Failure {
             Failure::Pkcs11 { rv, function, step: crate::hsm::failure::Step::Other }
         }
         _ => Failure::Status(Status::Internal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hsm_proxy_proto::op::{Health, Random};
+
+    use super::*;
+
+    fn random() -> Outcome<Request> {
+        Ok(Random { len: 32 }.into())
+    }
+
+    #[test]
+    fn only_operations_seen_and_quick_enough_fit_the_inline_budget() {
+        let load = Load::new();
+        let budget = Duration::from_micros(50);
+        // Never seen: a worker measures it first. Health and refused operations cost nothing.
+        assert!(!load.fits(&[random()], budget));
+        assert!(load.fits(&[Ok(Health.into()), Err(Status::InvalidArgument)], budget));
+
+        load.observe(OpCode::Random, Duration::from_micros(10));
+        assert!(load.fits(&[random()], budget));
+        assert!(load.fits(&[random(), random(), random(), random(), random()], budget));
+        assert!(!load.fits(&[random(), random(), random(), random(), random(), random()], budget));
+
+        // One slow run (a stall) moves the average past the budget at once; quick runs on the
+        // workers bring it back.
+        load.observe(OpCode::Random, Duration::from_millis(5));
+        assert!(!load.fits(&[random()], budget));
+        for _ in 0..40 {
+            load.observe(OpCode::Random, Duration::from_micros(10));
+        }
+        assert!(load.fits(&[random()], budget));
     }
 }

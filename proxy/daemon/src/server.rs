@@ -4,7 +4,8 @@
 //! magic, version or flags, or a body over the limit) is answered with a refusal and the
 //! connection is closed, since the next frame boundary is unknown; a body that is malformed
 //! inside its announced length is refused alone and the connection goes on. Batches run
-//! concurrently, up to a per-connection limit, and are answered by request id as they finish.
+//! concurrently, up to a per-connection limit, and are answered by request id as they finish;
+//! a small one that finds the pool idle runs at once, on this task (see [`Pool::run_inline`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +46,9 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Semaphore::new(settings.max_connections));
+    // An inline run blocks its runtime thread: only where another thread serves the rest.
+    let inline =
+        pool.runs_inline() && tokio::runtime::Handle::current().metrics().num_workers() > 1;
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => match permit {
@@ -67,6 +71,7 @@ pub(crate) async fn serve(
         };
         let conn = Connection {
             pool: pool.clone(),
+            inline,
             settings,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
@@ -86,6 +91,8 @@ pub(crate) async fn serve(
 
 struct Connection {
     pool: Arc<Pool>,
+    /// Whether small frames may run on this task's thread when the pool is idle.
+    inline: bool,
     settings: ServerSettings,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -114,9 +121,10 @@ impl Connection {
         tracing::debug!(%peer, "client connected");
         let (read_half, write_half) = tokio::io::split(tls);
         let (frames_tx, frames_rx) = mpsc::channel(self.settings.max_frames_in_flight + 1);
-        let writer = tokio::spawn(write_loop(write_half, frames_rx));
+        let write_half = Arc::new(tokio::sync::Mutex::new(write_half));
+        let writer = tokio::spawn(write_loop(write_half.clone(), frames_rx));
         let in_flight = Arc::new(Semaphore::new(self.settings.max_frames_in_flight));
-        let reason = self.read_loop(read_half, &frames_tx, &in_flight).await;
+        let reason = self.read_loop(read_half, &write_half, &frames_tx, &in_flight).await;
         // Answer what is in flight before closing.
         let all = u32::try_from(self.settings.max_frames_in_flight).unwrap_or(u32::MAX);
         let _ = in_flight.acquire_many(all).await;
@@ -130,6 +138,7 @@ impl Connection {
     async fn read_loop(
         &mut self,
         mut half: ReadHalf<TlsStream<TcpStream>>,
+        out: &Writer,
         frames: &mpsc::Sender<Zeroizing<Vec<u8>>>,
         in_flight: &Arc<Semaphore>,
     ) -> &'static str {
@@ -163,13 +172,38 @@ impl Connection {
             };
             // Plaintexts now live in the decoded operations; wipe the receive buffer.
             drop(body);
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return "closing";
-            };
             self.metrics.batch_size.observe(ops.len() as f64);
             let requested = Duration::from_millis(u64::from(timeout_ms));
             let budget = if timeout_ms == 0 { self.settings.default_deadline } else { requested };
             let deadline = Instant::now() + budget.min(self.settings.max_deadline);
+            let ops = if self.inline {
+                match self.pool.run_inline(ops, deadline) {
+                    Ok(results) => {
+                        let frame = ResponseBatch::encode_frame(header.request_id, &results);
+                        let frame = Zeroizing::new(frame);
+                        drop(results);
+                        // Written from here when no other answer is being written, sparing a
+                        // wake-up of the writer task; otherwise the writer takes it.
+                        match out.try_lock() {
+                            Ok(mut out) => {
+                                if out.write_all(&frame).await.and(out.flush().await).is_err() {
+                                    return "write failed";
+                                }
+                            }
+                            Err(_) => {
+                                let _ = frames.send(frame).await;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(ops) => ops,
+                }
+            } else {
+                ops
+            };
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return "closing";
+            };
             let pool = self.pool.clone();
             let frames = frames.clone();
             let request_id = header.request_id;
@@ -190,13 +224,24 @@ impl Connection {
     }
 }
 
-async fn write_loop(
-    mut half: WriteHalf<TlsStream<TcpStream>>,
-    mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
-) {
-    if hsm_proxy_proto::io::write_frames(&mut half, &mut frames).await.is_ok() {
-        let _ = half.shutdown().await;
+/// A connection's writing side: the writer task's, and the reading task's for answers it
+/// makes itself.
+type Writer = tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>;
+
+/// Writes answers as they come, those already waiting gathered into one write, until the
+/// reading side is done and every answer sent; then closes the stream.
+async fn write_loop(half: Arc<Writer>, mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>) {
+    // Wiped whole only when dropped, which covers a write cut off midway.
+    let mut staged = Zeroizing::new(Vec::with_capacity(hsm_proxy_proto::io::COALESCE_BYTES));
+    while let Some(first) = frames.recv().await {
+        let mut out = half.lock().await;
+        let written =
+            hsm_proxy_proto::io::write_gathered(&mut *out, first, &mut frames, &mut staged);
+        if written.await.is_err() {
+            return;
+        }
     }
+    let _ = half.lock().await.shutdown().await;
 }
 
 fn usize_of(n: u32) -> usize {

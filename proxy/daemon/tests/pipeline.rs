@@ -120,6 +120,83 @@ async fn a_batch_is_split_across_workers_and_answered_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frames_run_inline_when_the_pool_is_idle() {
+    let token = Token::new("inline");
+    // A budget no operation here comes near, so that what runs inline depends on the pool
+    // being idle and the operation having been seen, not on the machine's speed.
+    let settings = Settings {
+        extra: "[pool]\npipeline_depth = 2\ninline_below_us = 1000000\n".into(),
+        ..Settings::default()
+    };
+    let mut proxy = Proxy::start(&token, &settings);
+    assert!(proxy.log().contains("2 worker sessions + 1 inline"), "{}", proxy.log());
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+
+    // The first Random goes to a worker, which measures it; one at a time, the rest find the
+    // pool idle and run inline, answered as from a worker.
+    for len in 1..=20u32 {
+        assert_eq!(client.call(Random { len }).await.unwrap().len(), len as usize);
+    }
+    let inline = proxy.metric("hsm_proxy_inline_operations_total");
+    assert!((19.0..=20.0).contains(&inline), "{inline} of 20 inline");
+
+    // A frame inline answers each operation alone, failures included.
+    let ops = vec![
+        Random { len: 3 }.into(),
+        Random { len: hsm_proxy_proto::op::MAX_RANDOM_BYTES + 1 }.into(),
+        Random { len: 5 }.into(),
+    ];
+    let replies = client.call_batch(ops).await.unwrap();
+    assert!(matches!(&replies[0], Ok(hsm_proxy_proto::Reply::Random(b)) if b.len() == 3));
+    assert_eq!(replies[1].as_ref().err(), Some(&Status::InvalidArgument));
+    assert!(matches!(&replies[2], Ok(hsm_proxy_proto::Reply::Random(b)) if b.len() == 5));
+
+    // Sealing inline and opening on a worker (and the reverse) agree: the lane is a session
+    // like the others.
+    let aad = b"inline".to_vec();
+    let plaintext = hsm_proxy_proto::SecretBytes::copy_from(b"thirty-two bytes of volume key!!");
+    let mut sealed = Vec::new();
+    for _ in 0..4 {
+        let seal = hsm_proxy_proto::op::Encrypt {
+            kek: kek.clone(),
+            plaintext: plaintext.clone(),
+            aad: aad.clone(),
+        };
+        sealed.push(client.call(seal).await.unwrap());
+    }
+    // Many frames at once: most find the pool busy and go to the workers.
+    let mut tasks = tokio::task::JoinSet::new();
+    for sealed in sealed.iter().cycle().take(64).cloned() {
+        let (client, kek, aad) = (client.clone(), kek.clone(), aad.clone());
+        tasks.spawn(
+            async move { client.call(hsm_proxy_proto::op::Decrypt { kek, sealed, aad }).await },
+        );
+    }
+    while let Some(opened) = tasks.join_next().await {
+        assert_eq!(opened.unwrap().unwrap().expose_secret(), plaintext.expose_secret());
+    }
+    // Two workers and the lane.
+    assert_eq!(proxy.metric("hsm_proxy_sessions_open"), 3.0);
+    proxy.assert_healthy();
+
+    // Turned off, nothing runs inline and no session is opened for it.
+    let token = Token::new("workers-only");
+    let settings = Settings {
+        extra: "[pool]\npipeline_depth = 2\ninline_below_us = 0\n".into(),
+        ..Settings::default()
+    };
+    let mut proxy = Proxy::start(&token, &settings);
+    assert!(!proxy.log().contains("+ 1 inline"), "{}", proxy.log());
+    let client = proxy.client();
+    for len in 1..=5u32 {
+        client.call(Random { len }).await.unwrap();
+    }
+    assert_eq!(proxy.metric("hsm_proxy_inline_operations_total"), 0.0);
+    proxy.assert_healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_reconnects_after_a_proxy_restart_and_fails_over() {
     let token = Token::new("reconnect");
     let proxy = Proxy::start(&token, &Settings::default());

@@ -21,23 +21,34 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     // Wiped whole only when dropped, which covers a write cut off midway.
     let mut staged = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
     while let Some(first) = frames.recv().await {
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            if staged.len() + frame.len() > staged.capacity() {
-                flush_staged(out, &mut staged).await?;
-                if frame.len() > staged.capacity() {
-                    out.write_all(&frame).await?;
-                    next = frames.try_recv().ok();
-                    continue;
-                }
-            }
-            staged.extend_from_slice(&frame);
-            drop(frame);
-            next = frames.try_recv().ok();
-        }
-        flush_staged(out, &mut staged).await?;
+        write_gathered(out, first, frames, &mut staged).await?;
     }
     Ok(())
+}
+
+/// Writes `first` and every frame already waiting in `frames`, gathered in `staged` (a buffer
+/// of [`COALESCE_BYTES`] capacity, left empty and wiped), and flushes.
+pub async fn write_gathered<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    first: Zeroizing<Vec<u8>>,
+    frames: &mut mpsc::Receiver<Zeroizing<Vec<u8>>>,
+    staged: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut next = Some(first);
+    while let Some(frame) = next.take() {
+        if staged.len() + frame.len() > staged.capacity() {
+            flush_staged(out, staged).await?;
+            if frame.len() > staged.capacity() {
+                out.write_all(&frame).await?;
+                next = frames.try_recv().ok();
+                continue;
+            }
+        }
+        staged.extend_from_slice(&frame);
+        drop(frame);
+        next = frames.try_recv().ok();
+    }
+    flush_staged(out, staged).await
 }
 
 /// Writes and flushes what is staged, then wipes it.
