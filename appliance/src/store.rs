@@ -71,7 +71,7 @@ pub struct KekRow {
 /// A secret's row. The payload fields are all set or all empty.
 #[derive(Clone, Debug)]
 pub struct SecretRow {
-    /// UUID4, canonical lower case (see [`new_id`]).
+    /// UUID4, canonical lower case; time-ordered when made here.
     pub id: String,
     /// The owning project (external id).
     pub project_id: String,
