@@ -179,6 +179,10 @@ pub struct HsmConfig {
     /// Time allowed for one HSM operation, queueing included.
     #[serde(default = "defaults::request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Frames of HSM operations unanswered at once; operations of concurrent requests that
+    /// arrive while all are out leave together in the next frame.
+    #[serde(default = "defaults::frames_in_flight")]
+    pub frames_in_flight: usize,
 }
 
 /// `[identity]`
@@ -244,6 +248,10 @@ mod defaults {
     }
     pub(super) fn connections() -> usize {
         2
+    }
+    /// Enough frames of up to 32 operations to keep a pipeline of 60 or more busy.
+    pub(super) fn frames_in_flight() -> usize {
+        8
     }
     pub(super) fn connect_timeout_ms() -> u64 {
         3_000
@@ -329,6 +337,9 @@ impl Config {
         }
         if self.server.max_secret_bytes == 0 || self.server.max_request_bytes == 0 {
             return Err(Error::Config("[server] size limits must be positive".into()));
+        }
+        if self.hsm.frames_in_flight == 0 {
+            return Err(Error::Config("[hsm] frames_in_flight must be at least 1".into()));
         }
         Ok(())
     }

@@ -67,9 +67,9 @@ pub(crate) fn payload_aad(project_id: &str, secret_id: &str) -> Vec<u8> {
 impl Hsm {
     /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
     /// dispatcher, so it must be called inside the tokio runtime.
-    pub fn new(client: Client) -> Hsm {
+    pub fn new(client: Client, frames_in_flight: usize) -> Hsm {
         Hsm {
-            coalescer: Coalescer::start(client),
+            coalescer: Coalescer::start(client, frames_in_flight),
             by_project: Mutex::new(HashMap::new()),
             by_id: Mutex::new(HashMap::new()),
         }

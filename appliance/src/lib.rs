@@ -58,7 +58,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     client_config.connections = config.hsm.connections.max(1);
     client_config.connect_timeout = Duration::from_millis(config.hsm.connect_timeout_ms);
     client_config.request_timeout = Duration::from_millis(config.hsm.request_timeout_ms);
-    let hsm = Hsm::new(Client::new(client_config)?);
+    let hsm = Hsm::new(Client::new(client_config)?, config.hsm.frames_in_flight);
     let identity = match config.identity.source {
         IdentitySourceName::Keystone => {
             let k = config.keystone.as_ref().ok_or_else(|| {
