@@ -249,9 +249,10 @@ mod defaults {
     pub(super) fn connections() -> usize {
         2
     }
-    /// Enough frames of up to 32 operations to keep a pipeline of 60 or more busy.
+    /// Enough frames of up to 32 operations to keep a pipeline of 60 or more busy; more only
+    /// make frames smaller (measured on SoftHSM2: 15,249 payload fetches/s at 4, 13,143 at 16).
     pub(super) fn frames_in_flight() -> usize {
-        8
+        4
     }
     pub(super) fn connect_timeout_ms() -> u64 {
         3_000

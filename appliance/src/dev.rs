@@ -168,7 +168,7 @@ impl HsmStack {
                 connections: 2,
                 connect_timeout_ms: 3_000,
                 request_timeout_ms: 10_000,
-                frames_in_flight: 8,
+                frames_in_flight: 4,
             },
             identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },
             policy: PolicyConfig::default(),
