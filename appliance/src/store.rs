@@ -411,10 +411,7 @@ async fn write_inserts(
     let mut group = Vec::with_capacity(MAX_GROUPED_INSERTS);
     while queue.recv_many(&mut group, MAX_GROUPED_INSERTS).await > 0 {
         let rows: Vec<&SecretRow> = group.iter().map(|(row, _)| row).collect();
-        let written = match pool.acquire().await {
-            Ok(mut conn) => insert_secrets_on(&mut conn, &rows).await,
-            Err(e) => Err(e.into()),
-        };
+        let written = insert_on_pool(&pool, &rows).await;
         drop(rows);
         match written {
             Ok(()) => {
@@ -429,15 +426,17 @@ async fn write_inserts(
             }
             Err(_) => {
                 for (row, done) in group.drain(..) {
-                    let alone = match pool.acquire().await {
-                        Ok(mut conn) => insert_secret_on(&mut conn, &row).await,
-                        Err(e) => Err(e.into()),
-                    };
-                    let _ = done.send(alone);
+                    let _ = done.send(insert_on_pool(&pool, &[&row]).await);
                 }
             }
         }
     }
+}
+
+/// Inserts `rows` in one statement on a connection from the pool.
+async fn insert_on_pool(pool: &AnyPool, rows: &[&SecretRow]) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    insert_secrets_on(&mut conn, rows).await
 }
 
 /// How often the background checkpointer runs on SQLite.

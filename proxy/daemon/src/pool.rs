@@ -123,6 +123,14 @@ impl Load {
     }
 }
 
+/// Where an operation of a frame goes.
+enum Route {
+    /// Answered without the HSM.
+    Answered(Outcome),
+    /// To a session.
+    Hsm(Request),
+}
+
 /// The pool: the queue's sending side and the workers.
 pub(crate) struct Pool {
     queue: flume::Sender<Message>,
@@ -199,16 +207,9 @@ impl Pool {
         let mut results: Vec<Outcome> = Vec::with_capacity(ops.len());
         let mut work = Vec::with_capacity(ops.len());
         for (index, op) in ops.into_iter().enumerate() {
-            results.push(match op {
-                Err(status) => Err(status),
-                Ok(Request::Health(health)) => match self.cached_health() {
-                    Some(report) => Ok(Reply::Health(report)),
-                    None => {
-                        work.push((index, Request::Health(health)));
-                        Err(Status::Internal)
-                    }
-                },
-                Ok(op) => {
+            results.push(match self.without_hsm(op) {
+                Route::Answered(outcome) => outcome,
+                Route::Hsm(op) => {
                     work.push((index, op));
                     Err(Status::Internal)
                 }
@@ -272,24 +273,30 @@ impl Pool {
         let mut ran = 0;
         let results = ops
             .into_iter()
-            .map(|op| match op {
-                Err(status) => Err(status),
-                Ok(Request::Health(health)) => match self.cached_health() {
-                    Some(report) => Ok(Reply::Health(report)),
-                    None => {
-                        ran += 1;
-                        lane.serve(&Request::Health(health), arrived, deadline)
-                    }
-                },
-                // The request holds plaintexts and wrapped keys; it is wiped as it drops here.
-                Ok(op) => {
+            .map(|op| match self.without_hsm(op) {
+                Route::Answered(outcome) => outcome,
+                Route::Hsm(op) => {
                     ran += 1;
+                    // The request holds plaintexts and wrapped keys; it is wiped as it drops.
                     lane.serve(&op, arrived, deadline)
                 }
             })
             .collect();
         self.metrics.inline_operations.inc_by(ran);
         Ok(results)
+    }
+
+    /// The answer to an operation that needs no HSM (one refused at decoding, or a `Health`
+    /// the cache still holds), or the operation back.
+    fn without_hsm(&self, op: Outcome<Request>) -> Route {
+        match op {
+            Err(status) => Route::Answered(Err(status)),
+            Ok(Request::Health(health)) => match self.cached_health() {
+                Some(report) => Route::Answered(Ok(Reply::Health(report))),
+                None => Route::Hsm(Request::Health(health)),
+            },
+            Ok(op) => Route::Hsm(op),
+        }
     }
 
     /// Puts one share in the queue, waiting for room until its deadline.
