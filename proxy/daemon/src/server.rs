@@ -231,15 +231,8 @@ type Writer = tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>;
 /// Writes answers as they come, those already waiting gathered into one write, until the
 /// reading side is done and every answer sent; then closes the stream.
 async fn write_loop(half: Arc<Writer>, mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>) {
-    // Wiped whole only when dropped, which covers a write cut off midway.
-    let mut staged = Zeroizing::new(Vec::with_capacity(hsm_proxy_proto::io::COALESCE_BYTES));
-    while let Some(first) = frames.recv().await {
-        let mut out = half.lock().await;
-        let written =
-            hsm_proxy_proto::io::write_gathered(&mut *out, first, &mut frames, &mut staged);
-        if written.await.is_err() {
-            return;
-        }
+    if hsm_proxy_proto::io::write_frames(&half, &mut frames).await.is_err() {
+        return;
     }
     let _ = half.lock().await.shutdown().await;
 }

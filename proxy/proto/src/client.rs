@@ -2,7 +2,8 @@
 //!
 //! Each connection has a writer task (frames from many callers, flushed together) and a reader
 //! task (responses matched to callers by request id), so any number of calls can be in flight
-//! on one connection. A connection that fails is dropped; the next call opens a new one, trying
+//! on one connection. A caller that finds nothing being written writes its own frame, sparing
+//! the writer task's wake-up at low load. A connection that fails is dropped; the next call opens a new one, trying
 //! the endpoints in order from the one that worked last.
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
@@ -176,9 +177,14 @@ struct Inner {
 
 type Waiter = oneshot::Sender<Result<Zeroizing<Vec<u8>>, Error>>;
 
+/// A connection's writing side, taken by the writer task for frames queued and by a caller that
+/// finds it free for its own frame.
+type Writer = tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>;
+
 struct Connection {
     endpoint: String,
     frames: mpsc::Sender<Zeroizing<Vec<u8>>>,
+    writer: Arc<Writer>,
     pending: Mutex<HashMap<u64, Waiter>>,
     closed: AtomicBool,
     /// Tells the reader task to stop when the last handle to this connection goes away.
@@ -292,7 +298,21 @@ impl Client {
             conn.take_waiter(id);
             return Err(Error::ConnectionLost);
         }
-        if conn.frames.send(frame).await.is_err() {
+        // Written by this task when no other frame is being written, sparing a wake-up of the
+        // writer task; otherwise queued for it.
+        let sent = match conn.writer.try_lock() {
+            Ok(mut out) => {
+                let cut_off = CutOff(Some(&conn));
+                let written = out.write_all(&frame).await.and(out.flush().await);
+                cut_off.disarm();
+                if written.is_err() {
+                    conn.fail_all();
+                }
+                written.is_ok()
+            }
+            Err(_) => conn.frames.send(frame).await.is_ok(),
+        };
+        if !sent {
             conn.take_waiter(id);
             return Err(Error::ConnectionLost);
         }
@@ -359,6 +379,25 @@ impl Client {
     }
 }
 
+/// Fails a connection whose caller was dropped midway through writing its frame: the stream may
+/// end inside a frame, so nothing more can be sent on it.
+struct CutOff<'a>(Option<&'a Connection>);
+
+impl CutOff<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CutOff<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            tracing::warn!(endpoint = %conn.endpoint, "call cancelled while writing its frame");
+            conn.fail_all();
+        }
+    }
+}
+
 fn spawn_connection(
     endpoint: String,
     stream: TlsStream<TcpStream>,
@@ -366,28 +405,30 @@ fn spawn_connection(
 ) -> Arc<Connection> {
     let (frames_tx, frames_rx) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (read_half, write_half) = tokio::io::split(stream);
+    let writer = Arc::new(tokio::sync::Mutex::new(write_half));
     let conn = Arc::new(Connection {
         endpoint,
         frames: frames_tx,
+        writer: writer.clone(),
         pending: Mutex::new(HashMap::new()),
         closed: AtomicBool::new(false),
         stop,
     });
-    let (read_half, write_half) = tokio::io::split(stream);
     // The tasks hold only weak references: when the client drops its last handle, the frame
     // channel closes (ending the writer) and `stop` fires (ending the reader).
-    tokio::spawn(write_loop(Arc::downgrade(&conn), write_half, frames_rx));
+    tokio::spawn(write_loop(Arc::downgrade(&conn), writer, frames_rx));
     tokio::spawn(read_loop(Arc::downgrade(&conn), read_half, max_body, stopped));
     conn
 }
 
 async fn write_loop(
     conn: Weak<Connection>,
-    mut half: WriteHalf<TlsStream<TcpStream>>,
+    half: Arc<Writer>,
     mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) {
     // Ends when the connection's last handle is dropped (the channel closes) or a write fails.
-    let _ = crate::io::write_frames(&mut half, &mut frames).await;
+    let _ = crate::io::write_frames(&half, &mut frames).await;
     if let Some(c) = conn.upgrade() {
         c.fail_all();
     }

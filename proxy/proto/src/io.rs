@@ -14,14 +14,18 @@ pub const COALESCE_BYTES: usize = 64 * 1024;
 /// plaintexts it held are wiped after every write: only the bytes staged, not its whole
 /// capacity, and it never grows (a frame that does not fit is written from its own buffer), so
 /// no copy is left behind in memory it gave back.
+///
+/// The stream is locked for each gathered write only, so that others may write whole frames of
+/// their own in between.
 pub async fn write_frames<W: AsyncWrite + Unpin>(
-    out: &mut W,
+    out: &tokio::sync::Mutex<W>,
     frames: &mut mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) -> std::io::Result<()> {
     // Wiped whole only when dropped, which covers a write cut off midway.
     let mut staged = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
     while let Some(first) = frames.recv().await {
-        write_gathered(out, first, frames, &mut staged).await?;
+        let mut out = out.lock().await;
+        write_gathered(&mut *out, first, frames, &mut staged).await?;
     }
     Ok(())
 }
@@ -80,8 +84,9 @@ mod tests {
             tx.send(Zeroizing::new(frame)).await.unwrap();
         }
         drop(tx);
-        let mut out = Vec::new();
-        write_frames(&mut out, &mut rx).await.unwrap();
+        let out = tokio::sync::Mutex::new(Vec::new());
+        write_frames(&out, &mut rx).await.unwrap();
+        let out = out.into_inner();
         assert_eq!(out.len(), expected.len());
         assert!(out == expected, "frames reordered or cut");
     }
