@@ -7,11 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-
-/// Every operation allocates and frees small buffers on the I/O and worker threads at once,
-/// where mimalloc's per-thread heaps beat the system allocator's shared arenas.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use hsm_proxy::{Config, MkekPolicy, Proxy, ReadyInfo};
 use tokio::net::TcpListener;
 
