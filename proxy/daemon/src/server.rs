@@ -231,7 +231,7 @@ type Writer = tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>;
 /// Writes answers as they come, those already waiting gathered into one write, until the
 /// reading side is done and every answer sent; then closes the stream.
 async fn write_loop(half: Arc<Writer>, mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>) {
-    if hsm_proxy_proto::io::write_frames(&half, &mut frames).await.is_err() {
+    if hsm_proxy_proto::io::write_frames(&half, &mut frames, || true).await.is_err() {
         return;
     }
     let _ = half.lock().await.shutdown().await;

@@ -78,11 +78,15 @@ async fn a_call_dropped_midway_through_its_frame_retires_the_connection() {
         aad: Vec::new(),
     };
 
-    // Nothing is read, so the socket buffers fill and a write is left pending; the call is then
-    // dropped by its timeout, as a request handler is when its HTTP client goes away.
+    // Nothing is read, so the socket buffers fill and a write is left pending; the calls are
+    // then dropped by their timeout, as a request handler is when its HTTP client goes away.
+    // Three at a time: one writes its own frame, the others queue for the writer task, which
+    // must not write them after the cut one.
     let mut first = None;
     for _ in 0..64 {
-        let _ = tokio::time::timeout(Duration::from_millis(100), client.call(big())).await;
+        let calls =
+            async { tokio::join!(client.call(big()), client.call(big()), client.call(big())) };
+        let _ = tokio::time::timeout(Duration::from_millis(100), calls).await;
         if first.is_none() {
             first = connections.try_recv().ok();
         }

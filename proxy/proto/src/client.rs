@@ -3,8 +3,8 @@
 //! Each connection has a writer task (frames from many callers, flushed together) and a reader
 //! task (responses matched to callers by request id), so any number of calls can be in flight
 //! on one connection. A caller that finds nothing being written writes its own frame, sparing
-//! the writer task's wake-up at low load. A connection that fails is dropped; the next call opens a new one, trying
-//! the endpoints in order from the one that worked last.
+//! the writer task's wake-up at low load. A connection that fails is dropped; the next call
+//! opens a new one, trying the endpoints in order from the one that worked last.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -427,8 +427,10 @@ async fn write_loop(
     half: Arc<Writer>,
     mut frames: mpsc::Receiver<Zeroizing<Vec<u8>>>,
 ) {
-    // Ends when the connection's last handle is dropped (the channel closes) or a write fails.
-    let _ = crate::io::write_frames(&half, &mut frames).await;
+    // Ends when the connection's last handle is dropped (the channel closes), a write fails, or
+    // a caller cancelled midway through its own frame has retired the connection.
+    let usable = || conn.upgrade().is_some_and(|c| !c.closed.load(Ordering::Acquire));
+    let _ = crate::io::write_frames(&half, &mut frames, usable).await;
     if let Some(c) = conn.upgrade() {
         c.fail_all();
     }

@@ -16,15 +16,20 @@ pub const COALESCE_BYTES: usize = 64 * 1024;
 /// no copy is left behind in memory it gave back.
 ///
 /// The stream is locked for each gathered write only, so that others may write whole frames of
-/// their own in between.
+/// their own in between; `usable` is asked once the lock is held, and when it says no (another
+/// writer left a frame cut short) nothing more is written and the frames waiting are dropped.
 pub async fn write_frames<W: AsyncWrite + Unpin>(
     out: &tokio::sync::Mutex<W>,
     frames: &mut mpsc::Receiver<Zeroizing<Vec<u8>>>,
+    usable: impl Fn() -> bool,
 ) -> std::io::Result<()> {
     // Wiped whole only when dropped, which covers a write cut off midway.
     let mut staged = Zeroizing::new(Vec::with_capacity(COALESCE_BYTES));
     while let Some(first) = frames.recv().await {
         let mut out = out.lock().await;
+        if !usable() {
+            break;
+        }
         write_gathered(&mut *out, first, frames, &mut staged).await?;
     }
     Ok(())
@@ -85,7 +90,7 @@ mod tests {
         }
         drop(tx);
         let out = tokio::sync::Mutex::new(Vec::new());
-        write_frames(&out, &mut rx).await.unwrap();
+        write_frames(&out, &mut rx, || true).await.unwrap();
         let out = out.into_inner();
         assert_eq!(out.len(), expected.len());
         assert!(out == expected, "frames reordered or cut");
