@@ -360,23 +360,29 @@ pub(crate) async fn insert_secret_on(conn: &mut sqlx::AnyConnection, s: &SecretR
     insert_secrets_on(conn, &[s]).await
 }
 
+/// Appends `count` comma-separated parameters, the first being the statement's `after + 1`th:
+/// `$n` where numbered (PostgreSQL), else SQLite's anonymous `?`. SQLite looks a numbered
+/// parameter's name up in a list once per value bound, which for the grouped statements'
+/// hundreds of values made binding quadratic; `?` needs no lookup.
+fn push_parameters(sql: &mut String, numbered: bool, after: usize, count: usize) {
+    for n in after + 1..=after + count {
+        let sep = if n == after + 1 { "" } else { ", " };
+        if numbered {
+            let _ = write!(sql, "{sep}${n}");
+        } else {
+            let _ = write!(sql, "{sep}?");
+        }
+    }
+}
+
 /// Inserts secrets in one statement, so one commit; all or none.
 async fn insert_secrets_on(conn: &mut sqlx::AnyConnection, rows: &[&SecretRow]) -> Result<()> {
     const COLUMNS: usize = 17;
-    // SQLite looks a numbered parameter's name up in a list, once per value bound: with 17
-    // values a row, grouped rows made that quadratic. Its anonymous `?` needs no lookup.
     let numbered = conn.backend_name() != "SQLite";
     let mut sql = format!("INSERT INTO secrets ({SECRET_COLUMNS}) VALUES ");
     for row in 0..rows.len() {
         sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..COLUMNS {
-            let sep = if column == 0 { "" } else { ", " };
-            if numbered {
-                let _ = write!(sql, "{sep}${}", row * COLUMNS + column + 1);
-            } else {
-                let _ = write!(sql, "{sep}?");
-            }
-        }
+        push_parameters(&mut sql, numbered, row * COLUMNS, COLUMNS);
         sql.push(')');
     }
     let mut query = sqlx::query(&sql);
@@ -522,19 +528,10 @@ async fn select_secrets(
          AND acls.entity_id = secrets.id AND acls.operation = 'read') AS read_acls \
          FROM secrets WHERE id IN ("
     );
-    for n in 1..=slots {
-        let sep = if n == 1 { "" } else { ", " };
-        if numbered {
-            let _ = write!(sql, "{sep}${n}");
-        } else {
-            let _ = write!(sql, "{sep}?");
-        }
-    }
-    if numbered {
-        let _ = write!(sql, ") AND (expiration IS NULL OR expiration > ${})", slots + 1);
-    } else {
-        sql.push_str(") AND (expiration IS NULL OR expiration > ?)");
-    }
+    push_parameters(&mut sql, numbered, 0, slots);
+    sql.push_str(") AND (expiration IS NULL OR expiration > ");
+    push_parameters(&mut sql, numbered, slots, 1);
+    sql.push(')');
     let mut query = sqlx::query(&sql);
     let last = distinct.last().copied().unwrap_or_default();
     for n in 0..slots {

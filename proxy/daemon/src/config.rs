@@ -213,8 +213,8 @@ impl HsmProfile {
 
 /// The share of an operation's cycle, over the profile's, that a networked HSM's operations
 /// take when the time spent on this host is counted too: 6/5. Measured on `network-hsm` (30
-/// engines, 1 ms + 1 ms): one operation took 2.34 ms rather than 2, and depth 60 kept 87 % of
-/// the engines busy where 72 kept 99 % (90 only queued inside the HSM).
+/// engines, 1 ms + 1 ms): one operation took 2.34 ms rather than 2, and depth 60 kept 87-89 %
+/// of the engines busy where 72 kept 94-99 % (90 only queued inside the HSM).
 const HOST_SHARE: (u64, u64) = (6, 5);
 
 /// `[keys]`

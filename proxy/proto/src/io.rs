@@ -37,7 +37,7 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
 
 /// Writes `first` and every frame already waiting in `frames`, gathered in `staged` (a buffer
 /// of [`COALESCE_BYTES`] capacity, left empty and wiped), and flushes.
-pub async fn write_gathered<W: AsyncWrite + Unpin>(
+async fn write_gathered<W: AsyncWrite + Unpin>(
     out: &mut W,
     first: Zeroizing<Vec<u8>>,
     frames: &mut mpsc::Receiver<Zeroizing<Vec<u8>>>,
