@@ -5,15 +5,16 @@
 //! plaintext or an unwrapped key.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use self::grouped::{GroupRead, GroupReader, Kept, push_in_list, push_parameters};
 use crate::timefmt::now_micros;
 
+mod grouped;
 mod orders;
 mod quotas;
 mod relations;
@@ -187,7 +188,9 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     inserts: mpsc::Sender<PendingInsert>,
-    lookups: mpsc::Sender<PendingLookup>,
+    secrets: GroupReader<Secrets>,
+    quotas: GroupReader<quotas::ProjectQuotas>,
+    kept: Kept,
 }
 
 const SECRET_COLUMNS: &str = "id, project_id, name, secret_type, algorithm, bit_length, mode, \
@@ -235,15 +238,16 @@ impl Store {
             })
             .connect(&url)
             .await?;
+        let kept = Kept::new(pool.clone(), backend, max_connections);
         let (inserts, queue) = mpsc::channel(4 * MAX_GROUPED_INSERTS);
         let (writer_alive, writer_gone) = oneshot::channel::<()>();
-        tokio::spawn(write_inserts(pool.clone(), queue, writer_alive));
+        tokio::spawn(write_inserts(kept.clone(), queue, writer_alive));
         if backend == Backend::Sqlite {
             tokio::spawn(checkpoint_in_background(pool.clone(), writer_gone));
         }
-        let (lookups, queue) = mpsc::channel(4 * MAX_GROUPED_LOOKUPS);
-        tokio::spawn(read_secrets(pool.clone(), backend, queue));
-        let store = Store { pool, backend, inserts, lookups };
+        let secrets = GroupReader::start(kept.clone(), backend);
+        let quotas = GroupReader::start(kept.clone(), backend);
+        let store = Store { pool, backend, inserts, secrets, quotas, kept };
         store.migrate().await?;
         Ok(store)
     }
@@ -360,21 +364,6 @@ pub(crate) async fn insert_secret_on(conn: &mut sqlx::AnyConnection, s: &SecretR
     insert_secrets_on(conn, &[s]).await
 }
 
-/// Appends `count` comma-separated parameters, the first being the statement's `after + 1`th:
-/// `$n` where numbered (PostgreSQL), else SQLite's anonymous `?`. SQLite looks a numbered
-/// parameter's name up in a list once per value bound, which for the grouped statements'
-/// hundreds of values made binding quadratic; `?` needs no lookup.
-fn push_parameters(sql: &mut String, numbered: bool, after: usize, count: usize) {
-    for n in after + 1..=after + count {
-        let sep = if n == after + 1 { "" } else { ", " };
-        if numbered {
-            let _ = write!(sql, "{sep}${n}");
-        } else {
-            let _ = write!(sql, "{sep}?");
-        }
-    }
-}
-
 /// Inserts secrets in one statement, so one commit; all or none.
 async fn insert_secrets_on(conn: &mut sqlx::AnyConnection, rows: &[&SecretRow]) -> Result<()> {
     const COLUMNS: usize = 17;
@@ -423,14 +412,14 @@ const MAX_GROUPED_INSERTS: usize = 64;
 /// lock, into a few; at low load a row is written alone, as before. When a group fails, its
 /// rows are written one by one, so each request gets its own answer.
 async fn write_inserts(
-    pool: AnyPool,
+    kept: Kept,
     mut queue: mpsc::Receiver<PendingInsert>,
     _alive: oneshot::Sender<()>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUPED_INSERTS);
     while queue.recv_many(&mut group, MAX_GROUPED_INSERTS).await > 0 {
         let rows: Vec<&SecretRow> = group.iter().map(|(row, _)| row).collect();
-        let written = insert_on_pool(&pool, &rows).await;
+        let written = insert_kept(&kept, &rows).await;
         drop(rows);
         match written {
             Ok(()) => {
@@ -445,100 +434,50 @@ async fn write_inserts(
             }
             Err(_) => {
                 for (row, done) in group.drain(..) {
-                    let _ = done.send(insert_on_pool(&pool, &[&row]).await);
+                    let _ = done.send(insert_kept(&kept, &[&row]).await);
                 }
             }
         }
     }
 }
 
-/// Inserts `rows` in one statement on a connection from the pool.
-async fn insert_on_pool(pool: &AnyPool, rows: &[&SecretRow]) -> Result<()> {
-    let mut conn = pool.acquire().await?;
-    insert_secrets_on(&mut conn, rows).await
+/// Inserts `rows` in one statement on a kept connection.
+async fn insert_kept(kept: &Kept, rows: &[&SecretRow]) -> Result<()> {
+    let mut conn = kept.take().await?;
+    insert_secrets_on(&mut conn, rows).await?;
+    kept.keep(conn);
+    Ok(())
 }
 
-/// A secret lookup waiting for the group reader, and who waits for it.
-type PendingLookup = (String, oneshot::Sender<Result<Option<SecretRow>>>);
+/// Secrets by id, for the group reader: the live (unexpired) ones, each with whether it has a
+/// read ACL (the policy check that follows every fetch needs it).
+#[derive(Debug)]
+struct Secrets;
 
-/// Most secrets read by one statement.
-const MAX_GROUPED_LOOKUPS: usize = 64;
+impl GroupRead for Secrets {
+    type Row = SecretRow;
 
-/// Group reads running at once; lookups arriving while all run leave together in the next.
-const LOOKUP_GROUPS_IN_FLIGHT: usize = 4;
-
-/// The group reader: takes every secret lookup waiting (never waiting for more) and answers
-/// them with one statement. Each statement costs two thread hand-offs (SQLite runs each
-/// connection on a thread of its own) or a network round trip (PostgreSQL), which at the key
-/// fetch rates of Nova and Cinder cost more than reading the rows; a lone lookup is read at
-/// once, as before. When a group fails, its lookups are read one by one, so each caller gets
-/// its own answer.
-async fn read_secrets(pool: AnyPool, backend: Backend, mut queue: mpsc::Receiver<PendingLookup>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(LOOKUP_GROUPS_IN_FLIGHT));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut group = Vec::with_capacity(MAX_GROUPED_LOOKUPS);
-        if queue.recv_many(&mut group, MAX_GROUPED_LOOKUPS).await == 0 {
-            return;
+    async fn select(
+        conn: &mut sqlx::AnyConnection,
+        backend: Backend,
+        ids: &[&str],
+    ) -> Result<HashMap<String, SecretRow>> {
+        let mut sql = format!(
+            "SELECT {SECRET_COLUMNS}, (SELECT COUNT(*) FROM acls WHERE acls.entity_type = 'secret' \
+             AND acls.entity_id = secrets.id AND acls.operation = 'read') AS read_acls \
+             FROM secrets WHERE id IN ("
+        );
+        let bound = push_in_list(&mut sql, backend, 0, ids);
+        sql.push_str(") AND (expiration IS NULL OR expiration > ");
+        push_parameters(&mut sql, backend == Backend::Postgres, bound.len(), 1);
+        sql.push(')');
+        let mut query = sqlx::query(&sql);
+        for id in bound {
+            query = query.bind(id);
         }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let ids: Vec<&str> = group.iter().map(|(id, _)| id.as_str()).collect();
-            let found = select_secrets(&pool, backend, &ids).await;
-            drop(ids);
-            match found {
-                Ok(rows) => {
-                    for (id, done) in group {
-                        let _ = done.send(Ok(rows.get(&id).cloned()));
-                    }
-                }
-                Err(e) if group.len() == 1 => {
-                    if let Some((_, done)) = group.pop() {
-                        let _ = done.send(Err(e));
-                    }
-                }
-                Err(_) => {
-                    for (id, done) in group {
-                        let alone = select_secrets(&pool, backend, &[&id]).await;
-                        let _ = done.send(alone.map(|mut rows| rows.remove(&id)));
-                    }
-                }
-            }
-            drop(slot);
-        });
+        let rows = query.bind(now_micros()).fetch_all(&mut *conn).await?;
+        rows.iter().map(|r| secret_from_row(r).map(|s| (s.id.clone(), s))).collect()
     }
-}
-
-/// The live (unexpired) secrets among `ids`, by id, each with whether it has a read ACL (the
-/// policy check that follows every fetch needs it).
-async fn select_secrets(
-    pool: &AnyPool,
-    backend: Backend,
-    ids: &[&str],
-) -> Result<HashMap<String, SecretRow>> {
-    let mut distinct: Vec<&str> = ids.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    // Statements are prepared once per connection and cached by their text: rounding the
-    // number of ids up to a power of two (repeating the last) keeps that to seven texts.
-    let slots = distinct.len().next_power_of_two();
-    let numbered = backend == Backend::Postgres;
-    let mut sql = format!(
-        "SELECT {SECRET_COLUMNS}, (SELECT COUNT(*) FROM acls WHERE acls.entity_type = 'secret' \
-         AND acls.entity_id = secrets.id AND acls.operation = 'read') AS read_acls \
-         FROM secrets WHERE id IN ("
-    );
-    push_parameters(&mut sql, numbered, 0, slots);
-    sql.push_str(") AND (expiration IS NULL OR expiration > ");
-    push_parameters(&mut sql, numbered, slots, 1);
-    sql.push(')');
-    let mut query = sqlx::query(&sql);
-    let last = distinct.last().copied().unwrap_or_default();
-    for n in 0..slots {
-        query = query.bind(distinct.get(n).copied().unwrap_or(last));
-    }
-    let rows = query.bind(now_micros()).fetch_all(pool).await?;
-    rows.iter().map(|r| secret_from_row(r).map(|s| (s.id.clone(), s))).collect()
 }
 
 /// How often the background checkpointer runs on SQLite.
@@ -570,16 +509,9 @@ async fn checkpoint_in_background(pool: AnyPool, mut writer_gone: oneshot::Recei
 }
 
 impl Store {
-    /// A secret that exists and has not expired.
+    /// A secret that exists and has not expired, read with the other lookups waiting.
     pub async fn secret(&self, id: &str) -> Result<Option<SecretRow>> {
-        let (done, answer) = oneshot::channel();
-        if self.lookups.send((id.to_owned(), done)).await.is_ok()
-            && let Ok(found) = answer.await
-        {
-            return found;
-        }
-        // The group reader is gone (the runtime is shutting down): read it here.
-        Ok(select_secrets(&self.pool, self.backend, &[id]).await?.remove(id))
+        self.secrets.read(&self.pool, self.backend, id).await
     }
 
     /// Adds the payload to a metadata-only secret; `false` if it already has one.
@@ -778,6 +710,7 @@ impl Store {
 
     /// Closes the pool.
     pub async fn close(&self) {
+        self.kept.release();
         self.pool.close().await;
     }
 }
@@ -957,5 +890,49 @@ mod tests {
             answers += 1;
         }
         assert_eq!(answers, 3 * expected.len());
+    }
+
+    // One thread: the lookups are all queued before the reader runs, so the groups they form
+    // are known.
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_quota_lookups_are_read_together_and_each_gets_its_own_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = Store::open(&url, 4).await.unwrap();
+        // Twenty projects with quotas of their own (secrets = n), and ten with none.
+        let mut expected = HashMap::new();
+        for n in 0..30 {
+            let project = format!("project-{n:02}");
+            let secrets = (n < 20).then_some(n);
+            if let Some(secrets) = secrets {
+                store.put_project_quota(&project, &[("secrets", secrets)]).await.unwrap();
+            }
+            expected.insert(project, secrets);
+        }
+        let before = store.quotas.statements();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            for project in expected.keys() {
+                let (store, project) = (store.clone(), project.clone());
+                tasks.spawn(async move {
+                    let found = store.project_quota(&project).await.unwrap();
+                    (project, found)
+                });
+            }
+        }
+        let mut answers = 0;
+        while let Some(done) = tasks.join_next().await {
+            let (project, found) = done.unwrap();
+            if let Some(found) = &found {
+                assert_eq!(found.project_id, project);
+                assert_eq!(found.values[1..], [None; 4], "quotas of {project}");
+            }
+            let secrets = found.map(|q| q.values[0].unwrap());
+            assert_eq!(&secrets, expected.get(&project).unwrap(), "wrong quota for {project}");
+            answers += 1;
+        }
+        assert_eq!(answers, 4 * expected.len());
+        // 120 lookups of 30 projects: two groups of at most 64.
+        assert_eq!(store.quotas.statements() - before, 2, "lookups were not read together");
     }
 }

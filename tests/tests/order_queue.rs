@@ -106,14 +106,21 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
     a.wait().unwrap();
     feeder_b.join().unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // B takes over A's orders as their leases expire and generates A's RSA-3072 pairs one
+    // after another, which takes a minute or more on a slow machine: the wait ends when no
+    // order has completed for a minute (the queue is stuck), or after ten minutes in all.
+    let overall = Instant::now() + Duration::from_secs(600);
+    let (mut last_pending, mut progress_at) = (i64::MAX, Instant::now());
     loop {
         let pending: i64 =
             psql(&db, "SELECT COUNT(*) FROM orders WHERE status <> 'ACTIVE'").parse().unwrap();
         if pending == 0 {
             break;
         }
-        if Instant::now() > deadline {
+        if pending < last_pending {
+            (last_pending, progress_at) = (pending, Instant::now());
+        }
+        if progress_at.elapsed() > Duration::from_secs(60) || Instant::now() > overall {
             let rows = psql(
                 &db,
                 "SELECT status, error_reason, lease_owner, lease_until, attempts FROM orders WHERE status <> 'ACTIVE' LIMIT 3",

@@ -1,8 +1,11 @@
 //! Per-project quotas, the counts they are checked against, and preferred secret stores.
 
-use sqlx::Row;
+use std::collections::HashMap;
 
-use super::{Result, Store};
+use sqlx::{AnyConnection, Row};
+
+use super::grouped::{GroupRead, push_in_list};
+use super::{Backend, Result, Store};
 use crate::timefmt::now_micros;
 
 /// The quota resources, in Barbican's order.
@@ -18,13 +21,10 @@ pub struct QuotaRow {
 }
 
 impl Store {
-    /// A project's configured quotas, if any.
+    /// A project's configured quotas, if any, read with the other lookups waiting: every
+    /// creation checks its project's quota first.
     pub async fn project_quota(&self, project_id: &str) -> Result<Option<QuotaRow>> {
-        let row = sqlx::query("SELECT * FROM project_quotas WHERE project_id = $1")
-            .bind(project_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(quota_from_row).transpose()
+        self.quotas.read(self.pool(), self.backend, project_id).await
     }
 
     /// A page of configured projects and their total.
@@ -138,6 +138,30 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(r.rows_affected() > 0)
+    }
+}
+
+/// Configured quotas by project, for the group reader.
+#[derive(Debug)]
+pub(super) struct ProjectQuotas;
+
+impl GroupRead for ProjectQuotas {
+    type Row = QuotaRow;
+
+    async fn select(
+        conn: &mut AnyConnection,
+        backend: Backend,
+        projects: &[&str],
+    ) -> Result<HashMap<String, QuotaRow>> {
+        let mut sql = String::from("SELECT * FROM project_quotas WHERE project_id IN (");
+        let bound = push_in_list(&mut sql, backend, 0, projects);
+        sql.push(')');
+        let mut query = sqlx::query(&sql);
+        for project in bound {
+            query = query.bind(project);
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        rows.iter().map(|r| quota_from_row(r).map(|q| (q.project_id.clone(), q))).collect()
     }
 }
 
