@@ -708,7 +708,7 @@ impl Store {
         Ok(())
     }
 
-    /// Closes the pool.
+    /// Closes the pool, kept connections included.
     pub async fn close(&self) {
         self.kept.release();
         self.pool.close().await;
@@ -754,9 +754,7 @@ mod tests {
 
     #[tokio::test]
     async fn sqlite_connections_get_wal_and_a_bounded_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = Store::open(&url, 2).await.unwrap();
+        let (_dir, store) = temp_store(2).await;
         let pragma = |name: &'static str| {
             let pool = store.pool().clone();
             async move {
@@ -771,6 +769,15 @@ mod tests {
         assert_eq!(pragma("journal_mode").await, "wal");
         assert_eq!(pragma("journal_size_limit").await, "67108864");
         assert_eq!(pragma("foreign_keys").await, "1");
+    }
+
+    /// A store on a new SQLite file with a pool of `connections`; the folder goes with the
+    /// returned guard.
+    async fn temp_store(connections: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = Store::open(&url, connections).await.unwrap();
+        (dir, store)
     }
 
     fn row(id: String) -> SecretRow {
@@ -807,9 +814,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_inserts_are_written_together_and_fail_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = Store::open(&url, 4).await.unwrap();
+        let (_dir, store) = temp_store(4).await;
         let taken = new_id();
         store.insert_secret(row(taken.clone())).await.unwrap();
 
@@ -845,9 +850,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_lookups_are_read_together_and_each_gets_its_own_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = Store::open(&url, 4).await.unwrap();
+        let (_dir, store) = temp_store(4).await;
         // Live rows with distinct names, expired ones, one with a read ACL, and ids never
         // written; every id asked for several times at once, so that groups hold repeats.
         let mut expected = HashMap::new();
@@ -892,13 +895,31 @@ mod tests {
         assert_eq!(answers, 3 * expected.len());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_kept_between_grouped_statements_and_given_back_at_close() {
+        let (_dir, store) = temp_store(4).await;
+        assert_eq!(store.kept.idle(), 0);
+        let id = new_id();
+        store.insert_secret(row(id.clone())).await.unwrap();
+        assert!(store.secret(&id).await.unwrap().is_some());
+        // Both statements ran on the one connection kept after the first.
+        assert_eq!(store.kept.idle(), 1);
+        // A failed statement's connection goes back to the pool rather than being kept.
+        assert!(store.insert_secret(row(id.clone())).await.is_err());
+        assert_eq!(store.kept.idle(), 0);
+        store.insert_secret(row(new_id())).await.unwrap();
+        assert_eq!(store.kept.idle(), 1);
+        // Closing gives the kept connection back, for the pool to close with the others.
+        let closed = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
+        assert!(closed.is_ok(), "the pool never closed");
+        assert_eq!(store.kept.idle(), 0);
+    }
+
     // One thread: the lookups are all queued before the reader runs, so the groups they form
     // are known.
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_quota_lookups_are_read_together_and_each_gets_its_own_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = Store::open(&url, 4).await.unwrap();
+        let (_dir, store) = temp_store(4).await;
         // Twenty projects with quotas of their own (secrets = n), and ten with none.
         let mut expected = HashMap::new();
         for n in 0..30 {

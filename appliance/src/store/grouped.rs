@@ -218,8 +218,14 @@ impl Kept {
         }
     }
 
+    /// How many connections are kept idle.
+    #[cfg(test)]
+    pub(super) fn idle(&self) -> usize {
+        self.lock().as_ref().map_or(0, Vec::len)
+    }
+
     /// Gives every kept connection back to the pool, and keeps none from now on, so that the
-    /// pool can close.
+    /// pool closes them with the others.
     pub(super) fn release(&self) {
         self.lock().take();
     }
