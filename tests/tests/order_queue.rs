@@ -13,12 +13,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// An appliance process, killed when dropped: a failed assertion leaves none running.
+struct Appliance(Child);
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn appliance(
     dir: &std::path::Path,
     name: &str,
     db: &str,
     info: &serde_json::Value,
-) -> (Child, String) {
+) -> (Appliance, String) {
     let port = free_port();
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -51,13 +61,15 @@ inline_wait_ms = 0
         ),
     )
     .unwrap();
-    let child = Command::new(bin_dir().join("appliance"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap();
+    let child = Appliance(
+        Command::new(bin_dir().join("appliance"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{name} did not start");
@@ -83,7 +95,7 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
     let dir = tempfile::tempdir().unwrap();
     let stack = DevStack::start(&dir.path().join("dev"));
     let (mut a, api_a) = appliance(dir.path(), "a", &db, &stack.info);
-    let (mut b, api_b) = appliance(dir.path(), "b", &db, &stack.info);
+    let (b, api_b) = appliance(dir.path(), "b", &db, &stack.info);
 
     // A receives slow orders (RSA-3072 key pairs) and key orders; B key orders only.
     let key = r#"{"type": "key", "meta": {"algorithm": "aes", "bit_length": 256}}"#;
@@ -99,11 +111,11 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
     let pending_at_kill: i64 =
         psql(&db, "SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").parse().unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(a.id()).unwrap()),
+        nix::unistd::Pid::from_raw(i32::try_from(a.0.id()).unwrap()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    a.wait().unwrap();
+    a.0.wait().unwrap();
     feeder_b.join().unwrap();
 
     // B takes over A's orders as their leases expire and generates A's RSA-3072 pairs one
@@ -166,8 +178,7 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
     );
     assert_eq!((r.status, r.body.len()), (200, 32));
 
-    let _ = b.kill();
-    let _ = b.wait();
+    drop(b);
     drop(stack);
     psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
 }
