@@ -511,7 +511,7 @@ async fn checkpoint_in_background(pool: AnyPool, mut writer_gone: oneshot::Recei
 impl Store {
     /// A secret that exists and has not expired, read with the other lookups waiting.
     pub async fn secret(&self, id: &str) -> Result<Option<SecretRow>> {
-        self.secrets.read(&self.pool, self.backend, id).await
+        self.secrets.read(id).await
     }
 
     /// Adds the payload to a metadata-only secret; `false` if it already has one.

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::{Backend, Result};
 
 /// Most keys read by one statement.
-pub(super) const MAX_GROUPED_LOOKUPS: usize = 64;
+const MAX_GROUPED_LOOKUPS: usize = 64;
 
 /// Group reads running at once, per table; lookups arriving while all run leave together in
 /// the next.
@@ -42,18 +42,26 @@ pub(super) trait GroupRead: Send + Sync + 'static {
 }
 
 /// A lookup waiting for its group, and who waits for it.
-pub(super) type Pending<R> = (String, oneshot::Sender<Result<Option<<R as GroupRead>::Row>>>);
+type Pending<R> = (String, oneshot::Sender<Result<Option<<R as GroupRead>::Row>>>);
 
 /// The sending side of a group reader: where lookups of `R` are queued.
 pub(super) struct GroupReader<R: GroupRead> {
     queue: mpsc::Sender<Pending<R>>,
+    /// Where a lookup is read alone once the reader is gone.
+    kept: Kept,
+    backend: Backend,
     /// Statements the reader has run, for the tests.
     statements: Arc<AtomicUsize>,
 }
 
 impl<R: GroupRead> Clone for GroupReader<R> {
     fn clone(&self) -> Self {
-        GroupReader { queue: self.queue.clone(), statements: self.statements.clone() }
+        GroupReader {
+            queue: self.queue.clone(),
+            kept: self.kept.clone(),
+            backend: self.backend,
+            statements: self.statements.clone(),
+        }
     }
 }
 
@@ -68,8 +76,8 @@ impl<R: GroupRead> GroupReader<R> {
     pub(super) fn start(kept: Kept, backend: Backend) -> GroupReader<R> {
         let (queue, waiting) = mpsc::channel(4 * MAX_GROUPED_LOOKUPS);
         let statements = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(read_in_groups::<R>(kept, backend, waiting, statements.clone()));
-        GroupReader { queue, statements }
+        tokio::spawn(read_in_groups::<R>(kept.clone(), backend, waiting, statements.clone()));
+        GroupReader { queue, kept, backend, statements }
     }
 
     /// How many statements the reader has run so far.
@@ -79,12 +87,7 @@ impl<R: GroupRead> GroupReader<R> {
     }
 
     /// The row for `key`, read with whatever other lookups are waiting.
-    pub(super) async fn read(
-        &self,
-        pool: &AnyPool,
-        backend: Backend,
-        key: &str,
-    ) -> Result<Option<R::Row>> {
+    pub(super) async fn read(&self, key: &str) -> Result<Option<R::Row>> {
         let (done, answer) = oneshot::channel();
         if self.queue.send((key.to_owned(), done)).await.is_ok()
             && let Ok(found) = answer.await
@@ -92,8 +95,7 @@ impl<R: GroupRead> GroupReader<R> {
             return found;
         }
         // The reader is gone (the runtime is shutting down): read it here.
-        let mut conn = pool.acquire().await?;
-        Ok(R::select(&mut conn, backend, &[key]).await?.remove(key))
+        Ok(select_kept::<R>(&self.kept, self.backend, &[key]).await?.remove(key))
     }
 }
 
@@ -176,7 +178,7 @@ async fn select_kept<R: GroupRead>(
 #[derive(Clone)]
 pub(super) struct Kept {
     pool: AnyPool,
-    /// `None` once released: the pool is closing, and waits for every connection.
+    /// `None` once released (the store is closing): nothing is kept from then on.
     idle: Arc<std::sync::Mutex<Option<Vec<PoolConnection<Any>>>>>,
     most: usize,
 }
@@ -212,7 +214,6 @@ impl Kept {
         let mut idle = self.lock();
         if let Some(idle) = idle.as_mut()
             && idle.len() < self.most
-            && !self.pool.is_closed()
         {
             idle.push(conn);
         }

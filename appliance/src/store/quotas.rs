@@ -24,7 +24,7 @@ impl Store {
     /// A project's configured quotas, if any, read with the other lookups waiting: every
     /// creation checks its project's quota first.
     pub async fn project_quota(&self, project_id: &str) -> Result<Option<QuotaRow>> {
-        self.quotas.read(self.pool(), self.backend, project_id).await
+        self.quotas.read(project_id).await
     }
 
     /// A page of configured projects and their total.
