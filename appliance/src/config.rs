@@ -183,6 +183,11 @@ pub struct HsmConfig {
     /// arrive while all are out leave together in the next frame.
     #[serde(default = "defaults::frames_in_flight")]
     pub frames_in_flight: usize,
+    /// Microseconds a request keeps its thread busy waiting for the proxy's answer before
+    /// parking it: at low load on a virtual machine this spares the wake-up of an idle CPU, at
+    /// the price of that CPU time. 0 (the default) parks at once.
+    #[serde(default)]
+    pub busy_poll_us: u32,
 }
 
 /// `[identity]`

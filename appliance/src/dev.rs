@@ -169,6 +169,7 @@ impl HsmStack {
                 connect_timeout_ms: 3_000,
                 request_timeout_ms: 10_000,
                 frames_in_flight: 4,
+                busy_poll_us: 0,
             },
             identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },
             policy: PolicyConfig::default(),

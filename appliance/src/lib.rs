@@ -58,6 +58,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     client_config.connections = config.hsm.connections.max(1);
     client_config.connect_timeout = Duration::from_millis(config.hsm.connect_timeout_ms);
     client_config.request_timeout = Duration::from_millis(config.hsm.request_timeout_ms);
+    client_config.busy_poll = Duration::from_micros(u64::from(config.hsm.busy_poll_us));
     let hsm = Hsm::new(Client::new(client_config)?, config.hsm.frames_in_flight);
     let identity = match config.identity.source {
         IdentitySourceName::Keystone => {

@@ -45,6 +45,9 @@ enum Command {
     },
     /// The same operations through a running hsm-proxy over mutual TLS.
     Proxy {
+        /// appliance dev's dev.json: the proxy's address and the certificates to reach it.
+        #[arg(long)]
+        dev_json: Option<PathBuf>,
         #[command(flatten)]
         proxy: ProxyArgs,
         /// Requests in flight (comma-separated).
@@ -138,6 +141,10 @@ struct ProxyArgs {
     /// Connections to the proxy.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Microseconds a caller keeps its thread busy waiting for its answer before parking it;
+    /// set the proxy's `[server] busy_poll_us` too to spare both sides an idle CPU's wake-up.
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u32,
 }
 
 #[derive(Args)]
@@ -192,8 +199,9 @@ fn main() -> anyhow::Result<()> {
             }
             finish(&report, &run)
         }
-        Command::Proxy { proxy, concurrency, batch, run } => {
-            let target = proxy_target(&proxy, None)?;
+        Command::Proxy { dev_json: dev_path, proxy, concurrency, batch, run } => {
+            let dev = dev_json(dev_path.as_deref())?;
+            let target = proxy_target(&proxy, dev.as_ref())?;
             runtime()?.block_on(async {
                 let via = proxy::ViaProxy::open(&target).await?;
                 let mut report =
@@ -500,6 +508,7 @@ fn proxy_target(
         cert: need(&args.cert, "client_cert", "--cert")?,
         key: need(&args.key, "client_key", "--key")?,
         connections: args.connections,
+        busy_poll: Duration::from_micros(u64::from(args.busy_poll_us)),
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Target {
     pub key: PathBuf,
     /// Connections to open.
     pub connections: usize,
+    /// How long a caller spins waiting for its answer before parking (zero: parks at once).
+    pub busy_poll: Duration,
 }
 
 /// A client with a KEK and the inputs every operation needs.
@@ -67,6 +69,7 @@ impl ViaProxy {
             ClientConfig::new(vec![target.endpoint.clone()], &target.server_name, tls)?;
         config.connections = target.connections.max(1);
         config.request_timeout = Duration::from_secs(60);
+        config.busy_poll = target.busy_poll;
         let client = Client::new(config)?;
         let kek = client.call(GenerateKek).await.context("GenerateKek through the proxy")?;
         let seal = |n: usize| Encrypt {

@@ -126,6 +126,34 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
         assert_eq!(cell["batch"], batch, "{cell}");
     }
 
+    // Through the proxy alone, its address and certificates from dev.json, the client spinning
+    // for its answers: one frame of one, then frames of 4 from 3 callers.
+    let report = hsm_bench(
+        &[
+            "proxy",
+            "--dev-json",
+            dev_json.to_str().unwrap(),
+            "--ops",
+            "decrypt-32",
+            "--concurrency",
+            "1,3",
+            "--batch",
+            "1,4",
+            "--connections",
+            "1",
+            "--busy-poll-us",
+            "200",
+        ],
+        &[],
+    );
+    let shapes: Vec<(u64, u64)> = report["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["concurrency"].as_u64().unwrap(), c["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(shapes, [(1, 1), (1, 4), (3, 1), (3, 4)]);
+
     let api = stack.api_url();
     let report = hsm_bench(
         &[
@@ -164,5 +192,6 @@ fn bad_arguments_are_clear_errors() {
             .contains("payload-get")
     );
     assert!(run(&["proxy", "--duration", "5h"]).contains("units are ms, s, m"));
+    assert!(run(&["proxy", "--ops", "decrypt-32"]).contains("give --endpoint (or --dev-json)"));
     assert!(run(&["compare", "--batch", "0"]).contains("--batch must be at least 1"));
 }

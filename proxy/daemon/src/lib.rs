@@ -91,6 +91,7 @@ impl Proxy {
             max_frames_in_flight: server.max_frames_in_flight,
             handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
             drain_timeout: Duration::from_millis(server.drain_timeout_ms),
+            busy_poll: Duration::from_micros(u64::from(server.busy_poll_us)),
             default_deadline: Duration::from_millis(u64::from(config.pool.default_deadline_ms)),
             max_deadline: Duration::from_millis(u64::from(config.pool.max_deadline_ms)),
         };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hsm_proxy_proto::frame::{FrameKind, HEADER_BYTES, Header};
+use hsm_proxy_proto::io::busy_poll;
 use hsm_proxy_proto::{RequestBatch, ResponseBatch, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,6 +32,7 @@ pub(crate) struct ServerSettings {
     pub(crate) max_frames_in_flight: usize,
     pub(crate) handshake_timeout: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) busy_poll: Duration,
     pub(crate) default_deadline: Duration,
     pub(crate) max_deadline: Duration,
 }
@@ -144,9 +146,14 @@ impl Connection {
     ) -> &'static str {
         loop {
             let mut header = [0u8; HEADER_BYTES];
-            tokio::select! {
-                read = half.read_exact(&mut header) => if read.is_err() { return "closed by peer" },
-                _ = self.shutdown.changed() => return "shutdown",
+            let next = async {
+                tokio::select! {
+                    read = half.read_exact(&mut header) => read.is_ok(),
+                    _ = self.shutdown.changed() => false,
+                }
+            };
+            if !busy_poll(next, self.settings.busy_poll).await {
+                return if *self.shutdown.borrow() { "shutdown" } else { "closed by peer" };
             }
             let header = match Header::decode(&header, self.settings.max_body_bytes) {
                 Ok(h) if h.kind == FrameKind::Request => h,

@@ -1,6 +1,6 @@
 //! The pipeline: batches split across the workers and answered in order, deadlines answered
 //! without touching the HSM, back-pressure instead of errors when the queue is full, and a
-//! client that reconnects and fails over by itself.
+//! client that reconnects and fails over by itself; both sides busy-polling when asked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -237,4 +237,43 @@ async fn the_client_reconnects_after_a_proxy_restart_and_fails_over() {
     for _ in 0..4 {
         assert_eq!(failover.call(Random { len: 4 }).await.unwrap().len(), 4);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_on_both_sides_answers_the_same_and_stops_cleanly() {
+    let token = Token::new("busy-poll");
+    // A window far longer than an exchange here, so that most answers and frames arrive while
+    // the other side spins.
+    let settings = Settings { server_extra: "busy_poll_us = 5000".into(), ..Settings::default() };
+    let proxy = Proxy::start(&token, &settings);
+    let mut config = hsm_proxy_proto::client::ClientConfig::new(
+        vec![proxy.addr.to_string()],
+        "hsm-proxy",
+        proxy.tls(),
+    )
+    .unwrap();
+    config.busy_poll = Duration::from_millis(5);
+    let client = hsm_proxy_proto::client::Client::new(config).unwrap();
+    for len in 1..=40u32 {
+        assert_eq!(client.call(Random { len }).await.unwrap().len(), len as usize);
+    }
+    // Many callers spinning at once share the threads: each gets its own answer.
+    let mut tasks = tokio::task::JoinSet::new();
+    for len in 1..=32u32 {
+        let client = client.clone();
+        tasks.spawn(async move { (len, client.call(Random { len }).await.unwrap().len()) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (asked, got) = done.unwrap();
+        assert_eq!(got, asked as usize);
+    }
+    // Past the window both sides park; the next frame wakes them as usual.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(client.call(Random { len: 3 }).await.unwrap().len(), 3);
+
+    // A connection idle in its window or parked: SIGTERM still ends the proxy, cleanly.
+    assert_eq!(client.call(Random { len: 2 }).await.unwrap().len(), 2);
+    let (status, log) = proxy.terminate();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("all connections drained"), "{log}");
 }

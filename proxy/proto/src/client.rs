@@ -96,6 +96,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Largest response body accepted.
     pub max_body_bytes: u32,
+    /// How long a caller keeps its thread busy waiting for its answer before parking it (see
+    /// [`crate::io::busy_poll`]); zero parks at once.
+    pub busy_poll: Duration,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -106,12 +109,14 @@ impl fmt::Debug for ClientConfig {
             .field("connections", &self.connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("busy_poll", &self.busy_poll)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientConfig {
-    /// A configuration with defaults: 2 connections, 3 s to connect, 10 s per call.
+    /// A configuration with defaults: 2 connections, 3 s to connect, 10 s per call, no busy
+    /// polling.
     pub fn new(
         endpoints: Vec<String>,
         server_name: &str,
@@ -127,6 +132,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            busy_poll: Duration::ZERO,
         })
     }
 }
@@ -316,7 +322,8 @@ impl Client {
             conn.take_waiter(id);
             return Err(Error::ConnectionLost);
         }
-        match tokio::time::timeout(timeout, rx).await {
+        let answer = tokio::time::timeout(timeout, rx);
+        match crate::io::busy_poll(answer, self.inner.config.busy_poll).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::ConnectionLost),
             Err(_) => {
