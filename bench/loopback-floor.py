@@ -2,10 +2,12 @@
 """The floor under any low-load latency figure on this machine: a bare round trip between two
 processes over loopback TCP (no TLS, no framing), blocking sockets, TCP_NODELAY.
 
-    bench/loopback-floor.py [--count 20000] [--size 48] [--same-cpu]
+    bench/loopback-floor.py [--count 20000] [--size 48] [--same-cpu | --busy-poll]
 
 Prints p50 and p99 in microseconds. Waking a process parked on another CPU costs most of it on a
-virtual machine; --same-cpu pins both processes to CPU 0 to show how much.
+virtual machine; --same-cpu pins both processes to CPU 0 to show how much, and --busy-poll has
+both sides spin on non-blocking reads instead of sleeping in them (what `busy_poll_us` does in
+hsm-proxy and its clients), so that neither CPU is idle when the other's message arrives.
 """
 
 import argparse
@@ -15,11 +17,26 @@ import sys
 import time
 
 
-def echo(listener: socket.socket) -> None:
+def receive(sock: socket.socket, spin: bool) -> bytes:
+    """One recv: blocking, or spinning on a non-blocking socket until something arrives."""
+    if not spin:
+        return sock.recv(65536)
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                return sock.recv(65536)
+            except BlockingIOError:
+                pass
+    finally:
+        sock.setblocking(True)
+
+
+def echo(listener: socket.socket, spin: bool) -> None:
     conn, _ = listener.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     while True:
-        data = conn.recv(65536)
+        data = receive(conn, spin)
         if not data:
             os._exit(0)
         conn.sendall(data)
@@ -29,7 +46,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20000, help="round trips measured")
     parser.add_argument("--size", type=int, default=48, help="bytes per message")
-    parser.add_argument("--same-cpu", action="store_true", help="pin both processes to CPU 0")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--same-cpu", action="store_true", help="pin both processes to CPU 0")
+    where.add_argument("--busy-poll", action="store_true", help="both sides spin on their reads")
     args = parser.parse_args()
     if args.same_cpu:
         os.sched_setaffinity(0, {0})
@@ -38,7 +57,7 @@ def main() -> int:
     listener.listen(1)
     child = os.fork()
     if child == 0:
-        echo(listener)
+        echo(listener, args.busy_poll)
     client = socket.create_connection(listener.getsockname())
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     message = b"x" * args.size
@@ -48,7 +67,7 @@ def main() -> int:
         client.sendall(message)
         got = 0
         while got < args.size:
-            got += len(client.recv(65536))
+            got += len(receive(client, args.busy_poll))
         if i >= 1000:  # warm-up
             samples.append(time.perf_counter_ns() - start)
     client.close()
@@ -56,7 +75,7 @@ def main() -> int:
     samples.sort()
     p50 = samples[len(samples) // 2] / 1000
     p99 = samples[len(samples) * 99 // 100] / 1000
-    where = "same CPU" if args.same_cpu else "any CPU"
+    where = "same CPU" if args.same_cpu else "any CPU, busy-polling" if args.busy_poll else "any CPU"
     print(f"loopback TCP round trip ({where}, {args.size} B, {args.count} samples): "
           f"p50 {p50:.1f} µs, p99 {p99:.1f} µs")
     return 0

@@ -133,6 +133,12 @@ async fn serve(proxy: Proxy, cfg: &Config, ready_file: Option<&Path>) -> anyhow:
         metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         pid: std::process::id(),
     };
+    if cfg.server.busy_poll_us > 0 {
+        tracing::info!(
+            busy_poll_us = cfg.server.busy_poll_us,
+            "busy polling: connections spin this long after each answer before parking"
+        );
+    }
     tracing::info!(listen = %info.listen, metrics = ?info.metrics, "serving");
     if let Some(path) = ready_file {
         write_ready_file(path, &info)?;

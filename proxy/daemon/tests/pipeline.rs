@@ -246,6 +246,7 @@ async fn busy_polling_on_both_sides_answers_the_same_and_stops_cleanly() {
     // the other side spins.
     let settings = Settings { server_extra: "busy_poll_us = 5000".into(), ..Settings::default() };
     let proxy = Proxy::start(&token, &settings);
+    assert!(proxy.log().contains("busy polling"), "{}", proxy.log());
     let mut config = hsm_proxy_proto::client::ClientConfig::new(
         vec![proxy.addr.to_string()],
         "hsm-proxy",
