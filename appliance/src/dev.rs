@@ -49,6 +49,9 @@ pub struct DevOptions {
     pub keystone: Option<crate::config::KeystoneConfig>,
     /// The HSM.
     pub hsm: HsmChoice,
+    /// Busy polling on both sides of the proxy connection, in microseconds (0: off); see the
+    /// proxy's `[server] busy_poll_us`.
+    pub busy_poll_us: u32,
 }
 
 /// The HSM half of the appliance under a data directory: a SoftHSM2 token, the mTLS PKI, and
@@ -67,15 +70,18 @@ pub struct HsmStack {
     bin: PathBuf,
     token: Token,
     proxy: Option<ProxyProcess>,
+    busy_poll_us: u32,
 }
 
 impl HsmStack {
     /// Prepares (or reuses) the token and PKI under `dir` and starts the proxy (and the
-    /// simulator, when it is the HSM).
+    /// simulator, when it is the HSM); `busy_poll_us` goes to the proxy's `[server]` and to
+    /// [`HsmStack::appliance_config`].
     pub async fn start(
         dir: &Path,
         proxy_bin: Option<&Path>,
         choice: &HsmChoice,
+        busy_poll_us: u32,
     ) -> Result<HsmStack> {
         let pki_dir = dir.join("pki");
         let pki = if pki_dir.join("ca.pem").exists() {
@@ -87,7 +93,7 @@ impl HsmStack {
         let mut token = Token::prepare(dir, choice).await?;
         let started = async {
             let bin = find_binary("hsm-proxy", proxy_bin)?;
-            let proxy_config = write_proxy_config(dir, &pki, &token, "127.0.0.1:0")?;
+            let proxy_config = write_proxy_config(dir, &pki, &token, "127.0.0.1:0", busy_poll_us)?;
             let proxy = start_proxy(&bin, &proxy_config, dir, &token).await?;
             Ok::<_, Error>((bin, proxy_config, proxy))
         };
@@ -107,6 +113,7 @@ impl HsmStack {
             bin,
             token,
             proxy: Some(proxy),
+            busy_poll_us,
         })
     }
 
@@ -137,7 +144,8 @@ impl HsmStack {
     pub async fn restart_proxy(&mut self) -> Result<()> {
         self.stop_proxy().await;
         let listen = self.proxy_addr.to_string();
-        self.proxy_config = write_proxy_config(&self.dir, &self.pki, &self.token, &listen)?;
+        self.proxy_config =
+            write_proxy_config(&self.dir, &self.pki, &self.token, &listen, self.busy_poll_us)?;
         let proxy = start_proxy(&self.bin, &self.proxy_config, &self.dir, &self.token).await?;
         self.proxy_metrics = proxy.metrics;
         self.proxy = Some(proxy);
@@ -169,7 +177,7 @@ impl HsmStack {
                 connect_timeout_ms: 3_000,
                 request_timeout_ms: 10_000,
                 frames_in_flight: 4,
-                busy_poll_us: 0,
+                busy_poll_us: self.busy_poll_us,
             },
             identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },
             policy: PolicyConfig::default(),
@@ -212,7 +220,9 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
     };
     std::fs::create_dir_all(&options.data_dir).map_err(io(&options.data_dir))?;
     let dir = options.data_dir.canonicalize().map_err(io(&options.data_dir))?;
-    let mut stack = HsmStack::start(&dir, options.proxy_bin.as_deref(), &options.hsm).await?;
+    let mut stack =
+        HsmStack::start(&dir, options.proxy_bin.as_deref(), &options.hsm, options.busy_poll_us)
+            .await?;
     let database = format!("sqlite://{}", dir.join("appliance.db").display());
     let mut config = stack.appliance_config(options.listen, database);
     if let Some(keystone) = options.keystone {
@@ -594,7 +604,13 @@ async fn sim_pool_hsm(fwsim: &Path, profile: &str) -> Option<String> {
     ))
 }
 
-fn write_proxy_config(dir: &Path, pki: &Bundle, token: &Token, listen: &str) -> Result<PathBuf> {
+fn write_proxy_config(
+    dir: &Path,
+    pki: &Bundle,
+    token: &Token,
+    listen: &str,
+    busy_poll_us: u32,
+) -> Result<PathBuf> {
     let pool = token
         .pool_hsm
         .as_deref()
@@ -605,6 +621,7 @@ fn write_proxy_config(dir: &Path, pki: &Bundle, token: &Token, listen: &str) -> 
 [server]
 listen = "{listen}"
 metrics_listen = "127.0.0.1:0"
+busy_poll_us = {busy_poll_us}
 
 [tls]
 client_ca = "{ca}"

@@ -1,6 +1,6 @@
 //! `hsm-bench` end to end, briefly (these check what it reports, not how fast anything is):
 //! every operation against the simulator's module directly, direct and through the proxy of
-//! a dev stack side by side, and HTTP load on its API.
+//! a dev stack (busy polling on) side by side, and HTTP load on its API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -81,7 +81,13 @@ fn every_operation_directly_on_the_simulator() {
 #[test]
 fn direct_and_through_the_proxy_side_by_side_then_http_load() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = DevStack::start(&dir.path().join("data"));
+    // Busy polling on: everything below also runs with the proxy and the appliance spinning
+    // for each other.
+    let stack = DevStack::start_with(&dir.path().join("data"), &["--busy-poll-us", "200"]);
+    let proxy_toml = std::fs::read_to_string(dir.path().join("data/proxy.toml")).unwrap();
+    assert!(proxy_toml.contains("busy_poll_us = 200"), "{proxy_toml}");
+    let proxy_log = std::fs::read_to_string(dir.path().join("data/proxy.log")).unwrap();
+    assert!(proxy_log.contains("busy polling"), "{proxy_log}");
     let dev_json = dir.path().join("data/dev.json");
     let report = hsm_bench(
         &[

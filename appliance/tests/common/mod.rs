@@ -97,7 +97,7 @@ impl Env {
 
     async fn with(dir: tempfile::TempDir, url: String, db: Db) -> Env {
         ensure_proxy_built();
-        let stack = HsmStack::start(&dir.path().join("hsm"), None, &test_hsm()).await.unwrap();
+        let stack = HsmStack::start(&dir.path().join("hsm"), None, &test_hsm(), 0).await.unwrap();
         let config = stack.appliance_config("127.0.0.1:0".parse().unwrap(), url);
         let app = appliance::build(&config).await.unwrap();
         Env { app, stack, db, dir }
