@@ -17,24 +17,26 @@ import sys
 import time
 
 
+def prepare(sock: socket.socket, spin: bool) -> None:
+    """TCP_NODELAY; non-blocking when spinning (messages this small always fit the send
+    buffer with one in flight, so sendall never meets a full one)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(not spin)
+
+
 def receive(sock: socket.socket, spin: bool) -> bytes:
-    """One recv: blocking, or spinning on a non-blocking socket until something arrives."""
-    if not spin:
-        return sock.recv(65536)
-    sock.setblocking(False)
-    try:
-        while True:
-            try:
-                return sock.recv(65536)
-            except BlockingIOError:
-                pass
-    finally:
-        sock.setblocking(True)
+    """One recv: blocking, or spinning on the non-blocking socket until something arrives."""
+    while True:
+        try:
+            return sock.recv(65536)
+        except BlockingIOError:
+            if not spin:
+                raise
 
 
 def echo(listener: socket.socket, spin: bool) -> None:
     conn, _ = listener.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    prepare(conn, spin)
     while True:
         data = receive(conn, spin)
         if not data:
@@ -59,7 +61,7 @@ def main() -> int:
     if child == 0:
         echo(listener, args.busy_poll)
     client = socket.create_connection(listener.getsockname())
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    prepare(client, args.busy_poll)
     message = b"x" * args.size
     samples = []
     for i in range(args.count + 1000):

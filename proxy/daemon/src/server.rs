@@ -148,12 +148,12 @@ impl Connection {
             let mut header = [0u8; HEADER_BYTES];
             let next = async {
                 tokio::select! {
-                    read = half.read_exact(&mut header) => read.is_ok(),
-                    _ = self.shutdown.changed() => false,
+                    read = half.read_exact(&mut header) => read.err().map(|_| "closed by peer"),
+                    _ = self.shutdown.changed() => Some("shutdown"),
                 }
             };
-            if !busy_poll(next, self.settings.busy_poll).await {
-                return if *self.shutdown.borrow() { "shutdown" } else { "closed by peer" };
+            if let Some(reason) = busy_poll(next, self.settings.busy_poll).await {
+                return reason;
             }
             let header = match Header::decode(&header, self.settings.max_body_bytes) {
                 Ok(h) if h.kind == FrameKind::Request => h,
