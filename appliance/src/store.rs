@@ -5,6 +5,7 @@
 //! plaintext or an unwrapped key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -12,12 +13,14 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use self::grouped::{GroupRead, GroupReader, Kept, push_in_list, push_parameters};
+use self::sqlite_reads::{SqliteReader, lookup_each};
 use crate::timefmt::now_micros;
 
 mod grouped;
 mod orders;
 mod quotas;
 mod relations;
+mod sqlite_reads;
 
 pub use orders::{OrderRow, OrderStatus};
 pub use quotas::{QUOTA_RESOURCES, QuotaRow};
@@ -39,13 +42,41 @@ const MIGRATION_LOCK: i64 = 0x6b65_795f_6d67_7231;
 
 /// A database failure; callers answer 500 (or 503 when the database is unreachable).
 #[derive(Debug, thiserror::Error)]
-#[error("database: {0}")]
-pub struct StoreError(#[from] sqlx::Error);
+pub enum StoreError {
+    /// From sqlx (either backend).
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// From SQLite on the reader thread.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A column that must hold a value was NULL.
+    #[error("database: {0} is NULL")]
+    Null(&'static str),
+    /// The reader thread could not be started.
+    #[error("database: starting the reader thread: {0}")]
+    Thread(std::io::Error),
+    /// The reader thread has stopped (the store is closing).
+    #[error("database: the store is closing")]
+    ReaderGone,
+}
 
 impl StoreError {
     /// Whether the database could not be reached at all (rather than refusing a statement).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self.0, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        match self {
+            StoreError::Sql(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+                )
+            }
+            StoreError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::SystemIoFailure)
+            ),
+            StoreError::ReaderGone => true,
+            StoreError::Null(_) | StoreError::Thread(_) => false,
+        }
     }
 }
 
@@ -191,6 +222,8 @@ pub struct Store {
     secrets: GroupReader<Secrets>,
     quotas: GroupReader<quotas::ProjectQuotas>,
     kept: Kept,
+    /// The lookups' reader thread, on a SQLite file.
+    reader: Option<SqliteReader>,
 }
 
 const SECRET_COLUMNS: &str = "id, project_id, name, secret_type, algorithm, bit_length, mode, \
@@ -238,6 +271,10 @@ impl Store {
             })
             .connect(&url)
             .await?;
+        let reader = match backend {
+            Backend::Sqlite => sqlite_file(&url).map(|f| SqliteReader::open(&f)).transpose()?,
+            Backend::Postgres => None,
+        };
         let kept = Kept::new(pool.clone(), backend, max_connections);
         let (inserts, queue) = mpsc::channel(4 * MAX_GROUPED_INSERTS);
         let (writer_alive, writer_gone) = oneshot::channel::<()>();
@@ -245,9 +282,9 @@ impl Store {
         if backend == Backend::Sqlite {
             tokio::spawn(checkpoint_in_background(pool.clone(), writer_gone));
         }
-        let secrets = GroupReader::start(kept.clone(), backend);
-        let quotas = GroupReader::start(kept.clone(), backend);
-        let store = Store { pool, backend, inserts, secrets, quotas, kept };
+        let secrets = GroupReader::start(kept.clone(), backend, reader.clone());
+        let quotas = GroupReader::start(kept.clone(), backend, reader.clone());
+        let store = Store { pool, backend, inserts, secrets, quotas, kept, reader };
         store.migrate().await?;
         Ok(store)
     }
@@ -343,6 +380,14 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+}
+
+/// The database file a SQLite URL names; `None` for an in-memory database, which only the
+/// pool's own connections can see.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().ok()?;
+    let path = options.get_filename();
+    path.is_file().then(|| path.to_path_buf())
 }
 
 /// A new id for a secret, container or order: a version-4 UUID in canonical form, as Barbican
@@ -454,6 +499,20 @@ async fn insert_kept(kept: &Kept, rows: &[&SecretRow]) -> Result<()> {
 #[derive(Debug)]
 struct Secrets;
 
+/// A secret's columns and its count of read ACLs, from `secrets`; the condition follows.
+static SECRET_WITH_READ_ACLS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SECRET_COLUMNS}, (SELECT COUNT(*) FROM acls WHERE acls.entity_type = 'secret' \
+         AND acls.entity_id = secrets.id AND acls.operation = 'read') AS read_acls \
+         FROM secrets WHERE"
+    )
+});
+
+/// The unexpired secret with the id `?1`, `?2` being now.
+static LIVE_SECRET_BY_ID: LazyLock<String> = LazyLock::new(|| {
+    format!("{} id = ?1 AND (expiration IS NULL OR expiration > ?2)", *SECRET_WITH_READ_ACLS)
+});
+
 impl GroupRead for Secrets {
     type Row = SecretRow;
 
@@ -462,11 +521,7 @@ impl GroupRead for Secrets {
         backend: Backend,
         ids: &[&str],
     ) -> Result<HashMap<String, SecretRow>> {
-        let mut sql = format!(
-            "SELECT {SECRET_COLUMNS}, (SELECT COUNT(*) FROM acls WHERE acls.entity_type = 'secret' \
-             AND acls.entity_id = secrets.id AND acls.operation = 'read') AS read_acls \
-             FROM secrets WHERE id IN ("
-        );
+        let mut sql = format!("{} id IN (", *SECRET_WITH_READ_ACLS);
         let bound = push_in_list(&mut sql, backend, 0, ids);
         sql.push_str(") AND (expiration IS NULL OR expiration > ");
         push_parameters(&mut sql, backend == Backend::Postgres, bound.len(), 1);
@@ -477,6 +532,13 @@ impl GroupRead for Secrets {
         }
         let rows = query.bind(now_micros()).fetch_all(&mut *conn).await?;
         rows.iter().map(|r| secret_from_row(r).map(|s| (s.id.clone(), s))).collect()
+    }
+
+    fn select_sqlite(
+        conn: &rusqlite::Connection,
+        ids: &[String],
+    ) -> Result<HashMap<String, SecretRow>> {
+        lookup_each(conn, &LIVE_SECRET_BY_ID, ids, &[&now_micros()], |r| secret_from_row(r))
     }
 }
 
@@ -708,41 +770,83 @@ impl Store {
         Ok(())
     }
 
-    /// Closes the pool, kept connections included.
+    /// Closes the pool, kept connections included, and stops the reader thread.
     pub async fn close(&self) {
+        if let Some(reader) = &self.reader {
+            reader.stop();
+        }
         self.kept.release();
         self.pool.close().await;
     }
 }
 
-pub(crate) fn secret_from_row(r: &AnyRow) -> Result<SecretRow> {
-    let content_type: Option<String> = r.try_get("content_type")?;
-    let payload = match content_type {
+/// A row's columns by name, whether sqlx read it (either backend) or the SQLite reader thread
+/// did: the rows the group readers find are built by the same code either way.
+pub(crate) trait Columns {
+    /// A text column; `None` for NULL.
+    fn text(&self, name: &'static str) -> Result<Option<String>>;
+    /// An integer column; `None` for NULL.
+    fn int(&self, name: &'static str) -> Result<Option<i64>>;
+    /// A blob column; `None` for NULL.
+    fn blob(&self, name: &'static str) -> Result<Option<Vec<u8>>>;
+}
+
+impl Columns for AnyRow {
+    fn text(&self, name: &'static str) -> Result<Option<String>> {
+        Ok(self.try_get(name)?)
+    }
+    fn int(&self, name: &'static str) -> Result<Option<i64>> {
+        Ok(self.try_get(name)?)
+    }
+    fn blob(&self, name: &'static str) -> Result<Option<Vec<u8>>> {
+        Ok(self.try_get(name)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, name: &'static str) -> Result<Option<String>> {
+        Ok(self.get(name)?)
+    }
+    fn int(&self, name: &'static str) -> Result<Option<i64>> {
+        Ok(self.get(name)?)
+    }
+    fn blob(&self, name: &'static str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get(name)?)
+    }
+}
+
+/// A column's value, which the schema says is never NULL.
+pub(crate) fn present<T>(value: Option<T>, name: &'static str) -> Result<T> {
+    value.ok_or(StoreError::Null(name))
+}
+
+pub(crate) fn secret_from_row(r: &impl Columns) -> Result<SecretRow> {
+    let payload = match r.text("content_type")? {
         Some(content_type) => Some(StoredPayload {
             content_type,
-            format: r.try_get("payload_format")?,
-            kek_id: r.try_get("kek_id")?,
-            ciphertext: r.try_get("ciphertext")?,
-            iv: r.try_get("iv")?,
-            tag: r.try_get("tag")?,
+            format: r.text("payload_format")?,
+            kek_id: present(r.text("kek_id")?, "kek_id")?,
+            ciphertext: present(r.blob("ciphertext")?, "ciphertext")?,
+            iv: present(r.blob("iv")?, "iv")?,
+            tag: present(r.blob("tag")?, "tag")?,
         }),
         None => None,
     };
     Ok(SecretRow {
-        id: r.try_get("id")?,
-        project_id: r.try_get("project_id")?,
-        name: r.try_get("name")?,
-        secret_type: r.try_get("secret_type")?,
-        algorithm: r.try_get("algorithm")?,
-        bit_length: r.try_get("bit_length")?,
-        mode: r.try_get("mode")?,
-        expiration: r.try_get("expiration")?,
-        creator_id: r.try_get("creator_id")?,
-        created: r.try_get("created")?,
-        updated: r.try_get("updated")?,
+        id: present(r.text("id")?, "id")?,
+        project_id: present(r.text("project_id")?, "project_id")?,
+        name: r.text("name")?,
+        secret_type: present(r.text("secret_type")?, "secret_type")?,
+        algorithm: r.text("algorithm")?,
+        bit_length: r.int("bit_length")?,
+        mode: r.text("mode")?,
+        expiration: r.int("expiration")?,
+        creator_id: r.text("creator_id")?,
+        created: present(r.int("created")?, "created")?,
+        updated: present(r.int("updated")?, "updated")?,
         payload,
         // Present only where the query asked (see `Store::secret`).
-        has_read_acl: r.try_get::<i64, _>("read_acls").ok().map(|n| n > 0),
+        has_read_acl: r.int("read_acls").ok().flatten().map(|n| n > 0),
     })
 }
 
@@ -778,6 +882,16 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
         let store = Store::open(&url, connections).await.unwrap();
         (dir, store)
+    }
+
+    /// A store on an in-memory database, which only the pool's connections see: its lookups
+    /// go through the group readers, as on PostgreSQL.
+    async fn memory_store(connections: u32) -> Store {
+        // Named and shared: every connection of the pool opens the same one.
+        let url = format!("sqlite:file:store-{}?mode=memory&cache=shared", new_id());
+        let store = Store::open(&url, connections).await.unwrap();
+        assert!(store.reader.is_none(), "a reader thread on an in-memory database");
+        store
     }
 
     fn row(id: String) -> SecretRow {
@@ -849,8 +963,23 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_lookups_are_read_together_and_each_gets_its_own_row() {
+    async fn concurrent_lookups_each_get_their_own_row() {
         let (_dir, store) = temp_store(4).await;
+        let before = store.reader.as_ref().unwrap().transactions();
+        let lookups = concurrent_lookups(&store).await;
+        let transactions = store.reader.as_ref().unwrap().transactions() - before;
+        assert!((1..=lookups).contains(&transactions), "{transactions} for {lookups} lookups");
+
+        let store = memory_store(4).await;
+        let before = store.secrets.statements();
+        let lookups = concurrent_lookups(&store).await;
+        let statements = store.secrets.statements() - before;
+        assert!((1..=lookups).contains(&statements), "{statements} for {lookups} lookups");
+    }
+
+    /// Looks up live, expired and absent secrets, each several times at once, and checks every
+    /// answer; returns how many lookups were made.
+    async fn concurrent_lookups(store: &Store) -> usize {
         // Live rows with distinct names, expired ones, one with a read ACL, and ids never
         // written; every id asked for several times at once, so that groups hold repeats.
         let mut expected = HashMap::new();
@@ -893,6 +1022,7 @@ mod tests {
             answers += 1;
         }
         assert_eq!(answers, 3 * expected.len());
+        answers
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -915,11 +1045,33 @@ mod tests {
         assert_eq!(store.kept.idle(), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_on_a_file_use_the_reader_thread_and_fall_back_to_the_pool_once_closed() {
+        let (_dir, store) = temp_store(4).await;
+        let id = new_id();
+        store.insert_secret(row(id.clone())).await.unwrap();
+        store.put_project_quota("p", &[("secrets", 7)]).await.unwrap();
+        let reader = store.reader.clone().unwrap();
+        let before = (reader.transactions(), store.secrets.statements(), store.quotas.statements());
+        // Read as soon as written: the insert was answered after its commit.
+        assert_eq!(store.secret(&id).await.unwrap().unwrap().id, id);
+        assert_eq!(store.project_quota("p").await.unwrap().unwrap().values[0], Some(7));
+        assert!(store.secret(&new_id()).await.unwrap().is_none());
+        assert_eq!(reader.transactions() - before.0, 3);
+        assert_eq!((store.secrets.statements(), store.quotas.statements()), (before.1, before.2));
+
+        store.close().await;
+        // The thread has stopped and the pool is closed: an error that says so, not a hang.
+        let closed = tokio::time::timeout(Duration::from_secs(30), store.secret(&id)).await;
+        let error = closed.expect("a lookup on a closed store hung").unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+    }
+
     // One thread: the lookups are all queued before the reader runs, so the groups they form
     // are known.
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_quota_lookups_are_read_together_and_each_gets_its_own_row() {
-        let (_dir, store) = temp_store(4).await;
+        let store = memory_store(4).await;
         // Twenty projects with quotas of their own (secrets = n), and ten with none.
         let mut expected = HashMap::new();
         for n in 0..30 {

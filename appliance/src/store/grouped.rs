@@ -7,7 +7,9 @@
 //! waits for more, so a lone lookup is read at once. When a group fails, its lookups are read
 //! one by one, so that each caller gets its own answer.
 //!
-//! On SQLite the grouped statements run on connections the store keeps between them ([`Kept`]).
+//! On a SQLite file, lookups go straight to the store's reader thread ([`SqliteReader`]),
+//! which reads whatever waits for it in one transaction; this reader serves PostgreSQL, where
+//! its statements run on connections the store keeps between them ([`Kept`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -19,7 +21,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Backend, Result};
+use super::sqlite_reads::SqliteReader;
+use super::{Backend, Result, StoreError};
 
 /// Most keys read by one statement.
 const MAX_GROUPED_LOOKUPS: usize = 64;
@@ -39,6 +42,12 @@ pub(super) trait GroupRead: Send + Sync + 'static {
         backend: Backend,
         keys: &[&str],
     ) -> impl Future<Output = Result<HashMap<String, Self::Row>>> + Send;
+
+    /// The same on the SQLite reader thread's connection, one statement per key.
+    fn select_sqlite(
+        conn: &rusqlite::Connection,
+        keys: &[String],
+    ) -> Result<HashMap<String, Self::Row>>;
 }
 
 /// A lookup waiting for its group, and who waits for it.
@@ -47,9 +56,10 @@ type Pending<R> = (String, oneshot::Sender<Result<Option<<R as GroupRead>::Row>>
 /// The sending side of a group reader: where lookups of `R` are queued.
 pub(super) struct GroupReader<R: GroupRead> {
     queue: mpsc::Sender<Pending<R>>,
+    /// On a SQLite file: the reader thread, which groups what waits for it itself.
+    native: Option<SqliteReader>,
     /// Where a lookup is read alone once the reader is gone.
-    kept: Kept,
-    backend: Backend,
+    source: Source,
     /// Statements the reader has run, for the tests.
     statements: Arc<AtomicUsize>,
 }
@@ -58,8 +68,8 @@ impl<R: GroupRead> Clone for GroupReader<R> {
     fn clone(&self) -> Self {
         GroupReader {
             queue: self.queue.clone(),
-            kept: self.kept.clone(),
-            backend: self.backend,
+            native: self.native.clone(),
+            source: self.source.clone(),
             statements: self.statements.clone(),
         }
     }
@@ -73,11 +83,17 @@ impl<R: GroupRead> std::fmt::Debug for GroupReader<R> {
 
 impl<R: GroupRead> GroupReader<R> {
     /// Starts the reader on the current runtime; it ends when the last sender is dropped.
-    pub(super) fn start(kept: Kept, backend: Backend) -> GroupReader<R> {
+    /// `native`: the SQLite reader thread, on a SQLite file.
+    pub(super) fn start(
+        kept: Kept,
+        backend: Backend,
+        native: Option<SqliteReader>,
+    ) -> GroupReader<R> {
         let (queue, waiting) = mpsc::channel(4 * MAX_GROUPED_LOOKUPS);
         let statements = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(read_in_groups::<R>(kept.clone(), backend, waiting, statements.clone()));
-        GroupReader { queue, kept, backend, statements }
+        let source = Source { kept, backend };
+        tokio::spawn(read_in_groups::<R>(source.clone(), waiting, statements.clone()));
+        GroupReader { queue, native, source, statements }
     }
 
     /// How many statements the reader has run so far.
@@ -88,6 +104,15 @@ impl<R: GroupRead> GroupReader<R> {
 
     /// The row for `key`, read with whatever other lookups are waiting.
     pub(super) async fn read(&self, key: &str) -> Result<Option<R::Row>> {
+        if let Some(native) = &self.native {
+            let owned = [key.to_owned()];
+            match native.run(move |conn| R::select_sqlite(conn, &owned)).await {
+                Ok(mut found) => return Ok(found.remove(key)),
+                // Stopped: the store is closing, and the pool answers that.
+                Err(StoreError::ReaderGone) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let (done, answer) = oneshot::channel();
         if self.queue.send((key.to_owned(), done)).await.is_ok()
             && let Ok(found) = answer.await
@@ -95,15 +120,14 @@ impl<R: GroupRead> GroupReader<R> {
             return found;
         }
         // The reader is gone (the runtime is shutting down): read it here.
-        Ok(select_kept::<R>(&self.kept, self.backend, &[key]).await?.remove(key))
+        Ok(self.source.select::<R>(&[key]).await?.remove(key))
     }
 }
 
 /// The reader: takes every lookup waiting, up to [`MAX_GROUPED_LOOKUPS`], and answers them with
 /// one statement, with at most [`GROUPS_IN_FLIGHT`] statements running.
 async fn read_in_groups<R: GroupRead>(
-    kept: Kept,
-    backend: Backend,
+    source: Source,
     mut queue: mpsc::Receiver<Pending<R>>,
     statements: Arc<AtomicUsize>,
 ) {
@@ -114,17 +138,16 @@ async fn read_in_groups<R: GroupRead>(
         if queue.recv_many(&mut group, MAX_GROUPED_LOOKUPS).await == 0 {
             return;
         }
-        let (kept, statements) = (kept.clone(), statements.clone());
+        let (source, statements) = (source.clone(), statements.clone());
         tokio::spawn(async move {
-            answer_group::<R>(&kept, backend, group, &statements).await;
+            answer_group::<R>(&source, group, &statements).await;
             drop(slot);
         });
     }
 }
 
 async fn answer_group<R: GroupRead>(
-    kept: &Kept,
-    backend: Backend,
+    source: &Source,
     mut group: Vec<Pending<R>>,
     statements: &AtomicUsize,
 ) {
@@ -132,7 +155,7 @@ async fn answer_group<R: GroupRead>(
     keys.sort_unstable();
     keys.dedup();
     statements.fetch_add(1, Ordering::Relaxed);
-    let found = select_kept::<R>(kept, backend, &keys).await;
+    let found = source.select::<R>(&keys).await;
     drop(keys);
     match found {
         Ok(rows) => {
@@ -148,23 +171,27 @@ async fn answer_group<R: GroupRead>(
         Err(_) => {
             for (key, done) in group {
                 statements.fetch_add(1, Ordering::Relaxed);
-                let alone = select_kept::<R>(kept, backend, &[&key]).await;
+                let alone = source.select::<R>(&[&key]).await;
                 let _ = done.send(alone.map(|mut rows| rows.remove(&key)));
             }
         }
     }
 }
 
-/// Runs a group's statement on a kept connection.
-async fn select_kept<R: GroupRead>(
-    kept: &Kept,
+/// Where a group is read: one statement on a kept connection.
+#[derive(Clone, Debug)]
+struct Source {
+    kept: Kept,
     backend: Backend,
-    keys: &[&str],
-) -> Result<HashMap<String, R::Row>> {
-    let mut conn = kept.take().await?;
-    let found = R::select(&mut conn, backend, keys).await?;
-    kept.keep(conn);
-    Ok(found)
+}
+
+impl Source {
+    async fn select<R: GroupRead>(&self, keys: &[&str]) -> Result<HashMap<String, R::Row>> {
+        let mut conn = self.kept.take().await?;
+        let found = R::select(&mut conn, self.backend, keys).await?;
+        self.kept.keep(conn);
+        Ok(found)
+    }
 }
 
 /// Connections the store's background tasks (the group readers and the group writer) keep

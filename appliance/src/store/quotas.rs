@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use sqlx::{AnyConnection, Row};
 
 use super::grouped::{GroupRead, push_in_list};
-use super::{Backend, Result, Store};
+use super::sqlite_reads::lookup_each;
+use super::{Backend, Columns, Result, Store, present};
 use crate::timefmt::now_micros;
 
 /// The quota resources, in Barbican's order.
@@ -163,12 +164,20 @@ impl GroupRead for ProjectQuotas {
         let rows = query.fetch_all(&mut *conn).await?;
         rows.iter().map(|r| quota_from_row(r).map(|q| (q.project_id.clone(), q))).collect()
     }
+
+    fn select_sqlite(
+        conn: &rusqlite::Connection,
+        projects: &[String],
+    ) -> Result<HashMap<String, QuotaRow>> {
+        const SQL: &str = "SELECT * FROM project_quotas WHERE project_id = ?1";
+        lookup_each(conn, SQL, projects, &[], |r| quota_from_row(r))
+    }
 }
 
-fn quota_from_row(r: &sqlx::any::AnyRow) -> Result<QuotaRow> {
+fn quota_from_row(r: &impl Columns) -> Result<QuotaRow> {
     let mut values = [None; 5];
     for (i, resource) in QUOTA_RESOURCES.iter().enumerate() {
-        values[i] = r.try_get(*resource)?;
+        values[i] = r.int(resource)?;
     }
-    Ok(QuotaRow { project_id: r.try_get("project_id")?, values })
+    Ok(QuotaRow { project_id: present(r.text("project_id")?, "project_id")?, values })
 }
