@@ -1,7 +1,6 @@
 //! Load against a Barbican v1 endpoint, this appliance or Barbican itself: stores, payload and
 //! metadata fetches from a pool of secrets made beforehand, and key orders until ACTIVE.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -9,10 +8,11 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 /// What each request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,41 +95,81 @@ impl std::fmt::Debug for Barbican {
 }
 
 /// A Barbican endpoint and a pool of secrets to fetch.
+///
+/// Each worker has a connection of its own ([`Session`]) and waits for each answer before it
+/// sends again, as a client process does; no pool sits between them. The load generator then
+/// costs the machine it shares with the server as little as it can.
 pub struct Barbican {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// `http://host:port`, as given.
     base: String,
+    /// `host:port`, to connect to and for the Host header.
+    authority: String,
     identity: Identity,
+    /// Paths of the secrets made beforehand.
     pool: Vec<String>,
     next: AtomicUsize,
+}
+
+/// One worker's connection, made when first needed and again after the server closes it.
+#[derive(Default)]
+pub struct Session {
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("connected", &self.sender.is_some()).finish()
+    }
 }
 
 type Response = (StatusCode, Bytes);
 
 impl Barbican {
     /// A client for `base` (`http://host:port`).
-    pub fn new(base: &str, identity: Identity, connections: usize) -> Arc<Barbican> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(connections.max(1))
-            .build(connector);
-        Arc::new(Barbican {
-            client,
-            base: base.trim_end_matches('/').to_owned(),
-            identity,
-            pool: Vec::new(),
-            next: AtomicUsize::new(0),
-        })
+    pub fn new(base: &str, identity: Identity) -> anyhow::Result<Barbican> {
+        let base = base.trim_end_matches('/').to_owned();
+        let uri: Uri = base.parse().with_context(|| format!("{base:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("{base}: only http:// endpoints can be loaded");
+        }
+        let authority = uri.authority().context("the URL has no host")?;
+        let authority = match authority.port() {
+            Some(_) => authority.to_string(),
+            None => format!("{}:80", authority.host()),
+        };
+        Ok(Barbican { base, authority, identity, pool: Vec::new(), next: AtomicUsize::new(0) })
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .with_context(|| format!("connecting to {}", self.authority))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+        // Ends with the connection; an error then shows on the next request.
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     async fn send(
         &self,
+        session: &mut Session,
         method: Method,
-        url: &str,
+        path: &str,
         accept: &str,
         body: Option<String>,
     ) -> anyhow::Result<Response> {
-        let mut request = Request::builder().method(method).uri(url).header("Accept", accept);
+        let mut sender = match session.sender.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.connect().await?,
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(ACCEPT, accept);
         request = match &self.identity {
             Identity::NoAuth { project, roles, user } => request
                 .header("X-Project-Id", project)
@@ -138,17 +178,20 @@ impl Barbican {
             Identity::Token(token) => request.header("X-Auth-Token", token),
         };
         if body.is_some() {
-            request = request.header("Content-Type", "application/json");
+            request = request.header(CONTENT_TYPE, "application/json");
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = self.client.request(request).await?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
+        // Kept for the next request unless the server is closing it.
+        session.sender = Some(sender);
         Ok((status, bytes))
     }
 
-    /// Stores one 32-byte key; its reference.
-    async fn store(&self) -> Result<String, String> {
+    /// Stores one 32-byte key; the path of its reference.
+    async fn store(&self, session: &mut Session) -> Result<String, String> {
         let mut key = [0u8; 32];
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -161,9 +204,8 @@ impl Barbican {
             "bit_length": 256,
             "mode": "xts",
         });
-        let url = format!("{}/v1/secrets", self.base);
         let (status, body) = self
-            .send(Method::POST, &url, "application/json", Some(body.to_string()))
+            .send(session, Method::POST, "/v1/secrets", "application/json", Some(body.to_string()))
             .await
             .map_err(transport)?;
         if status != StatusCode::CREATED {
@@ -173,17 +215,18 @@ impl Barbican {
     }
 
     /// Makes the pool of secrets the fetch scenarios read.
-    pub async fn fill_pool(this: &mut Arc<Barbican>, size: usize) -> anyhow::Result<()> {
+    pub async fn fill_pool(&mut self, size: usize) -> anyhow::Result<()> {
+        let mut session = Session::default();
         let mut pool = Vec::with_capacity(size);
         for _ in 0..size {
             pool.push(
-                this.store()
+                self.store(&mut session)
                     .await
                     .map_err(anyhow::Error::msg)
                     .context("storing the pool of secrets")?,
             );
         }
-        Arc::get_mut(this).context("the pool is filled before the run")?.pool = pool;
+        self.pool = pool;
         Ok(())
     }
 
@@ -195,14 +238,14 @@ impl Barbican {
         Ok(&self.pool[i])
     }
 
-    /// Runs one request of `scenario`.
-    pub async fn run(&self, scenario: Scenario) -> Result<u64, String> {
+    /// Runs one request of `scenario` on the worker's `session`.
+    pub async fn run(&self, session: &mut Session, scenario: Scenario) -> Result<u64, String> {
         match scenario {
-            Scenario::SecretStore => self.store().await.map(|_| 1),
+            Scenario::SecretStore => self.store(session).await.map(|_| 1),
             Scenario::PayloadGet => {
-                let url = format!("{}/payload", self.pick()?);
+                let path = format!("{}/payload", self.pick()?);
                 let (status, body) = self
-                    .send(Method::GET, &url, "application/octet-stream", None)
+                    .send(session, Method::GET, &path, "application/octet-stream", None)
                     .await
                     .map_err(transport)?;
                 match (status, body.len()) {
@@ -212,9 +255,9 @@ impl Barbican {
                 }
             }
             Scenario::MetadataGet => {
-                let url = self.pick()?.to_owned();
+                let path = self.pick()?;
                 let (status, _) = self
-                    .send(Method::GET, &url, "application/json", None)
+                    .send(session, Method::GET, path, "application/json", None)
                     .await
                     .map_err(transport)?;
                 if status == StatusCode::OK {
@@ -223,19 +266,18 @@ impl Barbican {
                     Err(format!("HTTP {}", status.as_u16()))
                 }
             }
-            Scenario::Order => self.order().await,
+            Scenario::Order => self.order(session).await,
         }
     }
 
-    async fn order(&self) -> Result<u64, String> {
+    async fn order(&self, session: &mut Session) -> Result<u64, String> {
         let body = serde_json::json!({
             "type": "key",
             "meta": {"algorithm": "aes", "bit_length": 256, "mode": "cbc",
                      "payload_content_type": "application/octet-stream"},
         });
-        let url = format!("{}/v1/orders", self.base);
         let (status, body) = self
-            .send(Method::POST, &url, "application/json", Some(body.to_string()))
+            .send(session, Method::POST, "/v1/orders", "application/json", Some(body.to_string()))
             .await
             .map_err(transport)?;
         if status != StatusCode::ACCEPTED {
@@ -244,7 +286,7 @@ impl Barbican {
         let order = reference(&body, "order_ref")?;
         for _ in 0..6000 {
             let (status, body) = self
-                .send(Method::GET, &order, "application/json", None)
+                .send(session, Method::GET, &order, "application/json", None)
                 .await
                 .map_err(transport)?;
             if status != StatusCode::OK {
@@ -263,13 +305,9 @@ impl Barbican {
 
     /// Checks the endpoint answers as Barbican does.
     pub async fn check(&self) -> anyhow::Result<()> {
+        let mut session = Session::default();
         let (status, _) = self
-            .send(
-                Method::GET,
-                &format!("{}/v1/secrets?limit=1", self.base),
-                "application/json",
-                None,
-            )
+            .send(&mut session, Method::GET, "/v1/secrets?limit=1", "application/json", None)
             .await?;
         if status != StatusCode::OK {
             bail!("GET {}/v1/secrets answered {status}; check the URL and the identity", self.base);
@@ -282,10 +320,17 @@ fn transport(e: anyhow::Error) -> String {
     format!("transport: {}", e.root_cause())
 }
 
+/// The path (and query) of the reference in `field` of a JSON answer: requests go to the
+/// endpoint given, whatever host the server writes into its references.
 fn reference(body: &[u8], field: &str) -> Result<String, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "answer is not JSON".to_owned())?;
-    value[field].as_str().map(str::to_owned).ok_or_else(|| format!("no {field} in the answer"))
+    let href = value[field].as_str().ok_or_else(|| format!("no {field} in the answer"))?;
+    let uri: Uri = href.parse().map_err(|_| format!("{field} {href:?} is not a URL"))?;
+    uri.path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .filter(|p| p.starts_with('/'))
+        .ok_or_else(|| format!("{field} {href:?} has no path"))
 }
 
 #[cfg(test)]
@@ -298,10 +343,38 @@ mod tests {
             assert_eq!(s.parse::<Scenario>().unwrap().to_string(), s);
         }
         assert!("payload".parse::<Scenario>().unwrap_err().contains("payload-get"));
+    }
+
+    #[test]
+    fn references_become_paths_on_the_endpoint_given() {
+        // Whatever host the server names (its own idea of its address), the path is kept.
         assert_eq!(
-            reference(br#"{"secret_ref": "http://x/v1/secrets/1"}"#, "secret_ref").unwrap(),
-            "http://x/v1/secrets/1"
+            reference(br#"{"secret_ref": "http://x:9311/v1/secrets/1"}"#, "secret_ref").unwrap(),
+            "/v1/secrets/1"
         );
-        assert!(reference(b"nope", "secret_ref").is_err());
+        assert_eq!(
+            reference(br#"{"order_ref": "https://kms.example/v1/orders/2?a=b"}"#, "order_ref")
+                .unwrap(),
+            "/v1/orders/2?a=b"
+        );
+        assert!(reference(b"nope", "secret_ref").unwrap_err().contains("not JSON"));
+        assert!(reference(br#"{"x": 1}"#, "secret_ref").unwrap_err().contains("no secret_ref"));
+        assert!(
+            reference(br#"{"secret_ref": ""}"#, "secret_ref").unwrap_err().contains("not a URL")
+        );
+    }
+
+    #[test]
+    fn endpoints_are_http_urls_with_a_host() {
+        let identity = || Identity::Token("t".into());
+        let b = Barbican::new("http://127.0.0.1:9311/", identity()).unwrap();
+        assert_eq!(
+            (b.base.as_str(), b.authority.as_str()),
+            ("http://127.0.0.1:9311", "127.0.0.1:9311")
+        );
+        assert_eq!(Barbican::new("http://kms", identity()).unwrap().authority, "kms:80");
+        let tls = Barbican::new("https://kms:9311", identity()).unwrap_err().to_string();
+        assert!(tls.contains("only http://"), "{tls}");
+        assert!(Barbican::new("not a url", identity()).is_err());
     }
 }

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 
 use bench::cell::{self, AsyncOp, Window};
+use bench::http::Session;
 use bench::ops::{self, Op};
 use bench::report::{Cell, Comparison, Report};
 use bench::{http, pkcs11, proxy};
@@ -283,25 +284,29 @@ fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let levels = ops::parse_counts(&concurrency).map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
-                let max = levels.iter().copied().max().unwrap_or(1);
-                let mut barbican = http::Barbican::new(&base, identity, max);
+                let mut barbican = http::Barbican::new(&base, identity)?;
                 barbican.check().await?;
                 if scenarios
                     .iter()
                     .any(|s| matches!(s, http::Scenario::PayloadGet | http::Scenario::MetadataGet))
                 {
                     eprintln!("storing {pool} secrets to fetch");
-                    http::Barbican::fill_pool(&mut barbican, pool).await?;
+                    barbican.fill_pool(pool).await?;
                 }
+                let barbican = Arc::new(barbican);
                 let mut report = report_for("Barbican v1 API load", &base, &run);
                 for s in scenarios {
                     for &c in &levels {
                         let workers: Vec<AsyncOp> = (0..c)
                             .map(|_| {
                                 let b = Arc::clone(&barbican);
+                                // The worker's own connection; the lock is never contended.
+                                let session = Arc::new(tokio::sync::Mutex::new(Session::default()));
                                 Box::new(move || {
-                                    let b = Arc::clone(&b);
-                                    cell::boxed(async move { b.run(s).await })
+                                    let (b, session) = (Arc::clone(&b), Arc::clone(&session));
+                                    cell::boxed(async move {
+                                        b.run(&mut *session.lock().await, s).await
+                                    })
                                 }) as AsyncOp
                             })
                             .collect();
