@@ -9,8 +9,8 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -165,6 +165,11 @@ impl Barbican {
             Some(sender) if !sender.is_closed() => sender,
             _ => self.connect().await?,
         };
+        // A connection the server has closed since its last answer: nothing was sent on it.
+        if sender.ready().await.is_err() {
+            sender = self.connect().await?;
+            sender.ready().await?;
+        }
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -181,12 +186,18 @@ impl Barbican {
             request = request.header(CONTENT_TYPE, "application/json");
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status();
+        // Servers that answer one request per connection (gunicorn's sync workers) say so.
+        let closing = response.version() != Version::HTTP_11
+            || response
+                .headers()
+                .get(CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let bytes = response.into_body().collect().await?.to_bytes();
-        // Kept for the next request unless the server is closing it.
-        session.sender = Some(sender);
+        if !closing {
+            session.sender = Some(sender);
+        }
         Ok((status, bytes))
     }
 
@@ -335,6 +346,10 @@ fn reference(body: &[u8], field: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // tests report failures by panicking
+
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -362,6 +377,71 @@ mod tests {
         assert!(
             reference(br#"{"secret_ref": ""}"#, "secret_ref").unwrap_err().contains("not a URL")
         );
+    }
+
+    /// A server that answers every request on a connection of its own, as gunicorn's sync
+    /// workers do: `Connection: close`, then it closes. Creations get a reference, other
+    /// requests an empty list. Returns its address and how many requests it has answered.
+    async fn one_request_per_connection() -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let count = answered.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head, then as much body as it announces.
+                let complete = |r: &[u8]| {
+                    let text = String::from_utf8_lossy(r);
+                    text.find("\r\n\r\n").is_some_and(|end| {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        r.len() >= end + 4 + length
+                    })
+                };
+                while !complete(&request) {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client closed before its request was complete");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let (status, body) = if request.starts_with(b"POST") {
+                    ("201 Created", r#"{"secret_ref": "http://elsewhere:1/v1/secrets/x"}"#)
+                } else {
+                    ("200 OK", r#"{"secrets": [], "total": 0}"#)
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        (addr, answered)
+    }
+
+    #[tokio::test]
+    async fn servers_that_close_after_each_answer_are_loaded_on_new_connections() {
+        let (addr, answered) = one_request_per_connection().await;
+        let mut b = Barbican::new(&format!("http://{addr}"), Identity::Token("t".into())).unwrap();
+        b.check().await.unwrap();
+        b.fill_pool(5).await.unwrap();
+        assert_eq!(b.pool, vec!["/v1/secrets/x"; 5]);
+        let mut session = Session::default();
+        for _ in 0..5 {
+            assert_eq!(b.run(&mut session, Scenario::SecretStore).await, Ok(1));
+        }
+        assert_eq!(answered.load(Ordering::SeqCst), 11);
     }
 
     #[test]
