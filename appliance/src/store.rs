@@ -13,7 +13,7 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use self::grouped::{GroupRead, GroupReader, Kept, push_in_list, push_parameters};
-use self::sqlite_reads::{SqliteReader, lookup_each};
+use self::sqlite_reads::{SqliteReader, lookup_one};
 use crate::timefmt::now_micros;
 
 mod grouped;
@@ -534,11 +534,8 @@ impl GroupRead for Secrets {
         rows.iter().map(|r| secret_from_row(r).map(|s| (s.id.clone(), s))).collect()
     }
 
-    fn select_sqlite(
-        conn: &rusqlite::Connection,
-        ids: &[String],
-    ) -> Result<HashMap<String, SecretRow>> {
-        lookup_each(conn, &LIVE_SECRET_BY_ID, ids, &[&now_micros()], |r| secret_from_row(r))
+    fn select_sqlite(conn: &rusqlite::Connection, id: &str) -> Result<Option<SecretRow>> {
+        lookup_one(conn, &LIVE_SECRET_BY_ID, id, &[&now_micros()], |r| secret_from_row(r))
     }
 }
 

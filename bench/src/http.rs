@@ -162,8 +162,8 @@ impl Barbican {
         body: Option<String>,
     ) -> anyhow::Result<Response> {
         let mut sender = match session.sender.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.connect().await?,
+            Some(sender) => sender,
+            None => self.connect().await?,
         };
         // A connection the server has closed since its last answer: nothing was sent on it.
         if sender.ready().await.is_err() {

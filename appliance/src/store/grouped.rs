@@ -43,11 +43,8 @@ pub(super) trait GroupRead: Send + Sync + 'static {
         keys: &[&str],
     ) -> impl Future<Output = Result<HashMap<String, Self::Row>>> + Send;
 
-    /// The same on the SQLite reader thread's connection, one statement per key.
-    fn select_sqlite(
-        conn: &rusqlite::Connection,
-        keys: &[String],
-    ) -> Result<HashMap<String, Self::Row>>;
+    /// The row for one key, on the SQLite reader thread's connection.
+    fn select_sqlite(conn: &rusqlite::Connection, key: &str) -> Result<Option<Self::Row>>;
 }
 
 /// A lookup waiting for its group, and who waits for it.
@@ -105,9 +102,9 @@ impl<R: GroupRead> GroupReader<R> {
     /// The row for `key`, read with whatever other lookups are waiting.
     pub(super) async fn read(&self, key: &str) -> Result<Option<R::Row>> {
         if let Some(native) = &self.native {
-            let owned = [key.to_owned()];
+            let owned = key.to_owned();
             match native.run(move |conn| R::select_sqlite(conn, &owned)).await {
-                Ok(mut found) => return Ok(found.remove(key)),
+                Ok(found) => return Ok(found),
                 // Stopped: the store is closing, and the pool answers that.
                 Err(StoreError::ReaderGone) => {}
                 Err(e) => return Err(e),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::{AnyConnection, Row};
 
 use super::grouped::{GroupRead, push_in_list};
-use super::sqlite_reads::lookup_each;
+use super::sqlite_reads::lookup_one;
 use super::{Backend, Columns, Result, Store, present};
 use crate::timefmt::now_micros;
 
@@ -165,12 +165,9 @@ impl GroupRead for ProjectQuotas {
         rows.iter().map(|r| quota_from_row(r).map(|q| (q.project_id.clone(), q))).collect()
     }
 
-    fn select_sqlite(
-        conn: &rusqlite::Connection,
-        projects: &[String],
-    ) -> Result<HashMap<String, QuotaRow>> {
+    fn select_sqlite(conn: &rusqlite::Connection, project: &str) -> Result<Option<QuotaRow>> {
         const SQL: &str = "SELECT * FROM project_quotas WHERE project_id = ?1";
-        lookup_each(conn, SQL, projects, &[], |r| quota_from_row(r))
+        lookup_one(conn, SQL, project, &[], |r| quota_from_row(r))
     }
 }
 

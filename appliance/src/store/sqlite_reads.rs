@@ -8,7 +8,6 @@
 //! under load they share its cost. In WAL mode a read transaction sees every commit made before
 //! it began: a secret can be read as soon as its creation has been answered.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -111,28 +110,22 @@ impl SqliteReader {
     }
 }
 
-/// Looks each of `keys` up with `sql`, whose `?1` is the key and whose `?2`, `?3`, ... are
-/// `extra`; at most one row per key.
-pub(super) fn lookup_each<T>(
+/// The row `sql` finds for `key`, its `?1`, with `extra` as `?2`, `?3`, ...; the first if
+/// several.
+pub(super) fn lookup_one<T>(
     conn: &Connection,
     sql: &str,
-    keys: &[String],
+    key: &str,
     extra: &[&dyn ToSql],
-    from_row: impl Fn(&Row<'_>) -> Result<T>,
-) -> Result<HashMap<String, T>> {
-    let mut found = HashMap::with_capacity(keys.len());
+    from_row: impl FnOnce(&Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
     let mut statement = conn.prepare_cached(sql)?;
-    for key in keys {
-        statement.raw_bind_parameter(1, key)?;
-        for (n, value) in extra.iter().enumerate() {
-            statement.raw_bind_parameter(n + 2, value)?;
-        }
-        let mut rows = statement.raw_query();
-        if let Some(row) = rows.next()? {
-            found.insert(key.clone(), from_row(row)?);
-        }
+    statement.raw_bind_parameter(1, key)?;
+    for (n, value) in extra.iter().enumerate() {
+        statement.raw_bind_parameter(n + 2, value)?;
     }
-    Ok(found)
+    let mut rows = statement.raw_query();
+    rows.next()?.map(from_row).transpose()
 }
 
 fn connect(path: &Path) -> Result<Connection> {
@@ -212,13 +205,12 @@ mod tests {
     }
 
     async fn lookup(reader: &SqliteReader, key: &str, above: i64) -> Result<Option<i64>> {
-        let keys = [key.to_owned()];
-        let found = reader
+        let key = key.to_owned();
+        reader
             .run(move |conn| {
-                lookup_each(conn, BY_KEY, &keys, &[&above], |r| Ok(r.get::<_, i64>("v")?))
+                lookup_one(conn, BY_KEY, &key, &[&above], |r| Ok(r.get::<_, i64>("v")?))
             })
-            .await?;
-        Ok(found.get(key).copied())
+            .await
     }
 
     /// A job that holds the reader thread until told to let go; returns once it holds it.
@@ -292,10 +284,9 @@ mod tests {
         assert_eq!(lookup(&reader, "k3", -1).await.unwrap(), None);
 
         // A statement SQLite refuses is that lookup's error; the thread goes on.
-        let keys = ["k1".to_owned()];
         let refused = reader
-            .run(move |conn| {
-                lookup_each(conn, "SELECT * FROM missing WHERE k = ?1", &keys, &[], |_| Ok(()))
+            .run(|conn| {
+                lookup_one(conn, "SELECT * FROM missing WHERE k = ?1", "k1", &[], |_| Ok(()))
             })
             .await;
         assert!(matches!(refused, Err(StoreError::Sqlite(_))), "{refused:?}");
