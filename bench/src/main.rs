@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use bench::cell::{self, AsyncOp, Window};
 use bench::http::Session;
 use bench::ops::{self, Op};
-use bench::report::{Cell, Comparison, Report};
+use bench::report::{Best, Cell, Comparison, Report};
 use bench::{http, pkcs11, proxy};
 
 #[derive(Parser)]
@@ -72,6 +72,10 @@ enum Command {
         /// Operations per frame on the proxy side.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Times to measure every pair; ratios are then taken between medians, which a shared
+        /// machine's bad moments do not move.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -217,13 +221,16 @@ fn main() -> anyhow::Result<()> {
                 finish(&report, &run)
             })
         }
-        Command::Compare { token, proxy, concurrency, batch, run } => {
+        Command::Compare { token, proxy, concurrency, batch, rounds, run } => {
             anyhow::ensure!(batch >= 1, "--batch must be at least 1");
+            anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
             let dev = dev_json(token.dev_json.as_deref())?;
             reexec_with_module_env(dev.as_ref())?;
             let target = token_target(&token, dev.as_ref())?;
             let proxy_target = proxy_target(&proxy, dev.as_ref())?;
             let direct = pkcs11::Direct::open(&target)?;
+            let ops = ops::parse_list(&run.ops).map_err(anyhow::Error::msg)?;
+            let levels = ops::parse_counts(&concurrency).map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
                 let via = proxy::ViaProxy::open(&proxy_target).await?;
                 let mut report = report_for(
@@ -231,39 +238,48 @@ fn main() -> anyhow::Result<()> {
                     &format!("{}; proxy {}", direct.description, proxy_target.endpoint),
                     &run,
                 );
+                if rounds > 1 {
+                    report.environment.push(format!("{rounds} rounds of every pair"));
+                }
+                // Each pair's (direct, proxy) cells, round after round.
+                let mut pairs: Vec<Vec<(Cell, Cell)>> = vec![Vec::new(); ops.len() * levels.len()];
                 let mut flip = false;
-                for op in ops::parse_list(&run.ops).map_err(anyhow::Error::msg)? {
-                    for &c in &ops::parse_counts(&concurrency).map_err(anyhow::Error::msg)? {
-                        // Alternate which goes first, so slow drift favours neither.
-                        let (d, p) = if flip {
-                            let p = proxy_cell(&via, op, c, batch, window(&run)).await;
-                            (
+                for round in 1..=rounds {
+                    if rounds > 1 {
+                        eprintln!("round {round} of {rounds}");
+                    }
+                    for (i, &op) in ops.iter().enumerate() {
+                        for (j, &c) in levels.iter().enumerate() {
+                            // Alternate which goes first, so slow drift favours neither.
+                            let direct_now = || {
                                 tokio::task::block_in_place(|| {
                                     direct_cell(&direct, op, c, window(&run))
-                                })?,
-                                p,
-                            )
-                        } else {
-                            let d = tokio::task::block_in_place(|| {
-                                direct_cell(&direct, op, c, window(&run))
-                            })?;
-                            (d, proxy_cell(&via, op, c, batch, window(&run)).await)
-                        };
-                        flip = !flip;
-                        report.comparisons.push(Comparison {
-                            op: op.to_string(),
-                            concurrency: c,
-                            throughput_ratio: if d.summary.ops_per_s > 0.0 {
-                                p.summary.ops_per_s / d.summary.ops_per_s
+                                })
+                            };
+                            let (mut d, mut p) = if flip {
+                                let p = proxy_cell(&via, op, c, batch, window(&run)).await;
+                                (direct_now()?, p)
                             } else {
-                                0.0
-                            },
-                            added_p50_us: p.summary.p50_us as i64 - d.summary.p50_us as i64,
-                        });
+                                let d = direct_now()?;
+                                (d, proxy_cell(&via, op, c, batch, window(&run)).await)
+                            };
+                            flip = !flip;
+                            (d.round, p.round) = (round, round);
+                            pairs[i * levels.len() + j].push((d, p));
+                        }
+                    }
+                }
+                for (k, measured) in pairs.into_iter().enumerate() {
+                    let (op, c) = (ops[k / levels.len()], levels[k % levels.len()]);
+                    let summaries: Vec<_> =
+                        measured.iter().map(|(d, p)| (&d.summary, &p.summary)).collect();
+                    report.comparisons.push(Comparison::of(&op.to_string(), c, &summaries));
+                    for (d, p) in measured {
                         report.cells.push(d);
                         report.cells.push(p);
                     }
                 }
+                report.best = Best::of(&report.comparisons);
                 finish(&report, &run)
             })
         }
@@ -317,6 +333,7 @@ fn main() -> anyhow::Result<()> {
                             op: s.to_string(),
                             concurrency: c,
                             batch: 1,
+                            round: 1,
                             curve: latencies.curve(),
                             summary,
                         });
@@ -352,6 +369,7 @@ fn direct_cell(
         op: op.to_string(),
         concurrency: threads,
         batch: 1,
+        round: 1,
         curve: latencies.curve(),
         summary,
     })
@@ -381,6 +399,7 @@ async fn proxy_cell(
         op: op.to_string(),
         concurrency,
         batch,
+        round: 1,
         curve: latencies.curve(),
         summary,
     }

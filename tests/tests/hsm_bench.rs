@@ -111,7 +111,8 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
     assert_eq!(modes.iter().filter(|m| **m == "pkcs11").count(), 6);
     assert_eq!(modes.iter().filter(|m| **m == "proxy").count(), 6);
 
-    // Batched on the proxy side: every proxy cell carries frames of 8.
+    // Batched on the proxy side, in two rounds: every proxy cell carries frames of 8, each
+    // pair is measured twice, and the comparison is of the medians.
     let report = hsm_bench(
         &[
             "compare",
@@ -123,14 +124,36 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
             "2",
             "--batch",
             "8",
+            "--rounds",
+            "2",
         ],
         &[],
     );
-    assert_eq!(report["comparisons"].as_array().unwrap().len(), 1);
-    for cell in report["cells"].as_array().unwrap() {
+    let cells = report["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    for cell in cells {
         let batch = if cell["mode"] == "proxy" { 8 } else { 1 };
         assert_eq!(cell["batch"], batch, "{cell}");
     }
+    let rounds: Vec<u64> = cells.iter().map(|c| c["round"].as_u64().unwrap()).collect();
+    assert_eq!(rounds, [1, 1, 2, 2]);
+    let comparisons = report["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 1);
+    let c = &comparisons[0];
+    assert_eq!(c["round_ratios"].as_array().unwrap().len(), 2, "{c}");
+    let (d, p) = (c["direct_ops_per_s"].as_f64().unwrap(), c["proxy_ops_per_s"].as_f64().unwrap());
+    let mean = |mode: &str| {
+        let of: Vec<f64> = cells
+            .iter()
+            .filter(|x| x["mode"] == mode)
+            .map(|x| x["ops_per_s"].as_f64().unwrap())
+            .collect();
+        of.iter().sum::<f64>() / of.len() as f64
+    };
+    // Of two rounds the median is their mean.
+    assert!((d - mean("pkcs11")).abs() < 1e-6 && (p - mean("proxy")).abs() < 1e-6, "{c}");
+    assert!((c["throughput_ratio"].as_f64().unwrap() - p / d).abs() < 1e-9, "{c}");
+    assert_eq!(report["best"][0]["ratio"], c["throughput_ratio"]);
 
     // Through the proxy alone, its address and certificates from dev.json, the client spinning
     // for its answers: one frame of one, then frames of 4 from 3 callers.

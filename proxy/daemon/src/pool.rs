@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use cryptoki::session::{Session, SessionState};
 use hsm_proxy_proto::op::HealthReport;
 use hsm_proxy_proto::{OpCode, Outcome, Reply, Request, Status};
-use prometheus::IntCounter;
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use tokio::sync::oneshot;
 
 use crate::hsm::Token;
@@ -173,7 +173,7 @@ impl Pool {
             load: load.clone(),
             sessions: u32::try_from(settings.workers).unwrap_or(u32::MAX),
             log_error_details: settings.log_error_details,
-            counters: HashMap::new(),
+            tally: Tally::new(&metrics),
         };
         // Numbered after the workers, for the logs.
         let inline = (!settings.inline_below.is_zero())
@@ -271,6 +271,7 @@ impl Pool {
         let Ok(mut lane) = lane.try_lock() else { return Err(ops) };
         let arrived = Instant::now();
         let mut ran = 0;
+        self.metrics.sessions_busy.inc();
         let results = ops
             .into_iter()
             .map(|op| match self.without_hsm(op) {
@@ -282,6 +283,8 @@ impl Pool {
                 }
             })
             .collect();
+        self.metrics.sessions_busy.dec();
+        lane.tally.flush();
         self.metrics.inline_operations.inc_by(ran);
         Ok(results)
     }
@@ -388,7 +391,55 @@ struct Worker {
     load: Arc<Load>,
     sessions: u32,
     log_error_details: bool,
-    counters: HashMap<(OpCode, Status), IntCounter>,
+    tally: Tally,
+}
+
+/// A worker's per-operation metrics, counted on its own and published once per share: atomic
+/// updates of shared counters and histograms for each operation cost a measurable part of a
+/// fast token's operation.
+struct Tally {
+    queue_wait: Vec<LocalHistogram>,
+    service_time: Vec<LocalHistogram>,
+    answers: HashMap<(OpCode, Status), LocalIntCounter>,
+    operations: prometheus::IntCounterVec,
+}
+
+impl Tally {
+    fn new(metrics: &Metrics) -> Tally {
+        Tally {
+            queue_wait: metrics.queue_wait.iter().map(|h| h.local()).collect(),
+            service_time: metrics.service_time.iter().map(|h| h.local()).collect(),
+            answers: HashMap::new(),
+            operations: metrics.operations.clone(),
+        }
+    }
+
+    fn waited(&self, code: OpCode, wait: Duration) {
+        if let Some(h) = self.queue_wait.get(code.index()) {
+            h.observe(wait.as_secs_f64());
+        }
+    }
+
+    fn served(&self, code: OpCode, took: Duration) {
+        if let Some(h) = self.service_time.get(code.index()) {
+            h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// Counts an answer; the labelled counter is looked up once per worker, not per operation.
+    fn answered(&mut self, code: OpCode, status: Status) {
+        let operations = &self.operations;
+        self.answers
+            .entry((code, status))
+            .or_insert_with(|| operations.with_label_values(&[code.name(), status.name()]).local())
+            .inc();
+    }
+
+    /// Publishes what was counted since the last flush.
+    fn flush(&mut self) {
+        self.queue_wait.iter().chain(&self.service_time).for_each(LocalHistogram::flush);
+        self.answers.values().for_each(LocalIntCounter::flush);
+    }
 }
 
 impl Worker {
@@ -396,9 +447,13 @@ impl Worker {
         while let Ok(Message::Run(job)) = rx.recv() {
             self.metrics.queue_depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
             let mut answers = Vec::with_capacity(job.ops.len());
+            self.metrics.sessions_busy.inc();
             for op in &job.ops {
                 answers.push(self.serve(op, job.enqueued, job.deadline));
             }
+            self.metrics.sessions_busy.dec();
+            // Before the answer: whoever reads the metrics after it sees these operations.
+            self.tally.flush();
             // The requests held plaintexts and wrapped keys; they are wiped as they drop here.
             drop(job.ops);
             // Before the answer, so that a client's next frame can find the pool idle.
@@ -412,16 +467,13 @@ impl Worker {
     fn serve(&mut self, op: &Request, enqueued: Instant, deadline: Instant) -> Outcome {
         let code = op.code();
         let started = Instant::now();
-        self.metrics.queue_wait[code.index()]
-            .observe(started.saturating_duration_since(enqueued).as_secs_f64());
+        self.tally.waited(code, started.saturating_duration_since(enqueued));
         let outcome = if started > deadline {
             Err(Status::DeadlineExceeded)
         } else {
-            self.metrics.sessions_busy.inc();
             let outcome = self.execute(op);
-            self.metrics.sessions_busy.dec();
             let took = started.elapsed();
-            self.metrics.service_time[code.index()].observe(took.as_secs_f64());
+            self.tally.served(code, took);
             self.load.observe(code, took);
             outcome
         };
@@ -429,20 +481,11 @@ impl Worker {
             Ok(_) => Status::Ok,
             Err(s) => *s,
         };
-        self.count(code, status);
+        self.tally.answered(code, status);
         if let Ok(Reply::Health(report)) = &outcome {
             *lock(&self.health) = Some((Instant::now(), report.clone()));
         }
         outcome
-    }
-
-    /// Counts an answer; the labelled counter is looked up once per worker, not per operation.
-    fn count(&mut self, code: OpCode, status: Status) {
-        let metrics = &self.metrics;
-        self.counters
-            .entry((code, status))
-            .or_insert_with(|| metrics.operations.with_label_values(&[code.name(), status.name()]))
-            .inc();
     }
 
     /// Runs an operation, recovering from a lost session, a lost device or a stale handle.
