@@ -69,8 +69,9 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// After answering a frame, how long a connection's task keeps its thread busy waiting for
     /// the next one instead of parking it, in microseconds. On a virtual machine this saves the
-    /// wake-up of an idle CPU on each exchange at low load, at the price of that CPU time. 0
-    /// (the default) parks at once.
+    /// wake-up of an idle CPU on each exchange at low load, at the price of that CPU time. Only
+    /// one connection spins at a time, and only while no work is with the workers, so that
+    /// under load it takes nothing from them. 0 (the default) parks at once.
     #[serde(default)]
     pub busy_poll_us: u32,
 }

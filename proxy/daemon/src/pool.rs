@@ -369,6 +369,11 @@ impl Pool {
         self.settings.workers
     }
 
+    /// Whether no work is with the workers.
+    pub(crate) fn idle(&self) -> bool {
+        self.load.outstanding.load(Ordering::Acquire) == 0
+    }
+
     /// Whether small frames may run inline when the pool is idle.
     pub(crate) fn runs_inline(&self) -> bool {
         self.inline.is_some()

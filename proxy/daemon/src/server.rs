@@ -8,10 +8,11 @@
 //! a small one that finds the pool idle runs at once, on this task (see [`Pool::run_inline`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hsm_proxy_proto::frame::{FrameKind, HEADER_BYTES, Header};
-use hsm_proxy_proto::io::busy_poll;
+use hsm_proxy_proto::io::spin_on;
 use hsm_proxy_proto::{RequestBatch, ResponseBatch, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -51,6 +52,7 @@ pub(crate) async fn serve(
     // An inline run blocks its runtime thread: only where another thread serves the rest.
     let inline =
         pool.runs_inline() && tokio::runtime::Handle::current().metrics().num_workers() > 1;
+    let spinner = Arc::new(AtomicBool::new(false));
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => match permit {
@@ -77,6 +79,7 @@ pub(crate) async fn serve(
             settings,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
+            spinner: spinner.clone(),
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -98,6 +101,29 @@ struct Connection {
     settings: ServerSettings,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// Held by the connection spinning for its next frame, if any (see [`SpinClaim`]).
+    spinner: Arc<AtomicBool>,
+}
+
+/// The right to spin for a next frame (`[server] busy_poll_us`), held by one connection at a
+/// time and only while no work is with the workers: spinning saves the wake-up of an idle CPU,
+/// which is what a lone client waits on. A second spinner would keep a second CPU busy for the
+/// same purpose, and under load, when answers and frames wake the threads anyway, spinning takes
+/// CPU time from the workers and the HSM library.
+struct SpinClaim<'a>(&'a AtomicBool);
+
+impl<'a> SpinClaim<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<SpinClaim<'a>> {
+        flag.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SpinClaim(flag))
+    }
+}
+
+impl Drop for SpinClaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl Connection {
@@ -146,13 +172,32 @@ impl Connection {
     ) -> &'static str {
         loop {
             let mut header = [0u8; HEADER_BYTES];
-            let next = async {
-                tokio::select! {
-                    read = half.read_exact(&mut header) => read.err().map(|_| "closed by peer"),
-                    _ = self.shutdown.changed() => Some("shutdown"),
+            let closed = {
+                let (shutdown, pool) = (&mut self.shutdown, &self.pool);
+                let next = async {
+                    tokio::select! {
+                        read = half.read_exact(&mut header) => read.err().map(|_| "closed by peer"),
+                        _ = shutdown.changed() => Some("shutdown"),
+                    }
+                };
+                let mut next = std::pin::pin!(next);
+                let claim = if self.settings.busy_poll.is_zero() || !pool.idle() {
+                    None
+                } else {
+                    SpinClaim::take(&self.spinner)
+                };
+                let spun = match claim {
+                    Some(_claim) => {
+                        spin_on(next.as_mut(), self.settings.busy_poll, || pool.idle()).await
+                    }
+                    None => None,
+                };
+                match spun {
+                    Some(closed) => closed,
+                    None => next.await,
                 }
             };
-            if let Some(reason) = busy_poll(next, self.settings.busy_poll).await {
+            if let Some(reason) = closed {
                 return reason;
             }
             let header = match Header::decode(&header, self.settings.max_body_bytes) {
@@ -266,5 +311,20 @@ fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
         TlsError::PeerIncompatible(_) => "incompatible_peer",
         TlsError::InvalidMessage(_) => "not_tls",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_connection_spins_at_a_time() {
+        let flag = AtomicBool::new(false);
+        let first = SpinClaim::take(&flag);
+        assert!(first.is_some());
+        assert!(SpinClaim::take(&flag).is_none(), "a second spinner while the first holds it");
+        drop(first);
+        assert!(SpinClaim::take(&flag).is_some(), "free again once the first is done");
     }
 }

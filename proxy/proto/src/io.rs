@@ -74,17 +74,34 @@ async fn write_gathered<W: AsyncWrite + Unpin>(
 /// window after every frame; zero turns it off.
 pub async fn busy_poll<F: Future>(fut: F, spin: Duration) -> F::Output {
     let mut fut = std::pin::pin!(fut);
+    match spin_on(fut.as_mut(), spin, || true).await {
+        Some(out) => out,
+        None => fut.await,
+    }
+}
+
+/// Polls `fut` without parking for up to `spin`, as long as `worth_it()` holds (asked before
+/// every turn): its output if it was ready in that time, `None` if not, and `fut` may then be
+/// awaited as usual.
+pub async fn spin_on<F: Future>(
+    mut fut: std::pin::Pin<&mut F>,
+    spin: Duration,
+    worth_it: impl Fn() -> bool,
+) -> Option<F::Output> {
     if spin.is_zero() {
-        return fut.await;
+        return None;
     }
     let until = Instant::now() + spin;
     loop {
+        if !worth_it() {
+            return None;
+        }
         let polled = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         if let Poll::Ready(out) = polled {
-            return out;
+            return Some(out);
         }
         if Instant::now() >= until {
-            return fut.await;
+            return None;
         }
         tokio::task::yield_now().await;
     }
@@ -126,6 +143,37 @@ mod tests {
         let started = Instant::now();
         assert_eq!(busy_poll(rx, Duration::from_millis(1)).await.unwrap(), 10);
         assert!(started.elapsed() >= Duration::from_millis(30));
+    }
+
+    #[tokio::test]
+    async fn spinning_stops_when_it_no_longer_pays() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        // Never worth it: not polled at all, and the future is still there to await.
+        let polls = AtomicU32::new(0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut rx = std::pin::pin!(rx);
+        assert!(spin_on(rx.as_mut(), Duration::from_secs(5), || false).await.is_none());
+        tx.send(3).unwrap();
+        assert_eq!(rx.await.unwrap(), 3);
+        // Worth it until another task says otherwise: the spin ends early, with nothing.
+        let worth = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&worth);
+        tokio::spawn(async move { flag.store(false, Ordering::Relaxed) });
+        let (_tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut rx = std::pin::pin!(rx);
+        let started = Instant::now();
+        let spun = spin_on(rx.as_mut(), Duration::from_secs(30), || {
+            polls.fetch_add(1, Ordering::Relaxed);
+            worth.load(Ordering::Relaxed)
+        })
+        .await;
+        assert!(spun.is_none());
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(polls.load(Ordering::Relaxed) >= 2, "asked before every turn");
+        // Ready while worth it: its output.
+        let mut ready = std::pin::pin!(async { 5 });
+        assert_eq!(spin_on(ready.as_mut(), Duration::from_millis(1), || true).await, Some(5));
     }
 
     #[tokio::test]
