@@ -243,29 +243,30 @@ fn main() -> anyhow::Result<()> {
                 }
                 // Each pair's (direct, proxy) cells, round after round.
                 let mut pairs: Vec<Vec<(Cell, Cell)>> = vec![Vec::new(); ops.len() * levels.len()];
-                let mut flip = false;
                 for round in 1..=rounds {
                     if rounds > 1 {
                         eprintln!("round {round} of {rounds}");
                     }
                     for (i, &op) in ops.iter().enumerate() {
                         for (j, &c) in levels.iter().enumerate() {
-                            // Alternate which goes first, so slow drift favours neither.
+                            let k = i * levels.len() + j;
+                            // Alternate which goes first, from one pair to the next and from
+                            // one round to the next, so that slow drift favours neither.
+                            let proxy_first = (k + round) % 2 == 0;
                             let direct_now = || {
                                 tokio::task::block_in_place(|| {
                                     direct_cell(&direct, op, c, window(&run))
                                 })
                             };
-                            let (mut d, mut p) = if flip {
+                            let (mut d, mut p) = if proxy_first {
                                 let p = proxy_cell(&via, op, c, batch, window(&run)).await;
                                 (direct_now()?, p)
                             } else {
                                 let d = direct_now()?;
                                 (d, proxy_cell(&via, op, c, batch, window(&run)).await)
                             };
-                            flip = !flip;
                             (d.round, p.round) = (round, round);
-                            pairs[i * levels.len() + j].push((d, p));
+                            pairs[k].push((d, p));
                         }
                     }
                 }
