@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![forbid(unsafe_code)]
 
+pub mod chaos;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -267,4 +269,47 @@ pub fn psql(url: &str, sql: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+// ---- Supervision: the children of `appliance dev` as `dev.json` tells them now. ----
+
+impl DevStack {
+    /// `dev.json` as it is now: the stack rewrites it whenever a child is restarted.
+    pub fn current_info(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.data_dir.join("dev.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The process id at `pointer` in `dev.json` (`/proxy/pid`, `/hsm/device/pid`); `None`
+    /// while that child is down.
+    pub fn child_pid(&self, pointer: &str) -> Option<u32> {
+        let info = self.current_info();
+        info.pointer(pointer).and_then(serde_json::Value::as_u64).map(|p| u32::try_from(p).unwrap())
+    }
+
+    /// Waits (up to `timeout`) until the child at `pointer` runs under a process id other than
+    /// `old`, and gives it.
+    pub fn wait_for_new_pid(&self, pointer: &str, old: u32, timeout: Duration) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(pid) = self.child_pid(pointer).filter(|p| *p != old) {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "{pointer} was not restarted:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// SIGKILL to one process of a stack of this test's own.
+pub fn kill_hard(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// Whether a process runs (a zombie does not).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
