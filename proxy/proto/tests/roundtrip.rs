@@ -1,15 +1,22 @@
 //! Property tests: any batch round-trips, and no byte string makes the decoders panic.
+//!
+//! The tests that build operations need the `arbitrary` feature (on in CI's
+//! `--all-features` run); the decoder test runs in every build.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
+#[cfg(feature = "arbitrary")]
 use arbitrary::{Arbitrary, Unstructured};
+#[cfg(feature = "arbitrary")]
+use hsm_proxy_proto::Request;
 use hsm_proxy_proto::frame::{HEADER_BYTES, Header};
-use hsm_proxy_proto::{Request, RequestBatch, ResponseBatch};
+use hsm_proxy_proto::{RequestBatch, ResponseBatch};
 use proptest::prelude::*;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    #[cfg(feature = "arbitrary")]
     #[test]
     fn request_batches_round_trip(seed in proptest::collection::vec(any::<u8>(), 0..4096), id: u64, timeout: u32) {
         let mut u = Unstructured::new(&seed);
@@ -35,6 +42,7 @@ proptest! {
         }
     }
 
+    #[cfg(feature = "arbitrary")]
     #[test]
     fn mutated_frames_never_panic(seed in proptest::collection::vec(any::<u8>(), 0..1024), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
         let mut u = Unstructured::new(&seed);
