@@ -2,16 +2,21 @@
 //!
 //! The library is initialised once with OS locking (SoftHSM2 disables its mutexes without it).
 //! A key-holder session stays logged in for the life of the instance: it keeps the login alive,
-//! resolves the MKEK once, and owns the unwrapped project KEKs. Each library instance is an
-//! [`Epoch`]; on a device-class error the whole instance is replaced and the epoch number grows,
-//! which tells every worker that its session and every cached handle belong to the past.
+//! resolves the MKEK once, and owns the unwrapped project KEKs; a key-holder the token drops is
+//! replaced on its own (see [`Token::renew_keyholder`]). Each library instance is an [`Epoch`];
+//! on a device-class error the whole instance is replaced and the epoch number grows, which
+//! tells every worker that its session and every cached handle belong to the past.
+//!
+//! Each epoch counts the worker sessions it holds on the token, including any whose close
+//! failed: the pool never opens past its budget, and a session it could not close is
+//! reclaimed by re-initialising, since only finalising the library frees it.
 
 pub(crate) mod der;
 pub(crate) mod failure;
 pub(crate) mod ops;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +24,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
 use hsm_proxy_proto::Status;
@@ -30,8 +35,9 @@ use crate::keys::KekCache;
 
 /// Re-initialisation is attempted at most this often while the token stays unreachable.
 const REINIT_BACKOFF: Duration = Duration::from_secs(1);
-/// Attempts to open the key-holder session and log in again during one re-initialisation.
-const REINIT_TRIES: usize = 3;
+/// Attempts to open the key-holder session and log in again during one re-initialisation: a
+/// handful of calls, each of which a flaky device may fail.
+const REINIT_TRIES: usize = 6;
 
 /// What the token offers that changes how operations are done.
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,9 +68,64 @@ pub(crate) struct Epoch {
     pub(crate) number: u64,
     pub(crate) slot: Slot,
     pub(crate) mkek: ObjectHandle,
-    /// Logged in; owns the unwrapped KEKs. Opened without close-on-drop: after a device
-    /// failure its handle may belong to someone else, so it is closed only on clean shutdown.
-    pub(crate) keyholder: Mutex<Session>,
+    /// Logged in; owns the unwrapped KEKs.
+    pub(crate) keyholder: Mutex<Keyholder>,
+    /// The key-holder's generation, readable without its lock (see [`Keyholder::generation`]).
+    generation: AtomicU64,
+    /// Worker and inline sessions open on the token in this epoch, those whose close failed
+    /// included.
+    held: AtomicUsize,
+}
+
+/// The key-holder session. Opened without close-on-drop: after a device failure its handle may
+/// belong to someone else, so it is closed only on clean shutdown.
+#[derive(Debug)]
+pub(crate) struct Keyholder {
+    pub(crate) session: Session,
+    /// Grows each time the session is replaced: KEK handles of an earlier generation died with
+    /// their session, and their numbers may since have been reused.
+    pub(crate) generation: u64,
+}
+
+/// Which key-holder session a KEK handle belongs to.
+pub(crate) type Stamp = (u64, u64);
+
+impl Epoch {
+    fn new(number: u64, slot: Slot, mkek: ObjectHandle, keyholder: Session) -> Epoch {
+        Epoch {
+            number,
+            slot,
+            mkek,
+            keyholder: Mutex::new(Keyholder { session: keyholder, generation: 0 }),
+            generation: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// The current key-holder's stamp, read without taking its lock.
+    pub(crate) fn stamp(&self) -> Stamp {
+        (self.number, self.generation.load(Ordering::Acquire))
+    }
+
+    /// Counts a session about to be opened, unless `budget` are already held.
+    pub(crate) fn reserve_session(&self, budget: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < budget).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Uncounts a session that was closed, or that the token says is gone, or that failed to
+    /// open.
+    pub(crate) fn release_session(&self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// Sessions counted as held.
+    pub(crate) fn sessions_held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug)]
@@ -248,7 +309,44 @@ impl Token {
         }
     }
 
-    /// Opens a worker session in the current epoch. Not closed on drop: see `Epoch::keyholder`.
+    /// Replaces a key-holder session that the token no longer knows: a new one, logged in if the
+    /// application's login went with the old one. The KEKs it held are gone; the new generation
+    /// tells the cache so. The caller holds the key-holder's lock.
+    pub(crate) fn renew_keyholder(
+        &self,
+        epoch: &Epoch,
+        holder: &mut Keyholder,
+    ) -> Result<(), CryptokiError> {
+        let session = self.ctx.open_rw_session_no_drop(epoch.slot)?;
+        if let Err(e) = self.ensure_login(&session) {
+            let _ = session.close();
+            return Err(e);
+        }
+        // The old session is forgotten, not closed: its handle may already be another's.
+        holder.session = session;
+        holder.generation += 1;
+        epoch.generation.store(holder.generation, Ordering::Release);
+        tracing::warn!(
+            epoch = epoch.number,
+            generation = holder.generation,
+            "the token dropped the key-holder session; opened a new one"
+        );
+        Ok(())
+    }
+
+    /// Logs the application in through `session` unless it already is.
+    pub(crate) fn ensure_login(&self, session: &Session) -> Result<(), CryptokiError> {
+        let info = session.get_session_info()?;
+        if matches!(info.session_state(), SessionState::RwUser | SessionState::RoUser) {
+            return Ok(());
+        }
+        match session.login(UserType::User, Some(&self.config.pin)) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a worker session in the current epoch. Not closed on drop: see `Keyholder`.
     pub(crate) fn open_session(&self, epoch: &Epoch) -> Result<Session, CryptokiError> {
         self.ctx.open_ro_session_no_drop(epoch.slot)
     }
@@ -263,8 +361,8 @@ impl Token {
         );
         if let State::Up(epoch) = old {
             let keyholder = epoch.keyholder.into_inner().unwrap_or_else(|p| p.into_inner());
-            let _ = keyholder.logout();
-            let _ = keyholder.close();
+            let _ = keyholder.session.logout();
+            let _ = keyholder.session.close();
         }
         let _ = self.ctx.clone().finalize();
     }
@@ -344,7 +442,7 @@ fn open_epoch(
             return Err(e);
         }
     };
-    Ok((Epoch { number, slot, mkek, keyholder: Mutex::new(keyholder) }, created))
+    Ok((Epoch::new(number, slot, mkek, keyholder), created))
 }
 
 /// Finds the MKEK and checks that the token enforces what the design relies on.

@@ -4,7 +4,8 @@
 //! of any worker session and are visible to all of them. The cache is bounded (least recently
 //! used first out) because HSM object slots are. An evicted KEK is destroyed only once no worker
 //! still holds it: the last reference moves its handle to a graveyard that the next miss empties,
-//! so no handle is destroyed under a running operation.
+//! so no handle is destroyed under a running operation. Each entry carries the stamp of the
+//! key-holder session that owns its object; a key-holder the token dropped took its KEKs with it.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,23 +16,23 @@ use hsm_proxy_proto::Status;
 use hsm_proxy_proto::op::{Kek, KekId};
 use lru::LruCache;
 
-use crate::hsm::Epoch;
 use crate::hsm::failure::{At, Failure, Step};
+use crate::hsm::{Epoch, Stamp, Token};
 use crate::metrics::Metrics;
 
 /// A KEK unwrapped in the HSM.
 #[derive(Debug)]
 pub(crate) struct KekEntry {
     pub(crate) handle: ObjectHandle,
-    epoch: u64,
+    stamp: Stamp,
     /// The blob it came from: a request naming this id with another blob is refused.
     wrapped: Vec<u8>,
-    graveyard: Arc<Mutex<Vec<(u64, ObjectHandle)>>>,
+    graveyard: Arc<Mutex<Vec<(Stamp, ObjectHandle)>>>,
 }
 
 impl Drop for KekEntry {
     fn drop(&mut self) {
-        lock(&self.graveyard).push((self.epoch, self.handle));
+        lock(&self.graveyard).push((self.stamp, self.handle));
     }
 }
 
@@ -39,7 +40,7 @@ impl Drop for KekEntry {
 #[derive(Debug)]
 pub(crate) struct KekCache {
     entries: Mutex<LruCache<KekId, Arc<KekEntry>>>,
-    graveyard: Arc<Mutex<Vec<(u64, ObjectHandle)>>>,
+    graveyard: Arc<Mutex<Vec<(Stamp, ObjectHandle)>>>,
     capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -63,15 +64,23 @@ impl KekCache {
         lock(&self.entries).len()
     }
 
-    /// The handle of `kek` in this epoch, unwrapping it under the MKEK on a miss.
-    pub(crate) fn resolve(&self, kek: &Kek, epoch: &Epoch) -> Result<Arc<KekEntry>, Failure> {
-        if let Some(entry) = self.lookup(kek, epoch.number)? {
+    /// The handle of `kek` in this epoch, unwrapping it under the MKEK on a miss. A key-holder
+    /// session that the token dropped is replaced here, under its lock, and the failure is
+    /// returned for the operation to be retried.
+    pub(crate) fn resolve(
+        &self,
+        kek: &Kek,
+        token: &Token,
+        epoch: &Epoch,
+    ) -> Result<Arc<KekEntry>, Failure> {
+        if let Some(entry) = self.lookup(kek, epoch.stamp())? {
             self.metrics.kek_cache_hits.inc();
             return Ok(entry);
         }
-        let keyholder = lock(&epoch.keyholder);
+        let mut holder = lock(&epoch.keyholder);
+        let stamp = (epoch.number, holder.generation);
         // Another worker may have unwrapped it while we waited for the key-holder.
-        if let Some(entry) = self.lookup(kek, epoch.number)? {
+        if let Some(entry) = self.lookup(kek, stamp)? {
             self.metrics.kek_cache_hits.inc();
             return Ok(entry);
         }
@@ -88,12 +97,26 @@ impl KekCache {
             Attribute::Wrap(true),
             Attribute::Unwrap(true),
         ];
-        let handle = keyholder
+        let unwrapped = holder
+            .session
             .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, &kek.wrapped, &template)
-            .at(Step::KekUnwrap)?;
+            .at(Step::KekUnwrap);
+        let handle = match unwrapped {
+            Ok(handle) => handle,
+            Err(failure) => {
+                if failure.keyholder_lost() {
+                    self.clear();
+                    if let Err(e) = token.renew_keyholder(epoch, &mut holder) {
+                        // The next unwrap finds the same dead session and tries again.
+                        tracing::warn!(error = %e, "replacing the key-holder session failed");
+                    }
+                }
+                return Err(failure);
+            }
+        };
         let entry = Arc::new(KekEntry {
             handle,
-            epoch: epoch.number,
+            stamp,
             wrapped: kek.wrapped.clone(),
             graveyard: self.graveyard.clone(),
         });
@@ -110,24 +133,24 @@ impl KekCache {
         // worker holds it; then the graveyard is emptied with the key-holder we hold.
         drop(evicted);
         let dead: Vec<_> = lock(&self.graveyard).drain(..).collect();
-        for (dead_epoch, handle) in dead {
-            // Objects of an earlier epoch died with its library instance; their handle numbers
-            // may have been reused since.
-            if dead_epoch == epoch.number {
-                let _ = keyholder.destroy_object(handle);
+        for (dead_stamp, handle) in dead {
+            // Objects of an earlier epoch or key-holder died with it; their handle numbers may
+            // have been reused since.
+            if dead_stamp == stamp {
+                let _ = holder.session.destroy_object(handle);
             }
         }
         Ok(entry)
     }
 
-    fn lookup(&self, kek: &Kek, epoch: u64) -> Result<Option<Arc<KekEntry>>, Failure> {
+    fn lookup(&self, kek: &Kek, stamp: Stamp) -> Result<Option<Arc<KekEntry>>, Failure> {
         let mut entries = lock(&self.entries);
         match entries.get(&kek.id) {
             Some(entry) if entry.wrapped != kek.wrapped => {
                 // Same id, different key: refusing is the only answer that cannot mix keys up.
                 Err(Failure::Status(Status::InvalidArgument))
             }
-            Some(entry) if entry.epoch == epoch => Ok(Some(entry.clone())),
+            Some(entry) if entry.stamp == stamp => Ok(Some(entry.clone())),
             _ => Ok(None),
         }
     }
@@ -139,7 +162,8 @@ impl KekCache {
         self.metrics.kek_cache_entries.set(gauge(entries.len()));
     }
 
-    /// Forgets every KEK (the library was re-initialised: their objects are gone).
+    /// Forgets every KEK (the library was re-initialised, or the key-holder lost: their objects
+    /// are gone).
     pub(crate) fn clear(&self) {
         let mut entries = lock(&self.entries);
         entries.clear();

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cryptoki::session::{Session, SessionState};
+use cryptoki::session::Session;
 use hsm_proxy_proto::op::HealthReport;
 use hsm_proxy_proto::{OpCode, Outcome, Reply, Request, Status};
 use prometheus::local::{LocalHistogram, LocalIntCounter};
@@ -36,8 +36,9 @@ use crate::metrics::Metrics;
 /// stack is resident.
 const WORKER_STACK_BYTES: usize = 512 * 1024;
 
-/// Attempts per operation: the first, and up to two after recoveries.
-const MAX_ATTEMPTS: u32 = 3;
+/// Attempts per operation, within its deadline: enough that an operation fails only if the
+/// device fails it every time (at one fault in six, eight attempts all fail once in 1.7 million).
+const MAX_ATTEMPTS: u32 = 8;
 
 enum Message {
     Run(Job),
@@ -162,6 +163,7 @@ impl Pool {
         let (tx, rx) = flume::bounded(settings.queue_depth);
         let health: HealthCache = Arc::default();
         let load = Arc::new(Load::new());
+        let budget = settings.workers + usize::from(!settings.inline_below.is_zero());
         let lane = |index| Worker {
             index,
             token: token.clone(),
@@ -172,6 +174,7 @@ impl Pool {
             health: health.clone(),
             load: load.clone(),
             sessions: u32::try_from(settings.workers).unwrap_or(u32::MAX),
+            budget,
             log_error_details: settings.log_error_details,
             tally: Tally::new(&metrics),
         };
@@ -395,6 +398,8 @@ struct Worker {
     health: HealthCache,
     load: Arc<Load>,
     sessions: u32,
+    /// Sessions the workers and the inline lane may hold on the token at once.
+    budget: usize,
     log_error_details: bool,
     tally: Tally,
 }
@@ -476,7 +481,7 @@ impl Worker {
         let outcome = if started > deadline {
             Err(Status::DeadlineExceeded)
         } else {
-            let outcome = self.execute(op);
+            let outcome = self.execute(op, deadline);
             let took = started.elapsed();
             self.tally.served(code, took);
             self.load.observe(code, took);
@@ -496,9 +501,9 @@ impl Worker {
     /// Runs an operation, recovering from a lost session, a lost device or a stale handle.
     ///
     /// Every operation is safe to run again (none leaves anything behind in the token when it
-    /// fails), so after a recovery it is retried, at most [`MAX_ATTEMPTS`] times in all: losing
-    /// the whole library shows first as a lost session, then as a lost login.
-    fn execute(&mut self, op: &Request) -> Outcome {
+    /// fails), so after a transient failure it is retried alone, at most [`MAX_ATTEMPTS`] times
+    /// in all and not past its deadline; the other operations of its share go on either way.
+    fn execute(&mut self, op: &Request, deadline: Instant) -> Outcome {
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -517,13 +522,11 @@ impl Worker {
                     self.forget_session();
                     self.metrics.sessions_replaced.inc();
                 }
+                Class::KeyholderLost | Class::DeviceError => {
+                    // The session is not at fault, or not known to be: the retry runs on it.
+                }
                 Class::SessionBroken => {
                     tracing::warn!(worker = self.index, "session in a bad state; replacing it");
-                    self.close_session();
-                    self.metrics.sessions_replaced.inc();
-                }
-                Class::DeviceError => {
-                    tracing::warn!(worker = self.index, "device error; retrying on a new session");
                     self.close_session();
                     self.metrics.sessions_replaced.inc();
                 }
@@ -540,7 +543,7 @@ impl Worker {
                     }
                 }
             }
-            if attempts >= MAX_ATTEMPTS {
+            if attempts >= MAX_ATTEMPTS || Instant::now() >= deadline {
                 return Err(failure.status());
             }
             self.metrics.retries.inc();
@@ -563,22 +566,31 @@ impl Worker {
             self.forget_session();
         }
         if self.session.is_none() {
-            let session = token.open_session(epoch).map_err(session_failure)?;
-            self.metrics.sessions_open.inc();
-            // Sessions share the application's login: a new session that is not logged in
-            // means the library lost its state underneath us, which only re-initialising cures.
-            let info = session.get_session_info();
-            self.session = Some((epoch.number, session));
-            let info = info.map_err(session_failure)?;
-            let logged_in =
-                matches!(info.session_state(), SessionState::RoUser | SessionState::RwUser);
-            if !logged_in {
-                return Err(Failure::Pkcs11 {
-                    rv: cryptoki::error::RvError::UserNotLoggedIn,
-                    function: cryptoki::context::Function::GetSessionInfo,
-                    step: crate::hsm::failure::Step::Other,
-                });
+            if !epoch.reserve_session(self.budget) {
+                // Every session the budget allows is held, so some are sessions that could
+                // not be closed: re-initialising frees them.
+                tracing::warn!(
+                    worker = self.index,
+                    held = epoch.sessions_held(),
+                    budget = self.budget,
+                    "session budget taken up by sessions that could not be closed"
+                );
+                return Err(Failure::Reclaim);
             }
+            let session = match token.open_session(epoch) {
+                Ok(session) => session,
+                Err(e) => {
+                    epoch.release_session();
+                    return Err(session_failure(e));
+                }
+            };
+            self.metrics.sessions_open.inc();
+            // Sessions share the application's login, which goes when the token drops every
+            // session of ours at once: log in again. A library that lost its state underneath
+            // us fails this too, and is re-initialised.
+            let login = token.ensure_login(&session);
+            self.session = Some((epoch.number, session));
+            login.map_err(session_failure)?;
         }
         let Some((_, session)) = self.session.as_ref() else {
             return Err(Failure::Status(Status::Internal));
@@ -608,23 +620,43 @@ impl Worker {
         }
     }
 
+    /// Forgets a session the token no longer knows (or that died with its library instance).
     fn forget_session(&mut self) {
         // Its operations end with it.
         self.aead = MessageAead::default();
-        if let Some((_, session)) = self.session.take() {
+        if let Some((number, session)) = self.session.take() {
             // Opened without close-on-drop: dropping it leaves the token's handle alone.
             drop(session);
             self.metrics.sessions_open.dec();
+            let guard = self.token.read();
+            if let Some(epoch) = guard.epoch().filter(|e| e.number == number) {
+                epoch.release_session();
+            }
         }
     }
 
+    /// Closes the session. One whose close fails stays counted against the budget: it may
+    /// still be open on the token, and only re-initialising can free it now.
     fn close_session(&mut self) {
         self.aead = MessageAead::default();
-        if let Some((epoch, session)) = self.session.take() {
-            if self.token.read().number() == epoch {
-                let _ = session.close();
-            }
+        if let Some((number, session)) = self.session.take() {
             self.metrics.sessions_open.dec();
+            let guard = self.token.read();
+            let Some(epoch) = guard.epoch().filter(|e| e.number == number) else { return };
+            match session.close() {
+                Ok(())
+                | Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::SessionHandleInvalid
+                    | cryptoki::error::RvError::SessionClosed,
+                    _,
+                )) => epoch.release_session(),
+                Err(e) => tracing::warn!(
+                    worker = self.index,
+                    error = %e,
+                    "closing a session failed; it counts against the session budget until the \
+                     library is re-initialised"
+                ),
+            }
         }
     }
 }

@@ -29,24 +29,30 @@ pub(crate) enum Failure {
     Status(Status),
     /// A PKCS#11 call failed; [`Failure::class`] says what to do about it.
     Pkcs11 { rv: RvError, function: Function, step: Step },
+    /// The pool's session budget is taken up by sessions it could not close: only
+    /// re-initialising the library frees them.
+    Reclaim,
 }
 
 /// What a failure means for the proxy's own state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Class {
     /// The session is gone on the token's side: forget it (closing it could close a new session
-    /// that reused its handle), open another, retry once.
+    /// that reused its handle), open another, retry.
     SessionLost,
-    /// The session is stuck in a bad state: close it, open another, retry once.
+    /// The key-holder session is gone on the token's side; the KEK cache has replaced it and
+    /// forgotten its KEKs: retry.
+    KeyholderLost,
+    /// The session is stuck in a bad state: close it, open another, retry.
     SessionBroken,
     /// The device reported an error (`CKR_DEVICE_ERROR`). Network HSMs report transient
-    /// faults this way: retry on a fresh session. A device that is really gone shows it in
-    /// other ways (removed, not initialised, a new session not logged in), which re-initialise;
-    /// re-initialising on every transient error would drop every worker's session with it.
+    /// faults this way, and a device that is really gone shows it in other ways (removed, not
+    /// initialised, a session not found), so the session is kept and the operation retried:
+    /// closing it could fail the same way and leave it open on the token, out of reach.
     DeviceError,
-    /// The token or library is gone, or the login was lost: re-initialise, retry once.
+    /// The token or library is gone, or the login was lost: re-initialise, retry.
     Device,
-    /// A cached KEK handle is no longer valid: evict it, retry once.
+    /// A cached KEK handle is no longer valid: evict it, retry.
     StaleKek,
     /// The operation itself failed; answer with [`Failure::status`].
     Operation,
@@ -55,11 +61,17 @@ pub(crate) enum Class {
 impl Failure {
     pub(crate) fn class(&self) -> Class {
         use RvError::*;
-        let Failure::Pkcs11 { rv, step, .. } = self else { return Class::Operation };
+        let (rv, step) = match self {
+            Failure::Pkcs11 { rv, step, .. } => (rv, step),
+            Failure::Reclaim => return Class::Device,
+            Failure::Status(_) => return Class::Operation,
+        };
         match rv {
-            // KEKs are unwrapped in the key-holder session: losing it loses every cached KEK
-            // handle and the session the next unwrap needs, which only re-initialising replaces.
-            SessionHandleInvalid | SessionClosed if *step == Step::KekUnwrap => Class::Device,
+            // KEKs are unwrapped in the key-holder session, which the cache replaces when the
+            // token drops it.
+            SessionHandleInvalid | SessionClosed if *step == Step::KekUnwrap => {
+                Class::KeyholderLost
+            }
             SessionHandleInvalid | SessionClosed => Class::SessionLost,
             OperationActive | OperationNotInitialized => Class::SessionBroken,
             DeviceError => Class::DeviceError,
@@ -91,10 +103,15 @@ impl Failure {
         use RvError::*;
         let (rv, step) = match self {
             Failure::Status(status) => return *status,
+            Failure::Reclaim => return Status::HsmUnavailable,
             Failure::Pkcs11 { rv, step, .. } => (*rv, *step),
         };
         match self.class() {
-            Class::SessionLost | Class::SessionBroken | Class::DeviceError | Class::Device => {
+            Class::SessionLost
+            | Class::KeyholderLost
+            | Class::SessionBroken
+            | Class::DeviceError
+            | Class::Device => {
                 return Status::HsmUnavailable;
             }
             Class::StaleKek | Class::Operation => {}
@@ -136,11 +153,16 @@ impl Failure {
         }
     }
 
+    /// Whether the token no longer knows the key-holder session.
+    pub(crate) fn keyholder_lost(&self) -> bool {
+        self.class() == Class::KeyholderLost
+    }
+
     /// The PKCS#11 function and return value, for logs and metrics.
     pub(crate) fn pkcs11(&self) -> Option<(Function, RvError)> {
         match self {
             Failure::Pkcs11 { rv, function, .. } => Some((*function, *rv)),
-            Failure::Status(_) => None,
+            Failure::Status(_) | Failure::Reclaim => None,
         }
     }
 }
@@ -178,7 +200,14 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(fail(RvError::SessionHandleInvalid, Step::Other).class(), Class::SessionLost);
-        assert_eq!(fail(RvError::SessionHandleInvalid, Step::KekUnwrap).class(), Class::Device);
+        assert_eq!(
+            fail(RvError::SessionHandleInvalid, Step::KekUnwrap).class(),
+            Class::KeyholderLost
+        );
+        assert_eq!(
+            fail(RvError::SessionHandleInvalid, Step::KekUnwrap).status(),
+            Status::HsmUnavailable
+        );
         assert_eq!(fail(RvError::OperationActive, Step::Other).class(), Class::SessionBroken);
         assert_eq!(fail(RvError::DeviceRemoved, Step::Other).class(), Class::Device);
         assert_eq!(fail(RvError::DeviceError, Step::Other).class(), Class::DeviceError);
@@ -191,6 +220,10 @@ mod tests {
             Class::Device
         );
         assert_eq!(fail(RvError::GeneralError, Step::Decrypt).class(), Class::Operation);
+        // A full token is the token's answer, not the pool's leak: no re-initialising for it.
+        assert_eq!(fail(RvError::SessionCount, Step::Other).class(), Class::Operation);
+        assert_eq!(Failure::Reclaim.class(), Class::Device);
+        assert_eq!(Failure::Reclaim.status(), Status::HsmUnavailable);
     }
 
     #[test]

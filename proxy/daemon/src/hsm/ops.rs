@@ -183,12 +183,12 @@ fn generate_kek(cx: &OpContext<'_>) -> Result<Kek, Failure> {
 }
 
 fn encrypt(cx: &OpContext<'_>, op: &Encrypt) -> Result<Sealed, Failure> {
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     seal(cx, &kek, op.plaintext.expose_secret(), &op.aad)
 }
 
 fn decrypt(cx: &OpContext<'_>, op: &Decrypt) -> Result<SecretBytes, Failure> {
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     open(cx, &kek, &op.sealed, &op.aad)
 }
 
@@ -198,7 +198,7 @@ fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Seal
         8..=8192 if op.bits.is_multiple_of(8) => u32::from(op.bits / 8),
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     };
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     // Key bytes from the HSM's approved generator (SP 800-133 direct DRBG output), sealed in
     // the same GCM form as every stored secret so that payload retrieval is uniform.
     let key = Zeroizing::new(cx.session.generate_random_vec(bytes).at(Step::Other)?);
@@ -261,7 +261,7 @@ fn ec_point_of(cx: &OpContext<'_>, public: &TempObject<'_>) -> Result<Vec<u8>, F
 }
 
 fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair, Failure> {
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     let (public, private, pair) = generate_pair(cx, op.spec, false)?;
     let blob = cx
         .session
@@ -303,7 +303,7 @@ fn generate_key_pair_sealed(
     cx: &OpContext<'_>,
     op: &GenerateKeyPairSealed,
 ) -> Result<SealedKeyPair, Failure> {
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     let (public, private, pair) = generate_pair(cx, op.spec, true)?;
     let (pkcs8, public_key_der) = match pair {
         PairKind::Rsa => {
@@ -364,7 +364,7 @@ fn sign(cx: &OpContext<'_>, op: &Sign) -> Result<Signature, Failure> {
         (WrappedKeyKind::RsaPrivate, true) | (WrappedKeyKind::EcPrivate, false) => {}
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     }
-    let kek = cx.keys.resolve(&op.kek, cx.epoch)?;
+    let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     let key = unwrap_key(cx.session, kek.handle, &op.key, false)?;
     let pss = |hash_alg, mgf, s_len: u64| PkcsPssParams { hash_alg, mgf, s_len: s_len.into() };
     let caps = cx.token.caps;
@@ -408,8 +408,8 @@ fn sign_with(
 }
 
 fn rewrap(cx: &OpContext<'_>, op: &Rewrap) -> Result<Blob, Failure> {
-    let old = cx.keys.resolve(&op.old, cx.epoch)?;
-    let new = cx.keys.resolve(&op.new, cx.epoch)?;
+    let old = cx.keys.resolve(&op.old, cx.token, cx.epoch)?;
+    let new = cx.keys.resolve(&op.new, cx.token, cx.epoch)?;
     match &op.blob {
         Blob::Wrapped(wrapped) => {
             // Unwrapped into the HSM and wrapped out again: the key never leaves it in clear.
