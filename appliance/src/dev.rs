@@ -5,7 +5,11 @@
 //! 0600), the mTLS PKI, a proxy configuration and the SQLite database; it runs `hsm-proxy` as
 //! a child process (the appliance itself links no PKCS#11 code) and serves the API. A second
 //! start reuses everything. `dev.json` says where each piece is, including the module and
-//! environment that point `pkcs11-tool` or `hsm-bench` at the very token in use.
+//! environment that point `pkcs11-tool` or `hsm-bench` at the very token in use, and the
+//! children's process ids. While the API serves, a supervisor ([`supervise`]) starts a child
+//! that dies again, on the same address and state.
+
+mod supervise;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +39,10 @@ const SOFTHSM_MODULES: &[&str] = &[
 ];
 /// Time allowed for the proxy to start.
 const PROXY_START: Duration = Duration::from_secs(30);
+/// Marks a data directory whose token holds the proxy's master key: once it exists, a proxy
+/// start never creates one, so that a token that lost it (a tamper event) is reported instead
+/// of silently given a new master key that none of the stored keys are wrapped under.
+const MKEK_MARKER: &str = "mkek-created";
 
 /// What `appliance dev` was asked for.
 #[derive(Clone, Debug)]
@@ -93,8 +101,10 @@ impl HsmStack {
         let mut token = Token::prepare(dir, choice).await?;
         let started = async {
             let bin = find_binary("hsm-proxy", proxy_bin)?;
-            let proxy_config = write_proxy_config(dir, &pki, &token, "127.0.0.1:0", busy_poll_us)?;
-            let proxy = start_proxy(&bin, &proxy_config, dir, &token).await?;
+            let any = "127.0.0.1:0";
+            let proxy_config = write_proxy_config(dir, &pki, &token, any, any, busy_poll_us)?;
+            ensure_mkek(&bin, &proxy_config, dir, &token).await?;
+            let proxy = spawn_proxy(&bin, &proxy_config, dir, &token, LogMode::Fresh).await?;
             Ok::<_, Error>((bin, proxy_config, proxy))
         };
         let (bin, proxy_config, proxy) = match started.await {
@@ -132,23 +142,48 @@ impl HsmStack {
 
     /// The simulator's endpoint (`unix:/path`), when it is the HSM.
     pub fn simulator_endpoint(&self) -> Option<&str> {
-        self.token.device.as_ref().map(|d| d.endpoint.as_str())
+        self.token.device.as_ref().map(|d| d.spec.endpoint.as_str())
     }
 
     /// The simulator's fault file, when it is the HSM.
     pub fn simulator_fault_file(&self) -> Option<&Path> {
-        self.token.device.as_ref().map(|d| d.fault_file.as_path())
+        self.token.device.as_ref().map(|d| d.spec.fault_file.as_path())
     }
 
     /// Starts the proxy again on the same address, as an operator restarting it would.
     pub async fn restart_proxy(&mut self) -> Result<()> {
         self.stop_proxy().await;
+        self.respawn_proxy().await
+    }
+
+    /// Starts the proxy on the addresses it had (the appliance knows only that one), its log
+    /// continued. It never creates the master key: a token that lost it stays refused.
+    async fn respawn_proxy(&mut self) -> Result<()> {
         let listen = self.proxy_addr.to_string();
-        self.proxy_config =
-            write_proxy_config(&self.dir, &self.pki, &self.token, &listen, self.busy_poll_us)?;
-        let proxy = start_proxy(&self.bin, &self.proxy_config, &self.dir, &self.token).await?;
+        let metrics =
+            self.proxy_metrics.map_or_else(|| "127.0.0.1:0".to_owned(), |m| m.to_string());
+        self.proxy_config = write_proxy_config(
+            &self.dir,
+            &self.pki,
+            &self.token,
+            &listen,
+            &metrics,
+            self.busy_poll_us,
+        )?;
+        let proxy =
+            spawn_proxy(&self.bin, &self.proxy_config, &self.dir, &self.token, LogMode::Append)
+                .await?;
         self.proxy_metrics = proxy.metrics;
         self.proxy = Some(proxy);
+        Ok(())
+    }
+
+    /// Starts the simulator again on its socket, state file and fault file, its log continued:
+    /// the token (label, PINs, master key) is the one in the state file, as before its death.
+    async fn respawn_device(&mut self) -> Result<()> {
+        if let Some(device) = self.token.device.as_mut() {
+            device.child = device.spec.spawn(LogMode::Append).await?;
+        }
         Ok(())
     }
 
@@ -212,7 +247,32 @@ impl HsmStack {
     }
 }
 
-/// Brings the stack up, serves until `shutdown` completes, then stops the proxy.
+/// `dev.json`: what [`HsmStack::describe`] says, and the API's address and database.
+#[derive(Debug)]
+struct DevJson {
+    path: PathBuf,
+    extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DevJson {
+    /// Writes the file whole under a temporary name and renames it, so that a reader never
+    /// sees half of it; rewritten whenever a child's process id changes.
+    fn write(&self, stack: &HsmStack) -> Result<()> {
+        let mut info = stack.describe();
+        if let Some(map) = info.as_object_mut() {
+            map.extend(self.extra.clone());
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(&info)
+            .map_err(|e| Error::Dev(format!("cannot describe the stack: {e}")))?;
+        std::fs::write(&tmp, text).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|source| Error::Io { path: self.path.clone(), source })
+    }
+}
+
+/// Brings the stack up, serves until `shutdown` completes (restarting a child that dies
+/// meanwhile), then stops the children.
 pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -245,15 +305,14 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
         }
     };
     let api = listener.local_addr().map_err(Error::Network)?;
-    let mut info = stack.describe();
-    if let Some(map) = info.as_object_mut() {
-        map.insert("api_url".into(), json!(format!("http://{api}")));
-        map.insert("database".into(), json!(config.database.url));
+    let mut extra = serde_json::Map::new();
+    extra.insert("api_url".into(), json!(format!("http://{api}")));
+    extra.insert("database".into(), json!(config.database.url));
+    let dev_json = DevJson { path: dir.join("dev.json"), extra };
+    if let Err(e) = dev_json.write(&stack) {
+        stack.stop().await;
+        return Err(e);
     }
-    let dev_json = dir.join("dev.json");
-    let tmp = dir.join("dev.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&info).unwrap_or_default()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &dev_json).map_err(io(&dev_json))?;
     let metrics = stack.proxy_metrics.map(|m| format!("http://{m}/metrics")).unwrap_or_default();
     println!(
         "Barbican API   http://{api}  (no-auth: send X-Project-Id and X-Roles: member,reader)"
@@ -265,13 +324,27 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
         stack.token.label,
         stack.token.module.display()
     );
-    println!("data           {}  (everything is listed in {})", dir.display(), dev_json.display());
+    println!(
+        "data           {}  (everything is listed in {})",
+        dir.display(),
+        dev_json.path.display()
+    );
     tracing::info!(api = %api, data = %dir.display(), "appliance dev stack ready");
 
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let dev_json_path = dev_json.path.clone();
+    let supervisor = tokio::spawn(supervise::supervise(stack, dev_json, stopping));
     crate::server::serve(listener, app.clone(), shutdown).await;
+    // No restart from here on: the children stop after the appliance.
+    let _ = stop.send(true);
+    let stack = supervisor.await;
     app.store().close().await;
-    stack.stop().await;
-    let _ = std::fs::remove_file(&dev_json);
+    match stack {
+        Ok(mut stack) => stack.stop().await,
+        // The children go with the stack (kill on drop).
+        Err(e) => tracing::error!(error = %e, "the supervisor of the child processes failed"),
+    }
+    let _ = std::fs::remove_file(&dev_json_path);
     Ok(())
 }
 
@@ -315,17 +388,94 @@ struct Token {
     /// The proxy's `[pool.hsm]` section: the token's shape, from which its pipeline depth
     /// follows; `None` leaves the proxy's default (one worker per CPU).
     pool_hsm: Option<String>,
+    /// The token was initialised by this start: whatever master key marker the data
+    /// directory holds belonged to the token before it.
+    fresh: bool,
 }
 
 /// A `fwsim serve` child process.
 #[derive(Debug)]
 struct SimDevice {
     child: Child,
+    spec: SimSpec,
+}
+
+/// How `fwsim serve` is started, the same way every time.
+#[derive(Debug)]
+struct SimSpec {
+    bin: PathBuf,
     endpoint: String,
     profile: String,
+    /// The token's objects, PINs and label (encrypted under `<state>.key` beside it), saved
+    /// on every change: a restarted simulator has the token it had.
     state: PathBuf,
     fault_file: PathBuf,
     log: PathBuf,
+    ready: PathBuf,
+}
+
+/// Whether a child's log file starts over or continues (a restart's reason for its previous
+/// death stays readable above it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogMode {
+    Fresh,
+    Append,
+}
+
+/// Opens a child's log; gives its file and the offset at which this run's lines begin.
+fn open_log(path: &Path, mode: LogMode) -> Result<(std::fs::File, u64)> {
+    let io = |source| Error::Io { path: path.to_owned(), source };
+    let file = match mode {
+        LogMode::Fresh => std::fs::File::create(path).map_err(io)?,
+        LogMode::Append => {
+            std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?
+        }
+    };
+    let offset = file.metadata().map_err(io)?.len();
+    Ok((file, offset))
+}
+
+/// What a child wrote to its log from `offset` on.
+fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+impl SimSpec {
+    /// Starts `fwsim serve` and waits until it listens.
+    async fn spawn(&self, mode: LogMode) -> Result<Child> {
+        let _ = std::fs::remove_file(&self.ready);
+        let (log_file, offset) = open_log(&self.log, mode)?;
+        let mut child = Command::new(&self.bin)
+            .args(["serve", "--listen", &self.endpoint, "--profile", &self.profile, "--state"])
+            .arg(&self.state)
+            .arg("--fault-file")
+            .arg(&self.fault_file)
+            .arg("--ready-file")
+            .arg(&self.ready)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            // Its own process group: a Ctrl-C at the terminal reaches `appliance dev` alone,
+            // which stops the children in order rather than seeing them die.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Dev(format!("cannot start {}: {e}", self.bin.display())))?;
+        let started = Instant::now();
+        while !self.ready.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = log_since(&self.log, offset);
+                return Err(Error::Dev(format!("fwsim exited ({status}):\n{text}")));
+            }
+            if started.elapsed() > PROXY_START {
+                let _ = child.kill().await;
+                return Err(Error::Dev(format!("fwsim did not start; see {}", self.log.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(child)
+    }
 }
 
 impl Token {
@@ -348,6 +498,7 @@ impl Token {
                     pin_file: pin_file.clone(),
                     device: None,
                     pool_hsm: None,
+                    fresh: false,
                 })
             }
         }
@@ -374,40 +525,21 @@ impl Token {
                 socket.display()
             )));
         }
-        let endpoint = format!("unix:{}", socket.display());
-        let state = dir.join("state");
-        let fault_file = dir.join("faults.toml");
-        let log = dir.join("fwsim.log");
-        let ready = dir.join("fwsim-ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let log_file = std::fs::File::create(&log).map_err(io(&log))?;
-        let mut child = Command::new(&fwsim)
-            .args(["serve", "--listen", &endpoint, "--profile", profile, "--state"])
-            .arg(&state)
-            .arg("--fault-file")
-            .arg(&fault_file)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::Dev(format!("cannot start {}: {e}", fwsim.display())))?;
-        let started = Instant::now();
-        while !ready.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(Error::Dev(format!("fwsim exited ({status}):\n{text}")));
-            }
-            if started.elapsed() > PROXY_START {
-                let _ = child.kill().await;
-                return Err(Error::Dev(format!("fwsim did not start; see {}", log.display())));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let spec = SimSpec {
+            bin: fwsim.clone(),
+            endpoint: format!("unix:{}", socket.display()),
+            profile: profile.to_owned(),
+            state: dir.join("state"),
+            fault_file: dir.join("faults.toml"),
+            log: dir.join("fwsim.log"),
+            ready: dir.join("fwsim-ready.json"),
+        };
+        let mut child = spec.spawn(LogMode::Fresh).await?;
+        let endpoint = spec.endpoint.clone();
         let pin_file = dir.join("user-pin");
         let initialised = dir.join("initialised");
-        if !initialised.exists() {
+        let fresh = !initialised.exists();
+        if fresh {
             let so_pin_file = dir.join("so-pin");
             write_private(&pin_file, &random_secret())?;
             write_private(&so_pin_file, &random_secret())?;
@@ -448,15 +580,9 @@ impl Token {
             env: Some(("FWSIM_PKCS11_CONF", conf)),
             label: TOKEN_LABEL.into(),
             pin_file,
-            device: Some(SimDevice {
-                child,
-                endpoint,
-                profile: profile.to_owned(),
-                state,
-                fault_file,
-                log,
-            }),
+            device: Some(SimDevice { child, spec }),
             pool_hsm,
+            fresh,
         })
     }
 
@@ -479,7 +605,8 @@ impl Token {
         std::fs::write(&conf, text).map_err(io(&conf))?;
         let pin_file = dir.join("user-pin");
         let initialised = dir.join("initialised");
-        if !initialised.exists() {
+        let fresh = !initialised.exists();
+        if fresh {
             let pin = random_secret();
             let so_pin = random_secret();
             write_private(&pin_file, &pin)?;
@@ -520,6 +647,7 @@ impl Token {
             // SoftHSM2 runs operations on private objects one at a time (they share one lock),
             // so a second worker only adds contention.
             pool_hsm: Some("engines = 1\n".into()),
+            fresh,
         })
     }
 
@@ -529,11 +657,12 @@ impl Token {
             self.env.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
         let device = self.device.as_ref().map(|d| {
             json!({
-                "endpoint": d.endpoint,
-                "profile": d.profile,
-                "state_file": d.state,
-                "fault_file": d.fault_file,
-                "log": d.log,
+                "endpoint": d.spec.endpoint,
+                "profile": d.spec.profile,
+                "state_file": d.spec.state,
+                "fault_file": d.spec.fault_file,
+                "log": d.spec.log,
+                // None while it is down and being restarted.
                 "pid": d.child.id(),
             })
         });
@@ -609,6 +738,7 @@ fn write_proxy_config(
     pki: &Bundle,
     token: &Token,
     listen: &str,
+    metrics_listen: &str,
     busy_poll_us: u32,
 ) -> Result<PathBuf> {
     let pool = token
@@ -620,7 +750,7 @@ fn write_proxy_config(
         r#"# Written by `appliance dev` at every start.
 [server]
 listen = "{listen}"
-metrics_listen = "127.0.0.1:0"
+metrics_listen = "{metrics_listen}"
 busy_poll_us = {busy_poll_us}
 
 [tls]
@@ -688,8 +818,13 @@ struct ProxyProcess {
     metrics: Option<SocketAddr>,
 }
 
-async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Result<ProxyProcess> {
-    let log_path = dir.join("proxy.log");
+/// Runs `hsm-proxy init-token` (which creates the master key if the token lacks it) the first
+/// time this data directory's token is used, and never again: see [`MKEK_MARKER`].
+async fn ensure_mkek(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Result<()> {
+    let marker = dir.join(MKEK_MARKER);
+    if marker.exists() && !token.fresh {
+        return Ok(());
+    }
     let mut init = Command::new(bin);
     token.env(&mut init);
     let out = init
@@ -704,10 +839,27 @@ async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Re
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
+    std::fs::write(&marker, b"").map_err(|source| Error::Io { path: marker.clone(), source })
+}
+
+/// What an operator needs to know about a proxy that refuses to start for want of its master
+/// key, beside the proxy's own words.
+const NO_MKEK_HINT: &str = "the token no longer holds the master key this data directory's keys \
+are wrapped under (a tamper event zeroizes it): no secret can be read or stored until the token \
+is restored from a backup; a new --data-dir starts over with a new token";
+
+/// Starts `hsm-proxy serve` and waits until it listens.
+async fn spawn_proxy(
+    bin: &Path,
+    config: &Path,
+    dir: &Path,
+    token: &Token,
+    mode: LogMode,
+) -> Result<ProxyProcess> {
+    let log_path = dir.join("proxy.log");
     let ready = dir.join("proxy-ready.json");
     let _ = std::fs::remove_file(&ready);
-    let log = std::fs::File::create(&log_path)
-        .map_err(|source| Error::Io { path: log_path.clone(), source })?;
+    let (log, offset) = open_log(&log_path, mode)?;
     let mut serve = Command::new(bin);
     token.env(&mut serve);
     let mut child = serve
@@ -717,6 +869,8 @@ async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Re
         .arg(&ready)
         .stdout(Stdio::null())
         .stderr(log)
+        // Its own process group, as the simulator's (see `SimSpec::spawn`).
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Dev(format!("cannot start {}: {e}", bin.display())))?;
@@ -730,12 +884,20 @@ async fn start_proxy(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Re
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| Error::Dev("proxy ready file has no listen address".into()))?;
             let metrics = info["metrics"].as_str().and_then(|a| a.parse().ok());
-            tracing::info!(%listen, "hsm-proxy started");
+            tracing::info!(%listen, pid = child.id(), "hsm-proxy started");
             return Ok(ProxyProcess { child, listen, metrics });
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(Error::Dev(format!("hsm-proxy exited ({status}):\n{log}")));
+            let log = log_since(&log_path, offset);
+            let hint = if log.contains("no master key") {
+                format!("\n{NO_MKEK_HINT}")
+            } else {
+                String::new()
+            };
+            return Err(Error::Dev(format!(
+                "hsm-proxy exited ({status}):\n{}{hint}",
+                log.trim_end()
+            )));
         }
         if started.elapsed() > PROXY_START {
             let _ = child.kill().await;
