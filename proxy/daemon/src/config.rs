@@ -55,15 +55,26 @@ pub struct ServerConfig {
     /// Largest number of operations in one frame.
     #[serde(default = "defaults::max_batch_ops")]
     pub max_batch_ops: u32,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections past their TLS handshake served at once; a connection accepted beyond it is
+    /// closed at once.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Connections in their TLS handshake at once, counted apart from `max_connections` so that
+    /// peers that never finish one cannot lock clients out; beyond it, closed at once.
+    #[serde(default = "defaults::max_handshakes")]
+    pub max_handshakes: usize,
     /// Frames one connection may have in flight before the proxy stops reading from it.
     #[serde(default = "defaults::max_frames_in_flight")]
     pub max_frames_in_flight: usize,
-    /// Time allowed for a TLS handshake.
+    /// Time allowed for a TLS handshake, from accept.
     #[serde(default = "defaults::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Time allowed for a whole request frame, header and body, from its first byte.
+    #[serde(default = "defaults::frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// A connection with no frame in flight that sends nothing for this long is closed; 0 never.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Time allowed on shutdown for frames in flight to finish.
     #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
@@ -74,6 +85,15 @@ pub struct ServerConfig {
     /// under load it takes nothing from them. 0 (the default) parks at once.
     #[serde(default)]
     pub busy_poll_us: u32,
+    /// Connections the metrics endpoint serves at once; beyond it, answered 503 and closed.
+    #[serde(default = "defaults::metrics_max_connections")]
+    pub metrics_max_connections: usize,
+    /// Time allowed for a metrics request's header, from its first byte.
+    #[serde(default = "defaults::metrics_header_timeout_ms")]
+    pub metrics_header_timeout_ms: u64,
+    /// A metrics connection that sends nothing for this long between requests is closed.
+    #[serde(default = "defaults::metrics_idle_timeout_ms")]
+    pub metrics_idle_timeout_ms: u64,
 }
 
 /// `[tls]`
@@ -308,8 +328,33 @@ mod defaults {
     pub(super) fn max_frames_in_flight() -> usize {
         64
     }
+    /// Enough for a burst of appliances reconnecting at once; each costs a task and a socket.
+    pub(super) fn max_handshakes() -> usize {
+        1024
+    }
     pub(super) fn handshake_timeout_ms() -> u64 {
         5_000
+    }
+    /// A frame is at most `max_body_bytes` (1 MiB): 10 s is 100 KiB/s, far below any link
+    /// between an appliance and its proxy.
+    pub(super) fn frame_timeout_ms() -> u64 {
+        10_000
+    }
+    /// Long enough that the appliance's kept connections are seldom closed under it (it
+    /// reconnects on its own when they are); short enough that abandoned ones do not pile up.
+    pub(super) fn idle_timeout_ms() -> u64 {
+        600_000
+    }
+    /// A Prometheus server or two, and an operator's curl.
+    pub(super) fn metrics_max_connections() -> usize {
+        16
+    }
+    pub(super) fn metrics_header_timeout_ms() -> u64 {
+        5_000
+    }
+    /// Longer than the usual scrape interval (15-60 s), so a scraper keeps its connection.
+    pub(super) fn metrics_idle_timeout_ms() -> u64 {
+        120_000
     }
     pub(super) fn drain_timeout_ms() -> u64 {
         10_000
@@ -410,6 +455,19 @@ impl Config {
         if self.server.max_connections == 0 || self.server.max_frames_in_flight == 0 {
             return bad("[server] max_connections and max_frames_in_flight must be positive");
         }
+        if self.server.max_handshakes == 0 || self.server.metrics_max_connections == 0 {
+            return bad("[server] max_handshakes and metrics_max_connections must be positive");
+        }
+        if self.server.handshake_timeout_ms == 0
+            || self.server.frame_timeout_ms == 0
+            || self.server.metrics_header_timeout_ms == 0
+            || self.server.metrics_idle_timeout_ms == 0
+        {
+            return bad(
+                "[server] handshake_timeout_ms, frame_timeout_ms, metrics_header_timeout_ms and \
+                 metrics_idle_timeout_ms must be positive",
+            );
+        }
         Ok(())
     }
 }
@@ -499,7 +557,14 @@ mod tests {
         assert_eq!(c.server.max_batch_ops, defaults.server.max_batch_ops);
         assert_eq!(c.server.max_connections, defaults.server.max_connections);
         assert_eq!(c.server.max_frames_in_flight, defaults.server.max_frames_in_flight);
+        assert_eq!(c.server.max_handshakes, defaults.server.max_handshakes);
         assert_eq!(c.server.handshake_timeout_ms, defaults.server.handshake_timeout_ms);
+        assert_eq!(c.server.frame_timeout_ms, defaults.server.frame_timeout_ms);
+        assert_eq!(c.server.idle_timeout_ms, defaults.server.idle_timeout_ms);
+        assert_eq!(c.server.metrics_listen, Some(([127, 0, 0, 1], 9464).into()));
+        assert_eq!(c.server.metrics_max_connections, defaults.server.metrics_max_connections);
+        assert_eq!(c.server.metrics_header_timeout_ms, defaults.server.metrics_header_timeout_ms);
+        assert_eq!(c.server.metrics_idle_timeout_ms, defaults.server.metrics_idle_timeout_ms);
         assert_eq!(c.server.drain_timeout_ms, defaults.server.drain_timeout_ms);
         assert_eq!(c.pool.pipeline_depth, defaults.pool.pipeline_depth);
         assert_eq!(c.pkcs11.message_aead, defaults.pkcs11.message_aead);
@@ -516,6 +581,33 @@ mod tests {
         assert_eq!(c.logging.log_error_details, defaults.logging.log_error_details);
         // Relative paths are taken from the file's directory.
         assert!(c.tls.client_ca.starts_with(env!("CARGO_MANIFEST_DIR")));
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_must_be_positive() {
+        let c: Config = toml::from_str(MINIMAL).unwrap();
+        assert_eq!(c.server.max_handshakes, 1024);
+        assert_eq!(c.server.frame_timeout_ms, 10_000);
+        assert_eq!(c.server.idle_timeout_ms, 600_000);
+        assert_eq!(c.server.metrics_listen, None, "no metrics endpoint unless asked for");
+        assert_eq!(c.server.metrics_max_connections, 16);
+        let with = |line: &str| {
+            let text = MINIMAL.replace("[server]\n", &format!("[server]\n{line}\n"));
+            toml::from_str::<Config>(&text).unwrap()
+        };
+        with("idle_timeout_ms = 0").validate().unwrap();
+        for zero in [
+            "max_handshakes = 0",
+            "handshake_timeout_ms = 0",
+            "frame_timeout_ms = 0",
+            "metrics_max_connections = 0",
+            "metrics_header_timeout_ms = 0",
+            "metrics_idle_timeout_ms = 0",
+        ] {
+            let err = with(zero).validate().unwrap_err().to_string();
+            let key = zero.split(' ').next().unwrap();
+            assert!(err.contains(key), "{zero}: {err}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub use crate::error::{Error, Result};
 pub use crate::hsm::MkekPolicy;
 use crate::hsm::Token;
 use crate::keys::KekCache;
+use crate::metrics::HttpLimits;
 pub use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolSettings};
 use crate::server::ServerSettings;
@@ -42,6 +43,7 @@ pub struct Proxy {
     tls: Arc<rustls::ServerConfig>,
     metrics: Arc<Metrics>,
     settings: ServerSettings,
+    metrics_limits: HttpLimits,
     summary: String,
 }
 
@@ -88,14 +90,22 @@ impl Proxy {
             max_body_bytes: server.max_body_bytes,
             max_batch_ops: server.max_batch_ops,
             max_connections: server.max_connections,
+            max_handshakes: server.max_handshakes,
             max_frames_in_flight: server.max_frames_in_flight,
             handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+            frame_timeout: Duration::from_millis(server.frame_timeout_ms),
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
             drain_timeout: Duration::from_millis(server.drain_timeout_ms),
             busy_poll: Duration::from_micros(u64::from(server.busy_poll_us)),
             default_deadline: Duration::from_millis(u64::from(config.pool.default_deadline_ms)),
             max_deadline: Duration::from_millis(u64::from(config.pool.max_deadline_ms)),
         };
-        Ok(Proxy { pool: Arc::new(pool), tls, metrics, settings, summary })
+        let metrics_limits = HttpLimits {
+            max_connections: server.metrics_max_connections,
+            header_timeout: Duration::from_millis(server.metrics_header_timeout_ms),
+            idle_timeout: Duration::from_millis(server.metrics_idle_timeout_ms),
+        };
+        Ok(Proxy { pool: Arc::new(pool), tls, metrics, settings, metrics_limits, summary })
     }
 
     /// One line saying which token and how many sessions, for the start-up log.
@@ -122,7 +132,8 @@ impl Proxy {
     ) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         if let Some(listener) = metrics_listener {
-            tokio::spawn(metrics::serve(listener, self.metrics.clone(), stop_rx.clone()));
+            let limits = self.metrics_limits;
+            tokio::spawn(metrics::serve(listener, self.metrics.clone(), limits, stop_rx.clone()));
         }
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let server = server::serve(

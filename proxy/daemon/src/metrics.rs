@@ -1,7 +1,12 @@
-//! Prometheus metrics, and the plain-HTTP `/metrics` endpoint that serves them.
+//! Prometheus metrics, and the plain-HTTP `/metrics` endpoint that serves them, with its own
+//! connection limit and header and idle timeouts.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hsm_proxy_proto::OpCode;
 use http_body_util::Full;
@@ -12,8 +17,11 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::server::RefusalLog;
 
 /// Latency buckets from 10 µs (a local token) to 5 s (a stalled network HSM).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -60,6 +68,10 @@ pub struct Metrics {
     pub(crate) handshake_failures: IntCounterVec,
     /// Frames refused as a whole, by status.
     pub(crate) frames_refused: IntCounterVec,
+    /// Connections closed at once on accept, by listener and the limit that was reached.
+    pub(crate) connections_refused: IntCounterVec,
+    /// Connections closed for taking too long, by listener and what they were slow at.
+    pub(crate) connections_timed_out: IntCounterVec,
 }
 
 impl Metrics {
@@ -160,6 +172,16 @@ impl Metrics {
                 "Request frames refused as a whole, by status",
                 &["status"],
             ),
+            connections_refused: counter_vec(
+                "connections_refused_total",
+                "Connections closed on accept because a limit was reached",
+                &["listener", "limit"],
+            ),
+            connections_timed_out: counter_vec(
+                "connections_timed_out_total",
+                "Connections closed for a stalled frame or header, or for being idle",
+                &["listener", "phase"],
+            ),
             registry,
         })
     }
@@ -172,32 +194,180 @@ impl Metrics {
     }
 }
 
+/// Limits of the metrics endpoint.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpLimits {
+    /// Connections served at once.
+    pub(crate) max_connections: usize,
+    /// Time for a request's header, from its first byte.
+    pub(crate) header_timeout: Duration,
+    /// Time a connection may stay silent between requests.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// The answer to a connection beyond the limit.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+    content-length: 32\r\nconnection: close\r\n\r\ntoo many connections to /metrics\n";
+
 /// Serves `GET /metrics` until `shutdown` fires.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    limits: HttpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(RefusalLog::new("metrics"));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics.connections_refused.with_label_values(&["metrics", "connections"]).inc();
+            refusals.refused(peer, "metrics_max_connections");
+            refuse(stream);
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(req, metrics.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
-            }
+            serve_connection(stream, peer, metrics, limits).await;
+            drop(permit);
         });
+    }
+}
+
+/// Answers 503 and closes, without waiting: what the socket takes now is all that is sent.
+fn refuse(stream: TcpStream) {
+    // A request already received is read first: closing with unread bytes would reset the
+    // connection, and the peer could lose the answer.
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        if !matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = stream.try_write(BUSY);
+}
+
+/// Serves one connection until it closes, stalls inside a request's header, or stays idle.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: HttpLimits,
+) {
+    let watch = Arc::new(Mutex::new(Activity { last: Instant::now(), head_since: None }));
+    let io = Watched { inner: stream, watch: watch.clone() };
+    let service = {
+        let (metrics, watch) = (metrics.clone(), watch.clone());
+        hyper::service::service_fn(move |req| {
+            // The head is in: the header timeout stops here.
+            lock(&watch).head_since = None;
+            respond(req, metrics.clone())
+        })
+    };
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    loop {
+        let (deadline, phase) = lock(&watch).deadline(limits);
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                // Bytes may have come in since: only a deadline still passed closes.
+                let (now_due, phase_now) = lock(&watch).deadline(limits);
+                if now_due <= Instant::now() && phase_now == phase {
+                    metrics.connections_timed_out.with_label_values(&["metrics", phase]).inc();
+                    tracing::debug!(%peer, phase, "metrics connection timed out");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What a metrics connection last did, kept by [`Watched`] and the service.
+struct Activity {
+    /// Last byte read or written.
+    last: Instant,
+    /// First byte of a request whose header is not yet complete.
+    head_since: Option<Instant>,
+}
+
+impl Activity {
+    /// When the connection times out, and in which phase, unless something happens first.
+    fn deadline(&self, limits: HttpLimits) -> (Instant, &'static str) {
+        match self.head_since {
+            Some(since) => (since + limits.header_timeout, "header"),
+            None => (self.last + limits.idle_timeout, "idle"),
+        }
+    }
+}
+
+fn lock(m: &Mutex<Activity>) -> std::sync::MutexGuard<'_, Activity> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stream that records when bytes pass, for the header and idle timeouts.
+struct Watched {
+    inner: TcpStream,
+    watch: Arc<Mutex<Activity>>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let mut activity = lock(&self.watch);
+            let now = Instant::now();
+            activity.last = now;
+            activity.head_since.get_or_insert(now);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            let mut activity = lock(&self.watch);
+            activity.last = Instant::now();
+            // An answer is going out: whatever is read next starts a new request.
+            activity.head_since = None;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -6,6 +6,8 @@
 //! inside its announced length is refused alone and the connection goes on. Batches run
 //! concurrently, up to a per-connection limit, and are answered by request id as they finish;
 //! a small one that finds the pool idle runs at once, on this task (see [`Pool::run_inline`]).
+//! Peers are held to timeouts: the TLS handshake, each frame from its first byte, and silence
+//! while nothing is in flight.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +32,12 @@ pub(crate) struct ServerSettings {
     pub(crate) max_body_bytes: u32,
     pub(crate) max_batch_ops: u32,
     pub(crate) max_connections: usize,
+    pub(crate) max_handshakes: usize,
     pub(crate) max_frames_in_flight: usize,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) frame_timeout: Duration,
+    /// Zero: never.
+    pub(crate) idle_timeout: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) busy_poll: Duration,
     pub(crate) default_deadline: Duration,
@@ -40,6 +46,11 @@ pub(crate) struct ServerSettings {
 
 /// Accepts connections until `shutdown` fires, then waits (up to the drain timeout) for the
 /// frames in flight to be answered.
+///
+/// Every connection is accepted at once, so none waits in the kernel's backlog behind peers
+/// that never start TLS: each handshake runs on its own task, under its own timeout, holding
+/// one of `max_handshakes` places; a connection past it takes one of `max_connections`. A
+/// connection that finds no place is closed at once.
 pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -49,18 +60,13 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let handshakes = Arc::new(Semaphore::new(settings.max_handshakes));
+    let refusals = Arc::new(RefusalLog::new("hsm-proxy"));
     // An inline run blocks its runtime thread: only where another thread serves the rest.
     let inline =
         pool.runs_inline() && tokio::runtime::Handle::current().metrics().num_workers() > 1;
     let spinner = Arc::new(AtomicBool::new(false));
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -73,6 +79,17 @@ pub(crate) async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // No handshake is spent on a connection that would find no place after it.
+        if connections.available_permits() == 0 {
+            metrics.connections_refused.with_label_values(&["proxy", "connections"]).inc();
+            refusals.refused(peer, "max_connections");
+            continue;
+        }
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            metrics.connections_refused.with_label_values(&["proxy", "handshakes"]).inc();
+            refusals.refused(peer, "max_handshakes");
+            continue;
+        };
         let conn = Connection {
             pool: pool.clone(),
             inline,
@@ -81,9 +98,20 @@ pub(crate) async fn serve(
             shutdown: shutdown.clone(),
             spinner: spinner.clone(),
         };
-        let acceptor = acceptor.clone();
+        let (acceptor, connections, refusals) =
+            (acceptor.clone(), connections.clone(), refusals.clone());
         tokio::spawn(async move {
-            conn.run(acceptor, tcp, peer).await;
+            let Some(tls) = conn.handshake(&acceptor, tcp, peer).await else { return };
+            drop(handshake);
+            if *conn.shutdown.borrow() {
+                return;
+            }
+            let Ok(permit) = connections.try_acquire_owned() else {
+                conn.metrics.connections_refused.with_label_values(&["proxy", "connections"]).inc();
+                refusals.refused(peer, "max_connections");
+                return;
+            };
+            conn.run(tls, peer).await;
             drop(permit);
         });
     }
@@ -91,6 +119,41 @@ pub(crate) async fn serve(
     match tokio::time::timeout(settings.drain_timeout, connections.acquire_many(all)).await {
         Ok(_) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain timeout: closing connections with frames in flight"),
+    }
+}
+
+/// Warns of connections closed at accept at most once per [`RefusalLog::EVERY`], with how many
+/// there were since the last warning: a flood of them must not flood the log too.
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    listener: &'static str,
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    pub(crate) fn new(listener: &'static str) -> RefusalLog {
+        RefusalLog { listener, state: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// Counts a refusal, and warns if the last warning is old enough.
+    pub(crate) fn refused(&self, peer: std::net::SocketAddr, limit: &'static str) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, since) = &mut *state;
+        *since += 1;
+        let now = Instant::now();
+        if last.is_none_or(|at| now.duration_since(at) >= Self::EVERY) {
+            tracing::warn!(
+                listener = self.listener,
+                %peer,
+                limit,
+                refused = *since,
+                "connection limit reached: new connections are closed at once"
+            );
+            *last = Some(now);
+            *since = 0;
+        }
     }
 }
 
@@ -127,24 +190,32 @@ impl Drop for SpinClaim<'_> {
 }
 
 impl Connection {
-    async fn run(mut self, acceptor: TlsAcceptor, tcp: TcpStream, peer: std::net::SocketAddr) {
+    /// The TLS handshake, within the handshake timeout; `None` when it failed (logged, counted).
+    async fn handshake(
+        &self,
+        acceptor: &TlsAcceptor,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Option<TlsStream<TcpStream>> {
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp))
-            .await
-        {
-            Ok(Ok(tls)) => tls,
+        match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(tls),
             Ok(Err(e)) => {
                 let reason = handshake_failure_reason(&e);
                 self.metrics.handshake_failures.with_label_values(&[reason]).inc();
                 tracing::warn!(%peer, reason, error = %e, "TLS handshake refused");
-                return;
+                None
             }
             Err(_) => {
                 self.metrics.handshake_failures.with_label_values(&["timeout"]).inc();
-                tracing::warn!(%peer, "TLS handshake timed out");
-                return;
+                // Debug only: anyone who can reach the port can cause these by the thousand.
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
             }
-        };
+        }
+    }
+
+    async fn run(mut self, tls: TlsStream<TcpStream>, peer: std::net::SocketAddr) {
         self.metrics.connections.inc();
         tracing::debug!(%peer, "client connected");
         let (read_half, write_half) = tokio::io::split(tls);
@@ -162,7 +233,8 @@ impl Connection {
         tracing::debug!(%peer, reason, "client disconnected");
     }
 
-    /// Reads frames until the peer closes, a header is refused, or shutdown; says which.
+    /// Reads frames until the peer closes, a header is refused, a frame stalls, the connection
+    /// idles out, or shutdown; says which.
     async fn read_loop(
         &mut self,
         mut half: ReadHalf<TlsStream<TcpStream>>,
@@ -172,12 +244,25 @@ impl Connection {
     ) -> &'static str {
         loop {
             let mut header = [0u8; HEADER_BYTES];
-            let closed = {
+            let first = {
                 let (shutdown, pool) = (&mut self.shutdown, &self.pool);
+                let (idle, all) = (self.settings.idle_timeout, self.settings.max_frames_in_flight);
                 let next = async {
-                    tokio::select! {
-                        read = half.read_exact(&mut header) => read.err().map(|_| "closed by peer"),
-                        _ = shutdown.changed() => Some("shutdown"),
+                    loop {
+                        // A read is safe to drop: rustls keeps what it has decrypted.
+                        tokio::select! {
+                            read = half.read(&mut header) => return match read {
+                                Ok(0) | Err(_) => Err("closed by peer"),
+                                Ok(n) => Ok(n),
+                            },
+                            _ = shutdown.changed() => return Err("shutdown"),
+                            () = idle_for(idle) => {
+                                // Waiting for answers is not idle.
+                                if in_flight.available_permits() == all {
+                                    return Err("idle");
+                                }
+                            }
+                        }
                     }
                 };
                 let mut next = std::pin::pin!(next);
@@ -193,12 +278,29 @@ impl Connection {
                     None => None,
                 };
                 match spun {
-                    Some(closed) => closed,
+                    Some(first) => first,
                     None => next.await,
                 }
             };
-            if let Some(reason) = closed {
-                return reason;
+            let got = match first {
+                Ok(n) => n,
+                Err(reason) => {
+                    if reason == "idle" {
+                        self.timed_out("idle");
+                    }
+                    return reason;
+                }
+            };
+            // From its first byte, the whole frame must come within the frame timeout.
+            let frame_deadline = tokio::time::Instant::now() + self.settings.frame_timeout;
+            let rest = header.get_mut(got..).unwrap_or_default();
+            match tokio::time::timeout_at(frame_deadline, half.read_exact(rest)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return "truncated frame",
+                Err(_) => {
+                    self.timed_out("frame");
+                    return "frame timed out";
+                }
             }
             let header = match Header::decode(&header, self.settings.max_body_bytes) {
                 Ok(h) if h.kind == FrameKind::Request => h,
@@ -212,8 +314,13 @@ impl Connection {
                 }
             };
             let mut body = Zeroizing::new(vec![0u8; usize_of(header.body_len)]);
-            if half.read_exact(&mut body).await.is_err() {
-                return "truncated frame";
+            match tokio::time::timeout_at(frame_deadline, half.read_exact(&mut body)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return "truncated frame",
+                Err(_) => {
+                    self.timed_out("frame");
+                    return "frame timed out";
+                }
             }
             let (timeout_ms, ops) = match RequestBatch::decode(&body, self.settings.max_batch_ops) {
                 Ok(decoded) => decoded,
@@ -269,6 +376,10 @@ impl Connection {
         }
     }
 
+    fn timed_out(&self, phase: &'static str) {
+        self.metrics.connections_timed_out.with_label_values(&["proxy", phase]).inc();
+    }
+
     async fn refuse(&self, frames: &mpsc::Sender<Zeroizing<Vec<u8>>>, id: u64, status: Status) {
         self.metrics.frames_refused.with_label_values(&[status.name()]).inc();
         tracing::info!(request_id = id, %status, "request frame refused");
@@ -287,6 +398,14 @@ async fn write_loop(half: Arc<Writer>, mut frames: mpsc::Receiver<Zeroizing<Vec<
         return;
     }
     let _ = half.lock().await.shutdown().await;
+}
+
+/// Completes once `limit` has passed; never when it is zero.
+async fn idle_for(limit: Duration) {
+    if limit.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(limit).await;
 }
 
 fn usize_of(n: u32) -> usize {
