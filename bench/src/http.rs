@@ -14,6 +14,9 @@ use hyper::{Method, Request, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// The error a payload fetch counts when the answer is 200 with other bytes than were stored.
+pub const WRONG_PAYLOAD: &str = "wrong payload";
+
 /// What each request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -105,8 +108,8 @@ pub struct Barbican {
     /// `host:port`, to connect to and for the Host header.
     authority: String,
     identity: Identity,
-    /// Paths of the secrets made beforehand.
-    pool: Vec<String>,
+    /// Paths of the secrets made beforehand, with their payloads: every fetch is checked.
+    pool: Vec<(String, [u8; 32])>,
     next: AtomicUsize,
 }
 
@@ -201,8 +204,8 @@ impl Barbican {
         Ok((status, bytes))
     }
 
-    /// Stores one 32-byte key; the path of its reference.
-    async fn store(&self, session: &mut Session) -> Result<String, String> {
+    /// Stores one 32-byte key; the path of its reference, and the key.
+    async fn store(&self, session: &mut Session) -> Result<(String, [u8; 32]), String> {
         let mut key = [0u8; 32];
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -222,7 +225,7 @@ impl Barbican {
         if status != StatusCode::CREATED {
             return Err(format!("HTTP {}", status.as_u16()));
         }
-        reference(&body, "secret_ref")
+        Ok((reference(&body, "secret_ref")?, key))
     }
 
     /// Makes the pool of secrets the fetch scenarios read.
@@ -241,7 +244,7 @@ impl Barbican {
         Ok(())
     }
 
-    fn pick(&self) -> Result<&str, String> {
+    fn pick(&self) -> Result<&(String, [u8; 32]), String> {
         if self.pool.is_empty() {
             return Err("no secrets in the pool".into());
         }
@@ -254,19 +257,21 @@ impl Barbican {
         match scenario {
             Scenario::SecretStore => self.store(session).await.map(|_| 1),
             Scenario::PayloadGet => {
-                let path = format!("{}/payload", self.pick()?);
+                let (secret, key) = self.pick()?;
+                let path = format!("{secret}/payload");
                 let (status, body) = self
                     .send(session, Method::GET, &path, "application/octet-stream", None)
                     .await
                     .map_err(transport)?;
-                match (status, body.len()) {
-                    (StatusCode::OK, 32) => Ok(1),
-                    (StatusCode::OK, n) => Err(format!("payload of {n} bytes")),
-                    (s, _) => Err(format!("HTTP {}", s.as_u16())),
+                match status {
+                    StatusCode::OK if body.as_ref() == key.as_slice() => Ok(1),
+                    // Counted apart from every other error: the one that must never happen.
+                    StatusCode::OK => Err(WRONG_PAYLOAD.into()),
+                    s => Err(format!("HTTP {}", s.as_u16())),
                 }
             }
             Scenario::MetadataGet => {
-                let path = self.pick()?;
+                let (path, _) = self.pick()?;
                 let (status, _) = self
                     .send(session, Method::GET, path, "application/json", None)
                     .await
@@ -436,12 +441,16 @@ mod tests {
         let mut b = Barbican::new(&format!("http://{addr}"), Identity::Token("t".into())).unwrap();
         b.check().await.unwrap();
         b.fill_pool(5).await.unwrap();
-        assert_eq!(b.pool, vec!["/v1/secrets/x"; 5]);
+        assert_eq!(b.pool.len(), 5);
+        assert!(b.pool.iter().all(|(path, _)| path == "/v1/secrets/x"), "{:?}", b.pool);
         let mut session = Session::default();
         for _ in 0..5 {
             assert_eq!(b.run(&mut session, Scenario::SecretStore).await, Ok(1));
         }
-        assert_eq!(answered.load(Ordering::SeqCst), 11);
+        // This server answers every GET with a listing: never the stored key.
+        let wrong = b.run(&mut session, Scenario::PayloadGet).await;
+        assert_eq!(wrong, Err(WRONG_PAYLOAD.to_owned()));
+        assert_eq!(answered.load(Ordering::SeqCst), 12);
     }
 
     #[test]

@@ -40,6 +40,9 @@ const WORKER_STACK_BYTES: usize = 512 * 1024;
 /// device fails it every time (at one fault in six, eight attempts all fail once in 1.7 million).
 const MAX_ATTEMPTS: u32 = 8;
 
+/// The first wait before retrying on a device that said it was full; doubled each time.
+const BUSY_BACKOFF: Duration = Duration::from_micros(250);
+
 enum Message {
     Run(Job),
     /// Sent once per worker at shutdown, behind all queued work.
@@ -232,8 +235,13 @@ impl Pool {
             pending.push((indices, self.enqueue(ops, deadline).await));
         }
         for (indices, queued) in pending {
+            // A worker stuck in a call the device stalls is not waited for past the deadline:
+            // its share is answered as late, and the other shares' answers go out with it.
             let answers = match queued {
-                Ok(rx) => rx.await.map_err(|_| Status::Internal),
+                Ok(rx) => match tokio::time::timeout_at(deadline.into(), rx).await {
+                    Ok(answers) => answers.map_err(|_| Status::Internal),
+                    Err(_) => Err(Status::DeadlineExceeded),
+                },
                 Err(status) => Err(status),
             };
             match answers {
@@ -505,6 +513,7 @@ impl Worker {
     /// in all and not past its deadline; the other operations of its share go on either way.
     fn execute(&mut self, op: &Request, deadline: Instant) -> Outcome {
         let mut attempts = 0;
+        let mut backoff = BUSY_BACKOFF;
         loop {
             attempts += 1;
             let failure = match self.attempt(op) {
@@ -541,6 +550,14 @@ impl Worker {
                     for id in ops::keks(op) {
                         self.keys.evict(&id);
                     }
+                }
+                Class::Busy => {
+                    // A worker thread, not the runtime's: sleeping here holds up only this
+                    // share, while the device drains its queue.
+                    std::thread::sleep(
+                        backoff.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    backoff = backoff.saturating_mul(2);
                 }
             }
             if attempts >= MAX_ATTEMPTS || Instant::now() >= deadline {

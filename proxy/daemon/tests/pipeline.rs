@@ -54,7 +54,8 @@ async fn deadlines_and_back_pressure() {
         .collect();
 
     // With a 1 ms deadline, the operations not started when it passes are answered
-    // DeadlineExceeded and never reach the HSM; at most the first of each share ran.
+    // DeadlineExceeded and never reach the HSM; at most the first of each share ran, and the
+    // frame is answered at the deadline whether or not it finished.
     let statuses = send_with_timeout(&proxy, &slow, 1).await;
     let expired = statuses.iter().filter(|s| **s == Status::DeadlineExceeded).count();
     assert!(expired >= 10, "{statuses:?}");
@@ -76,14 +77,14 @@ async fn deadlines_and_back_pressure() {
     // those that expired in the queue or behind a slower operation of their share are answered
     // by a worker, without an HSM call, and counted.
     assert!(expired_metric >= 1.0 && expired_metric <= expired as f64, "{metrics}");
-    assert_eq!(
-        common::metric_value(
-            &metrics,
-            r#"hsm_proxy_operations_total{op="GenerateKeyPair",status="ok"}"#
-        ),
-        (12 + 12 - expired) as f64,
-        "{metrics}"
+    // A share's first operation may have started before the deadline and finished after it:
+    // the worker counts it done, but the frame was answered at the deadline without it.
+    let ok = common::metric_value(
+        &metrics,
+        r#"hsm_proxy_operations_total{op="GenerateKeyPair",status="ok"}"#,
     );
+    let answered_ok = (12 + 12 - expired) as f64;
+    assert!(ok >= answered_ok && ok <= answered_ok + 2.0, "{ok} ok for {answered_ok}: {metrics}");
     proxy.assert_healthy();
 }
 

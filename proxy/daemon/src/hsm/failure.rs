@@ -54,6 +54,9 @@ pub(crate) enum Class {
     Device,
     /// A cached KEK handle is no longer valid: evict it, retry.
     StaleKek,
+    /// The device is out of room for the moment (`CKR_DEVICE_MEMORY`: its queue or working
+    /// memory is full): wait a little, retry.
+    Busy,
     /// The operation itself failed; answer with [`Failure::status`].
     Operation,
 }
@@ -75,6 +78,7 @@ impl Failure {
             SessionHandleInvalid | SessionClosed => Class::SessionLost,
             OperationActive | OperationNotInitialized => Class::SessionBroken,
             DeviceError => Class::DeviceError,
+            DeviceMemory => Class::Busy,
             DeviceRemoved
             | TokenNotPresent
             | TokenNotRecognized
@@ -114,6 +118,7 @@ impl Failure {
             | Class::Device => {
                 return Status::HsmUnavailable;
             }
+            Class::Busy => return Status::HsmResourceExhausted,
             Class::StaleKek | Class::Operation => {}
         }
         match (step, rv) {
@@ -223,6 +228,8 @@ mod tests {
         // A full token is the token's answer, not the pool's leak: no re-initialising for it.
         assert_eq!(fail(RvError::SessionCount, Step::Other).class(), Class::Operation);
         assert_eq!(Failure::Reclaim.class(), Class::Device);
+        assert_eq!(fail(RvError::DeviceMemory, Step::Decrypt).class(), Class::Busy);
+        assert_eq!(fail(RvError::HostMemory, Step::Decrypt).class(), Class::Operation);
         assert_eq!(Failure::Reclaim.status(), Status::HsmUnavailable);
     }
 
