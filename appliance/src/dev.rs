@@ -334,8 +334,14 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let dev_json_path = dev_json.path.clone();
     let supervisor = tokio::spawn(supervise::supervise(stack, dev_json, stopping));
+    // No restart once shutdown begins. A Ctrl-C at the terminal reaches the children too (they
+    // share its process group, so that they never outlive a group killed whole); a child that
+    // exits of it is not started again, and the others stop after the appliance.
+    let shutdown = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
     crate::server::serve(listener, app.clone(), shutdown).await;
-    // No restart from here on: the children stop after the appliance.
     let _ = stop.send(true);
     let stack = supervisor.await;
     app.store().close().await;
@@ -456,9 +462,6 @@ impl SimSpec {
             .arg(&self.ready)
             .stdout(Stdio::null())
             .stderr(log_file)
-            // Its own process group: a Ctrl-C at the terminal reaches `appliance dev` alone,
-            // which stops the children in order rather than seeing them die.
-            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::Dev(format!("cannot start {}: {e}", self.bin.display())))?;
@@ -869,8 +872,6 @@ async fn spawn_proxy(
         .arg(&ready)
         .stdout(Stdio::null())
         .stderr(log)
-        // Its own process group, as the simulator's (see `SimSpec::spawn`).
-        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Dev(format!("cannot start {}: {e}", bin.display())))?;

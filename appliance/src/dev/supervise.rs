@@ -229,6 +229,7 @@ pub(super) async fn supervise(
                 _ => None,
             };
             tokio::select! {
+                biased;
                 _ = stop.changed() => Event::Stop,
                 status = exited(device_child) => Event::Died(Daemon::Device, status),
                 status = exited(proxy_child) => Event::Died(Daemon::Proxy, status),
@@ -237,6 +238,7 @@ pub(super) async fn supervise(
         };
         match event {
             Event::Stop => break,
+            Event::Died(..) if *stop.borrow() => break,
             Event::Died(daemon, status) => {
                 let (watch, index) = match daemon {
                     Daemon::Device => (&mut device, 0),
