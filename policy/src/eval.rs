@@ -159,10 +159,23 @@ impl Policy {
         if !scope_allowed(entry.scope_types, &creds.scope) {
             return Decision::Deny;
         }
-        if self.eval(&entry.rule, target, creds, 0) { Decision::Allow } else { Decision::Deny }
+        let mut decided = HashMap::new();
+        let allowed = self.eval(&entry.rule, target, creds, 0, &mut decided);
+        if allowed { Decision::Allow } else { Decision::Deny }
     }
 
-    fn eval(&self, rule: &Rule, target: &Target, creds: &Credentials, depth: usize) -> bool {
+    /// `decided` holds each named rule's outcome by the depth it was reached at: within one
+    /// enforcement the outcome depends on nothing else, and without it a file whose rules
+    /// name the same rules several times over (`a: rule:b or rule:b ...`) costs exponential
+    /// time, pinning a request's thread.
+    fn eval<'a>(
+        &'a self,
+        rule: &'a Rule,
+        target: &Target,
+        creds: &Credentials,
+        depth: usize,
+        decided: &mut HashMap<(&'a str, usize), bool>,
+    ) -> bool {
         if depth > MAX_DEPTH {
             return false;
         }
@@ -173,10 +186,17 @@ impl Policy {
                 Some(role) => creds.has_role(&role),
                 None => false,
             },
-            Rule::Named(name) => match self.rules.get(name) {
-                Some(entry) => self.eval(&entry.rule, target, creds, depth + 1),
-                None => false,
-            },
+            Rule::Named(name) => {
+                if let Some(outcome) = decided.get(&(name.as_str(), depth)) {
+                    return *outcome;
+                }
+                let outcome = match self.rules.get(name) {
+                    Some(entry) => self.eval(&entry.rule, target, creds, depth + 1, decided),
+                    None => false,
+                };
+                decided.insert((name.as_str(), depth), outcome);
+                outcome
+            }
             Rule::Generic { kind, pattern } => {
                 let Some(value) = self.substitute(pattern, target) else { return false };
                 match literal(kind) {
@@ -184,9 +204,13 @@ impl Policy {
                     None => creds.attribute(kind).is_some_and(|attr| attr == value),
                 }
             }
-            Rule::And(rules) => rules.iter().all(|r| self.eval(r, target, creds, depth + 1)),
-            Rule::Or(rules) => rules.iter().any(|r| self.eval(r, target, creds, depth + 1)),
-            Rule::Not(rule) => !self.eval(rule, target, creds, depth + 1),
+            Rule::And(rules) => {
+                rules.iter().all(|r| self.eval(r, target, creds, depth + 1, decided))
+            }
+            Rule::Or(rules) => {
+                rules.iter().any(|r| self.eval(r, target, creds, depth + 1, decided))
+            }
+            Rule::Not(rule) => !self.eval(rule, target, creds, depth + 1, decided),
         }
     }
 
@@ -280,4 +304,43 @@ fn literal(kind: &str) -> Option<&str> {
         return Some(kind);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten rules, each naming the next eight times over, the last one `last`.
+    fn fan_out(last: &str) -> String {
+        let mut text = String::from("\"secret:get\": \"rule:r0\"\n");
+        for i in 0..10 {
+            let alternatives = vec![format!("rule:r{}", i + 1); 8].join(" or ");
+            text.push_str(&format!("r{i}: \"{alternatives}\"\n"));
+        }
+        text.push_str(&format!("r10: \"{last}\"\n"));
+        text
+    }
+
+    fn member() -> Credentials {
+        Credentials {
+            roles: vec!["member".into()],
+            user_id: Some("u".into()),
+            project_id: Some("p".into()),
+            domain_id: None,
+            scope: Scope::Project,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn rules_named_many_times_over_are_decided_once() {
+        // Walked naively, the denying file below takes 8^10 evaluations.
+        for (last, expected) in [("!", Decision::Deny), ("@", Decision::Allow)] {
+            let mut policy = Policy::barbican(true).unwrap();
+            policy.apply_overrides(&fan_out(last)).unwrap();
+            let started = std::time::Instant::now();
+            assert_eq!(policy.enforce("secret:get", &Target::new(), &member()), expected);
+            assert!(started.elapsed() < std::time::Duration::from_secs(1), "{last}");
+        }
+    }
 }
