@@ -75,7 +75,7 @@ fn load(api: &str, stored: &[(String, String)], threads: usize, window: Duration
                     let mut n = 0usize;
                     while Instant::now() < until {
                         n += 1;
-                        if n % 8 == 0 {
+                        if n.is_multiple_of(8) {
                             let payload = format!("stored under load {t}-{n}");
                             let r = store(api, &payload);
                             if r.status == 201 {

@@ -33,8 +33,10 @@ use crate::config::Pkcs11Config;
 use crate::error::{Error, Result};
 use crate::keys::KekCache;
 
-/// Re-initialisation is attempted at most this often while the token stays unreachable.
-const REINIT_BACKOFF: Duration = Duration::from_secs(1);
+/// The wait between re-initialisation attempts while the token stays unreachable: this at
+/// first, doubling after each failure up to [`REINIT_BACKOFF_MAX`].
+const REINIT_BACKOFF: Duration = Duration::from_millis(100);
+const REINIT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Attempts to open the key-holder session and log in again during one re-initialisation: a
 /// handful of calls, each of which a flaky device may fail.
 const REINIT_TRIES: usize = 6;
@@ -131,7 +133,7 @@ impl Epoch {
 #[derive(Debug)]
 enum State {
     Up(Epoch),
-    Down { number: u64, since: Instant, last_attempt: Instant },
+    Down { number: u64, since: Instant, last_attempt: Instant, failures: u32 },
 }
 
 /// The token as the workers see it.
@@ -259,19 +261,28 @@ impl Token {
     /// instance.
     pub(crate) fn reinitialize(&self, seen: u64, keys: &KekCache) -> Result<bool, Status> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let (number, since) = match &*state {
+        let (number, since, failures) = match &*state {
             State::Up(epoch) if epoch.number != seen => return Ok(false),
-            State::Up(epoch) => (epoch.number, Instant::now()),
+            State::Up(epoch) => (epoch.number, Instant::now(), 0),
             State::Down { number, .. } if *number != seen => return Ok(false),
-            State::Down { last_attempt, .. } if last_attempt.elapsed() < REINIT_BACKOFF => {
+            State::Down { last_attempt, failures, .. }
+                if last_attempt.elapsed() < reinit_backoff(*failures) =>
+            {
                 return Err(Status::HsmUnavailable);
             }
-            State::Down { number, since, .. } => (*number, *since),
+            State::Down { number, since, failures, .. } => (*number, *since, *failures),
         };
         // Dropping the old epoch does not close its sessions (see `Epoch::keyholder`).
-        *state = State::Down { number: number + 1, since, last_attempt: Instant::now() };
+        *state = State::Down {
+            number: number + 1,
+            since,
+            last_attempt: Instant::now(),
+            failures: failures.saturating_add(1),
+        };
         keys.clear();
-        tracing::warn!(epoch = number, "re-initialising the PKCS#11 library");
+        if failures == 0 {
+            tracing::warn!(epoch = number, "re-initialising the PKCS#11 library");
+        }
         let _ = self.ctx.clone().finalize();
         let result = match self.ctx.initialize(init_args()) {
             Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
@@ -303,7 +314,17 @@ impl Token {
                 Ok(true)
             }
             Err(e) => {
-                tracing::error!(error = %e, "PKCS#11 re-initialisation failed; will retry");
+                // Once, then at the 2nd, 4th, 8th ... failure: a token that stays away (a
+                // tamper event, a device unplugged) is said clearly without flooding the log.
+                if failures.is_power_of_two() || failures == 0 {
+                    tracing::error!(
+                        error = %e,
+                        failures = failures + 1,
+                        down_ms = since.elapsed().as_millis(),
+                        next_attempt_ms = reinit_backoff(failures + 1).as_millis(),
+                        "PKCS#11 re-initialisation failed; requests get 503 until it succeeds"
+                    );
+                }
                 Err(Status::HsmUnavailable)
             }
         }
@@ -357,7 +378,7 @@ impl Token {
         let now = Instant::now();
         let old = std::mem::replace(
             &mut *state,
-            State::Down { number: u64::MAX, since: now, last_attempt: now },
+            State::Down { number: u64::MAX, since: now, last_attempt: now, failures: 0 },
         );
         if let State::Up(epoch) = old {
             let keyholder = epoch.keyholder.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -366,6 +387,11 @@ impl Token {
         }
         let _ = self.ctx.clone().finalize();
     }
+}
+
+/// The wait before the next attempt after `failures` failed ones.
+fn reinit_backoff(failures: u32) -> Duration {
+    REINIT_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(REINIT_BACKOFF_MAX)
 }
 
 fn init_args() -> CInitializeArgs {
@@ -503,4 +529,16 @@ fn create_mkek(session: &Session, label: &str) -> Result<ObjectHandle> {
         Attribute::Id(id.to_vec()),
     ];
     Ok(session.generate_key(&Mechanism::AesKeyGen, &template)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reinitialisation_backs_off_doubling_to_a_cap() {
+        let waits: Vec<u128> = (1..=8).map(|n| reinit_backoff(n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(reinit_backoff(u32::MAX), REINIT_BACKOFF_MAX);
+    }
 }
