@@ -97,6 +97,8 @@ pub struct Report {
     pub recovery_ms: Option<u64>,
     /// Secrets answered 201 and read back at the end.
     pub verified: u64,
+    /// The longest any request waited for its answer (or for its failure).
+    pub max_latency_ms: u64,
     /// Secrets answered 201 whose final read was an error (neither right nor wrong).
     pub unverified: u64,
     /// Stores and reads answered during the fault: (stores right, stores failed, reads right,
@@ -124,6 +126,7 @@ impl Report {
             "first_ok_ms": self.first_ok_ms,
             "recovery_ms": self.recovery_ms,
             "verified": self.verified,
+            "max_latency_ms": self.max_latency_ms,
             "unverified": self.unverified,
             "during_fault": {"stores_ok": so, "stores_failed": sf, "reads_ok": ro, "reads_failed": rf},
             "notes": self.notes,
@@ -339,7 +342,7 @@ impl Load {
     }
 
     /// Stops the clients, reads back every secret answered 201, and reports.
-    pub fn finish(mut self, case: &str) -> Report {
+    pub fn finish(&mut self, case: &str) -> Report {
         let mut report = self.stop(case);
         let acked: Vec<Arc<Acked>> = self.shared.acked.lock().unwrap().clone();
         let mut conn = None;
@@ -352,7 +355,12 @@ impl Load {
             // A read-back that meets a transient error tries again a few times: only what it
             // finally gets counts.
             let mut outcome = None;
-            for _ in 0..5 {
+            // Once many fail (a tamper made them unreadable for good), one try each.
+            let tries = if report.unverified > 10 { 1 } else { 5 };
+            for attempt in 0..tries {
+                if attempt > 0 {
+                    sleep(Duration::from_millis(100));
+                }
                 match send(&mut conn, &self.shared.addr, "GET", &path, &h, b"") {
                     Ok(r) if r.status == 200 || r.status == 404 => {
                         outcome = Some(r);
@@ -361,7 +369,6 @@ impl Load {
                     Ok(r) => outcome = Some(r),
                     Err(_) => outcome = None,
                 }
-                std::thread::sleep(Duration::from_millis(100));
             }
             match outcome {
                 Some(r) if r.status == 200 && r.body == a.payload.as_bytes() => {
@@ -485,10 +492,18 @@ fn store_one(shared: &Shared, conn: &mut Option<Conn>, rng: &mut Rng, id: usize,
     let headers = headers_for(&shared.auth, &project);
     let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     h.push(("Content-Type", "application/json"));
+    let sent = Instant::now();
     let answer = send(conn, &shared.addr, "POST", "/v1/secrets", &h, body.to_string().as_bytes());
+    let took = sent.elapsed();
+    if answer.is_err() {
+        // A refused connection comes back at once: a client would pause before trying again.
+        sleep(Duration::from_millis(10));
+    }
     let at = shared.start.elapsed();
     let mut tally = shared.tally.lock().unwrap();
     tally.report.sent += 1;
+    let took_ms = u64::try_from(took.as_millis()).unwrap();
+    tally.report.max_latency_ms = tally.report.max_latency_ms.max(took_ms);
     let ok = match answer {
         Err(_) => {
             tally.report.dropped += 1;
@@ -537,10 +552,17 @@ fn read_one(shared: &Shared, conn: &mut Option<Conn>, a: &Acked) {
     let headers = headers_for(&shared.auth, &a.project);
     let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     h.push(("Accept", "text/plain"));
+    let sent = Instant::now();
     let answer = send(conn, &shared.addr, "GET", &format!("{}/payload", a.path), &h, b"");
+    let took = sent.elapsed();
+    if answer.is_err() {
+        sleep(Duration::from_millis(10));
+    }
     let at = shared.start.elapsed();
     let mut tally = shared.tally.lock().unwrap();
     tally.report.sent += 1;
+    let took_ms = u64::try_from(took.as_millis()).unwrap();
+    tally.report.max_latency_ms = tally.report.max_latency_ms.max(took_ms);
     let ok = match answer {
         Err(_) => {
             tally.report.dropped += 1;
@@ -603,7 +625,7 @@ impl Rng {
 
     fn text(&mut self, len: usize) -> String {
         const CHARS: &[u8] =
-            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?-_";
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?-_";
         (0..len)
             .map(|_| char::from(CHARS[usize::try_from(self.below(CHARS.len() as u64)).unwrap()]))
             .collect()
@@ -1111,7 +1133,7 @@ pub fn postgres_restart(o: &Options) -> Option<Report> {
     let dir = tempfile::tempdir().unwrap();
     let dev = DevStack::start(&dir.path().join("data"));
     let serve = Serve::start(dir.path(), &dev, &pg.url("chaos"));
-    let load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: true }, o);
+    let mut load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: true }, o);
     sleep(o.warmup);
     load.fault_started();
     pg.stop_server();
@@ -1135,25 +1157,30 @@ pub fn appliance_sigkill(o: &Options) -> Report {
     let dev = DevStack::start(&dir.path().join("data"));
     let db = dir.path().join("appliance.db");
     let mut serve = Serve::start(dir.path(), &dev, &format!("sqlite://{}", db.display()));
-    let load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: true }, o);
+    let mut load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: true }, o);
     sleep(o.warmup);
     // Several kills in a long run, one in CI: each lands among writes in flight.
     let kills = (o.fault.as_secs() / 10).max(1);
     let between = o.fault / u32::try_from(kills).unwrap();
     load.fault_started();
+    let mut restarts = Vec::new();
     for _ in 0..kills {
         serve.kill9();
+        let killed = Instant::now();
         sleep(Duration::from_millis(300));
         serve.restart();
+        restarts.push(killed.elapsed().as_millis());
         sleep(between.saturating_sub(Duration::from_millis(300)));
     }
     // Recovery counts from the last restart's kill.
     load.fault_ended();
     sleep(o.after);
+    let mut report = load.finish("appliance-sigkill");
     let unanswered = load.unanswered();
     let acked = load.acked_by_id();
-    let mut report = load.finish("appliance-sigkill");
-    report.notes.push(format!("kills: {kills}"));
+    report
+        .notes
+        .push(format!("kills: {kills}, from each kill to listening again (ms): {restarts:?}"));
 
     // Every row the database holds that was never answered 201: it must be whole, and decrypt
     // to a payload some store sent.
@@ -1264,7 +1291,7 @@ pub fn sqlite_full(o: &Options) -> Result<Report, String> {
     let volume = Tmpfs::mount(&dir.path().join("volume"), (16 + 4 * total).min(1024))?;
     let db = volume.dir.join("appliance.db");
     let mut serve = Serve::start(dir.path(), &dev, &format!("sqlite://{}", db.display()));
-    let load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: false }, o);
+    let mut load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: false }, o);
     sleep(o.warmup);
     load.fault_started();
     let filler = volume.dir.join("filler");
@@ -1291,7 +1318,7 @@ pub enum SimFault {
     DeviceErrors,
     /// Every command stalls until the fault window's end.
     Stall,
-    /// Every service time twenty times longer.
+    /// Every service time twenty times longer, and 2 ms more per command.
     Slow,
     /// A tamper event: the token's keys are zeroized, for good.
     Tamper,
@@ -1322,7 +1349,7 @@ pub fn simulator_faults(o: &Options, fault: SimFault) -> Report {
     let dev = DevStack::start(&dir.path().join("data"));
     let endpoint = dev.info["hsm"]["device"]["endpoint"].as_str().unwrap().to_owned();
     let fault_file = PathBuf::from(dev.info["hsm"]["device"]["fault_file"].as_str().unwrap());
-    let load = Load::start(&dev.api_url(), Auth::NoAuth { rotate_projects: false }, o);
+    let mut load = Load::start(&dev.api_url(), Auth::NoAuth { rotate_projects: false }, o);
     sleep(o.warmup);
     let name = match fault {
         SimFault::DeviceErrors => "sim-device-errors",
@@ -1343,7 +1370,7 @@ pub fn simulator_faults(o: &Options, fault: SimFault) -> Report {
             wait_for_fault_spec(&endpoint, "stall_ms", ms as f64);
         }
         SimFault::Slow => {
-            std::fs::write(&fault_file, "slow_factor = 20.0\n").unwrap();
+            std::fs::write(&fault_file, "slow_factor = 20.0\nextra_latency_us = 2000\n").unwrap();
             wait_for_fault_spec(&endpoint, "slow_factor", 20.0);
         }
         SimFault::Tamper => {
@@ -1405,7 +1432,7 @@ pub fn proxy_sigkill(o: &Options) -> Report {
     let dir = tempfile::tempdir().unwrap();
     let dev = DevStack::start(&dir.path().join("data"));
     let pid = dev.info["proxy"]["pid"].as_i64().expect("dev.json names the proxy's pid");
-    let load = Load::start(&dev.api_url(), Auth::NoAuth { rotate_projects: false }, o);
+    let mut load = Load::start(&dev.api_url(), Auth::NoAuth { rotate_projects: false }, o);
     sleep(o.warmup);
     load.fault_started();
     nix::sys::signal::kill(
@@ -1447,7 +1474,7 @@ pub fn keystone_down(o: &Options) -> Option<Report> {
     // A token of another user, not shown to the appliance before the outage.
     let bob = ks.token("bob");
     let list = format!("{}/v1/secrets", dev.api_url());
-    let load = Load::start(&dev.api_url(), Auth::Token(alice), o);
+    let mut load = Load::start(&dev.api_url(), Auth::Token(alice), o);
     sleep(o.warmup);
     load.fault_started();
     ks.stop();
@@ -1556,6 +1583,18 @@ impl Keystone {
             .append(true)
             .open(self.dir.join("gunicorn.log"))
             .unwrap();
+        // `stop` returns once the port refuses connections; gunicorn removes its pid file a
+        // moment later, and refuses to start while the file names a live process.
+        let pid_file = self.dir.join("gunicorn.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            if !Path::new(&format!("/proc/{}", pid.trim())).exists() {
+                let _ = std::fs::remove_file(&pid_file);
+                break;
+            }
+            assert!(Instant::now() < deadline, "the stopped Keystone did not exit");
+            sleep(Duration::from_millis(50));
+        }
         let child = Command::new(self.venv.join("bin/gunicorn"))
             .args(["--bind", &format!("127.0.0.1:{port}"), "--workers", "2", "--chdir"])
             .arg(&self.dir)
