@@ -1288,7 +1288,7 @@ pub fn sqlite_full(o: &Options) -> Result<Report, String> {
     let dir = tempfile::tempdir().unwrap();
     let dev = DevStack::start(&dir.path().join("data"));
     let total = (o.warmup + o.fault + o.after).as_secs();
-    let volume = Tmpfs::mount(&dir.path().join("volume"), (16 + 4 * total).min(1024))?;
+    let volume = Tmpfs::mount(&dir.path().join("volume"), 24 + total / 2)?;
     let db = volume.dir.join("appliance.db");
     let mut serve = Serve::start(dir.path(), &dev, &format!("sqlite://{}", db.display()));
     let mut load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: false }, o);
