@@ -223,8 +223,8 @@ struct Tally {
 
 #[derive(Debug)]
 struct Shared {
-    addr: String,
-    api: String,
+    /// The API's `host:port` and base URL; a restarted stack may listen elsewhere.
+    target: Mutex<(String, String)>,
     auth: Auth,
     start: Instant,
     stop: AtomicBool,
@@ -232,6 +232,12 @@ struct Shared {
     unanswered: Mutex<HashSet<String>>,
     tally: Mutex<Tally>,
     fault: Mutex<(Option<Duration>, Option<Duration>)>,
+}
+
+impl Shared {
+    fn target(&self) -> (String, String) {
+        self.target.lock().unwrap().clone()
+    }
 }
 
 /// Client threads loading a stack: a third stores, the rest read back what was stored.
@@ -252,8 +258,7 @@ impl Load {
     pub fn start(api: &str, auth: Auth, options: &Options) -> Load {
         let addr = api.strip_prefix("http://").unwrap().trim_end_matches('/').to_owned();
         let shared = Arc::new(Shared {
-            addr,
-            api: api.trim_end_matches('/').to_owned(),
+            target: Mutex::new((addr, api.trim_end_matches('/').to_owned())),
             auth,
             start: Instant::now(),
             stop: AtomicBool::new(false),
@@ -269,6 +274,13 @@ impl Load {
             })
             .collect();
         Load { shared, threads, window: options.window }
+    }
+
+    /// Points the clients at a restarted stack's API; kept connections move at their next
+    /// failure.
+    pub fn retarget(&self, api: &str) {
+        let addr = api.strip_prefix("http://").unwrap().trim_end_matches('/').to_owned();
+        *self.shared.target.lock().unwrap() = (addr, api.trim_end_matches('/').to_owned());
     }
 
     /// Marks the fault's start.
@@ -361,7 +373,8 @@ impl Load {
                 if attempt > 0 {
                     sleep(Duration::from_millis(100));
                 }
-                match send(&mut conn, &self.shared.addr, "GET", &path, &h, b"") {
+                let (addr, _) = self.shared.target();
+                match send(&mut conn, &addr, "GET", &path, &h, b"") {
                     Ok(r) if r.status == 200 || r.status == 404 => {
                         outcome = Some(r);
                         break;
@@ -493,7 +506,8 @@ fn store_one(shared: &Shared, conn: &mut Option<Conn>, rng: &mut Rng, id: usize,
     let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     h.push(("Content-Type", "application/json"));
     let sent = Instant::now();
-    let answer = send(conn, &shared.addr, "POST", "/v1/secrets", &h, body.to_string().as_bytes());
+    let (addr, api) = shared.target();
+    let answer = send(conn, &addr, "POST", "/v1/secrets", &h, body.to_string().as_bytes());
     let took = sent.elapsed();
     if answer.is_err() {
         // A refused connection comes back at once: a client would pause before trying again.
@@ -514,7 +528,7 @@ fn store_one(shared: &Shared, conn: &mut Option<Conn>, rng: &mut Rng, id: usize,
             let secret_ref = serde_json::from_slice::<serde_json::Value>(&r.body)
                 .ok()
                 .and_then(|v| v["secret_ref"].as_str().map(str::to_owned));
-            match secret_ref.as_deref().and_then(|s| s.strip_prefix(shared.api.as_str())) {
+            match secret_ref.as_deref().and_then(|s| s.strip_prefix(api.as_str())) {
                 Some(path) => {
                     tally.report.ok += 1;
                     shared.acked.lock().unwrap().push(Arc::new(Acked {
@@ -553,7 +567,8 @@ fn read_one(shared: &Shared, conn: &mut Option<Conn>, a: &Acked) {
     let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     h.push(("Accept", "text/plain"));
     let sent = Instant::now();
-    let answer = send(conn, &shared.addr, "GET", &format!("{}/payload", a.path), &h, b"");
+    let (addr, _) = shared.target();
+    let answer = send(conn, &addr, "GET", &format!("{}/payload", a.path), &h, b"");
     let took = sent.elapsed();
     if answer.is_err() {
         sleep(Duration::from_millis(10));
@@ -1231,6 +1246,53 @@ pub fn appliance_sigkill(o: &Options) -> Report {
         .push(format!("clean stop after the restarts: {}", status.is_some_and(|s| s.success())));
     db_checks(&db, &mut report, o.threads);
     report
+}
+
+/// `appliance dev` itself SIGKILLed under load, then started again on the same data directory.
+/// Also returns the children (`hsm-proxy`, `fwsim`) the kill left running: they hold the
+/// simulator's socket, so a new stack cannot start until they are gone (the case ends them
+/// itself, to go on).
+pub fn dev_sigkill(o: &Options) -> (Report, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let dev = DevStack::start(&data);
+    let pid = |pointer: &str| {
+        let pid = dev.info.pointer(pointer).and_then(serde_json::Value::as_u64);
+        u32::try_from(pid.unwrap_or_else(|| panic!("dev.json has no {pointer}"))).unwrap()
+    };
+    let children = [("hsm-proxy", pid("/proxy/pid")), ("fwsim", pid("/hsm/device/pid"))];
+    // `appliance dev` is the children's parent.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", children[0].1)).unwrap();
+    let parent: u32 =
+        stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut load = Load::start(&dev.api_url(), Auth::NoAuth { rotate_projects: true }, o);
+    sleep(o.warmup);
+    load.fault_started();
+    crate::kill_hard(parent);
+    sleep(Duration::from_millis(500));
+    let mut left = Vec::new();
+    for (name, pid) in children {
+        if crate::is_running(pid) {
+            left.push(format!("{name} (pid {pid})"));
+            crate::kill_hard(pid);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while crate::is_running(pid) && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    drop(dev);
+    sleep(o.fault.saturating_sub(Duration::from_millis(500)));
+    let dev = DevStack::start(&data);
+    load.retarget(&dev.api_url());
+    load.fault_ended();
+    sleep(o.after);
+    let mut report = load.finish("dev-sigkill");
+    report.notes.push(format!("children left running by the kill: {left:?}"));
+    let (status, _) = dev.stop();
+    report.notes.push(format!("clean stop after the restart: {}", status.success()));
+    db_checks(&data.join("appliance.db"), &mut report, o.threads);
+    (report, left)
 }
 
 /// The SQLite checks shared by the kill and disk-full cases; failures count as wrong.

@@ -84,3 +84,10 @@ fn proxy_killed_under_load() {
     let recovery = report.recovery_ms.unwrap();
     assert!(recovery <= 5_000, "stores came back only after {recovery} ms");
 }
+
+#[test]
+fn appliance_dev_killed_and_started_again() {
+    let (report, left) = chaos::dev_sigkill(&Options::from_env());
+    report.assert_sound();
+    assert!(left.is_empty(), "SIGKILL of appliance dev left its children running: {left:?}");
+}
