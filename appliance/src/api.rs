@@ -49,6 +49,7 @@ pub struct App {
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
     /// Base of every href (`https://kms.example.com`); derived from the request when unset.
+    /// A trailing `/` is dropped.
     pub host_href: Option<String>,
     /// Largest request body read.
     pub max_request_bytes: usize,
@@ -72,6 +73,10 @@ impl App {
         settings: ApiSettings,
         orders: crate::orders::OrderQueue,
     ) -> App {
+        let mut settings = settings;
+        if let Some(href) = settings.host_href.as_mut() {
+            href.truncate(href.trim_end_matches('/').len());
+        }
         App { store, hsm, policy, settings, orders }
     }
 
@@ -98,6 +103,9 @@ pub struct Request {
     pub body_too_large: bool,
     /// `http` or `https`, as the connection was made.
     pub scheme: &'static str,
+    /// The peer is a trusted proxy (`[server] trusted_proxies`): its X-Forwarded-Host and
+    /// X-Forwarded-Proto name the server in hrefs. False: they are ignored.
+    pub trust_forwarded: bool,
 }
 
 /// A response ready to be sent.
@@ -129,12 +137,27 @@ pub(crate) struct Call<'a> {
     pub(crate) query: Vec<(String, String)>,
     pub(crate) body: &'a [u8],
     pub(crate) body_too_large: bool,
-    pub(crate) base: String,
+    /// `http` or `https`, as the connection was made.
+    scheme: &'a str,
+    /// X-Forwarded-* come from a trusted proxy.
+    trust_forwarded: bool,
+    /// What [`Call::base`] answers, made on first use: most answers have no href.
+    base: std::sync::OnceLock<String>,
     pub(crate) minor: u8,
     pub(crate) identity: Option<Identity>,
 }
 
 impl Call<'_> {
+    /// `{scheme}://{host}` of the server as clients reach it: the base of every href.
+    pub(crate) fn base(&self) -> &str {
+        match &self.app.settings.host_href {
+            Some(href) => href,
+            None => {
+                self.base.get_or_init(|| base_url(self.headers, self.scheme, self.trust_forwarded))
+            }
+        }
+    }
+
     /// The first value of a query parameter.
     pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -202,11 +225,23 @@ pub async fn handle(app: &App, req: Request) -> Response {
         Ok(minor) => (route(app, &req, minor).await, minor),
         Err(error) => (error_response(&error), 0),
     };
-    let headers = &mut response.headers;
-    insert(headers, "x-openstack-request-id", &request_id);
+    stamp(&mut response.headers, &request_id, minor);
+    response
+}
+
+/// An answer the server gives before any handler runs (a body that did not arrive whole, a
+/// connection over the limit): Barbican's error body and the headers every answer carries.
+pub(crate) fn refusal(request: &HeaderMap, status: StatusCode, description: &str) -> Response {
+    let mut response = error_response(&ApiError::new(status, description));
+    stamp(&mut response.headers, &request_id(request), microversion(request).unwrap_or(0));
+    response
+}
+
+/// The headers every answer carries.
+fn stamp(headers: &mut HeaderMap, request_id: &str, minor: u8) {
+    insert(headers, "x-openstack-request-id", request_id);
     insert(headers, "openstack-api-version", &format!("key-manager 1.{minor}"));
     insert(headers, "vary", "OpenStack-API-Version");
-    response
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -263,15 +298,33 @@ fn microversion(headers: &HeaderMap) -> Result<u8, ApiError> {
     Ok(minor)
 }
 
-/// `{scheme}://{host}` of the server, as clients reach it.
-fn base_url(app: &App, req: &Request) -> String {
-    if let Some(href) = &app.settings.host_href {
-        return href.trim_end_matches('/').to_owned();
+/// `{scheme}://{host}` of the server as the request names it: its Host header, or, from a
+/// trusted proxy, X-Forwarded-Host and X-Forwarded-Proto (the first entry of each, when well
+/// formed).
+fn base_url(headers: &HeaderMap, scheme: &str, trust_forwarded: bool) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let first = |name: &str| {
+        header(name).and_then(|v| v.split(',').next()).map(str::trim).filter(|v| !v.is_empty())
+    };
+    let mut scheme = scheme;
+    let mut host = header("host").unwrap_or("localhost");
+    if trust_forwarded {
+        match first("x-forwarded-proto") {
+            Some(p) if p.eq_ignore_ascii_case("https") => scheme = "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => scheme = "http",
+            _ => {}
+        }
+        if let Some(h) = first("x-forwarded-host").filter(|h| is_authority(h)) {
+            host = h;
+        }
     }
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    let scheme = header("x-forwarded-proto").unwrap_or(req.scheme);
-    let host = header("x-forwarded-host").or_else(|| header("host")).unwrap_or("localhost");
     format!("{scheme}://{host}")
+}
+
+/// True for a `host[:port]` that can stand in a URL as it is: letters, digits, `.-_:` and the
+/// brackets of an IPv6 literal.
+fn is_authority(value: &str) -> bool {
+    value.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
 }
 
 async fn route(app: &App, req: &Request, minor: u8) -> Response {
@@ -289,7 +342,9 @@ async fn route(app: &App, req: &Request, minor: u8) -> Response {
         query,
         body: req.body.expose_secret(),
         body_too_large: req.body_too_large,
-        base: base_url(app, req),
+        scheme: req.scheme,
+        trust_forwarded: req.trust_forwarded,
+        base: std::sync::OnceLock::new(),
         minor,
         identity: None,
     };
@@ -363,7 +418,7 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
                     let entity = acls::Entity {
                         kind: "secret",
                         id: &secret.id,
-                        reference: format!("{}/v1/secrets/{}", call.base, secret.id),
+                        reference: format!("{}/v1/secrets/{}", call.base(), secret.id),
                         target: secret_target(call, &secret).await?,
                     };
                     acls::acl(call, entity).await

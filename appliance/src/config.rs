@@ -2,7 +2,7 @@
 //!
 //! Relative paths are resolved against the directory of the file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -125,15 +125,16 @@ impl Default for OrdersConfig {
     }
 }
 
-/// `[server]`
+/// `[server]`: what the API answers. The same section's keys for its connections are in
+/// [`ListenerConfig`]; [`Config::load`] refuses keys that neither knows.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address of the Barbican v1 API.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
     /// Base URL of every href (`https://kms.example.com:9311`); derived from each request's
-    /// Host (and X-Forwarded-*) when unset.
+    /// Host when unset (and from X-Forwarded-Host / X-Forwarded-Proto when the peer is one of
+    /// `trusted_proxies`).
     #[serde(default)]
     pub host_href: Option<String>,
     /// Largest request body, in bytes (Barbican's `max_allowed_request_size_in_bytes`).
@@ -142,6 +143,157 @@ pub struct ServerConfig {
     /// Largest secret payload, in bytes (Barbican's `max_allowed_secret_in_bytes`).
     #[serde(default = "defaults::max_secret_bytes")]
     pub max_secret_bytes: usize,
+}
+
+/// `[server]`: the API's connections: timeouts, the connection limit, and whose forwarded
+/// headers are believed.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ListenerConfig {
+    /// Time allowed for a request's head (request line and headers), from the connection's
+    /// accept or the first byte of a later request; the connection is closed after it.
+    #[serde(default = "defaults::header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Time allowed for a request's body once its head has arrived; a slower body is answered
+    /// 408 and the connection closed.
+    #[serde(default = "defaults::body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request (or a client take to
+    /// read an answer) before it is closed.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; those beyond are answered 503 and closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Connections the kernel holds for the API before they are accepted (capped by
+    /// `net.core.somaxconn`); a burst past it is dropped and retried by clients a second later.
+    #[serde(default = "defaults::listen_backlog")]
+    pub listen_backlog: u32,
+    /// Peers (CIDRs) whose X-Forwarded-Host / X-Forwarded-Proto are believed: the reverse
+    /// proxies or load balancers in front. Empty (the default): never believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: defaults::header_timeout_ms(),
+            body_timeout_ms: defaults::body_timeout_ms(),
+            idle_timeout_ms: defaults::idle_timeout_ms(),
+            max_connections: defaults::max_connections(),
+            listen_backlog: defaults::listen_backlog(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        let timeouts = [self.header_timeout_ms, self.body_timeout_ms, self.idle_timeout_ms];
+        if timeouts.contains(&0) {
+            return Err(Error::Config("[server] timeouts must be positive".into()));
+        }
+        if self.max_connections == 0 || self.listen_backlog == 0 {
+            return Err(Error::Config(
+                "[server] max_connections and listen_backlog must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every key of `[server]`: those of [`ServerConfig`] and of [`ListenerConfig`].
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "host_href",
+    "max_request_bytes",
+    "max_secret_bytes",
+    "header_timeout_ms",
+    "body_timeout_ms",
+    "idle_timeout_ms",
+    "max_connections",
+    "listen_backlog",
+    "trusted_proxies",
+];
+
+/// The file, as far as the listener is concerned.
+#[derive(Deserialize)]
+struct ListenerFile {
+    server: ListenerConfig,
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`); a bare address is a network of
+/// one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` is inside the network; an IPv4 peer seen on an IPv6 socket
+    /// (`::ffff:10.1.2.3`) is compared as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && masked(ip, self.prefix) == self.network
+    }
+}
+
+/// `ip` with the bits past its first `prefix` cleared.
+fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
+    let keep = |bits: u32| bits.saturating_sub(u32::from(prefix));
+    match ip {
+        IpAddr::V4(a) => {
+            IpAddr::V4((u32::from(a) & u32::MAX.checked_shl(keep(32)).unwrap_or(0)).into())
+        }
+        IpAddr::V6(a) => {
+            IpAddr::V6((u128::from(a) & u128::MAX.checked_shl(keep(128)).unwrap_or(0)).into())
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a CIDR: {address:?} is not an IP address"))?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix =
+            match prefix {
+                None => bits,
+                Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(|| {
+                    format!("{text:?} is not a CIDR: the prefix must be 0 to {bits}")
+                })?,
+            };
+        // Bits past the prefix are a typo: 10.0.0.1/8 meant as /32 would trust a whole /8.
+        if masked(network, prefix) != network {
+            return Err(format!(
+                "{text:?} is not a CIDR: the address has bits set beyond its /{prefix} prefix"
+            ));
+        }
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[database]`
@@ -245,6 +397,21 @@ mod defaults {
     pub(super) fn max_secret_bytes() -> usize {
         crate::api::DEFAULT_MAX_SECRET_BYTES
     }
+    pub(super) fn header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub(super) fn body_timeout_ms() -> u64 {
+        20_000
+    }
+    pub(super) fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub(super) fn max_connections() -> usize {
+        4_096
+    }
+    pub(super) fn listen_backlog() -> u32 {
+        1_024
+    }
     pub(super) fn db_connections() -> u32 {
         16
     }
@@ -300,10 +467,28 @@ mod defaults {
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
+        Self::load_with_listener(path).map(|(config, _)| config)
+    }
+
+    /// Reads and checks a configuration file, with the settings of the API's connections.
+    pub fn load_with_listener(path: &Path) -> Result<(Config, ListenerConfig)> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| Error::Io { path: path.to_owned(), source })?;
-        let mut config: Config =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let bad = |e: toml::de::Error| Error::Config(format!("{}: {e}", path.display()));
+        let mut config: Config = toml::from_str(&text).map_err(bad)?;
+        // Both section types read `[server]`, so neither can refuse the other's keys.
+        let table: toml::Table = toml::from_str(&text).map_err(bad)?;
+        if let Some(server) = table.get("server").and_then(toml::Value::as_table)
+            && let Some(key) = server.keys().find(|k| !SERVER_KEYS.contains(&k.as_str()))
+        {
+            return Err(Error::Config(format!(
+                "{}: unknown key `{key}` in [server], expected one of {}",
+                path.display(),
+                SERVER_KEYS.join(", ")
+            )));
+        }
+        let listener = toml::from_str::<ListenerFile>(&text).map_err(bad)?.server;
+        listener.validate()?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.hsm.ca, &mut config.hsm.cert, &mut config.hsm.key] {
             if p.is_relative() {
@@ -321,7 +506,7 @@ impl Config {
             *p = base.join(&*p);
         }
         config.validate()?;
-        Ok(config)
+        Ok((config, listener))
     }
 
     /// Refuses settings that cannot work or that need an explicit opt-in.
@@ -358,8 +543,14 @@ mod tests {
     #[test]
     fn the_example_file_is_valid_and_lists_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
-        let c = Config::load(&path).unwrap();
+        let (c, l) = Config::load_with_listener(&path).unwrap();
         assert_eq!(c.server.listen, defaults::listen());
+        assert_eq!(l.header_timeout_ms, defaults::header_timeout_ms());
+        assert_eq!(l.body_timeout_ms, defaults::body_timeout_ms());
+        assert_eq!(l.idle_timeout_ms, defaults::idle_timeout_ms());
+        assert_eq!(l.max_connections, defaults::max_connections());
+        assert_eq!(l.listen_backlog, defaults::listen_backlog());
+        assert!(l.trusted_proxies.is_empty());
         assert_eq!(c.server.max_request_bytes, 25_000);
         assert_eq!(c.server.max_secret_bytes, 20_000);
         assert_eq!(c.database.max_connections, defaults::db_connections());
@@ -403,5 +594,83 @@ mod tests {
         assert_eq!(k.cache_ttl_ms, defaults::token_cache_ttl_ms());
         assert_eq!(k.cache_entries, defaults::token_cache_entries());
         assert_eq!(k.timeout_ms, defaults::keystone_timeout_ms());
+    }
+
+    /// The example file with `lines` added to its `[server]` section, loaded.
+    fn load_with_server_lines(lines: &str) -> Result<(Config, ListenerConfig)> {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        // The example's own line for each key set here goes.
+        let set: Vec<&str> =
+            lines.lines().filter_map(|l| l.split_once(" = ")).map(|(k, _)| k).collect();
+        let text: String = text
+            .lines()
+            .filter(|l| l.split_once(" = ").is_none_or(|(k, _)| !set.contains(&k)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("appliance.toml");
+        std::fs::write(&path, text.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1))
+            .unwrap();
+        Config::load_with_listener(&path)
+    }
+
+    #[test]
+    fn listener_keys_are_read_from_the_server_section() {
+        let (c, l) = load_with_server_lines(
+            "header_timeout_ms = 1500\nbody_timeout_ms = 2500\nidle_timeout_ms = 3500\n\
+             max_connections = 7\nlisten_backlog = 64\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]",
+        )
+        .unwrap();
+        assert_eq!(c.server.max_request_bytes, 25_000);
+        assert_eq!(
+            (l.header_timeout_ms, l.body_timeout_ms, l.idle_timeout_ms, l.max_connections),
+            (1500, 2500, 3500, 7)
+        );
+        assert_eq!(l.listen_backlog, 64);
+        let shown: Vec<String> = l.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+    }
+
+    #[test]
+    fn bad_server_keys_are_clear_errors_at_start() {
+        let e = load_with_server_lines("trusted_proxies = [\"10.0.0.1/8\"]").unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("trusted_proxies") && e.contains("bits set beyond its /8"), "{e}");
+        let e = load_with_server_lines("trusted_proxies = [\"10.0.0.0/33\"]").unwrap_err();
+        assert!(e.to_string().contains("the prefix must be 0 to 32"), "{e}");
+        let e = load_with_server_lines("trusted_proxies = [\"proxy.example.com\"]").unwrap_err();
+        assert!(e.to_string().contains("is not an IP address"), "{e}");
+        let e = load_with_server_lines("header_timeout = 5").unwrap_err();
+        assert!(e.to_string().contains("unknown key `header_timeout` in [server]"), "{e}");
+        let e = load_with_server_lines("idle_timeout_ms = 0").unwrap_err();
+        assert!(e.to_string().contains("timeouts must be positive"), "{e}");
+        let e = load_with_server_lines("max_connections = 0").unwrap_err();
+        assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn cidrs_hold_their_networks_only() {
+        let cidr = |s: &str| s.parse::<Cidr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lan = cidr("10.0.0.0/8");
+        assert!(lan.contains(ip("10.0.0.0")) && lan.contains(ip("10.255.255.255")));
+        assert!(!lan.contains(ip("11.0.0.0")) && !lan.contains(ip("9.255.255.255")));
+        // An IPv4 peer on a dual-stack socket.
+        assert!(lan.contains(ip("::ffff:10.1.2.3")));
+        assert!(!lan.contains(ip("::a01:203")));
+        let one = cidr("192.0.2.7");
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.6")));
+        let all = cidr("0.0.0.0/0");
+        assert!(all.contains(ip("203.0.113.9")) && !all.contains(ip("2001:db8::1")));
+        let v6 = cidr("2001:db8::/32");
+        assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        assert!(cidr("::1/128").contains(ip("::1")) && !cidr("::1/128").contains(ip("::2")));
+        assert!(cidr("::/0").contains(ip("2001:db8::1")));
+        for bad in ["10.0.0.1/8", "10.0.0.0/33", "::1/129", "10.0.0.0/", "/8", "10.0.0.0/-1", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?} was taken");
+        }
     }
 }

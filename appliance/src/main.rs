@@ -136,14 +136,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
-            let cfg = appliance::config::Config::load(&config)?;
+            let (cfg, connections) = appliance::config::Config::load_with_listener(&config)?;
             runtime()?.block_on(async {
                 let app = appliance::build(&cfg).await?;
-                let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-                    .await
-                    .with_context(|| format!("binding {}", cfg.server.listen))?;
+                let listener =
+                    appliance::server::bind(cfg.server.listen, connections.listen_backlog)
+                        .with_context(|| format!("binding {}", cfg.server.listen))?;
                 tracing::info!(listen = %listener.local_addr()?, "serving the Barbican v1 API");
-                appliance::server::serve(listener, app.clone(), shutdown_signal()).await;
+                appliance::server::serve_with(
+                    listener,
+                    app.clone(),
+                    &connections,
+                    shutdown_signal(),
+                )
+                .await;
                 app.store().close().await;
                 Ok(())
             })

@@ -85,7 +85,7 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
             store.add_secret_consumer(&secret.id, &row).await.map_err(|e| store_error(OP, &e))?;
             let body = representation_of(call, secret, true).await?;
             // Barbican answers with this (non-existent) location; clients ignore it.
-            let location = format!("{}/v1/consumers/{}/consumers", call.base, secret.id);
+            let location = format!("{}/v1/consumers/{}/consumers", call.base(), secret.id);
             Ok((Reply::Json(StatusCode::OK, body), vec![(LOCATION, location)]))
         }
         Method::DELETE => {

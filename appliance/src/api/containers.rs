@@ -14,7 +14,7 @@ use crate::timefmt::{format_micros, now_micros};
 const TYPES: &[&str] = &["generic", "rsa", "certificate"];
 
 fn container_ref(call: &Call<'_>, id: &str) -> String {
-    format!("{}/v1/containers/{id}", call.base)
+    format!("{}/v1/containers/{id}", call.base())
 }
 
 /// The container of `/v1/containers/{id}...`: 404 for a malformed id or a missing container.
@@ -51,7 +51,7 @@ pub(crate) async fn representation(call: &Call<'_>, c: &ContainerRow) -> Result<
         "updated": format_micros(c.updated),
         "secret_refs": c.secrets.iter().map(|s| json!({
             "name": s.name,
-            "secret_ref": format!("{}/v1/secrets/{}", call.base, s.secret_id),
+            "secret_ref": format!("{}/v1/secrets/{}", call.base(), s.secret_id),
         })).collect::<Vec<_>>(),
         "consumers": consumers.iter().map(|k| json!({"name": k.name, "URL": k.url})).collect::<Vec<_>>(),
     }))
@@ -130,7 +130,7 @@ async fn create(call: &Call<'_>) -> Outcome {
     if entries.iter().any(|(_, r)| !ids.insert(last_segment(r).to_owned())) {
         return Err(ApiError::bad_request("Duplicate secret ids are not allowed"));
     }
-    if entries.iter().any(|(_, r)| !r.starts_with(&format!("{}/", call.base))) {
+    if entries.iter().any(|(_, r)| !r.starts_with(&format!("{}/", call.base()))) {
         return Err(ApiError::bad_request("Provided field value is not supported"));
     }
     let has = |n: &str| names.iter().any(|x| x == n);
@@ -403,7 +403,7 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -
                 .add_container_consumer(&c.id, &call.identity().project_id, &name, &url)
                 .await
                 .map_err(|e| store_error(OP, &e))?;
-            let location = format!("{}/v1/consumers/{}/consumers", call.base, c.id);
+            let location = format!("{}/v1/consumers/{}/consumers", call.base(), c.id);
             Ok((
                 Reply::Json(StatusCode::OK, representation(call, c).await?),
                 vec![(LOCATION, location)],

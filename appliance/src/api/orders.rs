@@ -14,7 +14,7 @@ use crate::timefmt::{format_micros, now_micros, parse_iso8601};
 const META_SCHEMA: &str = "Secret' within 'Order";
 
 fn order_ref(call: &Call<'_>, id: &str) -> String {
-    format!("{}/v1/orders/{id}", call.base)
+    format!("{}/v1/orders/{id}", call.base())
 }
 
 /// An order as the API shows it.
@@ -32,10 +32,10 @@ pub(crate) fn representation(call: &Call<'_>, o: &OrderRow) -> Value {
     }
     if o.status == OrderStatus::Active.as_str() {
         if let Some(id) = &o.secret_id {
-            v.insert("secret_ref".into(), json!(format!("{}/v1/secrets/{id}", call.base)));
+            v.insert("secret_ref".into(), json!(format!("{}/v1/secrets/{id}", call.base())));
         }
         if let Some(id) = &o.container_id {
-            v.insert("container_ref".into(), json!(format!("{}/v1/containers/{id}", call.base)));
+            v.insert("container_ref".into(), json!(format!("{}/v1/containers/{id}", call.base())));
         }
         v.insert("sub_status".into(), json!("Unknown"));
         v.insert("sub_status_message".into(), json!("Unknown"));

@@ -16,7 +16,7 @@ fn key_is_url_safe(key: &str) -> bool {
 }
 
 fn metadata_ref(call: &Call<'_>, secret: &SecretRow) -> String {
-    format!("{}/v1/secrets/{}/metadata", call.base, secret.id)
+    format!("{}/v1/secrets/{}/metadata", call.base(), secret.id)
 }
 
 /// `/metadata`: GET (all), PUT (replace all), POST (add one).

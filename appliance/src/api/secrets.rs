@@ -63,7 +63,7 @@ fn hsm_error(operation: &str, e: &HsmError) -> ApiError {
 }
 
 fn secret_ref(call: &Call<'_>, id: &str) -> String {
-    format!("{}/v1/secrets/{id}", call.base)
+    format!("{}/v1/secrets/{id}", call.base())
 }
 
 /// A secret as the API shows it, with its consumers from microversion 1.1 on (or when
@@ -602,7 +602,7 @@ fn page_links(
                 q.append_pair(k, v);
             }
         }
-        format!("{}/v1/{collection}?{}", call.base, q.finish())
+        format!("{}/v1/{collection}?{}", call.base(), q.finish())
     };
     if offset > 0 {
         out.insert("previous".into(), Value::String(link((offset - limit).max(0))));

@@ -30,7 +30,7 @@ pub(crate) const STORES: &[SecretStore] = &[SecretStore {
 fn representation(call: &Call<'_>, s: &SecretStore) -> Value {
     let started = format_micros(call.app.settings.started);
     json!({
-        "secret_store_ref": format!("{}/v1/secret-stores/{}", call.base, s.id),
+        "secret_store_ref": format!("{}/v1/secret-stores/{}", call.base(), s.id),
         "name": s.name,
         "secret_store_plugin": s.store_plugin,
         "crypto_plugin": s.crypto_plugin,

@@ -8,7 +8,7 @@ use super::{ApiError, Call, Outcome, Reply};
 
 fn links(call: &Call<'_>) -> Value {
     json!([
-        {"rel": "self", "href": format!("{}/v1/", call.base)},
+        {"rel": "self", "href": format!("{}/v1/", call.base())},
         {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"}
     ])
 }
@@ -66,7 +66,7 @@ pub(crate) fn root(call: &Call<'_>) -> Outcome {
         return Err(ApiError::method_not_allowed("GET"));
     }
     if accepts_json(call)? {
-        let location = format!("{}/v1/", call.base);
+        let location = format!("{}/v1/", call.base());
         return Ok((Reply::Empty(StatusCode::FOUND), vec![(LOCATION, location)]));
     }
     if call.query.iter().any(|(k, _)| k == "build") {

@@ -60,10 +60,15 @@ pub struct Env {
 
 impl Env {
     pub async fn sqlite() -> Env {
+        Env::sqlite_configured(|_| {}).await
+    }
+
+    /// SQLite, with the appliance's configuration changed by `change` before it is built.
+    pub async fn sqlite_configured(change: impl FnOnce(&mut appliance::config::Config)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("appliance.db");
         let url = format!("sqlite://{}", path.display());
-        Env::with(dir, url, Db::Sqlite(path)).await
+        Env::with(dir, url, Db::Sqlite(path), change).await
     }
 
     /// PostgreSQL in a fresh database; `None` (said loudly) when no server answers, unless
@@ -92,15 +97,38 @@ impl Env {
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
         let url = format!("{base}/{name}");
         let dir = tempfile::tempdir().unwrap();
-        Some(Env::with(dir, url.clone(), Db::Postgres { admin, name, url }).await)
+        Some(Env::with(dir, url.clone(), Db::Postgres { admin, name, url }, |_| {}).await)
     }
 
-    async fn with(dir: tempfile::TempDir, url: String, db: Db) -> Env {
+    async fn with(
+        dir: tempfile::TempDir,
+        url: String,
+        db: Db,
+        change: impl FnOnce(&mut appliance::config::Config),
+    ) -> Env {
         ensure_proxy_built();
         let stack = HsmStack::start(&dir.path().join("hsm"), None, &test_hsm(), 0).await.unwrap();
-        let config = stack.appliance_config("127.0.0.1:0".parse().unwrap(), url);
+        let mut config = stack.appliance_config("127.0.0.1:0".parse().unwrap(), url);
+        change(&mut config);
         let app = appliance::build(&config).await.unwrap();
         Env { app, stack, db, dir }
+    }
+
+    /// Serves this API over TCP on a free loopback port, with `listener`'s settings, until the
+    /// returned server is dropped.
+    pub async fn serve(&self, listener: appliance::config::ListenerConfig) -> Served {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let socket = appliance::server::bind(addr, listener.listen_backlog).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = self.app.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            appliance::server::serve_with(socket, app, &listener, shutdown).await;
+        });
+        Served { addr, stop: Some(stop), task }
     }
 
     pub async fn finish(mut self) {
@@ -131,6 +159,22 @@ impl Env {
         };
         assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The API served over TCP by [`Env::serve`]; stops serving when dropped.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
     }
 }
 
@@ -216,6 +260,7 @@ pub async fn call(
             body: SecretBytes::copy_from(body),
             body_too_large: too_large,
             scheme: "http",
+            trust_forwarded: false,
         },
     )
     .await;
