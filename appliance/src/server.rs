@@ -91,7 +91,9 @@ pub async fn serve_with(
     let refusing = Arc::new(AtomicUsize::new(0));
     let refusal = Bytes::from(refusal_bytes());
     let (mut refused, mut warned) = (0u64, None::<Instant>);
-    let builder = http1::Builder::new();
+    let mut builder = http1::Builder::new();
+    // [`TimedIo`] keeps the header timeout (and the idle one, which hyper's would cut short).
+    builder.header_read_timeout(None);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
