@@ -480,6 +480,7 @@ async fn a_slow_body_is_cut_at_the_body_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_get_503_until_others_close() {
+    let log = capture_warnings();
     let env = Env::sqlite().await;
     let served =
         env.serve(ListenerConfig { max_connections: 3, ..ListenerConfig::default() }).await;
@@ -500,6 +501,9 @@ async fn connections_beyond_the_limit_get_503_until_others_close() {
         assert_eq!(answer.header("connection"), Some("close"));
         assert!(closed_within(&mut s, Duration::from_secs(3)).await, "a refused connection stayed");
     }
+    // One warning for the three refusals, not one each.
+    let warnings = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    assert_eq!(warnings.matches("connection limit reached").count(), 1, "{warnings}");
     // The kept connections still work, and once one closes a new one is served.
     assert_eq!(exchange_on(&mut held[0], get).await.status, 300);
     drop(held.pop());
@@ -515,6 +519,28 @@ async fn connections_beyond_the_limit_get_503_until_others_close() {
     }
     drop(served);
     env.finish().await;
+}
+
+/// Sends this process's warnings to a buffer, and answers it.
+fn capture_warnings() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || Sink(sink.clone()))
+        .init();
+    log
 }
 
 async fn exchange_on(stream: &mut TcpStream, bytes: &[u8]) -> Answer {
