@@ -630,6 +630,22 @@ async fn host_href_names_the_server_in_every_href() {
     let r = call(&env.app, Method::GET, "/v1/secrets?limit=1", Some(CUT), &[], b"").await;
     let first = r.json()["secrets"][0]["secret_ref"].as_str().unwrap().to_owned();
     assert!(first.starts_with("https://kms.example.com:9311/v1/secrets/"), "{first}");
+    // Barbican's *_change_host_with_header_not_allowed: a client's own Host changes nothing.
+    let body = json!({"name": "host"}).to_string();
+    let bytes = request(
+        "POST",
+        "/v1/secrets",
+        CUT,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    let text = String::from_utf8(bytes)
+        .unwrap()
+        .replace("Host: kms.test:9311", "Host: some.bad.server.com");
+    let answer = exchange(served.addr, text.as_bytes()).await.unwrap();
+    assert_eq!(answer.status, 201);
+    let location = answer.header("location").unwrap();
+    assert!(location.starts_with("https://kms.example.com:9311/v1/secrets/"), "{location}");
     drop(served);
     env.finish().await;
 }
