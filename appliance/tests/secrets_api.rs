@@ -769,3 +769,46 @@ async fn secrets_api_on_postgres() {
         the_whole_contract(env).await;
     }
 }
+
+/// A base64 payload is decoded from the JSON string as Barbican's Python does: a string with
+/// non-ASCII characters in it is refused (400), while ASCII characters outside the alphabet
+/// are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base64_payload_with_non_ascii_characters_is_refused() {
+    let env = Env::sqlite().await;
+    for payload in ["\u{80}", "\u{1111}\u{ffff}", "AAEC\u{e9}"] {
+        let r = post_json(
+            &env.app,
+            "/v1/secrets",
+            MEMBER,
+            json!({"payload": payload, "payload_content_type": "application/octet-stream",
+                   "payload_content_encoding": "base64"}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{payload:?}");
+        assert_eq!(
+            r.json()["description"],
+            "Provided object does not match schema 'Secret': Invalid payload for \
+             payload_content_encoding. Invalid property: 'payload'"
+        );
+    }
+    let id = create(
+        &env.app,
+        MEMBER,
+        json!({"payload": "AA!EC", "payload_content_type": "application/octet-stream",
+               "payload_content_encoding": "base64"}),
+    )
+    .await;
+    let r = call(
+        &env.app,
+        Method::GET,
+        &format!("/v1/secrets/{id}/payload"),
+        Some(MEMBER),
+        &[("accept", "application/octet-stream")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, [0u8, 1, 2]);
+    env.finish().await;
+}
