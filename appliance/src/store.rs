@@ -380,6 +380,16 @@ impl Store {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
+
+    /// A transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred one that reads before it writes cannot wait out another writer
+    /// (its snapshot is stale by then) and fails with SQLITE_BUSY despite the busy timeout.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
 }
 
 /// The database file a SQLite URL names; `None` for an in-memory database, which only the
@@ -593,7 +603,7 @@ impl Store {
 
     /// Deletes a secret with its metadata.
     pub async fn delete_secret(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -702,7 +712,7 @@ impl Store {
         entries: &BTreeMap<String, String>,
     ) -> Result<()> {
         let now = now_micros();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1")
             .bind(secret_id)
             .execute(&mut *tx)

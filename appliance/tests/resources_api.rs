@@ -821,3 +821,77 @@ async fn resources_on_postgres() {
         everything(env).await;
     }
 }
+
+/// An order's empty `payload_content_type` is no type at all, as in Barbican: the order is
+/// accepted (202) and its secret takes the default, application/octet-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_with_empty_payload_content_type_is_accepted() {
+    let env = Env::sqlite().await;
+    let r = post_json(
+        &env.app,
+        "/v1/orders",
+        MEMBER,
+        json!({"type": "key", "meta": {"name": "e", "algorithm": "aes", "bit_length": 256,
+                                       "mode": "cbc", "payload_content_type": ""}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&r.body));
+    let order_ref = r.json()["order_ref"].as_str().unwrap().to_owned();
+    let o = settle(&env, &order_ref, MEMBER).await;
+    assert_eq!(o["status"], "ACTIVE", "{o}");
+    let secret = format!("/v1/secrets/{}", id_of(&o["secret_ref"]));
+    let s = send(&env, Method::GET, &secret, MEMBER, Value::Null).await.json();
+    assert_eq!(s["content_types"]["default"], "application/octet-stream", "{s}");
+    // A type that is there must still be one of Barbican's.
+    let r = post_json(
+        &env.app,
+        "/v1/orders",
+        MEMBER,
+        json!({"type": "key", "meta": {"name": "e", "algorithm": "aes", "bit_length": 256,
+                                       "mode": "cbc", "payload_content_type": "text/html"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    env.finish().await;
+}
+
+/// ACL writes that run at once all succeed on SQLite: each writing transaction takes the
+/// write lock before it reads, so it waits its turn instead of failing (500) with
+/// "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_acl_writes_all_succeed_on_sqlite() {
+    let env = Env::sqlite().await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            create(&env.app, MEMBER, json!({"payload": "s", "payload_content_type": "text/plain"}))
+                .await,
+        );
+    }
+    let mut tasks = Vec::new();
+    for round in 0..8 {
+        for id in &ids {
+            let app = env.app.clone();
+            let acl = format!("/v1/secrets/{id}/acl");
+            tasks.push(tokio::spawn(async move {
+                let (method, body) = match round % 3 {
+                    0 => (
+                        Method::PUT,
+                        json!({"read": {"users": ["a", "b"], "project-access": false}}),
+                    ),
+                    1 => (Method::PATCH, json!({"read": {"users": ["c"]}})),
+                    _ => (Method::DELETE, Value::Null),
+                };
+                let bytes = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+                let headers: &[(&str, &str)] = if body.is_null() { &[] } else { &JSON };
+                let r = call(&app, method.clone(), &acl, Some(MEMBER), headers, &bytes).await;
+                (method, r.status, String::from_utf8_lossy(&r.body).into_owned())
+            }));
+        }
+    }
+    for task in tasks {
+        let (method, status, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{method} {body}");
+    }
+    env.finish().await;
+}

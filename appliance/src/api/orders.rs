@@ -184,7 +184,9 @@ fn validate_meta(kind: &str, meta: &Map<String, Value>) -> Result<Map<String, Va
             Some("meta"),
         ));
     }
+    // An empty type is no type (Barbican checks only a non-empty one): the default applies.
     if let Some(ct) = string(meta, "payload_content_type")
+        && !ct.is_empty()
         && super::secrets::normalize(&ct).is_none()
     {
         return Err(ApiError::schema(

@@ -174,7 +174,7 @@ impl Store {
         secrets: &[SecretRow],
         container: Option<&ContainerRow>,
     ) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let secret_id =
             if container.is_none() { secrets.first().map(|s| s.id.clone()) } else { None };
         let container_id = container.map(|c| c.id.clone());

@@ -51,7 +51,7 @@ impl Store {
     /// Sets the given resources' quotas, keeping the others (Barbican merges).
     pub async fn put_project_quota(&self, project_id: &str, updates: &[(&str, i64)]) -> Result<()> {
         let now = now_micros();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO project_quotas (project_id, created, updated) VALUES ($1, $2, $3) ON CONFLICT (project_id) DO NOTHING",
         )

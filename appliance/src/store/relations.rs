@@ -178,7 +178,7 @@ impl Store {
 
     /// Inserts a container with its secret references.
     pub async fn insert_container(&self, c: &ContainerRow) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_container_on(&mut tx, c).await?;
         tx.commit().await?;
         Ok(())
@@ -252,7 +252,7 @@ impl Store {
 
     /// Deletes a container, its references, consumers and ACL (never its secrets).
     pub async fn delete_container(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for table in ["container_secrets", "container_consumers"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE container_id = $1"))
                 .bind(id)
@@ -274,7 +274,7 @@ impl Store {
 
     /// Adds a reference; `false` if the same (name, secret) pair is already there.
     pub async fn add_container_secret(&self, id: &str, s: &ContainerSecret) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "SELECT name, secret_id, position FROM container_secrets WHERE container_id = $1",
         )
@@ -453,7 +453,7 @@ impl Store {
         acl: Option<(bool, &[String])>,
     ) -> Result<()> {
         let now = now_micros();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let created: Option<i64> = sqlx::query("SELECT created FROM acls WHERE entity_type = $1 AND entity_id = $2 AND operation = 'read'")
             .bind(entity_type)
             .bind(id)
