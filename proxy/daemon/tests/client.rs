@@ -1,15 +1,16 @@
 //! The client's side of the stream: a call abandoned while its frame is half written must not
-//! leave the rest of that frame's place to the next one.
+//! leave the rest of that frame's place to the next one, and calls to a proxy that never
+//! answers end at their deadline without leaving their waiters behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hsm_proxy_proto::SecretBytes;
-use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
+use hsm_proxy_proto::client::{Client, ClientConfig, Error, tls_config_from_pem_files};
 use hsm_proxy_proto::frame::{FrameKind, HEADER_BYTES, Header};
-use hsm_proxy_proto::op::{Encrypt, Kek, KekId};
+use hsm_proxy_proto::op::{Encrypt, Health, Kek, KekId};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
@@ -120,4 +121,33 @@ async fn a_call_dropped_midway_through_its_frame_retires_the_connection() {
     assert!(whole >= 1, "no whole frame before the cut ({} bytes)", sent.len());
     assert!(rest.len() < HEADER_BYTES + 900 * 1024 + 1024, "more than one frame cut short");
     drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_proxy_that_never_answers_end_at_their_deadline_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = appliance::pki::write_bundle(dir.path(), &["hsm-proxy"], "appliance").unwrap();
+    let (addr, mut connections) = stalled_peer(&pki).await;
+    let tls = tls_config_from_pem_files(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
+    let mut config = ClientConfig::new(vec![addr.to_string()], "hsm-proxy", tls).unwrap();
+    config.request_timeout = Duration::from_millis(400);
+    let client = Client::new(config).unwrap();
+
+    let started = Instant::now();
+    let calls: Vec<_> = (0..2000)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.call(Health).await })
+        })
+        .collect();
+    for call in calls {
+        let result = call.await.unwrap();
+        assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "2000 calls of 400 ms took {took:?}");
+    assert!(connections.try_recv().is_ok(), "the client never connected");
+    // Every call went, and so did what each left waiting on its connection.
+    assert_eq!(client.calls_in_progress(), 0);
+    assert_eq!(client.answers_awaited(), 0);
 }

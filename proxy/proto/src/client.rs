@@ -5,6 +5,11 @@
 //! on one connection. A caller that finds nothing being written writes its own frame, sparing
 //! the writer task's wake-up at low load. A connection that fails is dropped; the next call
 //! opens a new one, trying the endpoints in order from the one that worked last.
+//!
+//! Nothing piles up while a proxy is away: calls in progress are bounded ([`Error::Overloaded`]
+//! beyond `max_calls`), each has a deadline that covers connecting too, and an endpoint that
+//! refused a connection is not tried again before its backoff (doubling up to
+//! `reconnect_backoff_max`) has passed, so that calls meanwhile fail at once.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,13 +17,13 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use zeroize::Zeroizing;
@@ -52,6 +57,8 @@ pub enum Error {
     Operation(Status),
     /// The TLS configuration could not be built (files, keys, certificates).
     Config(String),
+    /// Too many calls already wait for a connection or an answer; nothing was sent.
+    Overloaded,
 }
 
 impl fmt::Display for Error {
@@ -66,6 +73,7 @@ impl fmt::Display for Error {
             Error::Protocol(s) => write!(f, "bad response from hsm-proxy: {s}"),
             Error::Operation(s) => write!(f, "operation failed: {s}"),
             Error::Config(msg) => write!(f, "client configuration: {msg}"),
+            Error::Overloaded => f.write_str("too many calls waiting for hsm-proxy"),
         }
     }
 }
@@ -92,8 +100,15 @@ pub struct ClientConfig {
     pub connections: usize,
     /// Limit for TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
-    /// Limit for one call, from send to response.
+    /// Limit for one call, from its start to its answer, connecting included.
     pub request_timeout: Duration,
+    /// Calls waiting for a connection or an answer at once; a call beyond it fails at once
+    /// with [`Error::Overloaded`].
+    pub max_calls: usize,
+    /// Wait before an endpoint that failed is tried again, doubled on each failure in a row.
+    pub reconnect_backoff: Duration,
+    /// The longest that wait grows to.
+    pub reconnect_backoff_max: Duration,
     /// Largest response body accepted.
     pub max_body_bytes: u32,
     /// How long a caller keeps its thread busy waiting for its answer before parking it (see
@@ -109,14 +124,17 @@ impl fmt::Debug for ClientConfig {
             .field("connections", &self.connections)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("max_calls", &self.max_calls)
+            .field("reconnect_backoff", &self.reconnect_backoff)
+            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("busy_poll", &self.busy_poll)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientConfig {
-    /// A configuration with defaults: 2 connections, 3 s to connect, 10 s per call, no busy
-    /// polling.
+    /// A configuration with defaults: 2 connections, 3 s to connect, 10 s per call, 4096 calls
+    /// at once, reconnection backoff from 50 ms to 1 s, no busy polling.
     pub fn new(
         endpoints: Vec<String>,
         server_name: &str,
@@ -131,6 +149,9 @@ impl ClientConfig {
             connections: 2,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            max_calls: 4096,
+            reconnect_backoff: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(1),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             busy_poll: Duration::ZERO,
         })
@@ -179,6 +200,37 @@ struct Inner {
     next_id: AtomicU64,
     /// The endpoint that last accepted a connection; new connections try it first.
     preferred_endpoint: AtomicUsize,
+    /// One per endpoint, in the same order.
+    backoff: Vec<Mutex<Backoff>>,
+    /// A permit per call in progress (`max_calls`).
+    calls: Semaphore,
+}
+
+/// An endpoint's failures in a row, and when it may be tried again.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The last failure, repeated to calls that find the endpoint waiting.
+    last_error: Option<(io::ErrorKind, String)>,
+}
+
+impl Backoff {
+    /// The error to give while the endpoint waits, or `None` when it may be tried.
+    fn waiting(&self, now: Instant) -> Option<io::Error> {
+        let retry_at = self.retry_at.filter(|at| *at > now)?;
+        let (kind, text) = self.last_error.clone().unwrap_or((io::ErrorKind::Other, String::new()));
+        let wait = retry_at.duration_since(now).as_millis();
+        Some(io::Error::new(kind, format!("{text} (next attempt in {wait} ms)")))
+    }
+
+    fn failed(&mut self, error: &io::Error, config: &ClientConfig) {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = self.failures.saturating_sub(1).min(16);
+        let wait = config.reconnect_backoff.saturating_mul(1 << doublings);
+        self.retry_at = Some(Instant::now() + wait.min(config.reconnect_backoff_max));
+        self.last_error = Some((error.kind(), error.to_string()));
+    }
 }
 
 type Waiter = oneshot::Sender<Result<Zeroizing<Vec<u8>>, Error>>;
@@ -215,20 +267,14 @@ impl fmt::Debug for Connection {
 impl Connection {
     fn fail_all(&self) {
         self.closed.store(true, Ordering::Release);
-        let waiters: Vec<Waiter> = match self.pending.lock() {
-            Ok(mut p) => p.drain().map(|(_, w)| w).collect(),
-            Err(poisoned) => poisoned.into_inner().drain().map(|(_, w)| w).collect(),
-        };
+        let waiters: Vec<Waiter> = lock_pending(&self.pending).drain().map(|(_, w)| w).collect();
         for w in waiters {
             let _ = w.send(Err(Error::ConnectionLost));
         }
     }
 
     fn take_waiter(&self, id: u64) -> Option<Waiter> {
-        match self.pending.lock() {
-            Ok(mut p) => p.remove(&id),
-            Err(poisoned) => poisoned.into_inner().remove(&id),
-        }
+        lock_pending(&self.pending).remove(&id)
     }
 }
 
@@ -239,6 +285,8 @@ impl Client {
             return Err(Error::Config("no proxy endpoints configured".into()));
         }
         let slots = (0..config.connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
+        let backoff = config.endpoints.iter().map(|_| Mutex::new(Backoff::default())).collect();
+        let calls = Semaphore::new(config.max_calls.clamp(1, Semaphore::MAX_PERMITS));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -246,8 +294,26 @@ impl Client {
                 next_slot: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
                 preferred_endpoint: AtomicUsize::new(0),
+                backoff,
+                calls,
             }),
         })
+    }
+
+    /// Calls in progress: waiting for a connection or an answer.
+    pub fn calls_in_progress(&self) -> usize {
+        let max = self.inner.config.max_calls.clamp(1, Semaphore::MAX_PERMITS);
+        max.saturating_sub(self.inner.calls.available_permits())
+    }
+
+    /// Answers awaited on the open connections (each call in progress awaits at most one).
+    pub fn answers_awaited(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .filter_map(|slot| slot.try_lock().ok().and_then(|conn| conn.clone()))
+            .map(|conn| lock_pending(&conn.pending).len())
+            .sum()
     }
 
     /// Runs one operation and returns its typed reply.
@@ -260,18 +326,47 @@ impl Client {
         }
     }
 
-    /// Sends `ops` as one frame and returns one outcome per operation, in order.
+    /// Sends `ops` as one frame and returns one outcome per operation, in order; within the
+    /// request timeout.
     pub async fn call_batch(&self, ops: Vec<Request>) -> Result<Vec<Outcome<Reply>>, Error> {
+        self.call_batch_by(ops, Instant::now() + self.inner.config.request_timeout).await
+    }
+
+    /// [`Client::call_batch`] with a deadline of the caller's: connecting, sending and waiting
+    /// all end there, with [`Error::Timeout`], and the proxy is told to give up then too.
+    pub async fn call_batch_by(
+        &self,
+        ops: Vec<Request>,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome<Reply>>, Error> {
+        let Ok(_call) = self.inner.calls.try_acquire() else {
+            return Err(Error::Overloaded);
+        };
+        let attempts = self.attempts(ops, deadline);
+        match tokio::time::timeout_at(deadline.into(), attempts).await {
+            Ok(result) => result,
+            // Whatever the call left behind (its waiter, a half-written frame) is undone as its
+            // future is dropped.
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    async fn attempts(
+        &self,
+        ops: Vec<Request>,
+        deadline: Instant,
+    ) -> Result<Vec<Outcome<Reply>>, Error> {
         let codes: Vec<OpCode> = ops.iter().map(Request::code).collect();
-        let timeout = self.inner.config.request_timeout;
-        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let left = deadline.saturating_duration_since(Instant::now());
+            // At least 1 ms: 0 would ask the proxy for its default deadline.
+            let timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
             // The frame holds plaintexts: it is wiped once written.
             let frame = Zeroizing::new(RequestBatch::encode_frame(id, timeout_ms, &ops));
-            match self.send(id, frame, timeout).await {
+            match self.send(id, frame).await {
                 Ok(body) => {
                     let (status, replies) =
                         ResponseBatch::decode_replies(&body, &codes).map_err(Error::Protocol)?;
@@ -288,20 +383,13 @@ impl Client {
         }
     }
 
-    async fn send(
-        &self,
-        id: u64,
-        frame: Zeroizing<Vec<u8>>,
-        timeout: Duration,
-    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+    async fn send(&self, id: u64, frame: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Error> {
         let conn = self.connection().await?;
         let (tx, rx) = oneshot::channel();
-        match conn.pending.lock() {
-            Ok(mut p) => p.insert(id, tx),
-            Err(_) => return Err(Error::ConnectionLost),
-        };
+        lock_pending(&conn.pending).insert(id, tx);
+        // However the call ends (answered, failed, timed out, or dropped), its waiter goes.
+        let _waiter = Unwait { conn: &conn, id };
         if conn.closed.load(Ordering::Acquire) {
-            conn.take_waiter(id);
             return Err(Error::ConnectionLost);
         }
         // Written by this task when no other frame is being written, sparing a wake-up of the
@@ -319,17 +407,11 @@ impl Client {
             Err(_) => conn.frames.send(frame).await.is_ok(),
         };
         if !sent {
-            conn.take_waiter(id);
             return Err(Error::ConnectionLost);
         }
-        let answer = tokio::time::timeout(timeout, rx);
-        match crate::io::busy_poll(answer, self.inner.config.busy_poll).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::ConnectionLost),
-            Err(_) => {
-                conn.take_waiter(id);
-                Err(Error::Timeout)
-            }
+        match crate::io::busy_poll(rx, self.inner.config.busy_poll).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ConnectionLost),
         }
     }
 
@@ -345,9 +427,22 @@ impl Client {
         {
             return Ok(conn.clone());
         }
-        let conn = self.connect().await?;
-        *guard = Some(conn.clone());
-        Ok(conn)
+        match self.connect().await {
+            Ok(conn) => {
+                *guard = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                drop(guard);
+                // Another slot's connection may still be up (only this one was lost).
+                self.inner
+                    .slots
+                    .iter()
+                    .filter_map(|slot| slot.try_lock().ok().and_then(|conn| conn.clone()))
+                    .find(|conn| !conn.closed.load(Ordering::Acquire))
+                    .ok_or(e)
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Arc<Connection>, Error> {
@@ -357,22 +452,39 @@ impl Client {
         let mut last_err = None;
         for i in 0..count {
             let index = (first + i) % count;
-            let Some(endpoint) = config.endpoints.get(index) else { continue };
-            match tokio::time::timeout(config.connect_timeout, self.open(endpoint)).await {
+            let (Some(endpoint), Some(backoff)) =
+                (config.endpoints.get(index), self.inner.backoff.get(index))
+            else {
+                continue;
+            };
+            if let Some(source) = lock_backoff(backoff).waiting(Instant::now()) {
+                last_err = Some(Error::Connect { endpoint: endpoint.clone(), source });
+                continue;
+            }
+            let source = match tokio::time::timeout(config.connect_timeout, self.open(endpoint))
+                .await
+            {
                 Ok(Ok(stream)) => {
+                    let was_down = std::mem::take(&mut *lock_backoff(backoff)).failures > 0;
+                    if was_down {
+                        tracing::info!(%endpoint, "hsm-proxy reachable again");
+                    }
                     self.inner.preferred_endpoint.store(index, Ordering::Relaxed);
                     return Ok(spawn_connection(endpoint.clone(), stream, config.max_body_bytes));
                 }
-                Ok(Err(source)) => {
-                    tracing::warn!(%endpoint, error = %source, "hsm-proxy connection failed");
-                    last_err = Some(Error::Connect { endpoint: endpoint.clone(), source });
-                }
-                Err(_) => {
-                    tracing::warn!(%endpoint, "hsm-proxy connection timed out");
-                    let source = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-                    last_err = Some(Error::Connect { endpoint: endpoint.clone(), source });
-                }
+                Ok(Err(source)) => source,
+                Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            };
+            let mut state = lock_backoff(backoff);
+            // The first failure in a row is worth a warning; the retries after it are not.
+            if state.failures == 0 {
+                tracing::warn!(%endpoint, error = %source, "hsm-proxy connection failed");
+            } else {
+                tracing::debug!(%endpoint, error = %source, "hsm-proxy connection failed again");
             }
+            state.failed(&source, config);
+            drop(state);
+            last_err = Some(Error::Connect { endpoint: endpoint.clone(), source });
         }
         Err(last_err.unwrap_or(Error::Config("no proxy endpoints configured".into())))
     }
@@ -384,6 +496,28 @@ impl Client {
         let connector = TlsConnector::from(config.tls.clone());
         connector.connect(config.server_name.clone(), tcp).await
     }
+}
+
+/// Removes a call's waiter from its connection when the call ends, however it ends.
+struct Unwait<'a> {
+    conn: &'a Connection,
+    id: u64,
+}
+
+impl Drop for Unwait<'_> {
+    fn drop(&mut self) {
+        self.conn.take_waiter(self.id);
+    }
+}
+
+fn lock_pending(
+    m: &Mutex<HashMap<u64, Waiter>>,
+) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_backoff(m: &Mutex<Backoff>) -> std::sync::MutexGuard<'_, Backoff> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Fails a connection whose caller was dropped midway through writing its frame: the stream may
@@ -462,7 +596,13 @@ async fn read_loop(
                 }
             }
             Err(reason) => {
-                tracing::warn!(endpoint = %conn.endpoint, reason, "hsm-proxy connection closed");
+                let waiting = lock_pending(&conn.pending).len();
+                // A proxy closes connections that stay idle: only one with calls on it is news.
+                if waiting > 0 {
+                    tracing::warn!(endpoint = %conn.endpoint, reason, waiting, "hsm-proxy connection closed");
+                } else {
+                    tracing::debug!(endpoint = %conn.endpoint, reason, "hsm-proxy connection closed");
+                }
                 break;
             }
         }
@@ -486,4 +626,172 @@ async fn read_frame(
     let mut body = Zeroizing::new(vec![0u8; len]);
     half.read_exact(&mut body).await.map_err(|_| "read failed")?;
     Ok((header, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::Health;
+
+    /// A TLS configuration that never gets used: these endpoints fail before any handshake
+    /// ends.
+    fn tls() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    fn client(endpoint: String, tune: impl FnOnce(&mut ClientConfig)) -> Client {
+        let mut config =
+            ClientConfig::new(vec![endpoint], "hsm-proxy", tls()).unwrap_or_else(|e| panic!("{e}"));
+        tune(&mut config);
+        Client::new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An address where nothing listens.
+    async fn dead_address() -> String {
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(listener);
+        addr.to_string()
+    }
+
+    /// An address that accepts TCP connections and never says a word; counts them.
+    async fn silent_address() -> (String, Arc<AtomicUsize>) {
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                held.push(tcp);
+            }
+        });
+        (addr.to_string(), accepted)
+    }
+
+    /// Runs `n` calls at once; returns their errors, in no order.
+    async fn calls(client: &Client, n: usize) -> Vec<Error> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move { c.call(Health).await })
+            })
+            .collect();
+        let mut errors = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(Err(e)) => errors.push(e),
+                Ok(Ok(_)) => panic!("a call to nowhere succeeded"),
+                Err(e) => panic!("a call panicked: {e}"),
+            }
+        }
+        errors
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_nothing_listening_calls_fail_at_once_and_leave_nothing_behind() {
+        let client = client(dead_address().await, |_| {});
+        let started = Instant::now();
+        let errors = calls(&client, 5000).await;
+        let took = started.elapsed();
+        assert_eq!(errors.len(), 5000);
+        assert!(took < Duration::from_secs(3), "5000 failed calls took {took:?}");
+        // Started all at once, more than `max_calls` (4096) are in progress at one moment: the
+        // rest are refused without waiting.
+        let refused = errors.iter().filter(|e| matches!(e, Error::Overloaded)).count();
+        let unreachable = errors.iter().filter(|e| matches!(e, Error::Connect { .. })).count();
+        assert_eq!(refused + unreachable, 5000);
+        assert!(unreachable >= 4096, "{refused} refused as overloaded");
+        // The endpoint waits out its backoff: the calls after the first failures say so.
+        assert!(errors.iter().any(|e| e.to_string().contains("next attempt in")));
+        assert_eq!(client.calls_in_progress(), 0);
+        assert_eq!(client.answers_awaited(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_silent_endpoint_costs_a_few_connect_timeouts_not_one_per_call() {
+        let (addr, accepted) = silent_address().await;
+        let client = client(addr, |c| {
+            c.connections = 1;
+            c.connect_timeout = Duration::from_millis(200);
+            c.request_timeout = Duration::from_millis(500);
+        });
+        let started = Instant::now();
+        let errors = calls(&client, 3000).await;
+        let took = started.elapsed();
+        assert_eq!(errors.len(), 3000);
+        // Each call ends by its deadline at the latest, whatever it waited on.
+        assert!(took < Duration::from_secs(2), "3000 calls took {took:?}");
+        assert!(
+            errors.iter().all(|e| matches!(e, Error::Connect { .. } | Error::Timeout)),
+            "{:?}",
+            errors.iter().find(|e| !matches!(e, Error::Connect { .. } | Error::Timeout))
+        );
+        let tries = accepted.load(Ordering::Relaxed);
+        assert!((1..=4).contains(&tries), "{tries} connection attempts");
+        assert_eq!(client.calls_in_progress(), 0);
+        assert_eq!(client.answers_awaited(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_beyond_the_bound_fail_at_once_and_the_rest_by_their_deadline() {
+        let (addr, _) = silent_address().await;
+        let client = client(addr, |c| {
+            c.max_calls = 10;
+            c.connect_timeout = Duration::from_secs(30);
+            c.request_timeout = Duration::from_millis(300);
+        });
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move { c.call(Health).await })
+            })
+            .collect();
+        while client.calls_in_progress() < 10 {
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let over = client.call(Health).await;
+        assert!(matches!(over, Err(Error::Overloaded)), "{over:?}");
+        assert!(started.elapsed() < Duration::from_millis(50));
+        for task in waiting {
+            let result = task.await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(client.calls_in_progress(), 0);
+        // Places are given back: the next call is not refused as overloaded.
+        let next = client.call(Health).await;
+        assert!(matches!(next, Err(Error::Timeout)), "{next:?}");
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_bound() {
+        let mut config = ClientConfig::new(vec!["x:1".into()], "hsm-proxy", tls())
+            .unwrap_or_else(|e| panic!("{e}"));
+        config.reconnect_backoff = Duration::from_millis(100);
+        config.reconnect_backoff_max = Duration::from_millis(350);
+        let mut backoff = Backoff::default();
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let before = Instant::now();
+            backoff.failed(&refused, &config);
+            let wait = backoff.retry_at.map(|at| at.duration_since(before)).unwrap_or_default();
+            waits.push(wait.as_millis() / 50 * 50);
+        }
+        assert_eq!(waits, vec![100, 200, 350, 350, 350]);
+        let waiting = backoff.waiting(Instant::now()).unwrap_or_else(|| panic!("not waiting"));
+        assert_eq!(waiting.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(backoff.waiting(Instant::now() + Duration::from_secs(1)).is_none());
+    }
 }
