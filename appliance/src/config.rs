@@ -335,6 +335,13 @@ pub struct HsmConfig {
     /// arrive while all are out leave together in the next frame.
     #[serde(default = "defaults::frames_in_flight")]
     pub frames_in_flight: usize,
+    /// Operations waiting for a frame; one more fails at once, and the API answers 503.
+    #[serde(default = "defaults::max_queued_operations")]
+    pub max_queued_operations: usize,
+    /// Wait before a proxy that refused a connection is tried again, from 50 ms doubling up to
+    /// this; calls meanwhile fail at once.
+    #[serde(default = "defaults::reconnect_backoff_max_ms")]
+    pub reconnect_backoff_max_ms: u64,
     /// Microseconds a request keeps its thread busy waiting for the proxy's answer before
     /// parking it: at low load on a virtual machine this spares the wake-up of an idle CPU, at
     /// the price of that CPU time. 0 (the default) parks at once.
@@ -431,6 +438,15 @@ mod defaults {
     }
     pub(super) fn request_timeout_ms() -> u64 {
         10_000
+    }
+    /// Far more than the frames in flight carry (4 × 32), a fraction of a second of the fastest
+    /// token's load; each holds at most one secret.
+    pub(super) fn max_queued_operations() -> usize {
+        4096
+    }
+    /// A restarted proxy is found within a second.
+    pub(super) fn reconnect_backoff_max_ms() -> u64 {
+        1_000
     }
     pub(super) fn yes() -> bool {
         true
@@ -531,6 +547,9 @@ impl Config {
         }
         if self.hsm.frames_in_flight == 0 {
             return Err(Error::Config("[hsm] frames_in_flight must be at least 1".into()));
+        }
+        if self.hsm.max_queued_operations == 0 {
+            return Err(Error::Config("[hsm] max_queued_operations must be at least 1".into()));
         }
         Ok(())
     }

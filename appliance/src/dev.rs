@@ -212,6 +212,8 @@ impl HsmStack {
                 connect_timeout_ms: 3_000,
                 request_timeout_ms: 10_000,
                 frames_in_flight: 4,
+                max_queued_operations: 4096,
+                reconnect_backoff_max_ms: 1_000,
                 busy_poll_us: self.busy_poll_us,
             },
             identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },

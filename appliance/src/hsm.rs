@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, Error as ClientError};
 use hsm_proxy_proto::op::{Decrypt, Encrypt, GenerateKek, Kek, KekId, Sealed};
 use hsm_proxy_proto::{SecretBytes, Status};
 
+use crate::config::HsmConfig;
 use crate::store::{KekRow, Store, StoreError};
 
 mod coalesce;
@@ -17,7 +19,8 @@ use coalesce::Coalescer;
 /// Why an HSM-backed step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
-    /// No proxy answered, or the HSM behind it is down or saturated: retry later.
+    /// No proxy answered, too many operations already wait for one, or the HSM behind it is
+    /// down or saturated: retry later.
     #[error("HSM proxy unavailable: {0}")]
     Unavailable(String),
     /// The stored data does not authenticate under its KEK (corruption or tampering).
@@ -67,9 +70,14 @@ pub(crate) fn payload_aad(project_id: &str, secret_id: &str) -> Vec<u8> {
 impl Hsm {
     /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
     /// dispatcher, so it must be called inside the tokio runtime.
-    pub fn new(client: Client, frames_in_flight: usize) -> Hsm {
+    pub fn new(client: Client, config: &HsmConfig) -> Hsm {
+        let limits = coalesce::Limits {
+            frames_in_flight: config.frames_in_flight,
+            max_queued: config.max_queued_operations,
+            timeout: Duration::from_millis(config.request_timeout_ms),
+        };
         Hsm {
-            coalescer: Coalescer::start(client, frames_in_flight),
+            coalescer: Coalescer::start(client, limits),
             by_project: Mutex::new(HashMap::new()),
             by_id: Mutex::new(HashMap::new()),
         }

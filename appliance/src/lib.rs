@@ -59,13 +59,15 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     client_config.connect_timeout = Duration::from_millis(config.hsm.connect_timeout_ms);
     client_config.request_timeout = Duration::from_millis(config.hsm.request_timeout_ms);
     client_config.busy_poll = Duration::from_micros(u64::from(config.hsm.busy_poll_us));
+    client_config.reconnect_backoff_max =
+        Duration::from_millis(config.hsm.reconnect_backoff_max_ms);
     if config.hsm.busy_poll_us > 0 {
         tracing::info!(
             busy_poll_us = config.hsm.busy_poll_us,
             "busy polling: a request spins this long for the proxy's answer before parking"
         );
     }
-    let hsm = Hsm::new(Client::new(client_config)?, config.hsm.frames_in_flight);
+    let hsm = Hsm::new(Client::new(client_config)?, &config.hsm);
     let identity = match config.identity.source {
         IdentitySourceName::Keystone => {
             let k = config.keystone.as_ref().ok_or_else(|| {
