@@ -110,6 +110,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Some(addr) => println!("  metrics           http://{addr}/metrics"),
                 None => println!("  metrics           off"),
             }
+            let server = &cfg.server;
+            println!(
+                "  connections       {} (and {} in their TLS handshake)",
+                server.max_connections, server.max_handshakes
+            );
+            println!(
+                "  timeouts          handshake {} ms, frame {} ms, idle {} ms",
+                server.handshake_timeout_ms, server.frame_timeout_ms, server.idle_timeout_ms
+            );
             println!("  module            {}", cfg.pkcs11.module.display());
             println!("  allowed clients   {}", cfg.tls.allowed_clients.join(", "));
             println!("  lock memory       {:?}", cfg.hardening.lock_memory);
