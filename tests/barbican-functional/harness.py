@@ -1,0 +1,303 @@
+"""Runs Barbican 23.0.0's own functional tests (functionaltests/api/v1) against the appliance.
+
+Started by `tests/barbican-functional/run`, which prepares the venv and the sdist. One
+`appliance dev` stack serves the secure-RBAC defaults; a second appliance (`appliance serve`)
+on the same HSM proxy, with its own database, serves the legacy roles
+(`enforce_new_defaults = false`). Each policy mode's results are compared with its list of
+expected failures: a test that fails without being listed fails the run.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODES = ("srbac", "legacy")
+
+# The tests that expect Keystone's 401 for a request without a token: a no-auth API has no
+# tokens to check.
+DESELECT = "not unauthed and not no_token"
+
+# Classes that count everything in a project or change its quotas, which other tests running
+# at the same time would disturb (Barbican's run_tests_parallel.sh runs them alone too).
+# Tests that pass in each mode at least: fewer (more skipped, or fewer collected) fails the run
+# as a new failure does. Raise them when fixes make more tests pass.
+MIN_PASSED = {"srbac": 511, "legacy": 523}
+
+SERIAL_CLASSES = ("ProjectQuotasPagingTestCase", "QuotaEnforcementTestCase",
+                  "ListingSecretsTestCase")
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def wait_for(what, check, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit("barbican-functional: timed out waiting for %s" % what)
+        time.sleep(0.1)
+
+
+def answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500
+    except OSError:
+        return False
+
+
+class Stack:
+    """The dev stack, and the legacy-mode appliance beside it; stopped by process id."""
+
+    def __init__(self, appliance, workdir):
+        self.appliance = appliance
+        self.workdir = workdir
+        self.procs = []
+        self.urls = {}
+
+    def start(self, modes):
+        data = os.path.join(self.workdir, "data")
+        dev_json = os.path.join(data, "dev.json")
+        if os.path.exists(dev_json):
+            os.remove(dev_json)
+        for db in ("appliance.db", "legacy.db"):
+            for suffix in ("", "-wal", "-shm"):
+                path = os.path.join(data, db + suffix)
+                if os.path.exists(path):
+                    os.remove(path)
+        os.makedirs(data, exist_ok=True)
+        dev_log = open(os.path.join(self.workdir, "dev.log"), "w")
+        self.procs.append(subprocess.Popen(
+            [self.appliance, "dev", "--listen", "127.0.0.1:0", "--data-dir", data],
+            stdout=dev_log, stderr=subprocess.STDOUT))
+
+        def read_dev_json():
+            if self.procs[0].poll() is not None:
+                raise SystemExit("barbican-functional: appliance dev exited; see %s"
+                                 % dev_log.name)
+            try:
+                with open(dev_json) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                return None
+
+        dev = wait_for("dev.json", read_dev_json, 120)
+        self.urls["srbac"] = dev["api_url"]
+        wait_for("the dev stack's API", lambda: answers(dev["api_url"] + "/"), 60)
+        if "legacy" in modes:
+            self.urls["legacy"] = self.start_legacy(dev, data)
+
+    def start_legacy(self, dev, data):
+        config = os.path.join(self.workdir, "legacy.toml")
+        pki = dev["pki"]
+        with open(config, "w") as f:
+            f.write("""[server]
+listen = "127.0.0.1:0"
+
+[database]
+url = "sqlite://{db}"
+
+[hsm]
+endpoints = ["{proxy}"]
+server_name = "hsm-proxy"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[identity]
+source = "noauth"
+allow_noauth = true
+
+[policy]
+enforce_new_defaults = false
+""".format(db=os.path.join(data, "legacy.db"), proxy=dev["proxy"]["address"],
+                ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"]))
+        log_path = os.path.join(self.workdir, "legacy.log")
+        out = open(log_path, "w")
+        env = dict(os.environ, NO_COLOR="1")
+        proc = subprocess.Popen([self.appliance, "--log-level", "info", "serve",
+                                 "--config", config],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.procs.append(proc)
+
+        def listening():
+            if proc.poll() is not None:
+                raise SystemExit("barbican-functional: the legacy-mode appliance exited; "
+                                 "see %s" % log_path)
+            with open(log_path) as f:
+                m = re.search(r"listen=(\d+\.\d+\.\d+\.\d+:\d+)", f.read())
+            return m and m.group(1)
+
+        url = "http://" + wait_for("the legacy-mode appliance", listening, 60)
+        wait_for("the legacy-mode API", lambda: answers(url + "/"), 30)
+        return url
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# The appliance always serves the secret-store API, with its one store, as Barbican does with
+# `enable_multiple_secret_stores = True`: the tests are told so.
+FUNCTIONAL_CONF = """[identity]
+uri = http://keystone.invalid/v3
+[keymanager]
+override_url = {url}
+override_url_version = v1
+timeout = 60
+server_host_href_set = False
+server_multiple_backends_enabled = {multiple_backends}
+"""
+
+
+def run_pytest(python, sdist, mode, url, workdir, workers, tag, multiple_backends):
+    """Runs the tree in one mode; returns {test id: outcome} from pytest's JUnit XML."""
+    modedir = os.path.join(workdir, mode + tag)
+    os.makedirs(os.path.join(modedir, "etc", "barbican"), exist_ok=True)
+    with open(os.path.join(modedir, "etc", "barbican", "barbican-functional.conf"), "w") as f:
+        f.write(FUNCTIONAL_CONF.format(url=url, multiple_backends=multiple_backends))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([HERE, sdist])
+    env["BARBICAN_FUNCTIONAL_MODE"] = mode
+    env.pop("PYTEST_ADDOPTS", None)
+    serial = " or ".join(SERIAL_CLASSES)
+    runs = [
+        ("parallel", "(%s) and not (%s)" % (DESELECT, serial),
+         ["-n", str(workers)] if workers > 1 else []),
+        ("serial", "(%s) and (%s)" % (DESELECT, serial), []),
+    ]
+    results = {}
+    for name, expr, extra in runs:
+        xml = os.path.join(modedir, "%s.xml" % name)
+        if os.path.exists(xml):
+            os.remove(xml)
+        cmd = [python, "-m", "pytest", "-p", "noauth", "-p", "no:cacheprovider", "-q",
+               "--rootdir", sdist, "-k", expr, "--junitxml", xml, "--tb=short"] + extra + [
+            os.path.join(sdist, "functionaltests", "api", "v1")]
+        with open(os.path.join(modedir, "%s.log" % name), "w") as out:
+            subprocess.run(cmd, cwd=modedir, env=env, stdout=out, stderr=subprocess.STDOUT)
+        results.update(parse_junit(xml))
+    return results
+
+
+def parse_junit(path):
+    results = {}
+    if not os.path.exists(path):
+        raise SystemExit("barbican-functional: pytest wrote no %s (see the log beside it)"
+                         % path)
+    for case in ET.parse(path).getroot().iter("testcase"):
+        cls = case.get("classname", "")
+        if not cls:
+            # A module that failed to import: nothing in it ran.
+            raise SystemExit("barbican-functional: pytest could not collect %s (see %s)"
+                             % (case.get("name"), path.replace(".xml", ".log")))
+        test_id = "%s::%s" % (cls, case.get("name"))
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error"):
+                outcome = "failed"
+            elif child.tag == "skipped":
+                outcome = "skipped"
+        if results.get(test_id) == "failed":
+            continue  # an error in teardown after a failure
+        results[test_id] = outcome
+    return results
+
+
+def expected_failures(mode):
+    path = os.path.join(HERE, "expected-failures-%s.txt" % mode)
+    listed = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            test_id, _, why = line.partition(" ")
+            listed[test_id] = why.strip()
+    return listed
+
+
+def report(mode, results, min_passed):
+    counts = {}
+    for outcome in results.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    failed = sorted(t for t, o in results.items() if o == "failed")
+    expected = expected_failures(mode)
+    unexpected = [t for t in failed if t not in expected]
+    fixed = sorted(t for t in expected if results.get(t) == "passed")
+    summary = ", ".join("%d %s" % (counts[k], k) for k in ("passed", "failed", "skipped")
+                        if counts.get(k))
+    log("==== %s mode: %s (%d failures expected) ====" % (mode, summary or "no tests",
+                                                          len(expected)))
+    for t in failed:
+        log("FAILED %s%s" % (t, "" if t in unexpected else "  (expected)"))
+    for t in fixed:
+        log("PASSED %s  (listed as an expected failure: take it off the list)" % t)
+    missing = sorted(t for t in expected if t not in results)
+    for t in missing:
+        log("MISSING %s  (listed as an expected failure but not run)" % t)
+    if counts.get("passed", 0) < min_passed:
+        log("FEWER PASSED than the %d expected" % min_passed)
+        return False
+    return bool(results) and not unexpected
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appliance", required=True)
+    parser.add_argument("--python", required=True, help="the venv's python")
+    parser.add_argument("--sdist", required=True, help="the unpacked barbican-23.0.0")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--mode", choices=MODES + ("both",), default="both")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--url", help="test this API (one mode) instead of starting the appliance")
+    args = parser.parse_args()
+    modes = MODES if args.mode == "both" else (args.mode,)
+    os.makedirs(args.workdir, exist_ok=True)
+    stack = Stack(args.appliance, args.workdir)
+    ok = True
+    try:
+        if args.url:
+            if len(modes) != 1:
+                raise SystemExit("barbican-functional: --url needs --mode srbac or legacy")
+            stack.urls[modes[0]] = args.url
+        else:
+            stack.start(modes)
+        for mode in modes:
+            started = time.monotonic()
+            log("running Barbican's functional tests, %s mode, against %s"
+                % (mode, stack.urls[mode]))
+            results = run_pytest(args.python, args.sdist, mode, stack.urls[mode],
+                                 args.workdir, args.workers, "-url" if args.url else "",
+                                 not args.url)
+            ok = report(mode, results, 0 if args.url else MIN_PASSED[mode]) and ok
+            log("(%s mode took %.0f s; logs in %s)" % (mode, time.monotonic() - started,
+                                                       os.path.join(args.workdir, mode + ("-url" if args.url else ""))))
+    finally:
+        stack.stop()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
