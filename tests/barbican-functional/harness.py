@@ -10,8 +10,8 @@ expected failures: a test that fails without being listed fails the run.
 import argparse
 import json
 import os
-import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +29,7 @@ DESELECT = "not unauthed and not no_token"
 # at the same time would disturb (Barbican's run_tests_parallel.sh runs them alone too).
 # Tests that pass in each mode at least: fewer (more skipped, or fewer collected) fails the run
 # as a new failure does. Raise them when fixes make more tests pass.
-MIN_PASSED = {"srbac": 511, "legacy": 523}
+MIN_PASSED = {"srbac": 511, "legacy": 524}
 
 SERIAL_CLASSES = ("ProjectQuotasPagingTestCase", "QuotaEnforcementTestCase",
                   "ListingSecretsTestCase")
@@ -58,6 +58,12 @@ def answers(url):
         return e.code < 500
     except OSError:
         return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Stack:
@@ -102,11 +108,22 @@ class Stack:
             self.urls["legacy"] = self.start_legacy(dev, data)
 
     def start_legacy(self, dev, data):
+        """The legacy-mode appliance, with `host_href` set: its hrefs never follow a client's
+        Host header, which the tests check when told `server_host_href_set = True`. Its port
+        must be known before it starts, so a free one is picked (again if taken meanwhile)."""
+        for _ in range(3):
+            url = self.try_legacy(dev, data, free_port())
+            if url:
+                return url
+        raise SystemExit("barbican-functional: no free port for the legacy-mode appliance")
+
+    def try_legacy(self, dev, data, port):
         config = os.path.join(self.workdir, "legacy.toml")
         pki = dev["pki"]
         with open(config, "w") as f:
             f.write("""[server]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
+host_href = "http://127.0.0.1:{port}"
 
 [database]
 url = "sqlite://{db}"
@@ -124,7 +141,7 @@ allow_noauth = true
 
 [policy]
 enforce_new_defaults = false
-""".format(db=os.path.join(data, "legacy.db"), proxy=dev["proxy"]["address"],
+""".format(port=port, db=os.path.join(data, "legacy.db"), proxy=dev["proxy"]["address"],
                 ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"]))
         log_path = os.path.join(self.workdir, "legacy.log")
         out = open(log_path, "w")
@@ -135,14 +152,18 @@ enforce_new_defaults = false
         self.procs.append(proc)
 
         def listening():
+            with open(log_path) as f:
+                text = f.read()
             if proc.poll() is not None:
+                if "binding" in text:
+                    return "taken"
                 raise SystemExit("barbican-functional: the legacy-mode appliance exited; "
                                  "see %s" % log_path)
-            with open(log_path) as f:
-                m = re.search(r"listen=(\d+\.\d+\.\d+\.\d+:\d+)", f.read())
-            return m and m.group(1)
+            return "listening" if "serving the Barbican v1 API" in text else None
 
-        url = "http://" + wait_for("the legacy-mode appliance", listening, 60)
+        if wait_for("the legacy-mode appliance", listening, 60) == "taken":
+            return None
+        url = "http://127.0.0.1:%d" % port
         wait_for("the legacy-mode API", lambda: answers(url + "/"), 30)
         return url
 
@@ -166,17 +187,19 @@ uri = http://keystone.invalid/v3
 override_url = {url}
 override_url_version = v1
 timeout = 60
-server_host_href_set = False
+server_host_href_set = {host_href_set}
 server_multiple_backends_enabled = {multiple_backends}
 """
 
 
-def run_pytest(python, sdist, mode, url, workdir, workers, tag, multiple_backends):
+def run_pytest(python, sdist, mode, url, workdir, workers, tag, appliance):
     """Runs the tree in one mode; returns {test id: outcome} from pytest's JUnit XML."""
     modedir = os.path.join(workdir, mode + tag)
     os.makedirs(os.path.join(modedir, "etc", "barbican"), exist_ok=True)
     with open(os.path.join(modedir, "etc", "barbican", "barbican-functional.conf"), "w") as f:
-        f.write(FUNCTIONAL_CONF.format(url=url, multiple_backends=multiple_backends))
+        # The appliance's legacy-mode instance has host_href set (Stack.start_legacy).
+        f.write(FUNCTIONAL_CONF.format(url=url, multiple_backends=appliance,
+                                       host_href_set=appliance and mode == "legacy"))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([HERE, sdist])
     env["BARBICAN_FUNCTIONAL_MODE"] = mode
