@@ -125,9 +125,9 @@ impl Default for OrdersConfig {
     }
 }
 
-/// `[server]`: what the API answers. The same section's keys for its connections are in
-/// [`ListenerConfig`]; [`Config::load`] refuses keys that neither knows.
-#[derive(Debug, Deserialize)]
+/// `[server]`: the HTTP API and its connections.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address of the Barbican v1 API.
     #[serde(default = "defaults::listen")]
@@ -143,12 +143,6 @@ pub struct ServerConfig {
     /// Largest secret payload, in bytes (Barbican's `max_allowed_secret_in_bytes`).
     #[serde(default = "defaults::max_secret_bytes")]
     pub max_secret_bytes: usize,
-}
-
-/// `[server]`: the API's connections: timeouts, the connection limit, and whose forwarded
-/// headers are believed.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ListenerConfig {
     /// Time allowed for a request's head (request line and headers), from the connection's
     /// accept or the first byte of a later request; the connection is closed after it.
     #[serde(default = "defaults::header_timeout_ms")]
@@ -174,9 +168,13 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<Cidr>,
 }
 
-impl Default for ListenerConfig {
+impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            listen: defaults::listen(),
+            host_href: None,
+            max_request_bytes: defaults::max_request_bytes(),
+            max_secret_bytes: defaults::max_secret_bytes(),
             header_timeout_ms: defaults::header_timeout_ms(),
             body_timeout_ms: defaults::body_timeout_ms(),
             idle_timeout_ms: defaults::idle_timeout_ms(),
@@ -187,9 +185,12 @@ impl Default for ListenerConfig {
     }
 }
 
-impl ListenerConfig {
+impl ServerConfig {
     /// Refuses settings that cannot work.
     pub fn validate(&self) -> Result<()> {
+        if self.max_secret_bytes == 0 || self.max_request_bytes == 0 {
+            return Err(Error::Config("[server] size limits must be positive".into()));
+        }
         let timeouts = [self.header_timeout_ms, self.body_timeout_ms, self.idle_timeout_ms];
         if timeouts.contains(&0) {
             return Err(Error::Config("[server] timeouts must be positive".into()));
@@ -201,26 +202,6 @@ impl ListenerConfig {
         }
         Ok(())
     }
-}
-
-/// Every key of `[server]`: those of [`ServerConfig`] and of [`ListenerConfig`].
-const SERVER_KEYS: &[&str] = &[
-    "listen",
-    "host_href",
-    "max_request_bytes",
-    "max_secret_bytes",
-    "header_timeout_ms",
-    "body_timeout_ms",
-    "idle_timeout_ms",
-    "max_connections",
-    "listen_backlog",
-    "trusted_proxies",
-];
-
-/// The file, as far as the listener is concerned.
-#[derive(Deserialize)]
-struct ListenerFile {
-    server: ListenerConfig,
 }
 
 /// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`); a bare address is a network of
@@ -483,28 +464,10 @@ mod defaults {
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
-        Self::load_with_listener(path).map(|(config, _)| config)
-    }
-
-    /// Reads and checks a configuration file, with the settings of the API's connections.
-    pub fn load_with_listener(path: &Path) -> Result<(Config, ListenerConfig)> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| Error::Io { path: path.to_owned(), source })?;
         let bad = |e: toml::de::Error| Error::Config(format!("{}: {e}", path.display()));
         let mut config: Config = toml::from_str(&text).map_err(bad)?;
-        // Both section types read `[server]`, so neither can refuse the other's keys.
-        let table: toml::Table = toml::from_str(&text).map_err(bad)?;
-        if let Some(server) = table.get("server").and_then(toml::Value::as_table)
-            && let Some(key) = server.keys().find(|k| !SERVER_KEYS.contains(&k.as_str()))
-        {
-            return Err(Error::Config(format!(
-                "{}: unknown key `{key}` in [server], expected one of {}",
-                path.display(),
-                SERVER_KEYS.join(", ")
-            )));
-        }
-        let listener = toml::from_str::<ListenerFile>(&text).map_err(bad)?.server;
-        listener.validate()?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut config.hsm.ca, &mut config.hsm.cert, &mut config.hsm.key] {
             if p.is_relative() {
@@ -522,7 +485,7 @@ impl Config {
             *p = base.join(&*p);
         }
         config.validate()?;
-        Ok((config, listener))
+        Ok(config)
     }
 
     /// Refuses settings that cannot work or that need an explicit opt-in.
@@ -542,9 +505,7 @@ impl Config {
                 "[identity] source = \"keystone\" needs a [keystone] section".into(),
             ));
         }
-        if self.server.max_secret_bytes == 0 || self.server.max_request_bytes == 0 {
-            return Err(Error::Config("[server] size limits must be positive".into()));
-        }
+        self.server.validate()?;
         if self.hsm.frames_in_flight == 0 {
             return Err(Error::Config("[hsm] frames_in_flight must be at least 1".into()));
         }
@@ -562,7 +523,8 @@ mod tests {
     #[test]
     fn the_example_file_is_valid_and_lists_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
-        let (c, l) = Config::load_with_listener(&path).unwrap();
+        let c = Config::load(&path).unwrap();
+        let l = &c.server;
         assert_eq!(c.server.listen, defaults::listen());
         assert_eq!(l.header_timeout_ms, defaults::header_timeout_ms());
         assert_eq!(l.body_timeout_ms, defaults::body_timeout_ms());
@@ -616,7 +578,7 @@ mod tests {
     }
 
     /// The example file with `lines` added to its `[server]` section, loaded.
-    fn load_with_server_lines(lines: &str) -> Result<(Config, ListenerConfig)> {
+    fn load_with_server_lines(lines: &str) -> Result<Config> {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
         let text = std::fs::read_to_string(example).unwrap();
         // The example's own line for each key set here goes.
@@ -631,17 +593,18 @@ mod tests {
         let path = dir.path().join("appliance.toml");
         std::fs::write(&path, text.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1))
             .unwrap();
-        Config::load_with_listener(&path)
+        Config::load(&path)
     }
 
     #[test]
     fn listener_keys_are_read_from_the_server_section() {
-        let (c, l) = load_with_server_lines(
+        let c = load_with_server_lines(
             "header_timeout_ms = 1500\nbody_timeout_ms = 2500\nidle_timeout_ms = 3500\n\
              max_connections = 7\nlisten_backlog = 64\n\
              trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]",
         )
         .unwrap();
+        let l = &c.server;
         assert_eq!(c.server.max_request_bytes, 25_000);
         assert_eq!(
             (l.header_timeout_ms, l.body_timeout_ms, l.idle_timeout_ms, l.max_connections),
@@ -662,7 +625,7 @@ mod tests {
         let e = load_with_server_lines("trusted_proxies = [\"proxy.example.com\"]").unwrap_err();
         assert!(e.to_string().contains("is not an IP address"), "{e}");
         let e = load_with_server_lines("header_timeout = 5").unwrap_err();
-        assert!(e.to_string().contains("unknown key `header_timeout` in [server]"), "{e}");
+        assert!(e.to_string().contains("unknown field `header_timeout`"), "{e}");
         let e = load_with_server_lines("idle_timeout_ms = 0").unwrap_err();
         assert!(e.to_string().contains("timeouts must be positive"), "{e}");
         let e = load_with_server_lines("max_connections = 0").unwrap_err();

@@ -18,7 +18,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 use crate::config::{
@@ -195,12 +194,7 @@ impl HsmStack {
     /// An appliance configuration using this stack, SQLite at `database_url`, no-auth.
     pub fn appliance_config(&self, listen: SocketAddr, database_url: String) -> Config {
         Config {
-            server: ServerConfig {
-                listen,
-                host_href: None,
-                max_request_bytes: crate::api::DEFAULT_MAX_REQUEST_BYTES,
-                max_secret_bytes: crate::api::DEFAULT_MAX_SECRET_BYTES,
-            },
+            server: ServerConfig { listen, ..ServerConfig::default() },
             database: DatabaseConfig { url: database_url, max_connections: 8 },
             hsm: HsmConfig {
                 endpoints: vec![self.proxy_addr.to_string()],
@@ -299,7 +293,7 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
             return Err(e);
         }
     };
-    let listener = match TcpListener::bind(options.listen).await {
+    let listener = match crate::server::bind(options.listen, config.server.listen_backlog) {
         Ok(l) => l,
         Err(e) => {
             stack.stop().await;
@@ -343,7 +337,7 @@ pub async fn run(options: DevOptions, shutdown: impl Future<Output = ()>) -> Res
         shutdown.await;
         let _ = stop.send(true);
     };
-    crate::server::serve(listener, app.clone(), shutdown).await;
+    crate::server::serve_with(listener, app.clone(), &config.server, shutdown).await;
     let _ = stop.send(true);
     let stack = supervisor.await;
     app.store().close().await;

@@ -136,17 +136,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
-            let (cfg, connections) = appliance::config::Config::load_with_listener(&config)?;
+            let cfg = appliance::config::Config::load(&config)?;
             runtime()?.block_on(async {
                 let app = appliance::build(&cfg).await?;
                 let listener =
-                    appliance::server::bind(cfg.server.listen, connections.listen_backlog)
+                    appliance::server::bind(cfg.server.listen, cfg.server.listen_backlog)
                         .with_context(|| format!("binding {}", cfg.server.listen))?;
                 tracing::info!(listen = %listener.local_addr()?, "serving the Barbican v1 API");
                 appliance::server::serve_with(
                     listener,
                     app.clone(),
-                    &connections,
+                    &cfg.server,
                     shutdown_signal(),
                 )
                 .await;

@@ -35,7 +35,7 @@ use tokio::time::{Instant, Sleep};
 use zeroize::Zeroizing;
 
 use crate::api::{self, App};
-use crate::config::{Cidr, ListenerConfig};
+use crate::config::{Cidr, ServerConfig};
 
 /// Time allowed on shutdown for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 /// Serves the API on `listener` with the default timeouts and limits until `shutdown`
 /// completes, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    serve_with(listener, app, &ListenerConfig::default(), shutdown).await;
+    serve_with(listener, app, &ServerConfig::default(), shutdown).await;
 }
 
 /// Serves the API on `listener` with `config`'s timeouts, connection limit and trusted proxies
@@ -76,7 +76,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 pub async fn serve_with(
     listener: TcpListener,
     app: Arc<App>,
-    config: &ListenerConfig,
+    config: &ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) {
     let timeouts = Timeouts {

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use appliance::config::ListenerConfig;
+use appliance::config::ServerConfig;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -190,7 +190,7 @@ fn count(env: &Env, sql: &str) -> i64 {
 }
 
 async fn cut_off_bodies_are_never_stored(env: Env) {
-    let served = env.serve(ListenerConfig::default()).await;
+    let served = env.serve(ServerConfig::default()).await;
     let addr = served.addr;
     // The PUT target: a secret with no payload yet, in a project of its own.
     let put_caller = Caller { project: "cut-put", ..CUT };
@@ -307,10 +307,10 @@ async fn slow_headers_do_not_delay_others_and_are_closed_at_the_header_timeout()
     let env = Env::sqlite().await;
     let header_timeout = Duration::from_millis(3_000);
     let served = env
-        .serve(ListenerConfig {
+        .serve(ServerConfig {
             header_timeout_ms: header_timeout.as_millis() as u64,
             max_connections: n + 100,
-            ..ListenerConfig::default()
+            ..ServerConfig::default()
         })
         .await;
     let addr = served.addr;
@@ -399,10 +399,10 @@ where
 async fn kept_connections_wait_the_idle_timeout_and_silent_ones_the_header_timeout() {
     let env = Env::sqlite().await;
     let served = env
-        .serve(ListenerConfig {
+        .serve(ServerConfig {
             header_timeout_ms: 500,
             idle_timeout_ms: 1_500,
-            ..ListenerConfig::default()
+            ..ServerConfig::default()
         })
         .await;
     let get = b"GET / HTTP/1.1\r\nHost: kms.test\r\n\r\n";
@@ -438,7 +438,7 @@ async fn kept_connections_wait_the_idle_timeout_and_silent_ones_the_header_timeo
 async fn a_slow_body_is_cut_at_the_body_timeout() {
     let env = Env::sqlite().await;
     let served =
-        env.serve(ListenerConfig { body_timeout_ms: 1_000, ..ListenerConfig::default() }).await;
+        env.serve(ServerConfig { body_timeout_ms: 1_000, ..ServerConfig::default() }).await;
     let whole =
         json!({"name": "slow", "payload": "abc", "payload_content_type": "text/plain"}).to_string();
     let mut stream = TcpStream::connect(served.addr).await.unwrap();
@@ -482,8 +482,7 @@ async fn a_slow_body_is_cut_at_the_body_timeout() {
 async fn connections_beyond_the_limit_get_503_until_others_close() {
     let log = capture_warnings();
     let env = Env::sqlite().await;
-    let served =
-        env.serve(ListenerConfig { max_connections: 3, ..ListenerConfig::default() }).await;
+    let served = env.serve(ServerConfig { max_connections: 3, ..ServerConfig::default() }).await;
     let get = b"GET / HTTP/1.1\r\nHost: kms.test\r\n\r\n";
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -567,10 +566,10 @@ async fn secret_ref_with_forwarded_headers(addr: SocketAddr, proto: &str, host: 
     answer.json()["secret_ref"].as_str().unwrap().to_owned()
 }
 
-fn trusting(cidrs: &[&str]) -> ListenerConfig {
-    ListenerConfig {
+fn trusting(cidrs: &[&str]) -> ServerConfig {
+    ServerConfig {
         trusted_proxies: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
-        ..ListenerConfig::default()
+        ..ServerConfig::default()
     }
 }
 
@@ -578,7 +577,7 @@ fn trusting(cidrs: &[&str]) -> ListenerConfig {
 async fn forwarded_headers_are_believed_only_from_trusted_proxies() {
     let env = Env::sqlite().await;
     // Default: never believed (Barbican's *_change_host_with_header_not_allowed).
-    let served = env.serve(ListenerConfig::default()).await;
+    let served = env.serve(ServerConfig::default()).await;
     let r = secret_ref_with_forwarded_headers(served.addr, "https", "www.example.com").await;
     assert!(r.starts_with("http://kms.test:9311/v1/secrets/"), "{r}");
     let answer = exchange(

@@ -116,7 +116,7 @@ impl Env {
 
     /// Serves this API over TCP on a free loopback port, with `listener`'s settings, until the
     /// returned server is dropped.
-    pub async fn serve(&self, listener: appliance::config::ListenerConfig) -> Served {
+    pub async fn serve(&self, listener: appliance::config::ServerConfig) -> Served {
         let addr = "127.0.0.1:0".parse().unwrap();
         let socket = appliance::server::bind(addr, listener.listen_backlog).unwrap();
         let addr = socket.local_addr().unwrap();

@@ -140,7 +140,7 @@ impl Metrics {
             ),
             retries: counter(
                 "retries_total",
-                "Operations retried once after a recoverable failure",
+                "Attempts of an operation retried after a transient failure",
             ),
             inline_operations: counter(
                 "inline_operations_total",
