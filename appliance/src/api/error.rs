@@ -86,7 +86,7 @@ impl ApiError {
 
     /// The HSM (through its proxies) or the database cannot be reached: retry later.
     pub(crate) fn unavailable(operation: &str, what: &str, cause: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(operation, error = %cause, "{what} unavailable");
+        warn_unavailable(operation, what, cause);
         Self::issue(
             StatusCode::SERVICE_UNAVAILABLE,
             operation,
@@ -101,6 +101,26 @@ impl ApiError {
             "title": title(self.status),
             "description": self.description,
         })
+    }
+}
+
+/// Logs an unavailability at most once a second, saying how many went unlogged since: while
+/// the HSM or the database is away every request fails the same way, and one line each would
+/// flood the log. The others are logged at debug.
+fn warn_unavailable(operation: &str, what: &str, cause: &dyn std::fmt::Display) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_SECOND.load(Relaxed);
+    if now > last && LAST_SECOND.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+        let unlogged = UNLOGGED.swap(0, Relaxed);
+        tracing::warn!(operation, error = %cause, unlogged, "{what} unavailable");
+    } else {
+        UNLOGGED.fetch_add(1, Relaxed);
+        tracing::debug!(operation, error = %cause, "{what} unavailable");
     }
 }
 
