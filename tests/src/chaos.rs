@@ -951,7 +951,11 @@ impl PgCluster {
             .map(|(_, bin)| bin);
         let Some(bin) = bin else {
             if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
-                panic!("PostgreSQL is required but no /usr/lib/postgresql/*/bin/initdb exists");
+                panic!(
+                    "PostgreSQL is required, and its restart case needs the server package's \
+                     initdb and pg_ctl (apt-get install postgresql), but no \
+                     /usr/lib/postgresql/*/bin/initdb exists"
+                );
             }
             eprintln!(
                 "\n*** SKIPPING PostgreSQL chaos case: no /usr/lib/postgresql/*/bin/initdb ***\n"
