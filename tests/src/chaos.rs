@@ -1131,11 +1131,23 @@ pub fn fill_disk(path: &Path) -> u64 {
     written
 }
 
-/// One SQL query on a SQLite file through the `sqlite3` CLI, its output trimmed.
+/// One SQL query on a SQLite file: each row's first column, one line per row.
 pub fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3").arg(db).arg(sql).output().unwrap();
-    assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut statement = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let rows = statement
+        .query_map([], |row| {
+            Ok(match row.get::<_, rusqlite::types::Value>(0)? {
+                rusqlite::types::Value::Null => "NULL".to_owned(),
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Real(f) => f.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                rusqlite::types::Value::Blob(b) => format!("{b:?}"),
+            })
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let lines: Vec<String> = rows.map(|r| r.unwrap()).collect();
+    lines.join("\n")
 }
 
 fn sleep(d: Duration) {
