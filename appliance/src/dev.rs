@@ -456,6 +456,9 @@ impl SimSpec {
             .arg(&self.fault_file)
             .arg("--ready-file")
             .arg(&self.ready)
+            // Killed outright, `appliance dev` takes the device with it.
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
             .stdout(Stdio::null())
             .stderr(log_file)
             .kill_on_drop(true)
@@ -866,6 +869,9 @@ async fn spawn_proxy(
         .arg(config)
         .arg("--ready-file")
         .arg(&ready)
+        // Killed outright, `appliance dev` takes the proxy with it.
+        .arg("--parent-pid")
+        .arg(std::process::id().to_string())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)

@@ -75,6 +75,11 @@ struct ServeArgs {
     /// Write the bound endpoints here as JSON once listening.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Exit once the process with this id is no longer the parent: a supervisor that starts
+    /// the device as its child (`appliance dev`) and is killed outright takes it along. The
+    /// token's state is written at every change, so nothing is lost.
+    #[arg(long, value_name = "PID")]
+    parent_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -291,6 +296,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state = ?config.state_file,
         "fwsim serving"
     );
+    if let Some(pid) = args.parent_pid {
+        std::thread::spawn(move || {
+            loop {
+                let parent = std::os::unix::process::parent_id();
+                if parent != pid {
+                    tracing::warn!(expected = pid, parent, "the parent process exited; stopping");
+                    std::process::exit(0);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
     if let Some(ready) = args.ready_file {
         let info = serde_json::json!({ "listen": bound, "pid": std::process::id(), "profile": profile.name });
         std::fs::write(&ready, info.to_string())

@@ -34,6 +34,11 @@ enum Command {
         /// Write the bound addresses as JSON to this file once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Shut down as on SIGTERM once the process with this id is no longer the parent: a
+        /// supervisor that starts the proxy as its child (`appliance dev`) and is killed
+        /// outright takes the proxy with it.
+        #[arg(long, value_name = "PID")]
+        parent_pid: Option<u32>,
     },
     /// Create the master key (MKEK) in the token, once, before the first `serve`.
     InitToken {
@@ -76,7 +81,7 @@ fn init_logging(level: &str) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { config, create_mkek, ready_file } => {
+        Command::Serve { config, create_mkek, ready_file, parent_pid } => {
             let cfg = Config::load(&config)?;
             // Before the PIN is read or the token touched: nothing secret is swapped or dumped.
             hsm_proxy::hardening::apply(&cfg.hardening)?;
@@ -91,7 +96,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .thread_name("hsm-proxy-io")
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(serve(proxy, &cfg, ready_file.as_deref()))
+            runtime.block_on(serve(proxy, &cfg, ready_file.as_deref(), parent_pid))
         }
         Command::InitToken { config } => {
             let cfg = Config::load(&config)?;
@@ -127,7 +132,12 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(proxy: Proxy, cfg: &Config, ready_file: Option<&Path>) -> anyhow::Result<()> {
+async fn serve(
+    proxy: Proxy,
+    cfg: &Config,
+    ready_file: Option<&Path>,
+    parent_pid: Option<u32>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding {}", cfg.server.listen))?;
@@ -152,8 +162,28 @@ async fn serve(proxy: Proxy, cfg: &Config, ready_file: Option<&Path>) -> anyhow:
     if let Some(path) = ready_file {
         write_ready_file(path, &info)?;
     }
-    proxy.serve(listener, metrics_listener, shutdown_signal()).await?;
+    let shutdown = async {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            () = parent_gone(parent_pid) => {}
+        }
+    };
+    proxy.serve(listener, metrics_listener, shutdown).await?;
     Ok(())
+}
+
+/// Completes once the process `pid` is no longer this one's parent; never without a pid.
+async fn parent_gone(pid: Option<u32>) {
+    let Some(pid) = pid else { return std::future::pending().await };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let parent = std::os::unix::process::parent_id();
+        if parent != pid {
+            tracing::warn!(expected = pid, parent, "the parent process exited; shutting down");
+            return;
+        }
+    }
 }
 
 /// Written to a temporary name and renamed, so that a reader never sees half a file.
