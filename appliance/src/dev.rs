@@ -6,7 +6,7 @@
 //! a child process (the appliance itself links no PKCS#11 code) and serves the API. A second
 //! start reuses everything. `dev.json` says where each piece is, including the module and
 //! environment that point `pkcs11-tool` or `hsm-bench` at the very token in use, and the
-//! children's process ids. While the API serves, a supervisor ([`supervise`]) starts a child
+//! children's process ids. While the API serves, a supervisor (`supervise`) starts a child
 //! that dies again, on the same address and state.
 
 mod supervise;

@@ -6,7 +6,7 @@
 //! arrive whole (cut short, reset, badly chunked) is answered 400, one slower than the body
 //! timeout 408, and the connection is closed: no handler ever sees a partial body.
 //!
-//! Between requests a connection's I/O ([`TimedIo`]) keeps the header timeout (from the accept,
+//! Between requests a connection's I/O (`TimedIo`) keeps the header timeout (from the accept,
 //! or a kept connection's first byte, to the end of the head) and the idle timeout (waiting for
 //! the next request, or for the client to take an answer). Connections beyond `max_connections`
 //! are answered 503 and closed.
