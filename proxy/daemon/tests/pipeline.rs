@@ -215,6 +215,13 @@ async fn the_client_reconnects_after_a_proxy_restart_and_fails_over() {
     // reconnects by itself.
     let restarted =
         Proxy::start(&token, &Settings { listen: addr.to_string(), ..Settings::default() });
+    // Calls fail at once while the client waits out its reconnect backoff (at most 1 s), then
+    // go through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while client.call(Random { len: 8 }).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the client did not reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for _ in 0..3 {
         assert_eq!(client.call(Random { len: 8 }).await.unwrap().len(), 8);
     }

@@ -109,7 +109,10 @@ async fn sessions_lost_underneath_the_pool_are_replaced() {
         assert_eq!(open(&client, &kek, &after).await, b"written after");
     }
     assert!(metric(&metrics, "hsm_proxy_sessions_replaced_total") >= 1.0);
-    assert_eq!(metric(&metrics, "hsm_proxy_reinitializations_total"), 2.0);
+    // A worker logs in again on its new session and the key-holder is replaced in place; a
+    // module that answers the lost login otherwise (SoftHSM2) costs one more re-initialisation.
+    let reinitialized = metric(&metrics, "hsm_proxy_reinitializations_total");
+    assert!((1.0..=2.0).contains(&reinitialized), "{reinitialized} re-initialisations");
 
     // Nothing failed from the client's point of view.
     let rendered = metrics.render();
