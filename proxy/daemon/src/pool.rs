@@ -582,7 +582,8 @@ impl Worker {
         };
         if self.session.as_ref().is_some_and(|(e, _)| *e != epoch.number) {
             // A session of a previous library instance: its handle means nothing any more.
-            self.forget_session();
+            // (The read lock is held here, so not `forget_session`.)
+            self.drop_session();
         }
         if self.session.is_none() {
             if !epoch.reserve_session(self.budget) {
@@ -640,18 +641,27 @@ impl Worker {
     }
 
     /// Forgets a session the token no longer knows (or that died with its library instance).
+    /// Takes the token's read lock: never call it while holding one, since a second read waits
+    /// behind a writer waiting for the first.
     fn forget_session(&mut self) {
-        // Its operations end with it.
-        self.aead = MessageAead::default();
-        if let Some((number, session)) = self.session.take() {
-            // Opened without close-on-drop: dropping it leaves the token's handle alone.
-            drop(session);
-            self.metrics.sessions_open.dec();
+        if let Some(number) = self.drop_session() {
             let guard = self.token.read();
             if let Some(epoch) = guard.epoch().filter(|e| e.number == number) {
                 epoch.release_session();
             }
         }
+    }
+
+    /// Drops the session without closing it and without uncounting it: for a session of an
+    /// earlier library instance, whose count went with its epoch. The epoch it was opened in.
+    fn drop_session(&mut self) -> Option<u64> {
+        // Its operations end with it.
+        self.aead = MessageAead::default();
+        let (number, session) = self.session.take()?;
+        // Opened without close-on-drop: dropping it leaves the token's handle alone.
+        drop(session);
+        self.metrics.sessions_open.dec();
+        Some(number)
     }
 
     /// Closes the session. One whose close fails stays counted against the budget: it may
