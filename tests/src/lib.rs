@@ -123,6 +123,38 @@ impl Drop for DevStack {
     }
 }
 
+/// No-auth headers of a member (and reader) of `project`, then `extra`.
+pub fn member_of(
+    project: &'static str,
+    extra: &[(&'static str, &'static str)],
+) -> Vec<(&'static str, &'static str)> {
+    [("X-Project-Id", project), ("X-Roles", "member,reader"), ("X-User-Id", "tester")]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+/// Stores `payload` as a `text/plain` secret of `project`.
+pub fn store_text(api: &str, project: &'static str, payload: &str) -> HttpResponse {
+    let body = serde_json::json!({"payload": payload, "payload_content_type": "text/plain"});
+    http(
+        "POST",
+        &format!("{api}/v1/secrets"),
+        &member_of(project, &[("Content-Type", "application/json")]),
+        body.to_string().as_bytes(),
+    )
+}
+
+/// The `text/plain` payload of a secret of `project`.
+pub fn fetch_text(secret_ref: &str, project: &'static str) -> HttpResponse {
+    http(
+        "GET",
+        &format!("{secret_ref}/payload"),
+        &member_of(project, &[("Accept", "text/plain")]),
+        b"",
+    )
+}
+
 /// An HTTP response.
 #[derive(Debug)]
 pub struct HttpResponse {

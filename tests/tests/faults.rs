@@ -7,27 +7,21 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, HttpResponse, bin_dir, http};
+use e2e::{DevStack, HttpResponse, bin_dir, fetch_text, http, member_of, store_text};
 
-const MEMBER: &[(&str, &str)] =
-    &[("X-Project-Id", "faults"), ("X-Roles", "member,reader"), ("X-User-Id", "tester")];
+/// The project every secret of this test belongs to.
+const PROJECT: &str = "faults";
 
 fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-    MEMBER.iter().copied().chain(extra.iter().copied()).collect()
+    member_of(PROJECT, extra)
 }
 
 fn store(api: &str, payload: &str) -> HttpResponse {
-    let body = serde_json::json!({"payload": payload, "payload_content_type": "text/plain"});
-    http(
-        "POST",
-        &format!("{api}/v1/secrets"),
-        &with(&[("Content-Type", "application/json")]),
-        body.to_string().as_bytes(),
-    )
+    store_text(api, PROJECT, payload)
 }
 
 fn fetch(secret_ref: &str) -> HttpResponse {
-    http("GET", &format!("{secret_ref}/payload"), &with(&[("Accept", "text/plain")]), b"")
+    fetch_text(secret_ref, PROJECT)
 }
 
 /// An error must be Barbican's 503 with its JSON body.

@@ -10,31 +10,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, HttpResponse, bin_dir, http, is_running, kill_hard};
+use e2e::{DevStack, HttpResponse, bin_dir, fetch_text, is_running, kill_hard, store_text};
 
-const MEMBER: &[(&str, &str)] =
-    &[("X-Project-Id", "supervision"), ("X-Roles", "member,reader"), ("X-User-Id", "tester")];
+/// The project every secret of this test belongs to.
+const PROJECT: &str = "supervision";
 /// Client threads storing and reading at once.
 const THREADS: usize = 4;
 /// Stores must succeed again this soon after a kill.
 const RECOVERY: Duration = Duration::from_secs(5);
 
-fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-    MEMBER.iter().copied().chain(extra.iter().copied()).collect()
-}
-
 fn store(api: &str, payload: &str) -> HttpResponse {
-    let body = serde_json::json!({"payload": payload, "payload_content_type": "text/plain"});
-    http(
-        "POST",
-        &format!("{api}/v1/secrets"),
-        &with(&[("Content-Type", "application/json")]),
-        body.to_string().as_bytes(),
-    )
+    store_text(api, PROJECT, payload)
 }
 
 fn fetch(secret_ref: &str) -> HttpResponse {
-    http("GET", &format!("{secret_ref}/payload"), &with(&[("Accept", "text/plain")]), b"")
+    fetch_text(secret_ref, PROJECT)
 }
 
 /// `None` when `r` is Barbican's 503 with its JSON body; what is wrong with it otherwise.
