@@ -26,7 +26,7 @@ use policy::{Credentials, Decision, Policy, Scope, Target};
 pub use crate::api::error::ApiError;
 use crate::auth::{Identity, IdentitySource};
 use crate::hsm::Hsm;
-use crate::store::Store;
+use appliance_store::Store;
 
 /// Highest microversion served: `key-manager 1.2`.
 const MAX_MINOR: u8 = 2;
@@ -499,7 +499,7 @@ pub(crate) async fn entity_target(
 /// A `Target` for rules about a secret.
 pub(crate) async fn secret_target(
     call: &Call<'_>,
-    secret: &crate::store::SecretRow,
+    secret: &appliance_store::SecretRow,
 ) -> Result<Target, ApiError> {
     entity_target(
         call,

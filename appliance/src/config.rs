@@ -462,6 +462,41 @@ mod defaults {
 }
 
 impl Config {
+    /// The configuration of a development appliance: no-auth identity, the database at
+    /// `database_url`, one proxy at `proxy` reached with the certificates of `pki`, busy
+    /// polling as the proxy does it, every other setting at its default.
+    pub fn development(
+        listen: SocketAddr,
+        database_url: String,
+        proxy: String,
+        pki: &pki::Bundle,
+        busy_poll_us: u32,
+    ) -> Config {
+        Config {
+            server: ServerConfig { listen, ..ServerConfig::default() },
+            database: DatabaseConfig { url: database_url, max_connections: 8 },
+            hsm: HsmConfig {
+                endpoints: vec![proxy],
+                server_name: "hsm-proxy".into(),
+                ca: pki.ca_cert.clone(),
+                cert: pki.client_cert.clone(),
+                key: pki.client_key.clone(),
+                connections: 2,
+                connect_timeout_ms: 3_000,
+                request_timeout_ms: 10_000,
+                frames_in_flight: 4,
+                max_queued_operations: 4096,
+                reconnect_backoff_max_ms: 1_000,
+                busy_poll_us,
+            },
+            identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },
+            policy: PolicyConfig::default(),
+            quotas: QuotasConfig::default(),
+            orders: OrdersConfig::default(),
+            keystone: None,
+        }
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)

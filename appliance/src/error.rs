@@ -23,19 +23,13 @@ pub enum Error {
     },
     /// The database could not be opened or migrated.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] appliance_store::StoreError),
     /// The policy or its file is invalid.
     #[error("policy: {0}")]
     Policy(#[from] policy::Error),
     /// The HSM proxy client could not be configured.
     #[error("HSM proxy client: {0}")]
     Hsm(#[from] hsm_proxy_proto::client::Error),
-    /// The PKI could not be issued or written.
-    #[error(transparent)]
-    Pki(#[from] crate::pki::Error),
-    /// The dev stack could not be brought up.
-    #[error("dev: {0}")]
-    Dev(String),
     /// A listener could not be bound.
     #[error("network: {0}")]
     Network(#[source] std::io::Error),

@@ -10,9 +10,19 @@ use hsm_proxy_proto::op::{Decrypt, Encrypt, GenerateKek, Kek, KekId, Sealed};
 use hsm_proxy_proto::{SecretBytes, Status};
 
 use crate::config::HsmConfig;
-use crate::store::{KekRow, Store, StoreError};
+use appliance_store::{KekRow, Store, StoreError, StoredPayload};
 
 mod coalesce;
+
+/// A payload the HSM sealed under KEK `kek_id`, as it is stored.
+pub(crate) fn stored(
+    content_type: String,
+    format: Option<String>,
+    kek_id: String,
+    sealed: Sealed,
+) -> StoredPayload {
+    StoredPayload::new(content_type, format, kek_id, sealed.ciphertext, &sealed.iv, &sealed.tag)
+}
 
 use coalesce::Coalescer;
 

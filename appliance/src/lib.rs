@@ -1,22 +1,19 @@
 //! The appliance: the control plane in front of one or more `hsm-proxy` daemons.
 //!
 //! It serves the Barbican v1 API ([`api`]), keeps secrets as ciphertext in SQLite or
-//! PostgreSQL ([`store`]), has every key operation done in the HSM through the proxies
-//! ([`hsm`]), decides access with Barbican's policy, and issues its own mTLS PKI ([`pki`]).
+//! PostgreSQL (the `appliance-store` crate), has every key operation done in the HSM through
+//! the proxies ([`hsm`]), and decides access with Barbican's policy.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod dev;
 mod error;
 pub mod hsm;
 pub mod keystone;
 pub mod orders;
-pub mod pki;
 pub mod server;
-pub mod store;
 pub mod timefmt;
 
 use std::sync::Arc;
@@ -30,7 +27,7 @@ use crate::auth::IdentitySource;
 use crate::config::{Config, IdentitySourceName};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
-use crate::store::Store;
+use appliance_store::Store;
 
 /// Reads a secret (a password) from a file, trailing newline dropped, into a secret type.
 fn read_secret(path: &std::path::Path) -> Result<secrecy::SecretString> {

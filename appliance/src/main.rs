@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
+mod dev;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -187,10 +189,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 _ => None,
             };
             let hsm = match hsm.as_str() {
-                "sim" => appliance::dev::HsmChoice::Sim { profile: sim_profile },
-                "softhsm2" => appliance::dev::HsmChoice::SoftHsm2,
+                "sim" => devstack::HsmChoice::Sim { profile: sim_profile },
+                "softhsm2" => devstack::HsmChoice::SoftHsm2,
                 other => match other.strip_prefix("pkcs11:") {
-                    Some(module) => appliance::dev::HsmChoice::Pkcs11 {
+                    Some(module) => devstack::HsmChoice::Pkcs11 {
                         module: module.into(),
                         token_label: token_label.context("--hsm pkcs11:... needs --token-label")?,
                         pin_file: pin_file.context("--hsm pkcs11:... needs --pin-file")?,
@@ -200,20 +202,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                     ),
                 },
             };
-            let options = appliance::dev::DevOptions {
-                data_dir,
-                listen,
-                proxy_bin,
-                keystone,
-                hsm,
-                busy_poll_us,
-            };
-            runtime()?.block_on(appliance::dev::run(options, shutdown_signal()))?;
+            let options =
+                dev::DevOptions { data_dir, listen, proxy_bin, keystone, hsm, busy_poll_us };
+            runtime()?.block_on(dev::run(options, shutdown_signal()))?;
             Ok(())
         }
         Command::Pki(Pki::Init { dir, proxy_names, client_name }) => {
             let names: Vec<&str> = proxy_names.iter().map(String::as_str).collect();
-            let bundle = appliance::pki::write_bundle(&dir, &names, &client_name)?;
+            let bundle = pki::write_bundle(&dir, &names, &client_name)?;
             println!("CA certificate      {}", bundle.ca_cert.display());
             println!("CA key              {}", bundle.ca_key.display());
             println!("proxy certificate   {} ({})", bundle.proxy_cert.display(), names.join(", "));

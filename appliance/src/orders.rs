@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use crate::api::App;
 use crate::api::secrets::pem;
 use crate::hsm::{HsmError, payload_aad};
-use crate::store::{ContainerRow, ContainerSecret, OrderRow, SecretRow, StoredPayload};
 use crate::timefmt::now_micros;
+use appliance_store::{ContainerRow, ContainerSecret, OrderRow, SecretRow};
 
 /// Delay before retrying an order whose HSM step failed transiently.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -207,7 +207,7 @@ fn meta_str(meta: &Value, key: &str) -> Option<String> {
 fn base_secret(order: &OrderRow, meta: &Value, secret_type: &str) -> SecretRow {
     let now = now_micros();
     SecretRow {
-        id: crate::store::new_id(),
+        id: appliance_store::new_id(),
         project_id: order.project_id.clone(),
         name: meta_str(meta, "name"),
         secret_type: secret_type.into(),
@@ -243,7 +243,7 @@ async fn key_order(app: &App, order: &OrderRow) -> Result<SecretRow, Failure> {
     let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;
     let aad = payload_aad(&order.project_id, &secret.id);
     let sealed = app.hsm.call(GenerateSymmetric { kek, bits, aad }).await?;
-    secret.payload = Some(StoredPayload::new(content_type(&meta), None, kek_id, sealed));
+    secret.payload = Some(crate::hsm::stored(content_type(&meta), None, kek_id, sealed));
     Ok(secret)
 }
 
@@ -278,7 +278,7 @@ async fn asymmetric_order(
             aad: payload_aad(&order.project_id, &private.id),
         })
         .await?;
-    private.payload = Some(StoredPayload::new(
+    private.payload = Some(crate::hsm::stored(
         content_type(&meta),
         Some("pem:PRIVATE KEY".into()),
         kek_id.clone(),
@@ -287,10 +287,10 @@ async fn asymmetric_order(
     let public_pem = pem("PUBLIC KEY", &pair.public_key_der);
     let sealed =
         app.hsm.seal(&kek, &public_pem, payload_aad(&order.project_id, &public.id)).await?;
-    public.payload = Some(StoredPayload::new(content_type(&meta), None, kek_id, sealed));
+    public.payload = Some(crate::hsm::stored(content_type(&meta), None, kek_id, sealed));
     let now = now_micros();
     let container = ContainerRow {
-        id: crate::store::new_id(),
+        id: appliance_store::new_id(),
         project_id: order.project_id.clone(),
         name: meta_str(&meta, "name"),
         kind: algorithm,

@@ -50,7 +50,7 @@ fn harness() -> &'static Harness {
 
 fn build() -> Result<Harness, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let pki = appliance::pki::write_bundle(&dir.path().join("pki"), &["hsm-proxy"], "appliance")?;
+    let pki = pki::write_bundle(&dir.path().join("pki"), &["hsm-proxy"], "appliance")?;
     // Port 1 on loopback refuses at once: the proxy is down, and HSM steps fail quickly.
     let config = format!(
         r#"

@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use super::body::{Kind, check_field, string};
 use super::secrets::{paged, paging, representation_of, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, secret_target};
-use crate::store::{SecretConsumerRow, SecretRow};
 use crate::timefmt::format_micros;
+use appliance_store::{SecretConsumerRow, SecretRow};
 
 const SCHEMA: &str = "Secret Consumer";
 

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, entity_target, is_uuid4, parse_json, project_target};
-use crate::store::{ContainerRow, ContainerSecret};
 use crate::timefmt::{format_micros, now_micros};
+use appliance_store::{ContainerRow, ContainerSecret};
 
 const TYPES: &[&str] = &["generic", "rsa", "certificate"];
 
@@ -187,7 +187,7 @@ async fn create(call: &Call<'_>) -> Outcome {
         }
     }
     let now = now_micros();
-    let id = crate::store::new_id();
+    let id = appliance_store::new_id();
     let row = ContainerRow {
         id: id.clone(),
         project_id: project.clone(),

@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
-use crate::store::{OrderRow, OrderStatus};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
+use appliance_store::{OrderRow, OrderStatus};
 
 const META_SCHEMA: &str = "Secret' within 'Order";
 
@@ -111,7 +111,7 @@ async fn create(call: &Call<'_>) -> Outcome {
     let stored = validate_meta(&kind, meta)?;
     super::quotas::enforce(call, "orders", "orders", OP).await?;
     let now = now_micros();
-    let id = crate::store::new_id();
+    let id = appliance_store::new_id();
     let order = OrderRow {
         id: id.clone(),
         project_id: call.identity().project_id.clone(),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::body::repr;
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
-use crate::store::{QUOTA_RESOURCES, QuotaRow};
+use appliance_store::{QUOTA_RESOURCES, QuotaRow};
 
 /// Refuses a creation when the project is at its quota for `resource` (403, Barbican's text).
 /// `counted` names what is counted (`secret_consumers` and `container_consumers` are separate).

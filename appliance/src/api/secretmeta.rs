@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::body::{Kind, check_field, repr, string};
 use super::secrets::store_error;
 use super::{ApiError, Call, Outcome, Reply, parse_json, secret_target};
-use crate::store::SecretRow;
+use appliance_store::SecretRow;
 
 fn key_is_url_safe(key: &str) -> bool {
     key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

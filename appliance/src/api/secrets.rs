@@ -11,8 +11,8 @@ use zeroize::Zeroizing;
 use super::body::{Kind, check_field, string};
 use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json, project_target, secret_target};
 use crate::hsm::{HsmError, payload_aad};
-use crate::store::{Compare, SecretQuery, SecretRow, StoreError, StoredPayload};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
+use appliance_store::{Compare, SecretQuery, SecretRow, StoreError, StoredPayload};
 
 const SECRET_TYPES: &[&str] =
     &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
@@ -259,7 +259,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
     super::quotas::enforce(call, "secrets", "secrets", OP).await?;
 
     let identity = call.identity();
-    let id = crate::store::new_id();
+    let id = appliance_store::new_id();
     let mut row = SecretRow {
         id: id.clone(),
         project_id: identity.project_id.clone(),
@@ -373,7 +373,7 @@ async fn seal(
         .seal(&kek, bytes, payload_aad(&row.project_id, &row.id))
         .await
         .map_err(|e| hsm_error(operation, &e))?;
-    Ok(StoredPayload::new(content_type.to_owned(), None, kek_id, sealed))
+    Ok(crate::hsm::stored(content_type.to_owned(), None, kek_id, sealed))
 }
 
 /// `GET /v1/secrets/{id}`: metadata, or (any Accept but JSON) the legacy payload path.

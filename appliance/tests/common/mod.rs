@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use appliance::App;
 use appliance::api::{Request, handle};
-use appliance::dev::HsmStack;
+use appliance::config::Config;
+use devstack::HsmStack;
 use hsm_proxy_proto::SecretBytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
@@ -20,10 +21,10 @@ pub fn postgres_admin_url() -> String {
 }
 
 /// The HSM the tests run on: SoftHSM2 unless `APPLIANCE_TEST_HSM=sim`.
-pub fn test_hsm() -> appliance::dev::HsmChoice {
+pub fn test_hsm() -> devstack::HsmChoice {
     match std::env::var("APPLIANCE_TEST_HSM").as_deref() {
-        Ok("sim") => appliance::dev::HsmChoice::default(),
-        _ => appliance::dev::HsmChoice::SoftHsm2,
+        Ok("sim") => devstack::HsmChoice::default(),
+        _ => devstack::HsmChoice::SoftHsm2,
     }
 }
 
@@ -108,7 +109,9 @@ impl Env {
     ) -> Env {
         ensure_proxy_built();
         let stack = HsmStack::start(&dir.path().join("hsm"), None, &test_hsm(), 0).await.unwrap();
-        let mut config = stack.appliance_config("127.0.0.1:0".parse().unwrap(), url);
+        let proxy = stack.proxy_addr.to_string();
+        let mut config =
+            Config::development("127.0.0.1:0".parse().unwrap(), url, proxy, &stack.pki, 0);
         change(&mut config);
         let app = appliance::build(&config).await.unwrap();
         Env { app, stack, db, dir }

@@ -22,7 +22,7 @@ use tokio_rustls::server::TlsStream;
 /// A peer that completes the TLS handshake and then reads nothing until told to, so that the
 /// client's writes back up; it hands over each connection it accepts.
 async fn stalled_peer(
-    pki: &appliance::pki::Bundle,
+    pki: &pki::Bundle,
 ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<TlsStream<tokio::net::TcpStream>>) {
     let chain = CertificateDer::pem_file_iter(&pki.proxy_cert)
         .unwrap()
@@ -66,7 +66,7 @@ async fn drain(mut stream: TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_dropped_midway_through_its_frame_retires_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = appliance::pki::write_bundle(dir.path(), &["hsm-proxy"], "appliance").unwrap();
+    let pki = pki::write_bundle(dir.path(), &["hsm-proxy"], "appliance").unwrap();
     let (addr, mut connections) = stalled_peer(&pki).await;
     let tls = tls_config_from_pem_files(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
     let mut config = ClientConfig::new(vec![addr.to_string()], "hsm-proxy", tls).unwrap();
@@ -126,7 +126,7 @@ async fn a_call_dropped_midway_through_its_frame_retires_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_a_proxy_that_never_answers_end_at_their_deadline_and_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = appliance::pki::write_bundle(dir.path(), &["hsm-proxy"], "appliance").unwrap();
+    let pki = pki::write_bundle(dir.path(), &["hsm-proxy"], "appliance").unwrap();
     let (addr, mut connections) = stalled_peer(&pki).await;
     let tls = tls_config_from_pem_files(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
     let mut config = ClientConfig::new(vec![addr.to_string()], "hsm-proxy", tls).unwrap();

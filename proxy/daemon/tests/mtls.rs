@@ -100,12 +100,7 @@ fn appliance_ca_client(
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let ca_key = std::fs::read_to_string(&proxy.pki.ca_key).unwrap();
     let ca_cert = std::fs::read_to_string(&proxy.pki.ca_cert).unwrap();
-    let ca = appliance::pki::CertificateAuthority::load(
-        &ca_cert,
-        &ca_key,
-        appliance::pki::BUNDLE_CA_NAME,
-    )
-    .unwrap();
+    let ca = pki::CertificateAuthority::load(&ca_cert, &ca_key, pki::BUNDLE_CA_NAME).unwrap();
     let issued = ca.issue_client(name).unwrap();
     let cert = token.path().join(format!("{name}.pem"));
     let key = token.path().join(format!("{name}-key.pem"));

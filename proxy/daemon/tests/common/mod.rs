@@ -10,8 +10,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use appliance::pki::{Bundle, CertificateAuthority};
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
+use pki::{Bundle, CertificateAuthority};
 
 pub const PIN: &str = "4321-test-pin";
 const SO_PIN: &str = "87654321";
@@ -148,7 +148,7 @@ pub fn write_config(token: &Token, settings: &Settings) -> (PathBuf, Bundle) {
         // A restarted proxy keeps its certificates, as a real one does.
         Bundle::in_dir(&dir)
     } else {
-        appliance::pki::write_bundle(&dir, &["hsm-proxy", "127.0.0.1"], "appliance").unwrap()
+        pki::write_bundle(&dir, &["hsm-proxy", "127.0.0.1"], "appliance").unwrap()
     };
     let allowed: Vec<String> = settings.allowed_clients.iter().map(|c| format!("{c:?}")).collect();
     let config = format!(

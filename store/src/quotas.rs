@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, Row};
 use super::grouped::{GroupRead, push_in_list};
 use super::sqlite_reads::lookup_one;
 use super::{Backend, Columns, Result, Store, present};
-use crate::timefmt::now_micros;
+use crate::now_micros;
 
 /// The quota resources, in Barbican's order.
 pub const QUOTA_RESOURCES: [&str; 5] = ["secrets", "orders", "containers", "consumers", "cas"];

@@ -4,6 +4,8 @@
 //! Keys are ECDSA P-256. Private keys are handed out as zeroizing PEM strings and written to
 //! disk with mode 0600.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::fs::OpenOptions;
 use std::io::Write;

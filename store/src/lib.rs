@@ -3,6 +3,11 @@
 //! Secrets are stored as AES-GCM ciphertext with IV, tag and the id of the project KEK they are
 //! sealed under; KEKs only wrapped under the HSM's master key. Nothing here ever holds a
 //! plaintext or an unwrapped key.
+//!
+//! This crate is the only one that speaks SQL: the appliance's services call it, and
+//! nothing here knows of HTTP, policy or the HSM.
+
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -14,7 +19,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::grouped::{GroupRead, GroupReader, Kept, push_in_list, push_parameters};
 use self::sqlite_reads::{SqliteReader, lookup_one};
-use crate::timefmt::now_micros;
 
 mod grouped;
 mod orders;
@@ -151,20 +155,22 @@ pub struct StoredPayload {
 }
 
 impl StoredPayload {
-    /// A payload as the HSM sealed it under KEK `kek_id`.
+    /// A payload as the HSM sealed it under KEK `kek_id`: AES-256-GCM ciphertext, IV and tag.
     pub fn new(
         content_type: String,
         format: Option<String>,
         kek_id: String,
-        sealed: hsm_proxy_proto::op::Sealed,
+        ciphertext: Vec<u8>,
+        iv: &[u8],
+        tag: &[u8],
     ) -> StoredPayload {
         StoredPayload {
             content_type,
             format,
             kek_id,
-            ciphertext: sealed.ciphertext,
-            iv: sealed.iv.to_vec(),
-            tag: sealed.tag.to_vec(),
+            ciphertext,
+            iv: iv.to_vec(),
+            tag: tag.to_vec(),
         }
     }
 }
@@ -400,13 +406,20 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     path.is_file().then(|| path.to_path_buf())
 }
 
+/// Now, in microseconds since the epoch: every timestamp column holds this.
+pub fn now_micros() -> i64 {
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// A new id for a secret, container or order: a version-4 UUID in canonical form, as Barbican
 /// makes and its lookups insist on, whose first 48 bits are the time in milliseconds (laid out
 /// as in RFC 9562's version 7) and whose other 74 free bits are random. New rows then land at
 /// the end of the primary-key index instead of on a random page of it, so under load a commit
 /// rewrites a few index pages rather than one per row. The creation time it carries is no news
 /// to anyone who can read the entity.
-pub(crate) fn new_id() -> String {
+pub fn new_id() -> String {
     let time_ordered = uuid::Uuid::now_v7().into_bytes();
     uuid::Builder::from_bytes(time_ordered)
         .with_version(uuid::Version::Random)
@@ -925,7 +938,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
         for id in ids.iter().chain([&first]) {
-            assert!(crate::api::is_uuid4(id), "{id} is not what Barbican's lookup accepts");
+            let parsed = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(parsed.get_version_num(), 4, "{id} is not what Barbican's lookup accepts");
+            assert_eq!(parsed.hyphenated().to_string(), *id, "{id} is not canonical");
         }
         let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());

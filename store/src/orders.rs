@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::relations::{ContainerRow, insert_container_on};
 use super::{Backend, Result, SecretRow, Store, insert_secret_on};
-use crate::timefmt::now_micros;
+use crate::now_micros;
 
 /// Where an order is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,16 +7,15 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::watch;
 
-use super::{DevJson, HsmStack, NO_MKEK_HINT};
-use crate::error::Error;
+use crate::{DevJson, Error, HsmStack, NO_MKEK_HINT};
 
 /// The wait before the first restart; it doubles with each failure in a row.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 /// The longest wait: a daemon that cannot stay up costs one start attempt this often.
 const MAX_DELAY: Duration = Duration::from_secs(5);
-/// A daemon up this long has recovered: its next death waits [`FIRST_DELAY`] again.
+/// A daemon up this long has recovered: its next death waits `FIRST_DELAY` again.
 const STABLE: Duration = Duration::from_secs(10);
-/// Once a daemon fails the same way at [`MAX_DELAY`], one failure in this many is logged.
+/// Once a daemon fails the same way at `MAX_DELAY`, one failure in this many is logged.
 const REMIND_EVERY: u32 = 12;
 
 /// A supervised child.
@@ -202,10 +201,10 @@ enum Event {
 
 /// Watches the stack's children until `stop` turns true, then hands the stack back to be
 /// stopped. A child that dies is started again on the same address and state, after a wait
-/// that starts at [`FIRST_DELAY`], doubles with each failure in a row up to [`MAX_DELAY`], and
-/// starts over once it has stayed up [`STABLE`]. The proxy waits for the simulator, whose
+/// that starts at `FIRST_DELAY`, doubles with each failure in a row up to `MAX_DELAY`, and
+/// starts over once it has stayed up `STABLE`. The proxy waits for the simulator, whose
 /// token it logs in to. `dev.json` is rewritten with each change of process id.
-pub(super) async fn supervise(
+pub async fn supervise(
     mut stack: HsmStack,
     dev_json: DevJson,
     mut stop: watch::Receiver<bool>,

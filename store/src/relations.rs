@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::{Result, Store};
-use crate::timefmt::now_micros;
+use crate::now_micros;
 
 /// A consumer registered on a secret.
 #[derive(Clone, Debug)]
