@@ -24,8 +24,8 @@ use hyper::{Method, StatusCode};
 use policy::{Credentials, Decision, Policy, Scope, Target};
 
 pub use crate::api::error::ApiError;
-use crate::auth::{Identity, IdentitySource};
 use crate::hsm::Hsm;
+use crate::identity::{Identity, IdentityError, IdentitySource};
 use appliance_store::Store;
 
 /// Highest microversion served: `key-manager 1.2`.
@@ -355,7 +355,7 @@ async fn route(app: &App, req: &Request, minor: u8) -> Response {
                 call.identity = Some(identity);
                 v1(&call, rest).await
             }
-            Err(early) => return *early,
+            Err(refused) => return unidentified(&refused, &req.headers),
         },
         _ => Err(ApiError::not_found("The resource could not be found.")),
     };
@@ -443,6 +443,45 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
     }
 }
 
+/// The answer to a request without an identity, as Barbican's middleware gives it.
+fn unidentified(refused: &IdentityError, request: &HeaderMap) -> Response {
+    match refused {
+        IdentityError::MissingProject => missing_project(request),
+        IdentityError::Unauthenticated { www_authenticate } => {
+            let mut r = error_response(&ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "The request you have made requires authentication.",
+            ));
+            insert(&mut r.headers, "www-authenticate", www_authenticate);
+            r
+        }
+        IdentityError::Unavailable => error_response(&ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Authentication service unavailable, please retry later.",
+        )),
+    }
+}
+
+/// The error page Barbican's middleware (webob) answers when `X-Project-Id` is missing: plain
+/// text, or webob's JSON form when the client accepts JSON.
+fn missing_project(request: &HeaderMap) -> Response {
+    const EXPLANATION: &str = "The server could not comply with the request since it is either malformed or otherwise incorrect.";
+    let accept = request.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("application/json") {
+        let value = serde_json::json!({
+            "message": format!("{EXPLANATION}<br /><br />\nMissing X-Project-Id\n\n"),
+            "code": "400 Bad Request",
+            "title": "Bad Request",
+        });
+        return json_response(StatusCode::BAD_REQUEST, &value);
+    }
+    let body = format!("400 Bad Request\n\n{EXPLANATION}\n\n Missing X-Project-Id  ");
+    let mut r =
+        Response { status: StatusCode::BAD_REQUEST, headers: HeaderMap::new(), body: body.into() };
+    insert(&mut r.headers, "content-type", "text/plain; charset=UTF-8");
+    r
+}
+
 pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
     let mut r = Response {
         status,
@@ -528,4 +567,44 @@ pub(crate) fn is_uuid4(value: &str) -> bool {
 /// Reply helpers.
 pub(crate) fn json(status: StatusCode, value: serde_json::Value) -> Outcome {
     Ok((Reply::Json(status, value), Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests report failures by panicking
+
+    use super::*;
+
+    fn accepting(accept: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = accept {
+            h.insert("accept", HeaderValue::from_static(a));
+        }
+        h
+    }
+
+    #[test]
+    fn a_missing_project_gets_webobs_page_in_text_or_json() {
+        let r = unidentified(&IdentityError::MissingProject, &accepting(None));
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&r.body).ends_with("Missing X-Project-Id  "));
+        assert_eq!(r.headers["content-type"], "text/plain; charset=UTF-8");
+        let r = unidentified(&IdentityError::MissingProject, &accepting(Some("application/json")));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], "400 Bad Request");
+    }
+
+    #[test]
+    fn an_unauthenticated_caller_is_told_where_to_authenticate() {
+        let refused = IdentityError::Unauthenticated {
+            www_authenticate: "Keystone uri=\"http://keystone:5000\"".into(),
+        };
+        let r = unidentified(&refused, &accepting(None));
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers["www-authenticate"], "Keystone uri=\"http://keystone:5000\"");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["code"], 401);
+        let r = unidentified(&IdentityError::Unavailable, &accepting(None));
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

@@ -7,11 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod auth;
 pub mod config;
 mod error;
 pub mod hsm;
-pub mod keystone;
+pub mod identity;
 pub mod orders;
 pub mod server;
 pub mod timefmt;
@@ -23,10 +22,10 @@ use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 
 use crate::api::ApiSettings;
 pub use crate::api::App;
-use crate::auth::IdentitySource;
 use crate::config::{Config, IdentitySourceName};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
+use crate::identity::IdentitySource;
 use appliance_store::Store;
 
 /// Reads a secret (a password) from a file, trailing newline dropped, into a secret type.
@@ -74,7 +73,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             let www = k.www_authenticate_uri.clone().unwrap_or_else(|| {
                 k.auth_url.trim_end_matches('/').trim_end_matches("/v3").to_owned()
             });
-            let settings = crate::keystone::KeystoneSettings {
+            let settings = crate::identity::KeystoneSettings {
                 auth_url: k.auth_url.trim_end_matches('/').to_owned(),
                 username: k.username.clone(),
                 user_domain_id: k.user_domain_id.clone(),
@@ -88,7 +87,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             };
             tracing::info!(auth_url = %settings.auth_url, user = %settings.username, "Keystone identity");
             IdentitySource::Keystone(Arc::new(
-                crate::keystone::Keystone::new(settings).map_err(Error::Network)?,
+                crate::identity::Keystone::new(settings).map_err(Error::Network)?,
             ))
         }
         IdentitySourceName::Noauth => {

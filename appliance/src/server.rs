@@ -149,7 +149,7 @@ pub async fn serve_with(
         () = graceful.shutdown() => tracing::info!("all API connections closed"),
         () = tokio::time::sleep(DRAIN) => tracing::warn!("drain timeout: closing API connections"),
     }
-    if let crate::auth::IdentitySource::Keystone(k) = &app.settings.identity {
+    if let crate::identity::IdentitySource::Keystone(k) = &app.settings.identity {
         let (hits, misses) = k.cache_counts();
         let ratio = hits as f64 / (hits + misses).max(1) as f64;
         tracing::info!(hits, misses, hit_ratio = format!("{ratio:.3}"), "Keystone token cache");

@@ -6,23 +6,26 @@
 //! to live passes (which bounds how long a revoked token keeps working). When Keystone cannot
 //! be reached, cached tokens keep working and new ones get a 503.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use lru::LruCache;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::auth::Identity;
+use super::{Identity, IdentityError, header};
 use crate::timefmt::{now_micros, parse_iso8601};
 
 /// Refresh the service token this long before it expires.
@@ -66,7 +69,7 @@ impl std::fmt::Debug for KeystoneSettings {
 
 /// Why a token was not accepted.
 #[derive(Debug)]
-pub enum TokenError {
+enum TokenError {
     /// Missing, invalid, expired or revoked: 401.
     Invalid,
     /// Keystone cannot be reached or answered oddly: 503.
@@ -79,12 +82,63 @@ struct Cached {
     valid_until: i64,
 }
 
+/// What `GET /v3/auth/tokens` answers (and `POST`, for the service user's own token): the
+/// parts of Keystone's token body that make an identity.
+#[derive(Debug, Deserialize)]
+struct TokenBody {
+    token: TokenInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenInfo {
+    expires_at: String,
+    #[serde(default)]
+    roles: Vec<Named>,
+    project: Option<Named>,
+    domain: Option<Named>,
+    user: Option<Named>,
+}
+
+/// A role, project, domain or user: Keystone names each by id and name.
+#[derive(Debug, Deserialize)]
+struct Named {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl TokenInfo {
+    /// The caller the token stands for.
+    fn identity(self) -> Identity {
+        let project_id = self.project.and_then(|p| p.id);
+        // Domain- and system-scoped tokens reach no project: every Barbican rule refuses them.
+        let domain_id = match (&project_id, self.domain.and_then(|d| d.id)) {
+            (Some(_), _) => None,
+            (None, Some(d)) => Some(d),
+            (None, None) => Some("(unscoped)".to_owned()),
+        };
+        Identity {
+            project_id: project_id.unwrap_or_default(),
+            user_id: self.user.and_then(|u| u.id),
+            roles: self
+                .roles
+                .into_iter()
+                .filter_map(|r| r.name)
+                .map(|r| r.to_ascii_lowercase())
+                .collect(),
+            domain_id,
+        }
+    }
+}
+
 /// A Keystone client with a token cache.
 pub struct Keystone {
     settings: KeystoneSettings,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     service_token: tokio::sync::Mutex<Option<(SecretString, i64)>>,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Validated tokens by their SHA-256, least recently used dropped first when full.
+    cache: Mutex<LruCache<[u8; 32], Cached>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -105,13 +159,41 @@ impl Keystone {
             .build();
         let http = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Keystone {
-            settings,
             http,
             service_token: tokio::sync::Mutex::new(None),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(
+                NonZeroUsize::new(settings.cache_entries).unwrap_or(NonZeroUsize::MIN),
+            )),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            settings,
         })
+    }
+
+    /// keystonemiddleware's checks: a valid user token, and a valid service token (carrying
+    /// the `service` role) when one is sent.
+    pub(super) async fn identify(&self, headers: &HeaderMap) -> Result<Identity, IdentityError> {
+        let refuse = |e: TokenError| match e {
+            TokenError::Invalid => self.unauthenticated(),
+            TokenError::Unavailable(why) => {
+                tracing::warn!(reason = %why, "keystone unavailable: new tokens cannot be validated");
+                IdentityError::Unavailable
+            }
+        };
+        let token = header(headers, "x-auth-token").ok_or_else(|| self.unauthenticated())?;
+        let identity = self.validate(token).await.map_err(refuse)?;
+        if let Some(service) = header(headers, "x-service-token") {
+            let service = self.validate(service).await.map_err(refuse)?;
+            if !service.roles.iter().any(|r| r == "service") {
+                tracing::info!("a service token without the service role was refused");
+                return Err(self.unauthenticated());
+            }
+        }
+        Ok(identity)
+    }
+
+    fn unauthenticated(&self) -> IdentityError {
+        IdentityError::Unauthenticated { www_authenticate: self.www_authenticate() }
     }
 
     /// The `WWW-Authenticate` value for 401 answers.
@@ -125,10 +207,11 @@ impl Keystone {
     }
 
     /// The identity behind a token: project, user, roles and scope.
-    pub async fn validate(&self, token: &str) -> Result<Identity, TokenError> {
+    async fn validate(&self, token: &str) -> Result<Identity, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = now_micros();
-        if let Some(hit) = self.lock_cache().get(&key).filter(|c| c.valid_until > now).cloned() {
+        let hit = self.lock_cache().get(&key).filter(|c| c.valid_until > now).cloned();
+        if let Some(hit) = hit {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit.identity);
         }
@@ -136,58 +219,36 @@ impl Keystone {
         let body = match self.check(token).await? {
             Some(body) => body,
             None => {
-                self.lock_cache().remove(&key);
+                self.lock_cache().pop(&key);
                 return Err(TokenError::Invalid);
             }
         };
-        let t = &body["token"];
-        let expires =
-            t["expires_at"].as_str().and_then(parse_iso8601).ok_or(TokenError::Invalid)?;
+        let expires = parse_iso8601(&body.token.expires_at).ok_or(TokenError::Invalid)?;
         if expires <= now {
             return Err(TokenError::Invalid);
         }
-        let roles: Vec<String> = t["roles"]
-            .as_array()
-            .map(|r| {
-                r.iter().filter_map(|x| x["name"].as_str()).map(str::to_ascii_lowercase).collect()
-            })
-            .unwrap_or_default();
-        let project_id = t["project"]["id"].as_str().map(str::to_owned);
-        // Domain- and system-scoped tokens reach no project: every Barbican rule refuses them.
-        let domain_id = match (&project_id, t["domain"]["id"].as_str()) {
-            (Some(_), _) => None,
-            (None, Some(d)) => Some(d.to_owned()),
-            (None, None) => Some("(unscoped)".to_owned()),
-        };
-        let identity = Identity {
-            project_id: project_id.unwrap_or_default(),
-            user_id: t["user"]["id"].as_str().map(str::to_owned),
-            roles,
-            domain_id,
-        };
+        let identity = body.token.identity();
         let ttl = i64::try_from(self.settings.cache_ttl.as_micros()).unwrap_or(i64::MAX);
         let entry = Cached { identity: identity.clone(), valid_until: expires.min(now + ttl) };
         let mut cache = self.lock_cache();
-        if cache.len() >= self.settings.cache_entries {
-            // Full: drop what is stale, then (still full) the entry closest to expiry.
-            cache.retain(|_, c| c.valid_until > now);
-            if cache.len() >= self.settings.cache_entries
-                && let Some(oldest) =
-                    cache.iter().min_by_key(|(_, c)| c.valid_until).map(|(k, _)| *k)
-            {
-                cache.remove(&oldest);
+        if cache.len() == cache.cap().get() {
+            // Full: what has expired goes before anything still valid is pushed out.
+            let stale: Vec<[u8; 32]> =
+                cache.iter().filter(|(_, c)| c.valid_until <= now).map(|(k, _)| *k).collect();
+            for k in stale {
+                cache.pop(&k);
             }
         }
-        cache.insert(key, entry);
+        cache.put(key, entry);
         Ok(identity)
     }
 
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Cached>> {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, LruCache<[u8; 32], Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `GET /v3/auth/tokens`: the token's body, or `None` when Keystone does not know it.
-    async fn check(&self, token: &str) -> Result<Option<Value>, TokenError> {
+    async fn check(&self, token: &str) -> Result<Option<TokenBody>, TokenError> {
         for attempt in 0..2 {
             let service = self.service_token(attempt > 0).await?;
             let request = Request::builder()
@@ -245,9 +306,9 @@ impl Keystone {
             tracing::error!(%status, user = %s.username, "keystone refused the appliance's service user");
             return Err(TokenError::Unavailable(format!("service user login failed: {status}")));
         };
-        let expires = serde_json::from_slice::<Value>(&body)
+        let expires = serde_json::from_slice::<TokenBody>(&body)
             .ok()
-            .and_then(|v| v["token"]["expires_at"].as_str().and_then(parse_iso8601))
+            .and_then(|v| parse_iso8601(&v.token.expires_at))
             .unwrap_or_else(|| now_micros() + 600_000_000);
         *current = Some((token.clone(), expires));
         Ok(token)
@@ -269,5 +330,47 @@ impl Keystone {
             .map(|b| b.to_bytes())
             .map_err(|e| TokenError::Unavailable(e.to_string()))?;
         Ok((parts.status, parts.headers, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests report failures by panicking
+
+    use super::*;
+
+    fn identity_of(body: serde_json::Value) -> Identity {
+        serde_json::from_value::<TokenBody>(body).unwrap().token.identity()
+    }
+
+    #[test]
+    fn a_project_token_names_its_project_user_and_lower_case_roles() {
+        let id = identity_of(json!({"token": {
+            "expires_at": "2030-01-01T00:00:00.000000Z",
+            "roles": [{"id": "r1", "name": "Member"}, {"id": "r2", "name": "reader"}],
+            "project": {"id": "p1", "name": "demo", "domain": {"id": "default"}},
+            "user": {"id": "u1", "name": "alice"},
+            "methods": ["password"],
+        }}));
+        assert_eq!(id.project_id, "p1");
+        assert_eq!(id.user_id.as_deref(), Some("u1"));
+        assert_eq!(id.roles, vec!["member", "reader"]);
+        assert_eq!(id.domain_id, None);
+    }
+
+    #[test]
+    fn domain_scoped_and_unscoped_tokens_reach_no_project() {
+        let id = identity_of(json!({"token": {
+            "expires_at": "2030-01-01T00:00:00Z", "domain": {"id": "d1"}, "roles": [],
+        }}));
+        assert_eq!((id.project_id.as_str(), id.domain_id.as_deref()), ("", Some("d1")));
+        let id = identity_of(json!({"token": {"expires_at": "2030-01-01T00:00:00Z"}}));
+        assert_eq!(id.domain_id.as_deref(), Some("(unscoped)"));
+        assert!(id.roles.is_empty());
+    }
+
+    #[test]
+    fn a_token_without_an_expiry_is_not_a_token() {
+        assert!(serde_json::from_value::<TokenBody>(json!({"token": {"roles": []}})).is_err());
     }
 }
