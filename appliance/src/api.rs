@@ -21,70 +21,16 @@ use hsm_proxy_proto::SecretBytes;
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use policy::{Credentials, Decision, Policy, Scope, Target};
+use policy::{Decision, Target};
 
 pub use crate::api::error::ApiError;
-use crate::hsm::Hsm;
-use crate::identity::{Identity, IdentityError, IdentitySource};
-use appliance_store::Store;
+use crate::identity::{Identity, IdentityError};
+pub use crate::service::App;
+use appliance_store::EntityKind;
 
 /// Highest microversion served: `key-manager 1.2`.
 const MAX_MINOR: u8 = 2;
-/// Barbican's default `max_allowed_request_size_in_bytes`.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 25_000;
-/// Barbican's default `max_allowed_secret_in_bytes`.
-pub const DEFAULT_MAX_SECRET_BYTES: usize = 20_000;
-
-/// Everything the API needs, shared by all requests.
-#[derive(Debug)]
-pub struct App {
-    pub(crate) store: Store,
-    pub(crate) hsm: Hsm,
-    pub(crate) policy: Policy,
-    pub(crate) settings: ApiSettings,
-    pub(crate) orders: crate::orders::OrderQueue,
-}
-
-/// API behaviour the operator sets.
-#[derive(Clone, Debug)]
-pub struct ApiSettings {
-    /// Base of every href (`https://kms.example.com`); derived from the request when unset.
-    /// A trailing `/` is dropped.
-    pub host_href: Option<String>,
-    /// Largest request body read.
-    pub max_request_bytes: usize,
-    /// Largest secret payload (as submitted).
-    pub max_secret_bytes: usize,
-    /// Where identities come from.
-    pub identity: IdentitySource,
-    /// Default quota per resource (secrets, orders, containers, consumers, cas); negative is
-    /// unlimited.
-    pub quota_defaults: [i64; 5],
-    /// When this appliance started (microseconds since the epoch).
-    pub started: i64,
-}
-
-impl App {
-    /// Assembles the API from its parts.
-    pub fn new(
-        store: Store,
-        hsm: Hsm,
-        policy: Policy,
-        settings: ApiSettings,
-        orders: crate::orders::OrderQueue,
-    ) -> App {
-        let mut settings = settings;
-        if let Some(href) = settings.host_href.as_mut() {
-            href.truncate(href.trim_end_matches('/').len());
-        }
-        App { store, hsm, policy, settings, orders }
-    }
-
-    /// The database.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-}
+pub use crate::config::{DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_SECRET_BYTES};
 
 /// A request whose body has been read (up to the configured limit).
 #[derive(Debug)]
@@ -182,15 +128,7 @@ impl Call<'_> {
         operation: &str,
     ) -> Result<(), ApiError> {
         let id = self.identity();
-        let creds = Credentials {
-            roles: id.roles.clone(),
-            user_id: id.user_id.clone(),
-            project_id: Some(id.project_id.clone()),
-            domain_id: id.domain_id.clone(),
-            scope: if id.domain_id.is_some() { Scope::Domain } else { Scope::Project },
-            attributes: Default::default(),
-        };
-        match self.app.policy.enforce(action, target, &creds) {
+        match self.app.decide(action, target, id) {
             Decision::Allow => Ok(()),
             Decision::Deny => {
                 tracing::info!(action, project = %id.project_id, "policy denied the request");
@@ -416,7 +354,7 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
                 }
                 ["acl"] => {
                     let entity = acls::Entity {
-                        kind: "secret",
+                        kind: EntityKind::Secret,
                         id: &secret.id,
                         reference: format!("{}/v1/secrets/{}", call.base(), secret.id),
                         target: secret_target(call, &secret).await?,
@@ -503,36 +441,17 @@ fn error_response(error: &ApiError) -> Response {
 /// A `Target` for rules about a secret or container: its project, creator and read ACL.
 pub(crate) async fn entity_target(
     call: &Call<'_>,
-    kind: &str,
+    kind: EntityKind,
     id: &str,
     project_id: &str,
     creator_id: Option<&str>,
     has_read_acl: Option<bool>,
 ) -> Result<Target, ApiError> {
-    let acl = match has_read_acl {
-        Some(false) => None,
-        _ => call
-            .app
-            .store
-            .acl(kind, id)
-            .await
-            .map_err(|e| secrets::store_error("Policy check", &e))?,
-    };
-    // No ACL: readable project-wide, nobody listed.
-    let project_access = acl.as_ref().is_none_or(|a| a.project_access);
-    let caller = call.identity().user_id.as_deref();
-    let listed = match (&acl, caller) {
-        (Some(acl), Some(user)) => acl.users.iter().any(|u| u == user),
-        _ => false,
-    };
-    Ok(Target::new()
-        .set(&format!("target.{kind}.project_id"), project_id)
-        .set_opt(&format!("target.{kind}.creator_id"), creator_id.map(str::to_owned))
-        .set(
-            &format!("target.{kind}.read_project_access"),
-            if project_access { "True" } else { "False" },
-        )
-        .set_opt(&format!("target.{kind}.read"), listed.then(|| "read".to_owned())))
+    let entity = crate::service::Entity { kind, id, project_id, creator_id, has_read_acl };
+    call.app
+        .target(&entity, call.identity())
+        .await
+        .map_err(|e| secrets::store_error("Policy check", &e))
 }
 
 /// A `Target` for rules about a secret.
@@ -542,7 +461,7 @@ pub(crate) async fn secret_target(
 ) -> Result<Target, ApiError> {
     entity_target(
         call,
-        "secret",
+        EntityKind::Secret,
         &secret.id,
         &secret.project_id,
         secret.creator_id.as_deref(),
@@ -553,7 +472,7 @@ pub(crate) async fn secret_target(
 
 /// A `Target` for collection rules: the caller's own project.
 pub(crate) fn project_target(call: &Call<'_>) -> Target {
-    Target::new().set("project_id", call.identity().project_id.clone())
+    crate::service::project_target(call.identity())
 }
 
 pub(crate) use body::parse_json;

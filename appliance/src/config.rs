@@ -9,6 +9,11 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// Barbican's default `max_allowed_request_size_in_bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 25_000;
+/// Barbican's default `max_allowed_secret_in_bytes`.
+pub const DEFAULT_MAX_SECRET_BYTES: usize = 20_000;
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -380,10 +385,10 @@ mod defaults {
         SocketAddr::from(([127, 0, 0, 1], 9311))
     }
     pub(super) fn max_request_bytes() -> usize {
-        crate::api::DEFAULT_MAX_REQUEST_BYTES
+        super::DEFAULT_MAX_REQUEST_BYTES
     }
     pub(super) fn max_secret_bytes() -> usize {
-        crate::api::DEFAULT_MAX_SECRET_BYTES
+        super::DEFAULT_MAX_SECRET_BYTES
     }
     pub(super) fn header_timeout_ms() -> u64 {
         10_000

@@ -11,8 +11,8 @@ pub mod config;
 mod error;
 pub mod hsm;
 pub mod identity;
-pub mod orders;
 pub mod server;
+mod service;
 pub mod timefmt;
 
 use std::sync::Arc;
@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 
-use crate::api::ApiSettings;
-pub use crate::api::App;
 use crate::config::{Config, IdentitySourceName};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
 use crate::identity::IdentitySource;
+pub use crate::service::{App, Settings};
 use appliance_store::Store;
 
 /// Reads a secret (a password) from a file, trailing newline dropped, into a secret type.
@@ -99,21 +98,27 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
         }
     };
     let q = &config.quotas;
-    let settings = ApiSettings {
+    let settings = Settings {
         host_href: config.server.host_href.clone(),
         max_request_bytes: config.server.max_request_bytes,
         max_secret_bytes: config.server.max_secret_bytes,
         identity,
-        quota_defaults: [q.secrets, q.orders, q.containers, q.consumers, q.cas],
+        quota_defaults: service::quotas::Quotas([
+            Some(q.secrets),
+            Some(q.orders),
+            Some(q.containers),
+            Some(q.consumers),
+            Some(q.cas),
+        ]),
         started: crate::timefmt::now_micros(),
     };
-    let (queue, submitted) = crate::orders::OrderQueue::new(
+    let (queue, submitted) = crate::service::orders::OrderQueue::new(
         Duration::from_millis(config.orders.lease_ms),
         Duration::from_millis(config.orders.poll_ms),
         Duration::from_millis(config.orders.inline_wait_ms),
     );
     let app = Arc::new(App::new(store, hsm, policy, settings, queue));
     // The worker holds only a weak reference: it stops when the API is dropped.
-    tokio::spawn(crate::orders::run(Arc::downgrade(&app), submitted));
+    tokio::spawn(crate::service::orders::run(Arc::downgrade(&app), submitted));
     Ok(app)
 }

@@ -27,9 +27,9 @@ mod relations;
 mod sqlite_reads;
 
 pub use orders::{OrderRow, OrderStatus};
-pub use quotas::{QUOTA_RESOURCES, QuotaRow};
+pub use quotas::{Counted, PerResource, QuotaResource, QuotaRow};
 pub use relations::{
-    AclRow, ContainerConsumerRow, ContainerRow, ContainerSecret, SecretConsumerRow,
+    AclRow, ContainerConsumerRow, ContainerRow, ContainerSecret, EntityKind, SecretConsumerRow,
 };
 
 /// Migrations per backend, applied in order; append only.
@@ -1017,7 +1017,7 @@ mod tests {
         }
         let with_acl = expected.iter().find_map(|(id, name)| name.as_ref().map(|_| id.clone()));
         let with_acl = with_acl.unwrap();
-        store.set_acl("secret", &with_acl, Some((true, &[]))).await.unwrap();
+        store.set_acl(EntityKind::Secret, &with_acl, Some((true, &[]))).await.unwrap();
         for _ in 0..5 {
             expected.insert(new_id(), None);
         }
@@ -1072,12 +1072,15 @@ mod tests {
         let (_dir, store) = temp_store(4).await;
         let id = new_id();
         store.insert_secret(row(id.clone())).await.unwrap();
-        store.put_project_quota("p", &[("secrets", 7)]).await.unwrap();
+        store.put_project_quota("p", &[(QuotaResource::Secrets, 7)]).await.unwrap();
         let reader = store.reader.clone().unwrap();
         let before = (reader.transactions(), store.secrets.statements(), store.quotas.statements());
         // Read as soon as written: the insert was answered after its commit.
         assert_eq!(store.secret(&id).await.unwrap().unwrap().id, id);
-        assert_eq!(store.project_quota("p").await.unwrap().unwrap().values[0], Some(7));
+        assert_eq!(
+            store.project_quota("p").await.unwrap().unwrap().values.get(QuotaResource::Secrets),
+            Some(7)
+        );
         assert!(store.secret(&new_id()).await.unwrap().is_none());
         assert_eq!(reader.transactions() - before.0, 3);
         assert_eq!((store.secrets.statements(), store.quotas.statements()), (before.1, before.2));
@@ -1100,7 +1103,10 @@ mod tests {
             let project = format!("project-{n:02}");
             let secrets = (n < 20).then_some(n);
             if let Some(secrets) = secrets {
-                store.put_project_quota(&project, &[("secrets", secrets)]).await.unwrap();
+                store
+                    .put_project_quota(&project, &[(QuotaResource::Secrets, secrets)])
+                    .await
+                    .unwrap();
             }
             expected.insert(project, secrets);
         }
@@ -1120,9 +1126,9 @@ mod tests {
             let (project, found) = done.unwrap();
             if let Some(found) = &found {
                 assert_eq!(found.project_id, project);
-                assert_eq!(found.values[1..], [None; 4], "quotas of {project}");
+                assert_eq!(found.values.0[1..], [None; 4], "quotas of {project}");
             }
-            let secrets = found.map(|q| q.values[0].unwrap());
+            let secrets = found.map(|q| q.values.get(QuotaResource::Secrets).unwrap());
             assert_eq!(&secrets, expected.get(&project).unwrap(), "wrong quota for {project}");
             answers += 1;
         }

@@ -9,16 +9,107 @@ use super::sqlite_reads::lookup_one;
 use super::{Backend, Columns, Result, Store, present};
 use crate::now_micros;
 
-/// The quota resources, in Barbican's order.
-pub const QUOTA_RESOURCES: [&str; 5] = ["secrets", "orders", "containers", "consumers", "cas"];
+/// What a quota limits, in Barbican's order; each is a column of `project_quotas`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaResource {
+    /// Secrets.
+    Secrets,
+    /// Orders.
+    Orders,
+    /// Containers.
+    Containers,
+    /// Consumers of secrets and of containers together.
+    Consumers,
+    /// Certificate authorities.
+    Cas,
+}
+
+impl QuotaResource {
+    /// Every resource, in Barbican's order.
+    pub const ALL: [QuotaResource; 5] = [
+        QuotaResource::Secrets,
+        QuotaResource::Orders,
+        QuotaResource::Containers,
+        QuotaResource::Consumers,
+        QuotaResource::Cas,
+    ];
+
+    /// The name in the API and the column in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaResource::Secrets => "secrets",
+            QuotaResource::Orders => "orders",
+            QuotaResource::Containers => "containers",
+            QuotaResource::Consumers => "consumers",
+            QuotaResource::Cas => "cas",
+        }
+    }
+
+    /// The resource of this name, if there is one.
+    pub fn parse(name: &str) -> Option<QuotaResource> {
+        QuotaResource::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What is counted against a quota: consumers of secrets and of containers are kept apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// Unexpired secrets.
+    Secrets,
+    /// Orders.
+    Orders,
+    /// Containers.
+    Containers,
+    /// Consumers registered on secrets.
+    SecretConsumers,
+    /// Consumers registered on containers.
+    ContainerConsumers,
+}
+
+impl Counted {
+    /// The quota it counts against.
+    pub fn resource(self) -> QuotaResource {
+        match self {
+            Counted::Secrets => QuotaResource::Secrets,
+            Counted::Orders => QuotaResource::Orders,
+            Counted::Containers => QuotaResource::Containers,
+            Counted::SecretConsumers | Counted::ContainerConsumers => QuotaResource::Consumers,
+        }
+    }
+}
+
+/// Per resource, a value; indexed by [`QuotaResource`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PerResource(pub [Option<i64>; 5]);
+
+impl PerResource {
+    /// The value for `resource`.
+    pub fn get(&self, resource: QuotaResource) -> Option<i64> {
+        self.0[resource.index()]
+    }
+
+    /// Sets the value for `resource`.
+    pub fn set(&mut self, resource: QuotaResource, value: Option<i64>) {
+        self.0[resource.index()] = value;
+    }
+
+    /// Each resource with its value, in Barbican's order.
+    pub fn iter(&self) -> impl Iterator<Item = (QuotaResource, Option<i64>)> + '_ {
+        QuotaResource::ALL.into_iter().map(|r| (r, self.get(r)))
+    }
+}
 
 /// A project's configured quotas (`None`: the default applies).
 #[derive(Clone, Debug, Default)]
 pub struct QuotaRow {
     /// The project (any string).
     pub project_id: String,
-    /// Per resource, in [`QUOTA_RESOURCES`] order.
-    pub values: [Option<i64>; 5],
+    /// Per resource.
+    pub values: PerResource,
 }
 
 impl Store {
@@ -49,7 +140,11 @@ impl Store {
     }
 
     /// Sets the given resources' quotas, keeping the others (Barbican merges).
-    pub async fn put_project_quota(&self, project_id: &str, updates: &[(&str, i64)]) -> Result<()> {
+    pub async fn put_project_quota(
+        &self,
+        project_id: &str,
+        updates: &[(QuotaResource, i64)],
+    ) -> Result<()> {
         let now = now_micros();
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -61,16 +156,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         for (resource, value) in updates {
-            if QUOTA_RESOURCES.contains(resource) {
-                sqlx::query(&format!(
-                    "UPDATE project_quotas SET {resource} = $1, updated = $2 WHERE project_id = $3"
-                ))
-                .bind(*value)
-                .bind(now)
-                .bind(project_id)
-                .execute(&mut *tx)
-                .await?;
-            }
+            let column = resource.name();
+            sqlx::query(&format!(
+                "UPDATE project_quotas SET {column} = $1, updated = $2 WHERE project_id = $3"
+            ))
+            .bind(*value)
+            .bind(now)
+            .bind(project_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -86,20 +180,21 @@ impl Store {
     }
 
     /// Live entities of `resource` in a project (`consumers` counts `table`'s consumers).
-    pub async fn count(&self, resource: &str, project_id: &str) -> Result<i64> {
-        let sql = match resource {
-            "secrets" => {
+    pub async fn count(&self, counted: Counted, project_id: &str) -> Result<i64> {
+        let sql = match counted {
+            Counted::Secrets => {
                 "SELECT COUNT(*) FROM secrets WHERE project_id = $1 AND (expiration IS NULL OR expiration > $2)"
             }
-            "orders" => "SELECT COUNT(*) FROM orders WHERE project_id = $1 AND $2 = $2",
-            "containers" => "SELECT COUNT(*) FROM containers WHERE project_id = $1 AND $2 = $2",
-            "secret_consumers" => {
+            Counted::Orders => "SELECT COUNT(*) FROM orders WHERE project_id = $1 AND $2 = $2",
+            Counted::Containers => {
+                "SELECT COUNT(*) FROM containers WHERE project_id = $1 AND $2 = $2"
+            }
+            Counted::SecretConsumers => {
                 "SELECT COUNT(*) FROM secret_consumers WHERE project_id = $1 AND $2 = $2"
             }
-            "container_consumers" => {
+            Counted::ContainerConsumers => {
                 "SELECT COUNT(*) FROM container_consumers WHERE project_id = $1 AND $2 = $2"
             }
-            _ => return Ok(0),
         };
         Ok(sqlx::query(sql)
             .bind(project_id)
@@ -172,9 +267,9 @@ impl GroupRead for ProjectQuotas {
 }
 
 fn quota_from_row(r: &impl Columns) -> Result<QuotaRow> {
-    let mut values = [None; 5];
-    for (i, resource) in QUOTA_RESOURCES.iter().enumerate() {
-        values[i] = r.int(resource)?;
+    let mut values = PerResource::default();
+    for resource in QuotaResource::ALL {
+        values.set(resource, r.int(resource.name())?);
     }
     Ok(QuotaRow { project_id: present(r.text("project_id")?, "project_id")?, values })
 }

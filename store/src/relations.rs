@@ -91,6 +91,25 @@ fn secret_consumer(r: &sqlx::any::AnyRow) -> Result<SecretConsumerRow> {
     })
 }
 
+/// What an ACL belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntityKind {
+    /// A secret.
+    Secret,
+    /// A container.
+    Container,
+}
+
+impl EntityKind {
+    /// The name in policy rules and in the `acls` table.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntityKind::Secret => "secret",
+            EntityKind::Container => "container",
+        }
+    }
+}
+
 impl Store {
     /// A page of a secret's consumers (by creation) and their total.
     pub async fn secret_consumers(
@@ -415,7 +434,8 @@ impl Store {
     }
 
     /// The read ACL of an entity (`secret` or `container`), if one is stored.
-    pub async fn acl(&self, entity_type: &str, id: &str) -> Result<Option<AclRow>> {
+    pub async fn acl(&self, entity: EntityKind, id: &str) -> Result<Option<AclRow>> {
+        let entity_type = entity.name();
         let Some(r) = sqlx::query(
             "SELECT project_access, created, updated FROM acls WHERE entity_type = $1 AND entity_id = $2 AND operation = 'read'",
         )
@@ -448,10 +468,11 @@ impl Store {
     /// Stores (or, with `None`, removes) an entity's read ACL.
     pub async fn set_acl(
         &self,
-        entity_type: &str,
+        entity: EntityKind,
         id: &str,
         acl: Option<(bool, &[String])>,
     ) -> Result<()> {
+        let entity_type = entity.name();
         let now = now_micros();
         let mut tx = self.begin_write().await?;
         let created: Option<i64> = sqlx::query("SELECT created FROM acls WHERE entity_type = $1 AND entity_id = $2 AND operation = 'read'")

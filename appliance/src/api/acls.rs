@@ -7,11 +7,11 @@ use super::body::repr;
 use super::secrets::store_error;
 use super::{ApiError, Call, Outcome, Reply, parse_json};
 use crate::timefmt::format_micros;
+use appliance_store::EntityKind;
 
 /// Which entity an ACL belongs to.
 pub(crate) struct Entity<'a> {
-    /// `secret` or `container`.
-    pub(crate) kind: &'static str,
+    pub(crate) kind: EntityKind,
     pub(crate) id: &'a str,
     /// The entity's href.
     pub(crate) reference: String,
@@ -96,8 +96,11 @@ fn read_entry(body: &Map<String, Value>) -> Result<Option<ReadEntry>, ApiError> 
 
 /// Handles the ACL resource of `entity`.
 pub(crate) async fn acl(call: &Call<'_>, entity: Entity<'_>) -> Outcome {
-    let prefix = if entity.kind == "secret" { "Secret" } else { "Container" };
-    let rule = |action: &str| format!("{}_acls:{action}", entity.kind);
+    let prefix = match entity.kind {
+        EntityKind::Secret => "Secret",
+        EntityKind::Container => "Container",
+    };
+    let rule = |action: &str| format!("{}_acls:{action}", entity.kind.name());
     let store = &call.app.store;
     let acl_ref = json!({"acl_ref": format!("{}/acl", entity.reference)});
     match *call.method {

@@ -8,7 +8,7 @@ use super::body::{Kind, check_field, string};
 use super::secrets::{paged, paging, representation_of, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, secret_target};
 use crate::timefmt::format_micros;
-use appliance_store::{SecretConsumerRow, SecretRow};
+use appliance_store::{Counted, SecretConsumerRow, SecretRow};
 
 const SCHEMA: &str = "Secret Consumer";
 
@@ -72,7 +72,7 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
                 .await
                 .map_err(|e| store_error(OP, &e))?;
             if exists.is_none() {
-                super::quotas::enforce(call, "consumers", "secret_consumers", OP).await?;
+                super::quotas::enforce(call, Counted::SecretConsumers, OP).await?;
             }
             let row = SecretConsumerRow {
                 project_id: call.identity().project_id.clone(),

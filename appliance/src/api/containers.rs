@@ -9,7 +9,7 @@ use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, entity_target, is_uuid4, parse_json, project_target};
 use crate::timefmt::{format_micros, now_micros};
-use appliance_store::{ContainerRow, ContainerSecret};
+use appliance_store::{ContainerRow, ContainerSecret, Counted, EntityKind};
 
 const TYPES: &[&str] = &["generic", "rsa", "certificate"];
 
@@ -30,7 +30,8 @@ pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<ContainerRow, Ap
 }
 
 pub(crate) async fn target(call: &Call<'_>, c: &ContainerRow) -> Result<policy::Target, ApiError> {
-    entity_target(call, "container", &c.id, &c.project_id, c.creator_id.as_deref(), None).await
+    entity_target(call, EntityKind::Container, &c.id, &c.project_id, c.creator_id.as_deref(), None)
+        .await
 }
 
 /// A container as the API shows it.
@@ -164,7 +165,7 @@ async fn create(call: &Call<'_>) -> Outcome {
         }
         _ => {}
     }
-    super::quotas::enforce(call, "containers", "containers", OP).await?;
+    super::quotas::enforce(call, Counted::Containers, OP).await?;
     let project = &call.identity().project_id;
     let mut secrets = Vec::with_capacity(entries.len());
     for (name, reference) in &entries {
@@ -253,7 +254,7 @@ pub(crate) async fn item(call: &Call<'_>, c: &ContainerRow, sub: &[&str]) -> Out
         }
         ["acl"] => {
             let entity = super::acls::Entity {
-                kind: "container",
+                kind: EntityKind::Container,
                 id: &c.id,
                 reference: container_ref(call, &c.id),
                 target,
@@ -397,7 +398,7 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -
                 .await
                 .map_err(|e| store_error(OP, &e))?;
             if exists.is_none() {
-                super::quotas::enforce(call, "consumers", "container_consumers", OP).await?;
+                super::quotas::enforce(call, Counted::ContainerConsumers, OP).await?;
             }
             store
                 .add_container_consumer(&c.id, &call.identity().project_id, &name, &url)

@@ -1,5 +1,5 @@
 //! `/v1/orders`: key and asymmetric key-pair orders. Creating one queues it (see
-//! `crate::orders`) and answers 202 at once; the order is normally ACTIVE within milliseconds.
+//! the order worker) and answers 202 at once; the order is normally ACTIVE within milliseconds.
 
 use hyper::header::LOCATION;
 use hyper::{Method, StatusCode};
@@ -9,7 +9,7 @@ use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
-use appliance_store::{OrderRow, OrderStatus};
+use appliance_store::{Counted, OrderRow, OrderStatus};
 
 const META_SCHEMA: &str = "Secret' within 'Order";
 
@@ -109,7 +109,7 @@ async fn create(call: &Call<'_>) -> Outcome {
         ));
     };
     let stored = validate_meta(&kind, meta)?;
-    super::quotas::enforce(call, "orders", "orders", OP).await?;
+    super::quotas::enforce(call, Counted::Orders, OP).await?;
     let now = now_micros();
     let id = appliance_store::new_id();
     let order = OrderRow {
@@ -187,7 +187,7 @@ fn validate_meta(kind: &str, meta: &Map<String, Value>) -> Result<Map<String, Va
     // An empty type is no type (Barbican checks only a non-empty one): the default applies.
     if let Some(ct) = string(meta, "payload_content_type")
         && !ct.is_empty()
-        && super::secrets::normalize(&ct).is_none()
+        && crate::service::secrets::normalize_content_type(&ct).is_none()
     {
         return Err(ApiError::schema(
             s,

@@ -7,42 +7,31 @@ use serde_json::{Map, Value, json};
 use super::body::repr;
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
-use appliance_store::{QUOTA_RESOURCES, QuotaRow};
+use crate::service::quotas::{QuotaError, Quotas};
+use appliance_store::{Counted, QuotaResource, QuotaRow};
 
-/// Refuses a creation when the project is at its quota for `resource` (403, Barbican's text).
-/// `counted` names what is counted (`secret_consumers` and `container_consumers` are separate).
+/// Refuses a creation when the project is at its quota for what it would add (403, Barbican's
+/// text).
 pub(crate) async fn enforce(
     call: &Call<'_>,
-    resource: &str,
-    counted: &str,
+    counted: Counted,
     operation: &str,
 ) -> Result<(), ApiError> {
-    let project = &call.identity().project_id;
-    let index = QUOTA_RESOURCES.iter().position(|r| *r == resource).unwrap_or(0);
-    let configured =
-        call.app.store.project_quota(project).await.map_err(|e| store_error(operation, &e))?;
-    let quota = configured
-        .and_then(|q| q.values.get(index).copied().flatten())
-        .unwrap_or(call.app.settings.quota_defaults.get(index).copied().unwrap_or(-1));
-    if quota < 0 {
-        return Ok(());
-    }
-    let count =
-        call.app.store.count(counted, project).await.map_err(|e| store_error(operation, &e))?;
-    if quota == 0 || count >= quota {
-        return Err(ApiError::issue(
+    match call.app.check_quota(&call.identity().project_id, counted).await {
+        Ok(()) => Ok(()),
+        Err(QuotaError::Reached) => Err(ApiError::issue(
             StatusCode::FORBIDDEN,
             operation,
             "Creation not allowed because a quota has been reached",
-        ));
+        )),
+        Err(QuotaError::Store(e)) => Err(store_error(operation, &e)),
     }
-    Ok(())
 }
 
-fn values_json(values: &[Option<i64>; 5]) -> Value {
+fn values_json(values: &Quotas) -> Value {
     let mut map = Map::new();
-    for (resource, value) in QUOTA_RESOURCES.iter().zip(values) {
-        map.insert((*resource).into(), value.map_or(Value::Null, |v| json!(v)));
+    for (resource, value) in values.iter() {
+        map.insert(resource.name().into(), value.map_or(Value::Null, |v| json!(v)));
     }
     Value::Object(map)
 }
@@ -54,17 +43,11 @@ pub(crate) async fn effective(call: &Call<'_>) -> Outcome {
         return Err(ApiError::method_not_allowed("GET"));
     }
     call.authorize("quotas:get", &project_target(call), OP)?;
-    let configured = call
+    let values = call
         .app
-        .store
-        .project_quota(&call.identity().project_id)
+        .effective_quotas(&call.identity().project_id)
         .await
         .map_err(|e| store_error(OP, &e))?;
-    let mut values = [None; 5];
-    for (i, v) in values.iter_mut().enumerate() {
-        let set = configured.as_ref().and_then(|q| q.values.get(i).copied().flatten());
-        *v = Some(set.unwrap_or(call.app.settings.quota_defaults.get(i).copied().unwrap_or(-1)));
-    }
     super::json(StatusCode::OK, json!({"quotas": values_json(&values)}))
 }
 
@@ -132,7 +115,7 @@ pub(crate) async fn project(call: &Call<'_>, project_id: Option<&str>) -> Outcom
             };
             let mut updates = Vec::new();
             for (key, value) in inner {
-                let Some(resource) = QUOTA_RESOURCES.iter().find(|r| **r == key.as_str()) else {
+                let Some(resource) = QuotaResource::parse(key) else {
                     return Err(ApiError::schema(
                         SCHEMA,
                         &format!("Additional properties are not allowed ('{key}' was unexpected)"),
@@ -146,7 +129,7 @@ pub(crate) async fn project(call: &Call<'_>, project_id: Option<&str>) -> Outcom
                         Some("project_quotas"),
                     ));
                 };
-                updates.push((*resource, n));
+                updates.push((resource, n));
             }
             store.put_project_quota(pid, &updates).await.map_err(|e| store_error(OP, &e))?;
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))

@@ -11,8 +11,9 @@ use zeroize::Zeroizing;
 use super::body::{Kind, check_field, string};
 use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json, project_target, secret_target};
 use crate::hsm::{HsmError, payload_aad};
+use crate::service::secrets::{normalize_content_type as normalize, pem};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
-use appliance_store::{Compare, SecretQuery, SecretRow, StoreError, StoredPayload};
+use appliance_store::{Compare, Counted, SecretQuery, SecretRow, StoreError, StoredPayload};
 
 const SECRET_TYPES: &[&str] =
     &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
@@ -117,28 +118,6 @@ pub(crate) fn representation(
         map.insert("consumers".into(), Value::Array(consumers));
     }
     v
-}
-
-/// The stored media type for a submitted `payload_content_type`.
-pub(crate) fn normalize(value: &str) -> Option<&'static str> {
-    normalize_content_type(value)
-}
-
-fn normalize_content_type(value: &str) -> Option<&'static str> {
-    let lower = value.to_ascii_lowercase();
-    let mut parts = lower.split(';');
-    let media = parts.next().unwrap_or("").trim();
-    let params: Vec<String> = parts.map(|p| p.split_whitespace().collect::<String>()).collect();
-    match media {
-        "text/plain" => match params.as_slice() {
-            [] => Some("text/plain"),
-            [p] if p == "charset=utf-8" => Some("text/plain"),
-            _ => None,
-        },
-        "application/octet-stream" if params.is_empty() => Some("application/octet-stream"),
-        "application/pkcs8" if params.is_empty() => Some("application/pkcs8"),
-        _ => None,
-    }
 }
 
 /// Python's non-strict `b64decode`: characters outside the alphabet are skipped, padding must
@@ -256,7 +235,7 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
             "Transport key wrapping is not supported by this key manager",
         ));
     }
-    super::quotas::enforce(call, "secrets", "secrets", OP).await?;
+    super::quotas::enforce(call, Counted::Secrets, OP).await?;
 
     let identity = call.identity();
     let id = appliance_store::new_id();
@@ -302,7 +281,7 @@ fn validate_payload(
             Some("payload_content_type"),
         ));
     };
-    let Some(stored) = normalize_content_type(content_type) else {
+    let Some(stored) = normalize(content_type) else {
         return Err(ApiError::schema(
             schema,
             &format!("payload_content_type is not one of {CONTENT_TYPES}"),
@@ -364,16 +343,7 @@ async fn seal(
     content_type: &str,
     bytes: &[u8],
 ) -> Result<StoredPayload, ApiError> {
-    let hsm = &call.app.hsm;
-    let (kek_id, kek) = hsm
-        .project_kek(&call.app.store, &row.project_id)
-        .await
-        .map_err(|e| hsm_error(operation, &e))?;
-    let sealed = hsm
-        .seal(&kek, bytes, payload_aad(&row.project_id, &row.id))
-        .await
-        .map_err(|e| hsm_error(operation, &e))?;
-    Ok(crate::hsm::stored(content_type.to_owned(), None, kek_id, sealed))
+    call.app.seal(row, content_type, bytes).await.map_err(|e| hsm_error(operation, &e))
 }
 
 /// `GET /v1/secrets/{id}`: metadata, or (any Accept but JSON) the legacy payload path.
@@ -409,9 +379,7 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
         Some("*/*") => {
             (stored.content_type == "text/plain", stored_response_type(&stored.content_type))
         }
-        Some(a) if normalize_content_type(a) == Some("text/plain") => {
-            (true, "text/plain; charset=UTF-8")
-        }
+        Some(a) if normalize(a) == Some("text/plain") => (true, "text/plain; charset=UTF-8"),
         Some("application/octet-stream") => (false, "application/octet-stream"),
         Some("application/pkcs8") => (false, "application/pkcs8"),
         Some(_) => return Err(wrong_type()),
@@ -446,19 +414,6 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
         return Err(wrong_type());
     }
     Ok((Reply::Payload(StatusCode::OK, content_type, plaintext), Vec::new()))
-}
-
-/// PEM text of DER bytes (64-character lines), in a wiped buffer.
-pub(crate) fn pem(label: &str, der: &[u8]) -> Zeroizing<Vec<u8>> {
-    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
-    let mut out = Zeroizing::new(Vec::with_capacity(b64.len() + b64.len() / 64 + 64));
-    out.extend_from_slice(format!("-----BEGIN {label}-----\n").as_bytes());
-    for line in b64.as_bytes().chunks(64) {
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.extend_from_slice(format!("-----END {label}-----\n").as_bytes());
-    out
 }
 
 fn stored_response_type(stored: &str) -> &'static str {
@@ -744,14 +699,11 @@ mod tests {
         for ok in
             ["text/plain", "TEXT/PLAIN", "text/plain;charset=utf-8", "text/plain; charset=UTF-8"]
         {
-            assert_eq!(normalize_content_type(ok), Some("text/plain"), "{ok}");
+            assert_eq!(normalize(ok), Some("text/plain"), "{ok}");
         }
-        assert_eq!(
-            normalize_content_type("application/octet-stream"),
-            Some("application/octet-stream")
-        );
+        assert_eq!(normalize("application/octet-stream"), Some("application/octet-stream"));
         for bad in ["text/plain; charset=latin1", "application/json", "text/html", ""] {
-            assert_eq!(normalize_content_type(bad), None, "{bad}");
+            assert_eq!(normalize(bad), None, "{bad}");
         }
     }
 

@@ -15,8 +15,8 @@ use hsm_proxy_proto::op::{GenerateKeyPairSealed, GenerateSymmetric, KeyPairSpec}
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::api::App;
-use crate::api::secrets::pem;
+use super::App;
+use super::secrets::{normalize_content_type, pem};
 use crate::hsm::{HsmError, payload_aad};
 use crate::timefmt::now_micros;
 use appliance_store::{ContainerRow, ContainerSecret, OrderRow, SecretRow};
@@ -31,7 +31,7 @@ const SYMMETRIC: &[&str] =
 
 /// This appliance's handle on the queue.
 #[derive(Debug)]
-pub struct OrderQueue {
+pub(crate) struct OrderQueue {
     /// Identifies this appliance's leases.
     pub(crate) owner: String,
     lease: Duration,
@@ -44,7 +44,11 @@ pub struct OrderQueue {
 
 impl OrderQueue {
     /// A queue handle and the receiving end for [`run`].
-    pub fn new(lease: Duration, poll: Duration, inline_wait: Duration) -> (OrderQueue, Submitted) {
+    pub(crate) fn new(
+        lease: Duration,
+        poll: Duration,
+        inline_wait: Duration,
+    ) -> (OrderQueue, Submitted) {
         let (submit, rx) = mpsc::unbounded_channel();
         let owner = format!("appliance-{}", uuid::Uuid::new_v4());
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -64,10 +68,10 @@ impl OrderQueue {
 }
 
 /// Orders handed to the worker, each with the signal that it was processed.
-pub type Submitted = mpsc::UnboundedReceiver<(String, tokio::sync::oneshot::Sender<()>)>;
+pub(crate) type Submitted = mpsc::UnboundedReceiver<(String, tokio::sync::oneshot::Sender<()>)>;
 
 /// Processes submitted orders at once and polls for abandoned ones, until the app is dropped.
-pub async fn run(app: Weak<App>, mut submitted: Submitted) {
+pub(crate) async fn run(app: Weak<App>, mut submitted: Submitted) {
     let poll = match app.upgrade() {
         Some(app) => app.orders.poll,
         None => return,
@@ -225,7 +229,7 @@ fn base_secret(order: &OrderRow, meta: &Value, secret_type: &str) -> SecretRow {
 
 fn content_type(meta: &Value) -> String {
     meta_str(meta, "payload_content_type")
-        .and_then(|ct| crate::api::secrets::normalize(&ct))
+        .and_then(|ct| normalize_content_type(&ct))
         .unwrap_or("application/octet-stream")
         .to_owned()
 }
