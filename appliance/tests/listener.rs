@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
+#[macro_use]
 mod common;
 
 use std::net::SocketAddr;
@@ -189,7 +190,7 @@ fn count(env: &Env, sql: &str) -> i64 {
     digits.parse().unwrap_or_else(|_| panic!("{sql}: {out}"))
 }
 
-async fn cut_off_bodies_are_never_stored(env: Env) {
+async fn cut_off_bodies_are_never_stored(env: &Env) {
     let served = env.serve(ServerConfig::default()).await;
     let addr = served.addr;
     // The PUT target: a secret with no payload yet, in a project of its own.
@@ -201,7 +202,7 @@ async fn cut_off_bodies_are_never_stored(env: Env) {
         |project: &str| format!("SELECT count(*) FROM project_keks WHERE project_id = '{project}'");
     let rows =
         |project: &str| format!("SELECT count(*) FROM secrets WHERE project_id = '{project}'");
-    let put_keks = count(&env, &keks("cut-put"));
+    let put_keks = count(env, &keks("cut-put"));
 
     // Each body is whole JSON (or text) already, so a server that took the cut as the end
     // would store it.
@@ -230,9 +231,9 @@ async fn cut_off_bodies_are_never_stored(env: Env) {
 
     let r = call(&env.app, Method::GET, "/v1/secrets?name=cut", Some(CUT), &[], b"").await;
     assert_eq!(r.json()["total"], 0, "a cut-off POST was stored: {}", r.json());
-    assert_eq!(count(&env, &rows("cut")), 1, "only the whole POST is stored");
-    assert_eq!(count(&env, &keks("cut")), 0, "a cut-off POST made a KEK");
-    assert_eq!(count(&env, &keks("cut-put")), put_keks, "a cut-off PUT made a KEK");
+    assert_eq!(count(env, &rows("cut")), 1, "only the whole POST is stored");
+    assert_eq!(count(env, &keks("cut")), 0, "a cut-off POST made a KEK");
+    assert_eq!(count(env, &keks("cut-put")), put_keks, "a cut-off PUT made a KEK");
     let r = call(&env.app, Method::GET, &path_of(&target), Some(put_caller), &[], b"").await;
     assert!(r.json().get("content_types").is_none(), "a cut-off PUT stored: {}", r.json());
     let r = call(
@@ -272,19 +273,9 @@ async fn cut_off_bodies_are_never_stored(env: Env) {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, b"0123456789");
     drop(served);
-    env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_off_bodies_are_never_stored_on_sqlite() {
-    cut_off_bodies_are_never_stored(Env::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_off_bodies_are_never_stored_on_postgres() {
-    let Some(env) = Env::postgres().await else { return };
-    cut_off_bodies_are_never_stored(env).await;
-}
+on_each_database!(cut_off_bodies_are_never_stored);
 
 /// Raises the open-file limit as far as allowed; answers how many slow connections fit.
 fn slow_connections_that_fit(wanted: usize) -> usize {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -241,6 +242,16 @@ async fn orders(env: &Env) {
 }
 
 async fn containers(env: &Env) {
+    // An asymmetric order's container: with the rsa container made below, the two listed.
+    let r = post_json(
+        &env.app,
+        "/v1/orders",
+        MEMBER,
+        json!({"type": "asymmetric", "meta": {"name": "pair", "algorithm": "rsa", "bit_length": 2048}}),
+    )
+    .await;
+    let o = settle(env, r.json()["order_ref"].as_str().unwrap(), MEMBER).await;
+    assert_eq!(o["status"], "ACTIVE", "{o}");
     let s1 = create(&env.app, MEMBER, json!({"name": "s1"})).await;
     let s2 = create(&env.app, MEMBER, json!({"name": "s2"})).await;
     let foreign = create(&env.app, OTHER, json!({"name": "theirs"})).await;
@@ -338,7 +349,7 @@ async fn containers(env: &Env) {
     );
 
     // List and filters, ids, isolation, 405s.
-    // The rsa container above, and the one the asymmetric order made.
+    // The rsa container above, and the one the asymmetric order made first.
     let list = send(env, Method::GET, "/v1/containers?type=rsa", MEMBER, Value::Null).await.json();
     assert_eq!(list["total"], 2);
     send(env, Method::GET, "/v1/containers/nope", MEMBER, Value::Null)
@@ -799,28 +810,15 @@ async fn authorization_matrix(env: &Env) {
     }
 }
 
-async fn everything(env: Env) {
-    orders(&env).await;
-    containers(&env).await;
-    secret_consumers(&env).await;
-    acls(&env).await;
-    quotas(&env).await;
-    stores_and_transport_keys(&env).await;
-    authorization_matrix(&env).await;
-    env.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resources_on_sqlite() {
-    everything(Env::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resources_on_postgres() {
-    if let Some(env) = Env::postgres().await {
-        everything(env).await;
-    }
-}
+on_each_database!(
+    orders,
+    containers,
+    secret_consumers,
+    acls,
+    quotas,
+    stores_and_transport_keys,
+    authorization_matrix,
+);
 
 /// An order's empty `payload_content_type` is no type at all, as in Barbican: the order is
 /// accepted (202) and its secret takes the default, application/octet-stream.

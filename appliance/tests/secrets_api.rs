@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
+#[macro_use]
 mod common;
 
 use hyper::{Method, StatusCode};
@@ -747,28 +748,15 @@ async fn metadata(env: &Env) {
     assert!(left.trim() == "0" || left.trim() == "[(0,)]", "{left}");
 }
 
-async fn the_whole_contract(env: Env) {
-    versions(&env).await;
-    create_and_read(&env).await;
-    validation(&env).await;
-    ids_methods_and_isolation(&env).await;
-    expiration(&env).await;
-    listing(&env).await;
-    metadata(&env).await;
-    env.finish().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_api_on_sqlite() {
-    the_whole_contract(Env::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_api_on_postgres() {
-    if let Some(env) = Env::postgres().await {
-        the_whole_contract(env).await;
-    }
-}
+on_each_database!(
+    versions,
+    create_and_read,
+    validation,
+    ids_methods_and_isolation,
+    expiration,
+    listing,
+    metadata,
+);
 
 /// A base64 payload is decoded from the JSON string as Barbican's Python does: a string with
 /// non-ASCII characters in it is refused (400), while ASCII characters outside the alphabet

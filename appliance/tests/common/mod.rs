@@ -165,6 +165,35 @@ impl Env {
     }
 }
 
+/// One test per scenario on each database, `sqlite::<scenario>` and `postgres::<scenario>`,
+/// each on an appliance of its own, so that a failure names its scenario and the others still
+/// run. A scenario is an `async fn(&Env)` beside the macro's call.
+#[allow(unused_macros)]
+macro_rules! on_each_database {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let env = crate::common::Env::sqlite().await;
+                    super::$scenario(&env).await;
+                    env.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let Some(env) = crate::common::Env::postgres().await else { return };
+                    super::$scenario(&env).await;
+                    env.finish().await;
+                }
+            )*
+        }
+    };
+}
+
 /// The API served over TCP by [`Env::serve`]; stops serving when dropped.
 pub struct Served {
     pub addr: std::net::SocketAddr,
