@@ -28,7 +28,7 @@ use coalesce::Coalescer;
 
 /// Why an HSM-backed step failed.
 #[derive(Debug, thiserror::Error)]
-pub enum HsmError {
+pub(crate) enum HsmError {
     /// No proxy answered, too many operations already wait for one, or the HSM behind it is
     /// down or saturated: retry later.
     #[error("HSM proxy unavailable: {0}")]
@@ -64,7 +64,7 @@ impl From<ClientError> for HsmError {
 
 /// Access to the HSM through the proxies.
 #[derive(Debug)]
-pub struct Hsm {
+pub(crate) struct Hsm {
     coalescer: Coalescer,
     /// Wrapped KEKs already read, by project and by id (wrapped blobs are not secret).
     by_project: Mutex<HashMap<String, Kek>>,
@@ -80,7 +80,7 @@ pub(crate) fn payload_aad(project_id: &str, secret_id: &str) -> Vec<u8> {
 impl Hsm {
     /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
     /// dispatcher, so it must be called inside the tokio runtime.
-    pub fn new(client: Client, config: &HsmConfig) -> Hsm {
+    pub(crate) fn new(client: Client, config: &HsmConfig) -> Hsm {
         let limits = coalesce::Limits {
             frames_in_flight: config.frames_in_flight,
             max_queued: config.max_queued_operations,

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use hyper::header::HeaderMap;
 
-pub use self::keystone::{Keystone, KeystoneSettings};
+pub(crate) use self::keystone::{Keystone, KeystoneSettings};
 
 /// Where identities come from.
 #[derive(Clone, Debug)]
-pub enum IdentitySource {
+pub(crate) enum IdentitySource {
     /// Keystone tokens, validated and cached.
     Keystone(Arc<Keystone>),
     /// Barbican's no-auth headers: whoever sends `X-Project-Id` is in that project. For
@@ -26,7 +26,7 @@ pub enum IdentitySource {
 
 /// The caller of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The project the caller acts in.
     pub project_id: String,
     /// The user, when known.
@@ -46,7 +46,7 @@ impl Identity {
 
 /// Why a request has no identity.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     /// No-auth, and no `X-Project-Id`: Barbican's middleware refuses the request (400).
     #[error("missing X-Project-Id")]
     MissingProject,
@@ -64,7 +64,7 @@ pub enum IdentityError {
 
 impl IdentitySource {
     /// The caller of a request with these headers.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, IdentityError> {
+    pub(crate) async fn identify(&self, headers: &HeaderMap) -> Result<Identity, IdentityError> {
         match self {
             IdentitySource::NoAuth => noauth::identify(headers),
             IdentitySource::Keystone(keystone) => keystone.identify(headers).await,

@@ -1,19 +1,23 @@
 //! The appliance: the control plane in front of one or more `hsm-proxy` daemons.
 //!
-//! It serves the Barbican v1 API ([`api`]), keeps secrets as ciphertext in SQLite or
-//! PostgreSQL (the `appliance-store` crate), has every key operation done in the HSM through
-//! the proxies ([`hsm`]), and decides access with Barbican's policy.
+//! Three layers, each depending only on the ones below it:
+//! - HTTP ([`api`], and [`server`] for the listener): routing, parsing, Barbican's error bodies;
+//! - services (`service`): the resources' rules, policy decisions, quotas, the order worker;
+//! - storage (the `appliance-store` crate) and the HSM client (`hsm`), through which every key
+//!   operation is done in the HSM by the proxies.
+//!
+//! Identity (no-auth or Keystone, `identity`) is asked by the HTTP layer who calls.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;
 mod error;
-pub mod hsm;
-pub mod identity;
+mod hsm;
+mod identity;
 pub mod server;
 mod service;
-pub mod timefmt;
+mod timefmt;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +28,8 @@ use crate::config::{Config, IdentitySourceName};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
 use crate::identity::IdentitySource;
-pub use crate::service::{App, Settings};
+pub use crate::service::App;
+use crate::service::Settings;
 use appliance_store::Store;
 
 /// Reads a secret (a password) from a file, trailing newline dropped, into a secret type.

@@ -26,7 +26,7 @@ pub struct App {
 
 /// Behaviour the operator sets.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Base of every href (`https://kms.example.com`); derived from the request when unset.
     /// A trailing `/` is dropped.
     pub host_href: Option<String>,

@@ -5,7 +5,7 @@
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
 /// Now, in microseconds since the epoch.
-pub fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     micros(OffsetDateTime::now_utc())
 }
 
@@ -14,7 +14,7 @@ fn micros(t: OffsetDateTime) -> i64 {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.ffffff]`, as Python's `isoformat()` of a naive UTC datetime.
-pub fn format_micros(value: i64) -> String {
+pub(crate) fn format_micros(value: i64) -> String {
     let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(value) * 1000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let base = format!(
@@ -35,7 +35,7 @@ pub fn format_micros(value: i64) -> String {
 /// Parses the ISO-8601 forms clients send (`2030-01-01`, `2030-01-01T00:00:00`, with
 /// fractional seconds, `Z` or a `±HH:MM` offset; a space may replace the `T`). Times without
 /// an offset are UTC. Returns microseconds since the epoch.
-pub fn parse_iso8601(text: &str) -> Option<i64> {
+pub(crate) fn parse_iso8601(text: &str) -> Option<i64> {
     let text = text.trim();
     let (date_part, rest) = match text.find(['T', 't', ' ']) {
         Some(at) => (&text[..at], Some(&text[at + 1..])),

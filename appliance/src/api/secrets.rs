@@ -2,7 +2,6 @@
 //! delete.
 
 use base64::Engine;
-use hsm_proxy_proto::op::Sealed;
 use hyper::StatusCode;
 use hyper::header::LOCATION;
 use serde_json::{Value, json};
@@ -10,8 +9,8 @@ use zeroize::Zeroizing;
 
 use super::body::{Kind, check_field, string};
 use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json, project_target, secret_target};
-use crate::hsm::{HsmError, payload_aad};
-use crate::service::secrets::{normalize_content_type as normalize, pem};
+use crate::hsm::HsmError;
+use crate::service::secrets::normalize_content_type as normalize;
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
 use appliance_store::{Compare, Counted, SecretQuery, SecretRow, StoreError, StoredPayload};
 
@@ -384,32 +383,7 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
         Some("application/pkcs8") => (false, "application/pkcs8"),
         Some(_) => return Err(wrong_type()),
     };
-    let kek =
-        call.app.hsm.kek(&call.app.store, &stored.kek_id).await.map_err(|e| hsm_error(OP, &e))?;
-    let sealed = Sealed {
-        ciphertext: stored.ciphertext.clone(),
-        iv: stored
-            .iv
-            .as_slice()
-            .try_into()
-            .map_err(|_| ApiError::internal(OP, &"stored IV has a wrong length"))?,
-        tag: stored
-            .tag
-            .as_slice()
-            .try_into()
-            .map_err(|_| ApiError::internal(OP, &"stored tag has a wrong length"))?,
-    };
-    let plaintext = call
-        .app
-        .hsm
-        .open(&kek, sealed, payload_aad(&secret.project_id, &secret.id))
-        .await
-        .map_err(|e| hsm_error(OP, &e))?
-        .into_zeroizing();
-    let plaintext = match stored.format.as_deref().and_then(|f| f.strip_prefix("pem:")) {
-        Some(label) => pem(label, &plaintext),
-        None => plaintext,
-    };
+    let plaintext = call.app.open(secret, stored).await.map_err(|e| hsm_error(OP, &e))?;
     if text && std::str::from_utf8(&plaintext).is_err() {
         return Err(wrong_type());
     }

@@ -33,7 +33,7 @@ const SERVICE_TOKEN_MARGIN_MICROS: i64 = 60_000_000;
 
 /// How to reach Keystone and who the appliance is there.
 #[derive(Clone)]
-pub struct KeystoneSettings {
+pub(crate) struct KeystoneSettings {
     /// Keystone v3, e.g. `https://keystone.example.com:5000/v3`.
     pub auth_url: String,
     /// The appliance's service user.
@@ -133,7 +133,7 @@ impl TokenInfo {
 }
 
 /// A Keystone client with a token cache.
-pub struct Keystone {
+pub(crate) struct Keystone {
     settings: KeystoneSettings,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     service_token: tokio::sync::Mutex<Option<(SecretString, i64)>>,
@@ -151,7 +151,7 @@ impl std::fmt::Debug for Keystone {
 
 impl Keystone {
     /// A client; nothing is sent until the first token arrives.
-    pub fn new(settings: KeystoneSettings) -> std::io::Result<Keystone> {
+    pub(crate) fn new(settings: KeystoneSettings) -> std::io::Result<Keystone> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()?
             .https_or_http()
@@ -197,12 +197,12 @@ impl Keystone {
     }
 
     /// The `WWW-Authenticate` value for 401 answers.
-    pub fn www_authenticate(&self) -> String {
+    pub(crate) fn www_authenticate(&self) -> String {
         format!("Keystone uri=\"{}\"", self.settings.www_authenticate_uri)
     }
 
     /// Cache hits and misses since start.
-    pub fn cache_counts(&self) -> (u64, u64) {
+    pub(crate) fn cache_counts(&self) -> (u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 

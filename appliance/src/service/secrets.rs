@@ -2,6 +2,7 @@
 //! their media types, and PEM for the keys the HSM generates.
 
 use base64::Engine;
+use hsm_proxy_proto::op::Sealed;
 use zeroize::Zeroizing;
 
 use super::App;
@@ -19,6 +20,31 @@ impl App {
         let (kek_id, kek) = self.hsm.project_kek(&self.store, &row.project_id).await?;
         let sealed = self.hsm.seal(&kek, bytes, payload_aad(&row.project_id, &row.id)).await?;
         Ok(crate::hsm::stored(content_type.to_owned(), None, kek_id, sealed))
+    }
+
+    /// Decrypts a secret's stored payload in the HSM, as its owner submitted it (keys the HSM
+    /// generated come back as PEM).
+    pub(crate) async fn open(
+        &self,
+        secret: &SecretRow,
+        stored: &StoredPayload,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let kek = self.hsm.kek(&self.store, &stored.kek_id).await?;
+        let malformed = |what: &str| HsmError::Failed(format!("stored {what} has a wrong length"));
+        let sealed = Sealed {
+            ciphertext: stored.ciphertext.clone(),
+            iv: stored.iv.as_slice().try_into().map_err(|_| malformed("IV"))?,
+            tag: stored.tag.as_slice().try_into().map_err(|_| malformed("tag"))?,
+        };
+        let plaintext = self
+            .hsm
+            .open(&kek, sealed, payload_aad(&secret.project_id, &secret.id))
+            .await?
+            .into_zeroizing();
+        Ok(match stored.format.as_deref().and_then(|f| f.strip_prefix("pem:")) {
+            Some(label) => pem(label, &plaintext),
+            None => plaintext,
+        })
     }
 }
 
