@@ -60,6 +60,9 @@ pub struct ApiSettings {
     /// Default quota per resource (secrets, orders, containers, consumers, cas); negative is
     /// unlimited.
     pub quota_defaults: [i64; 5],
+    /// The secret-store API is served (`[secretstore] enable_multiple_secret_stores`); false:
+    /// its routes answer 404 as Barbican's do with a single store.
+    pub secret_stores: bool,
     /// When this appliance started (microseconds since the epoch).
     pub started: i64,
 }

@@ -214,6 +214,7 @@ impl HsmStack {
             policy: PolicyConfig::default(),
             quotas: Default::default(),
             orders: Default::default(),
+            secretstore: Default::default(),
             keystone: None,
         }
     }

@@ -109,6 +109,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
         max_secret_bytes: config.server.max_secret_bytes,
         identity,
         quota_defaults: [q.secrets, q.orders, q.containers, q.consumers, q.cas],
+        secret_stores: config.secretstore.enable_multiple_secret_stores,
         started: crate::timefmt::now_micros(),
     };
     let (queue, submitted) = crate::orders::OrderQueue::new(
