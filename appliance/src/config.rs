@@ -35,6 +35,9 @@ pub struct Config {
     /// The order queue.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// The secret-store API.
+    #[serde(default)]
+    pub secretstore: SecretStoreConfig,
     /// Keystone, for `[identity] source = "keystone"`.
     #[serde(default)]
     pub keystone: Option<KeystoneConfig>,
@@ -127,6 +130,23 @@ impl Default for OrdersConfig {
             poll_ms: defaults::poll_ms(),
             inline_wait_ms: defaults::inline_wait_ms(),
         }
+    }
+}
+
+/// `[secretstore]`: the secret-store API (`/v1/secret-stores`), named as Barbican's section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretStoreConfig {
+    /// True: the routes list the one store (the HSM), as Barbican's do with
+    /// `enable_multiple_secret_stores = True`. False: every route answers 404, as in Barbican's
+    /// default single-store configuration.
+    #[serde(default = "defaults::yes")]
+    pub enable_multiple_secret_stores: bool,
+}
+
+impl Default for SecretStoreConfig {
+    fn default() -> Self {
+        Self { enable_multiple_secret_stores: true }
     }
 }
 
@@ -498,6 +518,7 @@ impl Config {
             policy: PolicyConfig::default(),
             quotas: QuotasConfig::default(),
             orders: OrdersConfig::default(),
+            secretstore: SecretStoreConfig::default(),
             keystone: None,
         }
     }
@@ -579,6 +600,7 @@ mod tests {
         assert_eq!(c.hsm.request_timeout_ms, defaults::request_timeout_ms());
         assert_eq!(c.hsm.connect_timeout_ms, defaults::connect_timeout_ms());
         assert!(c.policy.enforce_new_defaults);
+        assert!(c.secretstore.enable_multiple_secret_stores);
         assert!(c.hsm.ca.is_absolute());
     }
 

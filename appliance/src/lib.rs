@@ -115,6 +115,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             Some(q.consumers),
             Some(q.cas),
         ]),
+        secret_stores: config.secretstore.enable_multiple_secret_stores,
         started: crate::timefmt::now_micros(),
     };
     let (queue, submitted) = crate::service::orders::OrderQueue::new(

@@ -38,6 +38,9 @@ pub(crate) struct Settings {
     pub identity: IdentitySource,
     /// Default quota per resource; negative is unlimited.
     pub quota_defaults: Quotas,
+    /// The secret-store API is served (`[secretstore] enable_multiple_secret_stores`); false:
+    /// its routes answer 404 as Barbican's do with a single store.
+    pub secret_stores: bool,
     /// When this appliance started (microseconds since the epoch).
     pub started: i64,
 }

@@ -893,3 +893,54 @@ async fn concurrent_acl_writes_all_succeed_on_sqlite() {
     }
     env.finish().await;
 }
+
+/// With `[secretstore] enable_multiple_secret_stores = false` every secret-store route answers
+/// as in Barbican's default single-store configuration: 404 with its message, after the policy
+/// check for the list, the global default and the preferred store, before any for a store by
+/// id. Secrets are still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_store_routes_answer_404_with_multiple_stores_disabled() {
+    const NOT_ENABLED: &str =
+        "Not Found. Multiple backends support is not enabled in service configuration.";
+    let env = Env::sqlite_configured(|c| c.secretstore.enable_multiple_secret_stores = false).await;
+    let no_reader = Caller { project: "p1", user: Some("o1"), roles: Some("observer") };
+    let store = "/v1/secret-stores/4f1c7d5e-8a2b-4c3d-9e6f-0a1b2c3d4e5f";
+    let authorised = [
+        ("/v1/secret-stores", "List available secret stores"),
+        ("/v1/secret-stores/global-default", "Retrieve global default secret store"),
+        ("/v1/secret-stores/preferred", "Retrieve project preferred store"),
+    ];
+    for (path, operation) in authorised {
+        send(&env, Method::GET, path, MEMBER, Value::Null).await.assert_error(404, NOT_ENABLED);
+        send(&env, Method::GET, path, no_reader, Value::Null).await.assert_error(
+            403,
+            &format!(
+                "{operation} attempt not allowed - please review your user/project privileges"
+            ),
+        );
+    }
+    let by_id = [
+        (Method::GET, store.to_owned()),
+        (Method::POST, format!("{store}/preferred")),
+        (Method::DELETE, format!("{store}/preferred")),
+        (Method::GET, "/v1/secret-stores/unknown".to_owned()),
+    ];
+    for (method, path) in by_id {
+        for caller in [ADMIN, no_reader] {
+            send(&env, method.clone(), &path, caller, Value::Null)
+                .await
+                .assert_error(404, NOT_ENABLED);
+        }
+    }
+    assert_eq!(
+        send(&env, Method::POST, "/v1/secret-stores", ADMIN, Value::Null).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let id =
+        create(&env.app, MEMBER, json!({"payload": "s", "payload_content_type": "text/plain"}))
+            .await;
+    let payload =
+        send(&env, Method::GET, &format!("/v1/secrets/{id}/payload"), MEMBER, Value::Null).await;
+    assert_eq!(payload.body, b"s");
+    env.finish().await;
+}

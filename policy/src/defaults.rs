@@ -1,8 +1,8 @@
 //! Barbican 23.0.0's default policy: every rule's name, check string, pre-Wallaby
 //! (deprecated) form, and the scopes it accepts.
 //!
-//! The check strings are Barbican's own (rule names and strings are what operators' policy
-//! files override, so they must match); the transport-key rules follow the API contract.
+//! The check strings are Barbican's own, from `barbican/common/policies/` (rule names and
+//! strings are what operators' policy files override, so they must match).
 
 /// One rule of the default policy.
 #[derive(Clone, Copy, Debug)]
@@ -22,10 +22,6 @@ const NONE: &[&str] = &[];
 
 const fn base(name: &'static str, check: &'static str) -> RuleDefault {
     RuleDefault { name, check, deprecated: None, scope_types: NONE }
-}
-
-const fn project(name: &'static str, check: &'static str) -> RuleDefault {
-    RuleDefault { name, check, deprecated: None, scope_types: PROJECT }
 }
 
 const fn with_legacy(
@@ -134,17 +130,17 @@ pub const BARBICAN_DEFAULTS: &[RuleDefault] = &[
         "rule:all_but_audit",
     ),
     // Secret user metadata.
-    project(
+    with_legacy(
         "secret_meta:get",
+        "True:%(enforce_new_defaults)s and (rule:secret_project_admin or \
+         (rule:secret_project_member and rule:secret_owner) or \
+         (rule:secret_project_member and rule:secret_is_not_private) or rule:secret_acl_read)",
         "rule:secret_non_private_read or rule:secret_project_creator or \
-         rule:secret_project_admin or rule:secret_acl_read or \
-         (role:member and project_id:%(target.secret.project_id)s and \
-         (user_id:%(target.secret.creator_id)s or True:%(target.secret.read_project_access)s)) \
-         or role:admin and project_id:%(target.secret.project_id)s",
+         rule:secret_project_admin or rule:secret_acl_read",
     ),
-    project("secret_meta:post", SECRET_META_WRITE),
-    project("secret_meta:put", SECRET_META_WRITE),
-    project("secret_meta:delete", SECRET_META_WRITE),
+    with_legacy("secret_meta:post", SECRET_WRITE, SECRET_WRITE_LEGACY),
+    with_legacy("secret_meta:put", SECRET_WRITE, SECRET_WRITE_LEGACY),
+    with_legacy("secret_meta:delete", SECRET_WRITE, SECRET_WRITE_LEGACY),
     // Consumers.
     with_legacy(
         "consumer:get",
@@ -162,61 +158,54 @@ pub const BARBICAN_DEFAULTS: &[RuleDefault] = &[
     with_legacy("secret_consumers:get", SECRET_CONSUMERS, SECRET_CONSUMERS_LEGACY),
     with_legacy("secret_consumers:post", SECRET_CONSUMERS, SECRET_CONSUMERS_LEGACY),
     with_legacy("secret_consumers:delete", SECRET_CONSUMERS, SECRET_CONSUMERS_LEGACY),
-    // ACLs.
-    project(
+    // ACLs: only the project's admin and members (the owner, or any while the entity is not
+    // private) read or change them; an ACL user does not.
+    with_legacy(
         "secret_acls:get",
-        "(rule:all_but_audit and rule:secret_project_match) or \
-         (role:member and project_id:%(target.secret.project_id)s and \
-         (user_id:%(target.secret.creator_id)s or True:%(target.secret.read_project_access)s)) \
-         or role:admin and project_id:%(target.secret.project_id)s",
+        SECRET_WRITE,
+        "rule:all_but_audit and rule:secret_project_match",
     ),
-    project("secret_acls:delete", SECRET_ACL_WRITE),
-    project("secret_acls:put_patch", SECRET_ACL_WRITE),
-    project(
+    with_legacy("secret_acls:delete", SECRET_WRITE, SECRET_WRITE_LEGACY),
+    with_legacy("secret_acls:put_patch", SECRET_WRITE, SECRET_WRITE_LEGACY),
+    with_legacy(
         "container_acls:get",
-        "(rule:all_but_audit and rule:container_project_match) or \
-         (role:member and project_id:%(target.container.project_id)s and \
-         (user_id:%(target.container.creator_id)s or \
-         True:%(target.container.read_project_access)s)) \
-         or role:admin and project_id:%(target.container.project_id)s",
+        CONTAINER_WRITE,
+        "rule:all_but_audit and rule:container_project_match",
     ),
-    project("container_acls:delete", CONTAINER_ACL_WRITE),
-    project("container_acls:put_patch", CONTAINER_ACL_WRITE),
+    with_legacy("container_acls:delete", CONTAINER_WRITE, CONTAINER_WRITE_LEGACY),
+    with_legacy("container_acls:put_patch", CONTAINER_WRITE, CONTAINER_WRITE_LEGACY),
     // Containers.
-    project("containers:post", "rule:admin_or_creator or role:member"),
-    project("containers:get", "rule:all_but_audit or role:member"),
-    project(
+    with_legacy("containers:post", MEMBER, "rule:admin_or_creator"),
+    with_legacy("containers:get", MEMBER, "rule:all_but_audit"),
+    with_legacy(
         "container:get",
+        "True:%(enforce_new_defaults)s and (rule:container_project_admin or \
+         (rule:container_project_member and rule:container_owner) or \
+         (rule:container_project_member and rule:container_is_not_private) or \
+         rule:container_acl_read)",
         "rule:container_non_private_read or rule:container_project_creator or \
-         rule:container_project_admin or rule:container_acl_read or \
-         (role:member and project_id:%(target.container.project_id)s and \
-         (user_id:%(target.container.creator_id)s or \
-         True:%(target.container.read_project_access)s)) \
-         or role:admin and project_id:%(target.container.project_id)s",
+         rule:container_project_admin or rule:container_acl_read",
     ),
-    project(
+    with_legacy(
         "container:delete",
-        "rule:container_project_admin or rule:container_project_creator or \
-         (role:member and project_id:%(target.container.project_id)s and \
-         (user_id:%(target.container.creator_id)s or \
-         True:%(target.container.read_project_access)s)) \
-         or role:admin and project_id:%(target.container.project_id)s",
+        CONTAINER_WRITE,
+        "rule:container_project_admin or rule:container_project_creator",
     ),
-    project("container_secret:post", CONTAINER_SECRET_WRITE),
-    project("container_secret:delete", CONTAINER_SECRET_WRITE),
+    with_legacy("container_secret:post", CONTAINER_WRITE, CONTAINER_SECRET_WRITE_LEGACY),
+    with_legacy("container_secret:delete", CONTAINER_WRITE, CONTAINER_SECRET_WRITE_LEGACY),
     // Orders.
-    project("orders:get", "rule:all_but_audit or role:member"),
-    project("orders:post", "rule:admin_or_creator or role:member"),
-    project("orders:put", "rule:admin_or_creator or role:member"),
-    project(
+    with_legacy("orders:get", MEMBER, "rule:all_but_audit"),
+    with_legacy("orders:post", MEMBER, "rule:admin_or_creator"),
+    with_legacy("orders:put", MEMBER, "rule:admin_or_creator"),
+    with_legacy(
         "order:get",
-        "rule:all_users and project_id:%(target.order.project_id)s or \
-         role:member and project_id:%(target.order.project_id)s",
+        ORDER_MEMBER,
+        "rule:all_users and project_id:%(target.order.project_id)s",
     ),
-    project(
+    with_legacy(
         "order:delete",
-        "rule:admin and project_id:%(target.order.project_id)s or \
-         role:member and project_id:%(target.order.project_id)s",
+        ORDER_MEMBER,
+        "rule:admin and project_id:%(target.order.project_id)s",
     ),
     // Quotas.
     with_legacy("quotas:get", "True:%(enforce_new_defaults)s and role:reader", "rule:all_users"),
@@ -266,18 +255,23 @@ pub const BARBICAN_DEFAULTS: &[RuleDefault] = &[
         "True:%(enforce_new_defaults)s and role:reader",
         "rule:all_users",
     ),
-    // Transport keys (as the contract documents 23.0.0: readers list, admins manage).
-    project("transport_key:get", "rule:all_users or role:reader"),
-    project("transport_key:delete", "role:admin"),
-    project("transport_keys:get", "rule:all_users or role:reader"),
-    project("transport_keys:post", "role:admin"),
+    // Transport keys.
+    with_legacy("transport_key:get", READER, "rule:all_users"),
+    with_legacy("transport_key:delete", ADMIN, "rule:service_admin"),
+    with_legacy("transport_keys:get", READER, "rule:all_users"),
+    with_legacy("transport_keys:post", ADMIN, "rule:service_admin"),
 ];
 
-const SECRET_META_WRITE: &str = "rule:secret_project_admin or rule:secret_project_creator or \
-     (rule:secret_project_creator_role and rule:secret_non_private_read) or \
-     (role:member and project_id:%(target.secret.project_id)s and \
-     (user_id:%(target.secret.creator_id)s or True:%(target.secret.read_project_access)s)) \
-     or role:admin and project_id:%(target.secret.project_id)s";
+const MEMBER: &str = "True:%(enforce_new_defaults)s and role:member";
+const READER: &str = "True:%(enforce_new_defaults)s and role:reader";
+const ADMIN: &str = "True:%(enforce_new_defaults)s and role:admin";
+const ORDER_MEMBER: &str = "True:%(enforce_new_defaults)s and rule:order_project_member";
+
+const SECRET_WRITE: &str = "True:%(enforce_new_defaults)s and (rule:secret_project_admin or \
+     (rule:secret_project_member and rule:secret_owner) or \
+     (rule:secret_project_member and rule:secret_is_not_private))";
+const SECRET_WRITE_LEGACY: &str = "rule:secret_project_admin or rule:secret_project_creator or \
+     (rule:secret_project_creator_role and rule:secret_non_private_read)";
 
 const SECRET_CONSUMERS: &str = "True:%(enforce_new_defaults)s and (rule:secret_project_admin or \
      (rule:secret_project_member and rule:secret_owner) or \
@@ -294,23 +288,16 @@ const CONTAINER_CONSUMERS_LEGACY: &str = "rule:container_non_private_read or \
      rule:container_project_creator or rule:container_project_admin or \
      rule:container_acl_read";
 
-const SECRET_ACL_WRITE: &str = "rule:secret_project_admin or rule:secret_project_creator or \
-     (role:member and project_id:%(target.secret.project_id)s and \
-     (user_id:%(target.secret.creator_id)s or True:%(target.secret.read_project_access)s)) \
-     or role:admin and project_id:%(target.secret.project_id)s";
-
-const CONTAINER_ACL_WRITE: &str = "rule:container_project_admin or \
+const CONTAINER_WRITE: &str = "True:%(enforce_new_defaults)s and \
+     (rule:container_project_admin or \
+     (rule:container_project_member and rule:container_owner) or \
+     (rule:container_project_member and rule:container_is_not_private))";
+const CONTAINER_WRITE_LEGACY: &str = "rule:container_project_admin or \
      rule:container_project_creator or \
-     (role:member and project_id:%(target.container.project_id)s and \
-     (user_id:%(target.container.creator_id)s or \
-     True:%(target.container.read_project_access)s)) \
-     or role:admin and project_id:%(target.container.project_id)s";
-
-const CONTAINER_SECRET_WRITE: &str = "rule:admin or \
-     (role:member and project_id:%(target.container.project_id)s and \
-     (user_id:%(target.container.creator_id)s or \
-     True:%(target.container.read_project_access)s)) \
-     or role:admin and project_id:%(target.container.project_id)s";
+     (rule:container_project_creator_role and rule:container_non_private_read)";
+const CONTAINER_SECRET_WRITE_LEGACY: &str = "rule:container_project_admin or \
+     rule:container_project_creator or \
+     rule:container_project_creator_role and rule:container_non_private_read";
 
 #[cfg(test)]
 mod tests {
@@ -458,5 +445,122 @@ mod tests {
         ));
         // Unknown actions are denied.
         assert!(!allowed(&policy, "no:such", &Target::new(), &member));
+    }
+
+    /// Who asks, in project `p1`: a name, the user, the roles. `creator` and `member` own the
+    /// entities of `corrected_rules_follow_barbican`.
+    const PEOPLE: &[(&str, &str, &[&str])] = &[
+        ("observer", "o", &["observer"]),
+        ("auditor", "a", &["audit"]),
+        ("creator", "owner", &["creator"]),
+        ("creator2", "c2", &["creator"]),
+        ("member", "owner", &["member", "reader"]),
+        ("member2", "m2", &["member", "reader"]),
+        ("reader", "r", &["reader"]),
+        ("admin", "ad", &["admin"]),
+        ("service_admin", "s", &["key-manager:service-admin"]),
+    ];
+
+    /// Rules whose defaults once let the legacy roles in under the secure-RBAC defaults (or
+    /// missed their deprecated form): who each lets in, with the new defaults and then with the
+    /// legacy roles, on a secret, container and order of `p1` that `owner` created and that is
+    /// not private. Barbican 23.0.0's oslo.policy gives the same answers.
+    #[test]
+    fn corrected_rules_follow_barbican() {
+        const META_WRITE: (&str, &str) = ("member member2 admin", "creator creator2 admin");
+        const ENTITY_READ: (&str, &str) =
+            ("member member2 admin", "observer auditor creator creator2 admin service_admin");
+        const ACL_READ: (&str, &str) = ("member member2 admin", "observer creator creator2 admin");
+        const LIST: (&str, &str) = ("member member2", "observer creator creator2 admin");
+        const CREATE: (&str, &str) = ("member member2", "creator creator2 admin");
+        const KEYS_READ: (&str, &str) =
+            ("member member2 reader", "observer auditor creator creator2 admin service_admin");
+        const KEYS_WRITE: (&str, &str) = ("admin", "service_admin");
+        let expected: &[(&str, (&str, &str))] = &[
+            ("secret_meta:get", ENTITY_READ),
+            ("secret_meta:post", META_WRITE),
+            ("secret_meta:put", META_WRITE),
+            ("secret_meta:delete", META_WRITE),
+            ("secret_acls:get", ACL_READ),
+            ("secret_acls:delete", META_WRITE),
+            ("secret_acls:put_patch", META_WRITE),
+            ("container_acls:get", ACL_READ),
+            ("container_acls:delete", META_WRITE),
+            ("container_acls:put_patch", META_WRITE),
+            ("containers:post", CREATE),
+            ("containers:get", LIST),
+            ("container:get", ENTITY_READ),
+            ("container:delete", ("member member2 admin", "creator admin")),
+            ("container_secret:post", META_WRITE),
+            ("container_secret:delete", META_WRITE),
+            ("orders:get", LIST),
+            ("orders:post", CREATE),
+            ("orders:put", CREATE),
+            ("order:get", ("member member2", ENTITY_READ.1)),
+            ("order:delete", ("member member2", "admin")),
+            ("transport_key:get", KEYS_READ),
+            ("transport_key:delete", KEYS_WRITE),
+            ("transport_keys:get", KEYS_READ),
+            ("transport_keys:post", KEYS_WRITE),
+        ];
+        let mut target = Target::new().set("target.order.project_id", "p1");
+        for kind in ["secret", "container"] {
+            target = target
+                .set(&format!("target.{kind}.project_id"), "p1")
+                .set(&format!("target.{kind}.creator_id"), "owner")
+                .set(&format!("target.{kind}.read_project_access"), "True");
+        }
+        for (enforce_new_defaults, pick) in [(true, 0), (false, 1)] {
+            let policy = Policy::barbican(enforce_new_defaults).unwrap();
+            for (action, allowed_both) in expected {
+                let want = if pick == 0 { allowed_both.0 } else { allowed_both.1 };
+                let got: Vec<&str> = PEOPLE
+                    .iter()
+                    .filter(|(_, user, roles)| {
+                        allowed(&policy, action, &target, &creds("p1", Some(user), roles))
+                    })
+                    .map(|(name, _, _)| *name)
+                    .collect();
+                assert_eq!(
+                    got.join(" "),
+                    want,
+                    "{action} with enforce_new_defaults = {enforce_new_defaults}"
+                );
+            }
+        }
+    }
+
+    /// Under the secure-RBAC defaults an ACL user may read the entity but not its ACL, and a
+    /// private entity's ACL is its owner's and the admin's only.
+    #[test]
+    fn acl_rules_on_private_entities() {
+        let policy = Policy::barbican(true).unwrap();
+        let owner = creds("p1", Some("owner"), &["member", "reader"]);
+        let colleague = creds("p1", Some("u2"), &["member", "reader"]);
+        let admin = creds("p1", Some("ad"), &["admin"]);
+        let listed = creds("p2", Some("u7"), &["member", "reader"]);
+        for kind in ["secret", "container"] {
+            let private_for = |c: &Credentials| {
+                let read = (c.user_id.as_deref() == Some("u7")).then(|| "read".to_owned());
+                Target::new()
+                    .set(&format!("target.{kind}.project_id"), "p1")
+                    .set(&format!("target.{kind}.creator_id"), "owner")
+                    .set(&format!("target.{kind}.read_project_access"), "False")
+                    .set_opt(&format!("target.{kind}.read"), read)
+            };
+            let get = if kind == "secret" { "secret:get" } else { "container:get" };
+            let acl_get = format!("{kind}_acls:get");
+            let acl_put = format!("{kind}_acls:put_patch");
+            for action in [acl_get.as_str(), acl_put.as_str(), get] {
+                assert!(allowed(&policy, action, &private_for(&owner), &owner), "{action}");
+                assert!(allowed(&policy, action, &private_for(&admin), &admin), "{action}");
+                assert!(
+                    !allowed(&policy, action, &private_for(&colleague), &colleague),
+                    "{action}"
+                );
+            }
+            assert!(allowed(&policy, get, &private_for(&listed), &listed), "{kind}");
+            assert!(!allowed(&policy, &acl_get, &private_for(&listed), &listed), "{kind}");
+        }
     }
 }

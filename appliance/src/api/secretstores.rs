@@ -1,7 +1,9 @@
 //! `/v1/secret-stores`: the secret-store backends. There is one, the HSM behind the proxies;
-//! the routes answer as Barbican's multiple-backend API does with one store configured.
+//! the routes answer as Barbican's multiple-backend API does with one store configured, or as
+//! its single-store default does (404) when `[secretstore]` says so.
 
 use hyper::{Method, StatusCode};
+use policy::Target;
 use serde_json::{Value, json};
 
 use super::secrets::store_error;
@@ -41,9 +43,33 @@ fn representation(call: &Call<'_>, s: &SecretStore) -> Value {
     })
 }
 
+/// Barbican's answer to every secret-store route when multiple stores are disabled.
+const NOT_ENABLED: &str =
+    "Not Found. Multiple backends support is not enabled in service configuration.";
+
+/// The routes with multiple stores disabled, in Barbican's order: the list, the global default
+/// and the preferred store are authorised before their 404 (the last two whatever the method);
+/// a store by id is 404 before any policy check.
+fn single_store(call: &Call<'_>, rest: &[&str], target: &Target) -> Outcome {
+    let (action, operation) = match rest {
+        [] if *call.method != Method::GET => return Err(ApiError::method_not_allowed("GET")),
+        [] => ("secretstores:get", "List available secret stores"),
+        ["global-default"] => {
+            ("secretstores:get_global_default", "Retrieve global default secret store")
+        }
+        ["preferred"] => ("secretstores:get_preferred", "Retrieve project preferred store"),
+        _ => return Err(ApiError::not_found(NOT_ENABLED)),
+    };
+    call.authorize(action, target, operation)?;
+    Err(ApiError::not_found(NOT_ENABLED))
+}
+
 /// `/v1/secret-stores[/...]`.
 pub(crate) async fn route(call: &Call<'_>, rest: &[&str]) -> Outcome {
     let target = project_target(call);
+    if !call.app.settings.secret_stores {
+        return single_store(call, rest, &target);
+    }
     let store = &call.app.store;
     let get = |call: &Call<'_>| -> Result<(), ApiError> {
         if *call.method != Method::GET { Err(ApiError::method_not_allowed("GET")) } else { Ok(()) }
