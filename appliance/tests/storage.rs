@@ -90,8 +90,9 @@ async fn no_plaintext_at_rest_on_sqlite() {
 async fn no_plaintext_at_rest_on_postgres() {
     let Some(env) = Env::postgres().await else { return };
     let ids = store_markers(&env).await;
-    let Db::Postgres { url, .. } = &env.db else { unreachable!() };
-    let dump = std::process::Command::new("pg_dump").arg(url).arg("--data-only").output().unwrap();
+    let Db::Postgres(db) = &env.db else { unreachable!() };
+    let dump =
+        std::process::Command::new("pg_dump").arg(&db.url).arg("--data-only").output().unwrap();
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
     assert!(String::from_utf8_lossy(&dump.stdout).contains(&ids[0]), "the dump holds the rows");
     assert_absent(&dump.stdout, "the PostgreSQL dump");

@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 mod supervise;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

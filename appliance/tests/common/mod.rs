@@ -10,15 +10,10 @@ use appliance::App;
 use appliance::api::{Request, handle};
 use appliance::config::Config;
 use devstack::HsmStack;
+use devstack::testing::{HSM_BINARIES, TestDatabase, ensure_built};
 use hsm_proxy_proto::SecretBytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-
-/// Where the tests find PostgreSQL.
-pub fn postgres_admin_url() -> String {
-    std::env::var("APPLIANCE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 /// The HSM the tests run on: SoftHSM2 unless `APPLIANCE_TEST_HSM=sim`.
 pub fn test_hsm() -> devstack::HsmChoice {
@@ -28,27 +23,10 @@ pub fn test_hsm() -> devstack::HsmChoice {
     }
 }
 
-/// Builds hsm-proxy and the simulator if this test run did not (`cargo test -p appliance`
-/// alone).
-fn ensure_proxy_built() {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let built = ["hsm-proxy", "fwsim", "libfirmware_sim_pkcs11.so"];
-    if built.iter().all(|f| profile_dir.join(f).exists()) {
-        return;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "-p", "hsm-proxy", "-p", "firmware-sim", "-p", "firmware-sim-pkcs11"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building hsm-proxy and firmware-sim failed");
-}
-
 /// Which database a test runs on.
 pub enum Db {
     Sqlite(PathBuf),
-    Postgres { admin: String, name: String, url: String },
+    Postgres(TestDatabase),
 }
 
 /// The API in-process, with its HSM stack.
@@ -75,30 +53,9 @@ impl Env {
     /// PostgreSQL in a fresh database; `None` (said loudly) when no server answers, unless
     /// `APPLIANCE_REQUIRE_POSTGRES` is set, which CI does.
     pub async fn postgres() -> Option<Env> {
-        let admin = postgres_admin_url();
-        let name = format!("appliance_test_{}", uuid::Uuid::new_v4().simple());
-        let created = std::process::Command::new("psql")
-            .arg(&admin)
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
-            .output();
-        match created {
-            Ok(out) if out.status.success() => {}
-            other => {
-                let why = match other {
-                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
-                    panic!("PostgreSQL is required but unavailable at {admin}: {why}");
-                }
-                eprintln!("\n*** SKIPPING PostgreSQL test: no server at {admin} ({why}) ***\n");
-                return None;
-            }
-        }
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-        let url = format!("{base}/{name}");
+        let db = TestDatabase::create("appliance_test")?;
         let dir = tempfile::tempdir().unwrap();
-        Some(Env::with(dir, url.clone(), Db::Postgres { admin, name, url }, |_| {}).await)
+        Some(Env::with(dir, db.url.clone(), Db::Postgres(db), |_| {}).await)
     }
 
     async fn with(
@@ -107,7 +64,7 @@ impl Env {
         db: Db,
         change: impl FnOnce(&mut appliance::config::Config),
     ) -> Env {
-        ensure_proxy_built();
+        ensure_built(&HSM_BINARIES);
         let stack = HsmStack::start(&dir.path().join("hsm"), None, &test_hsm(), 0).await.unwrap();
         let proxy = stack.proxy_addr.to_string();
         let mut config =
@@ -137,29 +94,23 @@ impl Env {
     pub async fn finish(mut self) {
         self.app.store().close().await;
         self.stack.stop().await;
-        if let Db::Postgres { admin, name, .. } = &self.db {
-            let _ = std::process::Command::new("psql")
-                .arg(admin)
-                .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
-                .output();
+        if let Db::Postgres(db) = &self.db {
+            db.drop_database();
         }
     }
 
     /// Runs SQL against the test database (to age a row, or dump it).
     pub fn sql(&self, statement: &str) -> String {
-        let out = match &self.db {
-            Db::Sqlite(path) => std::process::Command::new("python3")
-                .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); r=c.execute(sys.argv[2]).fetchall(); c.commit(); print(r)"])
-                .arg(path)
-                .arg(statement)
-                .output()
-                .unwrap(),
-            Db::Postgres { url, .. } => std::process::Command::new("psql")
-                .arg(url)
-                .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", statement])
-                .output()
-                .unwrap(),
+        let path = match &self.db {
+            Db::Sqlite(path) => path,
+            Db::Postgres(db) => return db.sql(statement),
         };
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); r=c.execute(sys.argv[2]).fetchall(); c.commit(); print(r)"])
+            .arg(path)
+            .arg(statement)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

@@ -96,7 +96,7 @@ async fn stream(client: Client, kek: Kek, pair: KeyPair, tag: String) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_mixed_operations_from_many_clients() {
-    let token = Token::new("concurrency");
+    let token = Token::new().await;
     let mut proxy = Proxy::start(&token, &Settings::default());
     let setup = proxy.client();
     let mut tasks = Vec::new();

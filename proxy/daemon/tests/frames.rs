@@ -72,7 +72,7 @@ async fn assert_good_request_works(proxy: &Proxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_are_refused_and_the_proxy_keeps_serving() {
-    let token = Token::new("frames");
+    let token = Token::new().await;
     let settings = Settings {
         server_extra: format!("max_body_bytes = {MAX_BODY}\nmax_batch_ops = 8"),
         ..Settings::default()
@@ -192,7 +192,7 @@ async fn bad_frames_are_refused_and_the_proxy_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_after_the_handshake_never_crash_the_proxy() {
-    let token = Token::new("garbage");
+    let token = Token::new().await;
     let settings =
         Settings { server_extra: format!("max_body_bytes = {MAX_BODY}"), ..Settings::default() };
     let mut proxy = Proxy::start(&token, &settings);

@@ -55,7 +55,7 @@ async fn one_call(proxy: &Proxy) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tcp_and_stalled_frames_keep_no_client_out_and_are_cut_off() {
-    let token = Token::new("listener");
+    let token = Token::new().await;
     let settings = Settings {
         server_extra: "handshake_timeout_ms = 2500\nframe_timeout_ms = 2000".into(),
         ..Settings::default()
@@ -119,7 +119,7 @@ async fn idle_tcp_and_stalled_frames_keep_no_client_out_and_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_limits_new_connections_are_closed_at_once() {
-    let token = Token::new("limits");
+    let token = Token::new().await;
     let settings = Settings {
         server_extra: "max_handshakes = 8\nmax_connections = 2\nhandshake_timeout_ms = 20000"
             .into(),
@@ -170,7 +170,7 @@ async fn beyond_the_limits_new_connections_are_closed_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_the_client_reconnects_by_itself() {
-    let token = Token::new("idle");
+    let token = Token::new().await;
     let settings = Settings { server_extra: "idle_timeout_ms = 400".into(), ..Settings::default() };
     let mut proxy = Proxy::start(&token, &settings);
     let client = proxy.client();
@@ -192,7 +192,7 @@ async fn silent_connections_are_closed_and_the_client_reconnects_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_limits_connections_and_times_out_slow_and_idle_ones() {
-    let token = Token::new("metrics-limits");
+    let token = Token::new().await;
     let settings = Settings {
         server_extra: "metrics_max_connections = 3\nmetrics_header_timeout_ms = 500\n\
                        metrics_idle_timeout_ms = 1500"

@@ -25,7 +25,7 @@ fn client_with_tls(proxy: &Proxy, tls: Arc<rustls::ClientConfig>) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_happen_at_the_handshake() {
-    let token = Token::new("mtls");
+    let token = Token::new().await;
     let settings = Settings { allowed_clients: vec!["appliance"], ..Settings::default() };
     let mut proxy = Proxy::start(&token, &settings);
 
@@ -88,7 +88,7 @@ async fn refusals_happen_at_the_handshake() {
 
     // And the allowed client is served as before.
     let health = proxy.client().call(Health).await.unwrap();
-    assert_eq!(health.token_label, "mtls");
+    assert_eq!(health.token_label, token.label);
     proxy.assert_healthy();
 }
 

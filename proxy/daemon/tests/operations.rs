@@ -99,13 +99,13 @@ fn verify(spec: KeyPairSpec, mechanism: SignMechanism, public_der: &[u8], msg: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_round_trips_and_fails_where_it_must() {
-    let token = Token::new("operations");
+    let token = Token::new().await;
     let mut proxy = Proxy::start(&token, &Settings::default());
     let client = proxy.client();
 
     // Health: a real operation on the token.
     let health = client.call(Health).await.unwrap();
-    assert_eq!(health.token_label, "operations");
+    assert_eq!(health.token_label, token.label);
     assert!(health.sessions >= 1);
     assert_eq!(health.kek_cache_capacity, 1024);
 
@@ -354,7 +354,7 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
 async fn sealed_key_pairs_decrypt_to_matching_pkcs8() {
     use hsm_proxy_proto::op::GenerateKeyPairSealed;
     use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-    let token = Token::new("sealed-pairs");
+    let token = Token::new().await;
     let mut proxy = Proxy::start(&token, &Settings::default());
     let client = proxy.client();
     let kek = client.call(GenerateKek).await.unwrap();
@@ -390,9 +390,9 @@ async fn sealed_key_pairs_decrypt_to_matching_pkcs8() {
     proxy.assert_healthy();
 }
 
-#[test]
-fn serve_refuses_a_token_without_master_key() {
-    let token = Token::new("no-mkek");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_token_without_master_key() {
+    let token = Token::new().await;
     let (config, _) = common::write_config(&token, &Settings::default());
     let out =
         common::proxy_command(&token).args(["serve", "--config"]).arg(&config).output().unwrap();
@@ -400,12 +400,12 @@ fn serve_refuses_a_token_without_master_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no master key labelled \"hsm-proxy-mkek\""), "{stderr}");
     assert!(stderr.contains("init-token"), "{stderr}");
-    assert!(!stderr.contains(common::PIN), "the PIN must never be logged");
+    assert!(!stderr.contains(&token.pin()), "the PIN must never be logged");
 }
 
-#[test]
-fn a_wrong_pin_is_a_clear_error() {
-    let token = Token::new("wrong-pin");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_a_clear_error() {
+    let token = Token::new().await;
     let (config, _) = common::write_config(&token, &Settings::default());
     std::fs::write(&token.pin_file, "not-the-pin").unwrap();
     let out = common::proxy_command(&token)
@@ -421,7 +421,7 @@ fn a_wrong_pin_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_based_aes_gcm_where_offered_interchangeable_with_single_part() {
-    let token = Token::new("message-aead");
+    let token = Token::new().await;
     // One worker, so that consecutive operations switch the session's bound key.
     let one = "[pool]\npipeline_depth = 1\n".to_owned();
     let mut proxy = Proxy::start(&token, &Settings { extra: one.clone(), ..Settings::default() });

@@ -39,7 +39,7 @@ async fn send_with_timeout(proxy: &Proxy, ops: &[Request], timeout_ms: u32) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_and_back_pressure() {
-    let token = Token::new("pipeline");
+    let token = Token::new().await;
     // Two workers, a queue of two: a 12-operation frame is two shares of six, each run in turn
     // by one worker.
     let settings = Settings {
@@ -90,7 +90,7 @@ async fn deadlines_and_back_pressure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_split_across_workers_and_answered_in_order() {
-    let token = Token::new("shares");
+    let token = Token::new().await;
     let settings = Settings { extra: "[pool]\npipeline_depth = 3\n".into(), ..Settings::default() };
     let mut proxy = Proxy::start(&token, &settings);
     let client = proxy.client();
@@ -122,7 +122,7 @@ async fn a_batch_is_split_across_workers_and_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_frames_run_inline_when_the_pool_is_idle() {
-    let token = Token::new("inline");
+    let token = Token::new().await;
     // A budget no operation here comes near, so that what runs inline depends on the pool
     // being idle and the operation having been seen, not on the machine's speed.
     let settings = Settings {
@@ -182,7 +182,7 @@ async fn small_frames_run_inline_when_the_pool_is_idle() {
     proxy.assert_healthy();
 
     // Turned off, nothing runs inline and no session is opened for it.
-    let token = Token::new("workers-only");
+    let token = Token::new().await;
     let settings = Settings {
         extra: "[pool]\npipeline_depth = 2\ninline_below_us = 0\n".into(),
         ..Settings::default()
@@ -199,7 +199,7 @@ async fn small_frames_run_inline_when_the_pool_is_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_reconnects_after_a_proxy_restart_and_fails_over() {
-    let token = Token::new("reconnect");
+    let token = Token::new().await;
     let proxy = Proxy::start(&token, &Settings::default());
     let addr = proxy.addr;
     let pki = proxy.pki.clone();
@@ -249,7 +249,7 @@ async fn the_client_reconnects_after_a_proxy_restart_and_fails_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_polling_on_both_sides_answers_the_same_and_stops_cleanly() {
-    let token = Token::new("busy-poll");
+    let token = Token::new().await;
     // A window far longer than an exchange here, so that most answers and frames arrive while
     // the other side spins.
     let settings = Settings { server_extra: "busy_poll_us = 5000".into(), ..Settings::default() };

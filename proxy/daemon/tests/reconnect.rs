@@ -35,7 +35,7 @@ async fn calls(client: &Client, n: usize) -> (usize, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_fast_while_the_proxy_is_down_and_succeed_once_it_is_back() {
-    let token = Token::new("reconnect");
+    let token = Token::new().await;
     let proxy = Proxy::start(&token, &Settings::default());
     let addr = proxy.addr;
     let tls = tls_config_from_pem_files(

@@ -74,8 +74,10 @@ fn metric(metrics: &hsm_proxy::Metrics, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_lost_underneath_the_pool_are_replaced() {
-    let parent_token =
-        std::env::var_os("HSM_PROXY_TEST_CHILD").is_none().then(|| Token::new("recovery"));
+    let parent_token = match std::env::var_os("HSM_PROXY_TEST_CHILD") {
+        None => Some(Token::new().await),
+        Some(_) => None,
+    };
     if !common::in_child_process(
         "sessions_lost_underneath_the_pool_are_replaced",
         parent_token.as_ref(),
@@ -123,10 +125,12 @@ async fn sessions_lost_underneath_the_pool_are_replaced() {
     tokio::time::timeout(Duration::from_secs(30), served).await.unwrap().unwrap();
 }
 
-#[test]
-fn the_master_key_cannot_be_extracted_or_wrapped_out() {
-    let parent_token =
-        std::env::var_os("HSM_PROXY_TEST_CHILD").is_none().then(|| Token::new("mkek"));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_cannot_be_extracted_or_wrapped_out() {
+    let parent_token = match std::env::var_os("HSM_PROXY_TEST_CHILD") {
+        None => Some(Token::new().await),
+        Some(_) => None,
+    };
     if let Some(token) = &parent_token {
         let (config, _) = common::write_config(token, &Settings::default());
         let out = common::proxy_command(token)
@@ -158,7 +162,7 @@ fn the_master_key_cannot_be_extracted_or_wrapped_out() {
         .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == token.label)
         .unwrap();
     let session = ctx.open_rw_session(slot).unwrap();
-    session.login(UserType::User, Some(&AuthPin::from(common::PIN))).unwrap();
+    session.login(UserType::User, Some(&AuthPin::from(token.pin()))).unwrap();
     let found = session
         .find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),

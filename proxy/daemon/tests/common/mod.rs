@@ -1,49 +1,40 @@
-//! Shared test harness: a throw-away token (SoftHSM2, or the firmware-sim module when
-//! `TEST_PKCS11_MODULE` names it), a PKI, and the real `hsm-proxy` binary.
+//! Shared test harness: a throw-away token on the PKCS#11 module under test (SoftHSM2, or the
+//! firmware-sim device when `TEST_PKCS11_MODULE` names its module), prepared by devstack as for
+//! every suite, a PKI, and the real `hsm-proxy` binary.
 // Harness failures are test failures: unwrap is the clearest report.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use devstack::testing::{Daemon, OnDrop, TestToken, hsm_for_module, pkcs11_module_under_test};
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 use pki::{Bundle, CertificateAuthority};
 
-pub const PIN: &str = "4321-test-pin";
-const SO_PIN: &str = "87654321";
-
 /// The PKCS#11 module under test: `TEST_PKCS11_MODULE`, or SoftHSM2.
 pub fn module() -> PathBuf {
-    std::env::var_os("TEST_PKCS11_MODULE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
+    pkcs11_module_under_test()
 }
 
 /// Whether the module under test is the firmware-sim one.
 pub fn is_simulator() -> bool {
-    module().file_name().is_some_and(|n| n.to_string_lossy().contains("firmware_sim"))
-}
-
-/// The environment variable that points the module at its configuration, and the file.
-fn module_env(dir: &Path) -> (&'static str, PathBuf) {
-    if is_simulator() {
-        ("FWSIM_PKCS11_CONF", dir.join("fwsim-pkcs11.toml"))
-    } else {
-        ("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-    }
+    devstack::testing::is_simulator_module(&module())
 }
 
 /// A freshly initialised token in its own directory.
 pub struct Token {
+    /// The token itself, and the simulator's device while it is the HSM (absent in a child
+    /// test process, which uses its parent's); stopped before its directory goes.
+    hsm: Option<TestToken>,
     dir: PathBuf,
     /// Deletes the directory when the token is dropped (absent in a child test process).
     _tmp: Option<tempfile::TempDir>,
     /// The module's configuration variable and file.
-    pub env: (&'static str, PathBuf),
+    pub env: (String, PathBuf),
     pub label: String,
     pub pin_file: PathBuf,
 }
@@ -51,66 +42,38 @@ pub struct Token {
 impl Token {
     /// The token the parent test process made (see [`in_child_process`]).
     pub fn from_parent() -> Token {
-        let dir = PathBuf::from(std::env::var_os("HSM_PROXY_TEST_TOKEN_DIR").unwrap());
-        let label = std::env::var("HSM_PROXY_TEST_TOKEN_LABEL").unwrap();
-        Token { env: module_env(&dir), pin_file: dir.join("pin"), dir, _tmp: None, label }
+        let var = |name: &str| std::env::var(name).unwrap();
+        let env_name = var("HSM_PROXY_TEST_TOKEN_ENV");
+        let env_value = PathBuf::from(var(&env_name));
+        Token {
+            dir: PathBuf::from(var("HSM_PROXY_TEST_TOKEN_DIR")),
+            _tmp: None,
+            hsm: None,
+            env: (env_name, env_value),
+            label: var("HSM_PROXY_TEST_TOKEN_LABEL"),
+            pin_file: PathBuf::from(var("HSM_PROXY_TEST_TOKEN_PIN_FILE")),
+        }
     }
 
-    pub fn new(label: &str) -> Token {
+    /// A token of the HSM whose module is under test, as devstack prepares it.
+    pub async fn new() -> Token {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
-        if is_simulator() {
-            return Token::simulated(tmp, label);
+        let hsm = TestToken::start(&dir.join("hsm"), &hsm_for_module(&module())).await;
+        let (name, value) = hsm.module_env().expect("the token's module is configured");
+        Token {
+            env: (name.to_owned(), value.to_owned()),
+            label: hsm.label().to_owned(),
+            pin_file: hsm.pin_file().to_owned(),
+            dir,
+            _tmp: Some(tmp),
+            hsm: Some(hsm),
         }
-        let tokens = dir.join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args(["--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN])
-            .output()
-            .expect("softhsm2-util must be installed (apt-get install softhsm2)");
-        assert!(out.status.success(), "softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
-        let pin_file = dir.join("pin");
-        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-        Token { env: module_env(&dir), dir, _tmp: Some(tmp), label: label.into(), pin_file }
     }
 
-    /// A firmware-sim token: the device runs inside whichever process loads the module, its
-    /// token kept in a state file that `fwsim init-token` initialises.
-    fn simulated(tmp: tempfile::TempDir, label: &str) -> Token {
-        let dir = tmp.path().to_owned();
-        let env = module_env(&dir);
-        let state = dir.join("fwsim-state");
-        std::fs::write(
-            &env.1,
-            format!("[in_process]\nprofile = \"ideal\"\nstate_file = \"{}\"\n", state.display()),
-        )
-        .unwrap();
-        let pin_file = dir.join("pin");
-        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-        let so_pin_file = dir.join("so-pin");
-        std::fs::write(&so_pin_file, SO_PIN).unwrap();
-        let fwsim = module().with_file_name("fwsim");
-        let out = Command::new(&fwsim)
-            .args(["init-token", "--label", label, "--state"])
-            .arg(&state)
-            .arg("--so-pin-file")
-            .arg(&so_pin_file)
-            .arg("--pin-file")
-            .arg(&pin_file)
-            .output()
-            .unwrap_or_else(|e| panic!("{} must be built beside the module: {e}", fwsim.display()));
-        assert!(out.status.success(), "fwsim init-token: {}", String::from_utf8_lossy(&out.stderr));
-        Token { dir, _tmp: Some(tmp), env, label: label.into(), pin_file }
+    /// The user PIN.
+    pub fn pin(&self) -> String {
+        std::fs::read_to_string(&self.pin_file).unwrap().trim().to_owned()
     }
 
     pub fn path(&self) -> &Path {
@@ -193,17 +156,16 @@ lock_memory = "preferred"
 
 pub fn proxy_command(token: &Token) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-proxy"));
-    cmd.env(token.env.0, &token.env.1).env_remove("RUST_LOG");
+    cmd.env(&token.env.0, &token.env.1).env_remove("RUST_LOG");
     cmd
 }
 
 /// The real daemon, started as a child process.
 pub struct Proxy {
-    child: Option<Child>,
+    daemon: Daemon,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub pki: Bundle,
-    log: PathBuf,
 }
 
 impl Proxy {
@@ -213,43 +175,30 @@ impl Proxy {
             proxy_command(token).arg("init-token").arg("--config").arg(&config).output().unwrap();
         assert!(out.status.success(), "init-token: {}", String::from_utf8_lossy(&out.stderr));
         let ready = token.path().join("ready.json");
-        // A restart must not read the previous run's addresses.
-        let _ = std::fs::remove_file(&ready);
-        let log = token.path().join("proxy.log");
-        let child = proxy_command(token)
+        let mut serve = proxy_command(token);
+        serve
             .args(["--log-level", "debug", "serve", "--config"])
             .arg(&config)
             .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut proxy = Proxy {
-            child: Some(child),
-            addr: ([0, 0, 0, 0], 0).into(),
-            metrics: ([0, 0, 0, 0], 0).into(),
+            .arg(&ready);
+        let (daemon, info) = Daemon::start(
+            "hsm-proxy",
+            &mut serve,
+            &ready,
+            &token.path().join("proxy.log"),
+            Duration::from_secs(30),
+            OnDrop::Kill,
+        );
+        Proxy {
+            daemon,
+            addr: info["listen"].as_str().unwrap().parse().unwrap(),
+            metrics: info["metrics"].as_str().unwrap().parse().unwrap(),
             pki,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                let info: serde_json::Value = serde_json::from_str(&text).unwrap();
-                proxy.addr = info["listen"].as_str().unwrap().parse().unwrap();
-                proxy.metrics = info["metrics"].as_str().unwrap().parse().unwrap();
-                return proxy;
-            }
-            if let Some(status) = proxy.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("hsm-proxy exited with {status}:\n{}", proxy.log());
-            }
-            assert!(Instant::now() < deadline, "hsm-proxy did not start:\n{}", proxy.log());
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// A client with the appliance certificate.
@@ -283,37 +232,15 @@ impl Proxy {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status, self.log());
-            }
-            assert!(Instant::now() < deadline, "hsm-proxy did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    pub fn terminate(self) -> (ExitStatus, String) {
+        self.daemon.terminate()
     }
 
     /// Panics if the daemon died or logged a panic.
     pub fn assert_healthy(&mut self) {
         let log = self.log();
         assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
-        assert!(
-            self.child.as_mut().unwrap().try_wait().unwrap().is_none(),
-            "daemon exited:\n{log}"
-        );
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        assert!(self.daemon.exited().is_none(), "daemon exited:\n{log}");
     }
 }
 
@@ -363,9 +290,11 @@ pub fn in_child_process(test_name: &str, token: Option<&Token>) -> bool {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test_name, "--nocapture", "--test-threads", "1"])
         .env("HSM_PROXY_TEST_CHILD", "1")
-        .env(token.env.0, &token.env.1)
+        .env(&token.env.0, &token.env.1)
+        .env("HSM_PROXY_TEST_TOKEN_ENV", &token.env.0)
         .env("HSM_PROXY_TEST_TOKEN_DIR", token.path())
         .env("HSM_PROXY_TEST_TOKEN_LABEL", &token.label)
+        .env("HSM_PROXY_TEST_TOKEN_PIN_FILE", &token.pin_file)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,0 +1,322 @@
+//! What every test suite shares to bring the stack up: the workspace's daemons built once, the
+//! PKCS#11 module under test and a fresh token on it, throw-away PostgreSQL databases, and
+//! daemons that say in a file when they are ready. Behind the `testing` feature; a failure
+//! panics, as the test failure it is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{HsmChoice, SOFTHSM_MODULES, Token};
+
+/// A file of the workspace the tests run, and the package that builds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binary {
+    /// The package `cargo build -p` takes.
+    pub package: &'static str,
+    /// The file it puts in the profile's directory.
+    pub file: &'static str,
+}
+
+/// The proxy daemon.
+pub const HSM_PROXY: Binary = Binary { package: "hsm-proxy", file: "hsm-proxy" };
+/// The simulated HSM's device (`fwsim serve`, `fwsim init-token`).
+pub const FWSIM: Binary = Binary { package: "firmware-sim", file: "fwsim" };
+/// The simulated HSM's PKCS#11 module.
+pub const SIM_MODULE: Binary =
+    Binary { package: "firmware-sim-pkcs11", file: "libfirmware_sim_pkcs11.so" };
+/// The appliance (`appliance dev`, `appliance serve`).
+pub const APPLIANCE: Binary = Binary { package: "appliance", file: "appliance" };
+/// The benchmark tool.
+pub const HSM_BENCH: Binary = Binary { package: "bench", file: "hsm-bench" };
+/// What an [`crate::HsmStack`] starts: the proxy, and the simulator when it is the HSM.
+pub const HSM_BINARIES: [Binary; 3] = [HSM_PROXY, FWSIM, SIM_MODULE];
+
+/// The directory of this build profile (`target/debug`), where the workspace's binaries are;
+/// a test binary runs from its `deps` directory.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no path to this test: {e}"));
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("{} is not in a profile directory", exe.display()))
+        .to_owned()
+}
+
+/// Builds `binaries` if this test run did not (`cargo test -p` of one crate builds only that
+/// crate's).
+pub fn ensure_built(binaries: &[Binary]) {
+    let dir = profile_dir();
+    if binaries.iter().all(|b| dir.join(b.file).exists()) {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.arg("build");
+    for binary in binaries {
+        build.args(["-p", binary.package]);
+    }
+    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo: {e}"));
+    assert!(status.success(), "building {binaries:?} failed");
+}
+
+/// The PKCS#11 module under test: `TEST_PKCS11_MODULE`, or SoftHSM2's.
+pub fn pkcs11_module_under_test() -> PathBuf {
+    std::env::var_os("TEST_PKCS11_MODULE").map(PathBuf::from).unwrap_or_else(|| {
+        SOFTHSM_MODULES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(SOFTHSM_MODULES[0]))
+    })
+}
+
+/// Whether `module` is firmware-sim's.
+pub fn is_simulator_module(module: &Path) -> bool {
+    module.file_name().is_some_and(|n| n.to_string_lossy().contains("firmware_sim"))
+}
+
+/// The HSM whose token `module` drives: the simulator for its module, SoftHSM2 otherwise.
+pub fn hsm_for_module(module: &Path) -> HsmChoice {
+    if is_simulator_module(module) { HsmChoice::default() } else { HsmChoice::SoftHsm2 }
+}
+
+/// A freshly initialised token, prepared as [`crate::HsmStack`] prepares its own (a SoftHSM2
+/// token, or the simulator's device as a `fwsim serve` child process), for tests that run
+/// their own proxy on it. The simulator stops when this is dropped.
+#[derive(Debug)]
+pub struct TestToken {
+    token: Token,
+}
+
+impl TestToken {
+    /// Prepares the token of `choice` under `dir`.
+    pub async fn start(dir: &Path, choice: &HsmChoice) -> TestToken {
+        if matches!(choice, HsmChoice::Sim { .. }) {
+            ensure_built(&[FWSIM, SIM_MODULE]);
+        }
+        let token = Token::prepare(dir, choice)
+            .await
+            .unwrap_or_else(|e| panic!("cannot prepare a {choice:?} token: {e}"));
+        TestToken { token }
+    }
+
+    /// The token's label.
+    pub fn label(&self) -> &str {
+        &self.token.label
+    }
+
+    /// The file holding the user PIN.
+    pub fn pin_file(&self) -> &Path {
+        &self.token.pin_file
+    }
+
+    /// The user PIN.
+    pub fn pin(&self) -> String {
+        let pin = std::fs::read_to_string(self.pin_file())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.pin_file().display()));
+        pin.trim().to_owned()
+    }
+
+    /// The environment variable that points the module at this token, and its value.
+    pub fn module_env(&self) -> Option<(&'static str, &Path)> {
+        self.token.env.as_ref().map(|(name, value)| (*name, value.as_path()))
+    }
+
+    /// Stops the simulator, if it is the HSM, waiting for it to exit.
+    pub async fn stop(&mut self) {
+        self.token.stop().await;
+    }
+}
+
+/// Where the tests find PostgreSQL: `APPLIANCE_TEST_POSTGRES_URL`, or the local server.
+pub fn postgres_admin_url() -> String {
+    std::env::var("APPLIANCE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A PostgreSQL database of one test's own.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The server's administrative URL, on which the database was created.
+    pub admin: String,
+    /// The database's name.
+    pub name: String,
+    /// The database's URL.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates a database named `<prefix>_<random>`; `None`, said loudly, when no server
+    /// answers, unless `APPLIANCE_REQUIRE_POSTGRES` is set (CI sets it).
+    pub fn create(prefix: &str) -> Option<TestDatabase> {
+        let admin = postgres_admin_url();
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let created = Command::new("psql")
+            .arg(&admin)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+            .output();
+        match created {
+            Ok(out) if out.status.success() => {}
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
+                    panic!("PostgreSQL is required but unavailable at {admin}: {why}");
+                }
+                eprintln!("\n*** SKIPPING PostgreSQL test: no server at {admin} ({why}) ***\n");
+                return None;
+            }
+        }
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base.to_owned())
+            .unwrap_or_else(|| panic!("{admin} names no database"));
+        let url = format!("{base}/{name}");
+        Some(TestDatabase { admin, name, url })
+    }
+
+    /// Runs one SQL statement on the database; its output (`psql -At`), trimmed.
+    pub fn sql(&self, statement: &str) -> String {
+        psql(&self.url, statement)
+    }
+
+    /// Drops the database, sessions still open on it included; a failure is not reported.
+    pub fn drop_database(&self) {
+        let _ = Command::new("psql")
+            .arg(&self.admin)
+            .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .output();
+    }
+}
+
+/// Runs one SQL statement on the database at `url`; its output (`psql -At`), trimmed.
+pub fn psql(url: &str, statement: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", statement])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+    assert!(out.status.success(), "{statement}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// What dropping a [`Daemon`] does to its process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDrop {
+    /// SIGKILL: nothing of it matters any more.
+    Kill,
+    /// SIGTERM, as Ctrl-C, so that it stops its own children; SIGKILL if it does not exit.
+    Terminate,
+}
+
+/// How long a daemon has to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A daemon started by a test, its standard error in a log file, ready once it has written
+/// its ready file.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    on_drop: OnDrop,
+}
+
+impl Daemon {
+    /// Runs `command` (standard output discarded, standard error into `log`) and waits up to
+    /// `timeout` until it has written JSON to `ready`, which it gives; a ready file of an
+    /// earlier run is removed first.
+    pub fn start(
+        name: &str,
+        command: &mut Command,
+        ready: &Path,
+        log: &Path,
+        timeout: Duration,
+        on_drop: OnDrop,
+    ) -> (Daemon, serde_json::Value) {
+        let _ = std::fs::remove_file(ready);
+        let log_file =
+            std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut daemon =
+            Daemon { name: name.to_owned(), child: Some(child), log: log.to_owned(), on_drop };
+        let deadline = Instant::now() + timeout;
+        loop {
+            // A file caught half-written does not parse yet.
+            let info = std::fs::read_to_string(ready)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+            if let Some(info) = info {
+                return (daemon, info);
+            }
+            if let Some(status) = daemon.exited() {
+                panic!("{name} exited with {status}:\n{}", daemon.log());
+            }
+            assert!(Instant::now() < deadline, "{name} did not start:\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name))
+    }
+
+    /// SIGTERM, then its exit status and log.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        let Some(mut child) = self.child.take() else { panic!("{} was stopped", self.name) };
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            let exited =
+                child.try_wait().unwrap_or_else(|e| panic!("cannot wait for {}: {e}", self.name));
+            if let Some(status) = exited {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "{} did not stop:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if self.on_drop == OnDrop::Terminate {
+            signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Sends `signal` to the process `pid`; one that has exited already is no error.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
