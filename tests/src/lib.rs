@@ -9,40 +9,27 @@ pub mod chaos;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// The workspace's target directory for this build profile.
-pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_owned()
-}
+use devstack::testing::{
+    APPLIANCE, Daemon, FWSIM, HSM_BENCH, HSM_PROXY, OnDrop, SIM_MODULE, ensure_built,
+};
+pub use devstack::testing::{TestDatabase, profile_dir as bin_dir, psql};
 
 /// Builds the workspace binaries if this test run did not.
 pub fn ensure_binaries() {
-    let dir = bin_dir();
-    let built = ["appliance", "hsm-proxy", "fwsim", "libfirmware_sim_pkcs11.so", "hsm-bench"];
-    if built.iter().all(|f| dir.join(f).exists()) {
-        return;
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "-p", "appliance", "-p", "hsm-proxy", "-p", "firmware-sim"])
-        .args(["-p", "firmware-sim-pkcs11", "-p", "bench"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the binaries failed");
+    ensure_built(&[APPLIANCE, HSM_PROXY, FWSIM, SIM_MODULE, HSM_BENCH]);
 }
 
 /// `appliance dev` running in a child process.
 #[derive(Debug)]
 pub struct DevStack {
-    child: Option<Child>,
+    daemon: Option<Daemon>,
     /// Where the stack keeps its data.
     pub data_dir: PathBuf,
     /// The contents of `dev.json`.
     pub info: serde_json::Value,
-    log: PathBuf,
 }
 
 impl DevStack {
@@ -54,37 +41,22 @@ impl DevStack {
     /// [`DevStack::start`] with more `appliance dev` arguments.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> DevStack {
         ensure_binaries();
-        let dev_json = data_dir.join("dev.json");
-        let _ = std::fs::remove_file(&dev_json);
         std::fs::create_dir_all(data_dir).unwrap();
-        let log = data_dir.join("appliance.log");
-        let child = Command::new(bin_dir().join("appliance"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut dev = Command::new(bin_dir().join("appliance"));
+        dev.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stack = DevStack {
-            child: Some(child),
-            data_dir: data_dir.to_owned(),
-            info: serde_json::Value::Null,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&dev_json) {
-                stack.info = serde_json::from_str(&text).unwrap();
-                return stack;
-            }
-            if let Some(status) = stack.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("appliance dev exited with {status}:\n{}", stack.log());
-            }
-            assert!(Instant::now() < deadline, "appliance dev did not start:\n{}", stack.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .env_remove("RUST_LOG");
+        // Stopped as by Ctrl-C, so that it stops the proxy and the simulator.
+        let (daemon, info) = Daemon::start(
+            "appliance dev",
+            &mut dev,
+            &data_dir.join("dev.json"),
+            &data_dir.join("appliance.log"),
+            Duration::from_secs(60),
+            OnDrop::Terminate,
+        );
+        DevStack { daemon: Some(daemon), data_dir: data_dir.to_owned(), info }
     }
 
     /// The API's base URL.
@@ -94,32 +66,12 @@ impl DevStack {
 
     /// What the appliance logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
     /// SIGTERM (as Ctrl-C), then the exit status.
     pub fn stop(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status, self.log());
-            }
-            assert!(Instant::now() < deadline, "appliance dev did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for DevStack {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = child.wait();
-        }
+        self.daemon.take().unwrap().terminate()
     }
 }
 
@@ -263,44 +215,6 @@ pub fn keystone_venv() -> Option<PathBuf> {
         venv.display()
     );
     None
-}
-
-/// A fresh PostgreSQL database: `(admin url, name, url)`, or `None` (said loudly) without a
-/// server, unless `APPLIANCE_REQUIRE_POSTGRES` is set, as CI does.
-pub fn postgres_database() -> Option<(String, String, String)> {
-    let admin = std::env::var("APPLIANCE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("e2e_{}", std::process::id());
-    let out = Command::new("psql")
-        .arg(&admin)
-        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        other => {
-            let why = other
-                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                .unwrap_or_else(|e| e.to_string());
-            if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
-                panic!("PostgreSQL is required but unavailable at {admin}: {why}");
-            }
-            eprintln!("\n*** SKIPPING PostgreSQL test: no server at {admin} ({why}) ***\n");
-            return None;
-        }
-    }
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    Some((admin, name, url))
-}
-
-/// Runs one SQL statement and returns its output (`psql -At`).
-pub fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 // ---- Supervision: the children of `appliance dev` as `dev.json` tells them now. ----

@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, bin_dir, http, postgres_database, psql};
+use e2e::{DevStack, TestDatabase, bin_dir, http, psql};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -91,7 +91,8 @@ fn order(api: &str, body: &str) {
 
 #[test]
 fn two_appliances_share_the_queue_and_survive_one_dying() {
-    let Some((admin, name, db)) = postgres_database() else { return };
+    let Some(database) = TestDatabase::create("e2e") else { return };
+    let db = database.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let stack = DevStack::start(&dir.path().join("dev"));
     let (mut a, api_a) = appliance(dir.path(), "a", &db, &stack.info);
@@ -180,5 +181,5 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
 
     drop(b);
     drop(stack);
-    psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    database.drop_database();
 }
