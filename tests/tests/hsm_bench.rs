@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::{DevStack, bin_dir};
@@ -78,17 +79,21 @@ fn every_operation_directly_on_the_simulator() {
     assert_eq!(report["cells"].as_array().unwrap().len(), 8 * 2);
 }
 
-#[test]
-fn direct_and_through_the_proxy_side_by_side_then_http_load() {
-    let dir = tempfile::tempdir().unwrap();
-    // Busy polling on: everything below also runs with the proxy and the appliance spinning
-    // for each other.
-    let stack = DevStack::start_with(&dir.path().join("data"), &["--busy-poll-us", "200"]);
-    let proxy_toml = std::fs::read_to_string(dir.path().join("data/proxy.toml")).unwrap();
+/// `appliance dev` with busy polling on, so that every run below also has the proxy and the
+/// appliance spinning for each other; its `dev.json`.
+fn busy_polling_stack(dir: &Path) -> (DevStack, PathBuf) {
+    let stack = DevStack::start_with(&dir.join("data"), &["--busy-poll-us", "200"]);
+    let proxy_toml = std::fs::read_to_string(dir.join("data/proxy.toml")).unwrap();
     assert!(proxy_toml.contains("busy_poll_us = 200"), "{proxy_toml}");
-    let proxy_log = std::fs::read_to_string(dir.path().join("data/proxy.log")).unwrap();
+    let proxy_log = std::fs::read_to_string(dir.join("data/proxy.log")).unwrap();
     assert!(proxy_log.contains("busy polling"), "{proxy_log}");
-    let dev_json = dir.path().join("data/dev.json");
+    (stack, dir.join("data/dev.json"))
+}
+
+#[test]
+fn direct_and_through_the_proxy_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, dev_json) = busy_polling_stack(dir.path());
     let report = hsm_bench(
         &[
             "compare",
@@ -110,9 +115,16 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
         report["cells"].as_array().unwrap().iter().map(|c| c["mode"].as_str().unwrap()).collect();
     assert_eq!(modes.iter().filter(|m| **m == "pkcs11").count(), 6);
     assert_eq!(modes.iter().filter(|m| **m == "proxy").count(), 6);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
 
-    // Batched on the proxy side, in two rounds: every proxy cell carries frames of 8, each
-    // pair is measured twice, and the comparison is of the medians.
+/// Batched on the proxy side, in two rounds: every proxy cell carries frames of 8, each pair
+/// is measured twice, and the comparison is of the medians.
+#[test]
+fn side_by_side_batched_in_rounds_compares_the_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, dev_json) = busy_polling_stack(dir.path());
     let report = hsm_bench(
         &[
             "compare",
@@ -154,9 +166,16 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
     assert!((d - mean("pkcs11")).abs() < 1e-6 && (p - mean("proxy")).abs() < 1e-6, "{c}");
     assert!((c["throughput_ratio"].as_f64().unwrap() - p / d).abs() < 1e-9, "{c}");
     assert_eq!(report["best"][0]["ratio"], c["throughput_ratio"]);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
 
-    // Through the proxy alone, its address and certificates from dev.json, the client spinning
-    // for its answers: one frame of one, then frames of 4 from 3 callers.
+/// Through the proxy alone, its address and certificates from `dev.json`, the client spinning
+/// for its answers: one frame of one, then frames of 4 from 3 callers.
+#[test]
+fn through_the_proxy_alone_from_dev_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, dev_json) = busy_polling_stack(dir.path());
     let report = hsm_bench(
         &[
             "proxy",
@@ -182,7 +201,14 @@ fn direct_and_through_the_proxy_side_by_side_then_http_load() {
         .map(|c| (c["concurrency"].as_u64().unwrap(), c["batch"].as_u64().unwrap()))
         .collect();
     assert_eq!(shapes, [(1, 1), (1, 4), (3, 1), (3, 4)]);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
 
+#[test]
+fn http_load_on_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, _) = busy_polling_stack(dir.path());
     let api = stack.api_url();
     let report = hsm_bench(
         &[
