@@ -97,36 +97,54 @@ fn verify(spec: KeyPairSpec, mechanism: SignMechanism, public_der: &[u8], msg: &
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_operation_round_trips_and_fails_where_it_must() {
+/// A fresh token and the proxy on it; the token goes with the test.
+async fn started() -> (Token, Proxy) {
     let token = Token::new().await;
-    let mut proxy = Proxy::start(&token, &Settings::default());
-    let client = proxy.client();
+    let proxy = Proxy::start(&token, &Settings::default());
+    (token, proxy)
+}
 
-    // Health: a real operation on the token.
-    let health = client.call(Health).await.unwrap();
+const AAD: &[u8] = b"secret=1b4e28ba;project=p1";
+const PLAINTEXT: &[u8] = b"volume key material, 32 bytes!!!";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_a_real_operation_on_the_token() {
+    let (token, mut proxy) = started().await;
+    let health = proxy.client().call(Health).await.unwrap();
     assert_eq!(health.token_label, token.label);
     assert!(health.sessions >= 1);
     assert_eq!(health.kek_cache_capacity, 1024);
+    proxy.assert_healthy();
+}
 
-    // KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct.
+/// KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keks_come_back_wrapped_and_distinct() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
     let kek = client.call(GenerateKek).await.unwrap();
     let other = client.call(GenerateKek).await.unwrap();
     assert_eq!(kek.wrapped.len(), 40);
     assert_ne!(kek.id, other.id);
     assert_ne!(kek.wrapped, other.wrapped);
+    proxy.assert_healthy();
+}
 
-    // Encrypt / decrypt, with AAD, fresh IVs, and every tampering rejected.
-    let aad = b"secret=1b4e28ba;project=p1".to_vec();
-    let plaintext = b"volume key material, 32 bytes!!!".to_vec();
-    let sealed = encrypt(&client, &kek, &plaintext, &aad).await;
-    assert_eq!(sealed.ciphertext.len(), plaintext.len());
-    assert_ne!(sealed.ciphertext, plaintext);
-    let again = encrypt(&client, &kek, &plaintext, &aad).await;
+/// Encrypt and decrypt, with AAD and fresh IVs; every tampering, and another KEK, rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_data_opens_only_unaltered_under_its_kek_and_aad() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    assert_eq!(sealed.ciphertext.len(), PLAINTEXT.len());
+    assert_ne!(sealed.ciphertext, PLAINTEXT);
+    let again = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     assert_ne!(sealed.iv, again.iv, "every encryption needs a fresh IV");
     assert_ne!(sealed.ciphertext, again.ciphertext);
-    let opened = decrypt(&client, &kek, &sealed, &aad).await.unwrap();
-    assert_eq!(opened.expose_secret(), plaintext.as_slice());
+    let opened = decrypt(&client, &kek, &sealed, AAD).await.unwrap();
+    assert_eq!(opened.expose_secret(), PLAINTEXT);
 
     assert_eq!(
         status(decrypt(&client, &kek, &sealed, b"secret=other").await),
@@ -134,24 +152,29 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
     );
     let mut bad_tag = sealed.clone();
     bad_tag.tag[0] ^= 1;
-    assert_eq!(status(decrypt(&client, &kek, &bad_tag, &aad).await), Status::AuthenticationFailed);
+    assert_eq!(status(decrypt(&client, &kek, &bad_tag, AAD).await), Status::AuthenticationFailed);
     let mut bad_ct = sealed.clone();
     bad_ct.ciphertext[5] ^= 0x80;
-    assert_eq!(status(decrypt(&client, &kek, &bad_ct, &aad).await), Status::AuthenticationFailed);
+    assert_eq!(status(decrypt(&client, &kek, &bad_ct, AAD).await), Status::AuthenticationFailed);
     let mut bad_iv = sealed.clone();
     bad_iv.iv[11] ^= 1;
-    assert_eq!(status(decrypt(&client, &kek, &bad_iv, &aad).await), Status::AuthenticationFailed);
-    assert_eq!(status(decrypt(&client, &other, &sealed, &aad).await), Status::AuthenticationFailed);
+    assert_eq!(status(decrypt(&client, &kek, &bad_iv, AAD).await), Status::AuthenticationFailed);
+    assert_eq!(status(decrypt(&client, &other, &sealed, AAD).await), Status::AuthenticationFailed);
     // Empty and large payloads.
     for len in [0usize, 1, 20_000] {
         let data = vec![0x5a; len];
-        let s = encrypt(&client, &kek, &data, &aad).await;
-        assert_eq!(
-            decrypt(&client, &kek, &s, &aad).await.unwrap().expose_secret(),
-            data.as_slice()
-        );
+        let s = encrypt(&client, &kek, &data, AAD).await;
+        assert_eq!(decrypt(&client, &kek, &s, AAD).await.unwrap().expose_secret(), data.as_slice());
     }
+    proxy.assert_healthy();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_blobs_not_wrapped_here_or_swapped_are_refused() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
     // A KEK blob that was not wrapped under this token's MKEK.
     let mut forged = kek.clone();
     forged.id = KekId([7; 16]);
@@ -161,27 +184,44 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
         .await;
     assert_eq!(status(r), Status::KekInvalid);
     // A known KEK id with a different blob is refused, never mixed up.
+    encrypt(&client, &kek, b"x", b"").await;
     let mut swapped = other.clone();
     swapped.id = kek.id;
     let r = client
         .call(Encrypt { kek: swapped, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
         .await;
     assert_eq!(status(r), Status::InvalidArgument);
+    proxy.assert_healthy();
+}
 
-    // Symmetric keys from the HSM, sealed under the KEK.
+/// Symmetric keys from the HSM, sealed under the KEK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symmetric_keys_come_sealed_under_the_kek() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
     for bits in [128u16, 192, 256] {
         let sealed = client
-            .call(GenerateSymmetric { kek: kek.clone(), bits, aad: aad.clone() })
+            .call(GenerateSymmetric { kek: kek.clone(), bits, aad: AAD.to_vec() })
             .await
             .unwrap();
-        let key = decrypt(&client, &kek, &sealed, &aad).await.unwrap();
+        let key = decrypt(&client, &kek, &sealed, AAD).await.unwrap();
         assert_eq!(key.len(), usize::from(bits / 8));
     }
     let r = client.call(GenerateSymmetric { kek: kek.clone(), bits: 100, aad: vec![] }).await;
     assert_eq!(status(r), Status::InvalidArgument);
+    proxy.assert_healthy();
+}
 
-    // Key pairs: generate, sign in the HSM, verify outside with the public key.
-    let message = b"to be signed by a key that never leaves the HSM in clear".to_vec();
+const MESSAGE: &[u8] = b"to be signed by a key that never leaves the HSM in clear";
+
+/// Key pairs: generated, signing in the HSM, verified outside with the public key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_pairs_sign_in_the_hsm_and_verify_outside() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
     let cases = [
         (
             KeyPairSpec::Rsa2048,
@@ -199,7 +239,6 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
         (KeyPairSpec::EcP256, vec![SignMechanism::EcdsaSha256]),
         (KeyPairSpec::EcP384, vec![SignMechanism::EcdsaSha384]),
     ];
-    let mut rsa_key = None;
     for (spec, mechanisms) in cases {
         let pair = client.call(GenerateKeyPair { kek: kek.clone(), spec }).await.unwrap();
         assert!(!pair.private_key.blob.is_empty());
@@ -209,11 +248,11 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
                     kek: kek.clone(),
                     key: pair.private_key.clone(),
                     mechanism,
-                    data: message.clone(),
+                    data: MESSAGE.to_vec(),
                 })
                 .await
                 .unwrap();
-            verify(spec, mechanism, &pair.public_key_der, &message, &sig.bytes);
+            verify(spec, mechanism, &pair.public_key_der, MESSAGE, &sig.bytes);
         }
         // The wrong KEK cannot unwrap the private key; a key of the other kind is refused.
         let r = client
@@ -230,31 +269,37 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
             Status::InvalidArgument
         };
         assert_eq!(status(r), expected, "{spec:?}");
-        if spec == KeyPairSpec::Rsa2048 {
-            rsa_key = Some(pair);
-        }
     }
+    proxy.assert_healthy();
+}
 
-    // Rewrap: sealed data and a wrapped private key move to another KEK.
+/// Rewrap: sealed data and a wrapped private key move to another KEK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     let moved = client
         .call(Rewrap {
             old: kek.clone(),
             new: other.clone(),
-            blob: Blob::Sealed { sealed: sealed.clone(), aad: aad.clone() },
+            blob: Blob::Sealed { sealed: sealed.clone(), aad: AAD.to_vec() },
         })
         .await
         .unwrap();
     let Blob::Sealed { sealed: moved, aad: moved_aad } = moved else {
         panic!("sealed in, sealed out")
     };
-    assert_eq!(moved_aad, aad);
-    assert_eq!(
-        decrypt(&client, &other, &moved, &aad).await.unwrap().expose_secret(),
-        plaintext.as_slice()
-    );
-    assert_eq!(status(decrypt(&client, &kek, &moved, &aad).await), Status::AuthenticationFailed);
+    assert_eq!(moved_aad, AAD);
+    assert_eq!(decrypt(&client, &other, &moved, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    assert_eq!(status(decrypt(&client, &kek, &moved, AAD).await), Status::AuthenticationFailed);
 
-    let pair = rsa_key.unwrap();
+    let pair = client
+        .call(GenerateKeyPair { kek: kek.clone(), spec: KeyPairSpec::Rsa2048 })
+        .await
+        .unwrap();
     let moved = client
         .call(Rewrap {
             old: kek.clone(),
@@ -270,7 +315,7 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
             kek: other.clone(),
             key: moved_key.clone(),
             mechanism: SignMechanism::RsaPssSha256,
-            data: message.clone(),
+            data: MESSAGE.to_vec(),
         })
         .await
         .unwrap();
@@ -278,7 +323,7 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
         KeyPairSpec::Rsa2048,
         SignMechanism::RsaPssSha256,
         &pair.public_key_der,
-        &message,
+        MESSAGE,
         &sig.bytes,
     );
     let r = client
@@ -286,7 +331,7 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
             kek: kek.clone(),
             key: moved_key,
             mechanism: SignMechanism::RsaPssSha256,
-            data: message.clone(),
+            data: MESSAGE.to_vec(),
         })
         .await;
     assert_eq!(status(r), Status::WrappedKeyInvalid);
@@ -295,8 +340,14 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
         .call(Rewrap { old: kek.clone(), new: other.clone(), blob: Blob::Wrapped(garbage) })
         .await;
     assert_eq!(status(r), Status::WrappedKeyInvalid);
+    proxy.assert_healthy();
+}
 
-    // Random bytes, bounded.
+/// Random bytes, bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_are_fresh_and_bounded() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
     let a = client.call(Random { len: 32 }).await.unwrap();
     let b = client.call(Random { len: 32 }).await.unwrap();
     assert_eq!(a.len(), 32);
@@ -306,21 +357,23 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
         status(client.call(Random { len: MAX_RANDOM_BYTES + 1 }).await),
         Status::InvalidArgument
     );
+    proxy.assert_healthy();
+}
 
-    // One frame, several operations, results in order, failures alone.
+/// One frame, several operations, results in order, failures alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_in_order_and_fails_alone() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    let mut bad_tag = sealed.clone();
+    bad_tag.tag[0] ^= 1;
     let results = client
         .call_batch(vec![
             Request::Random(Random { len: 8 }),
-            Request::Decrypt(Decrypt {
-                kek: kek.clone(),
-                sealed: bad_tag.clone(),
-                aad: aad.clone(),
-            }),
-            Request::Decrypt(Decrypt {
-                kek: kek.clone(),
-                sealed: sealed.clone(),
-                aad: aad.clone(),
-            }),
+            Request::Decrypt(Decrypt { kek: kek.clone(), sealed: bad_tag, aad: AAD.to_vec() }),
+            Request::Decrypt(Decrypt { kek: kek.clone(), sealed, aad: AAD.to_vec() }),
             Request::Health(Health),
         ])
         .await
@@ -328,12 +381,57 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
     assert_eq!(results.len(), 4);
     assert!(matches!(&results[0], Ok(Reply::Random(r)) if r.len() == 8));
     assert_eq!(results[1], Err(Status::AuthenticationFailed));
-    assert!(
-        matches!(&results[2], Ok(Reply::Decrypt(p)) if p.expose_secret() == plaintext.as_slice())
-    );
+    assert!(matches!(&results[2], Ok(Reply::Decrypt(p)) if p.expose_secret() == PLAINTEXT));
     assert!(matches!(&results[3], Ok(Reply::Health(_))));
+    proxy.assert_healthy();
+}
 
-    // Every KEK was unwrapped into the HSM once, then used by handle.
+/// Every KEK is unwrapped into the HSM once, then used by handle, failed operations included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kek_is_unwrapped_once_then_used_by_handle() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    for _ in 0..32 {
+        assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    }
+    // Six authentication failures: four alterations, another KEK, and one in a batch.
+    let mut altered = Vec::new();
+    for change in 0..4 {
+        let mut s = sealed.clone();
+        match change {
+            0 => s.tag[0] ^= 1,
+            1 => s.ciphertext[5] ^= 0x80,
+            2 => s.iv[11] ^= 1,
+            _ => {}
+        }
+        let aad: &[u8] = if change == 3 { b"secret=other" } else { AAD };
+        altered.push((s, aad));
+    }
+    for (s, aad) in &altered {
+        assert_eq!(status(decrypt(&client, &kek, s, aad).await), Status::AuthenticationFailed);
+    }
+    assert_eq!(status(decrypt(&client, &other, &sealed, AAD).await), Status::AuthenticationFailed);
+    let results = client
+        .call_batch(vec![Request::Decrypt(Decrypt {
+            kek: kek.clone(),
+            sealed: altered[0].0.clone(),
+            aad: AAD.to_vec(),
+        })])
+        .await
+        .unwrap();
+    assert_eq!(results[0], Err(Status::AuthenticationFailed));
+    // A blob not wrapped here is unwrapped once too, and refused.
+    let mut forged = kek.clone();
+    forged.id = KekId([7; 16]);
+    forged.wrapped[3] ^= 0xff;
+    let r = client
+        .call(Encrypt { kek: forged, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
+        .await;
+    assert_eq!(status(r), Status::KekInvalid);
+
     let misses = proxy.metric("hsm_proxy_kek_cache_misses_total");
     let hits = proxy.metric("hsm_proxy_kek_cache_hits_total");
     assert_eq!(misses, 3.0, "kek, other, and the forged blob; everything else is a hit");
@@ -343,8 +441,17 @@ async fn every_operation_round_trips_and_fails_where_it_must() {
             >= 6.0
     );
     proxy.assert_healthy();
+}
 
-    // A clean stop: logged out, exit code 0.
+/// A clean stop after work: logged out, exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_logs_out_and_exits_zero() {
+    let (_token, mut proxy) = started().await;
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    proxy.assert_healthy();
     let (status, log) = proxy.terminate();
     assert!(status.success(), "{log}");
     assert!(log.contains("sessions closed and logged out"), "{log}");
