@@ -70,14 +70,30 @@ async fn assert_good_request_works(proxy: &Proxy) {
     assert!(results[0].is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_frames_are_refused_and_the_proxy_keeps_serving() {
+/// A fresh token and a proxy on it with small limits: bodies of `MAX_BODY`, 8 operations.
+async fn small_limits() -> (Token, Proxy) {
     let token = Token::new().await;
     let settings = Settings {
         server_extra: format!("max_body_bytes = {MAX_BODY}\nmax_batch_ops = 8"),
         ..Settings::default()
     };
-    let mut proxy = Proxy::start(&token, &settings);
+    let proxy = Proxy::start(&token, &settings);
+    (token, proxy)
+}
+
+/// Asserts that the proxy counted at least so many refused frames of each status.
+fn assert_refusals_counted(proxy: &Proxy, counts: &[(&str, f64)]) {
+    let metrics = proxy.metrics_text();
+    for (status, at_least) in counts {
+        let series = format!("hsm_proxy_frames_refused_total{{status=\"{status}\"}}");
+        assert!(common::metric_value(&metrics, &series) >= *at_least, "{series}:\n{metrics}");
+    }
+}
+
+/// A header the proxy cannot take is answered once with its status, and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_header_is_refused_and_its_connection_closed() {
+    let (_token, mut proxy) = small_limits().await;
 
     // Oversized: refused from the header alone, before any body is sent.
     let mut s = connect(&proxy).await;
@@ -118,17 +134,32 @@ async fn bad_frames_are_refused_and_the_proxy_keeps_serving() {
         assert_eq!((h.request_id, refusal(&body)), (id, Status::MalformedFrame));
         assert_closed(&mut s).await;
     }
+    assert_good_request_works(&proxy).await;
+    assert_refusals_counted(
+        &proxy,
+        &[("frame_too_large", 1.0), ("malformed_frame", 3.0), ("unsupported_version", 1.0)],
+    );
+    proxy.assert_healthy();
+}
 
-    // Truncated: the header announces more than ever arrives, then the client goes away.
+/// Truncated: the header announces more than ever arrives, then the client goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_frame_costs_only_its_connection() {
+    let (_token, mut proxy) = small_limits().await;
     let mut s = connect(&proxy).await;
     let frame = good_frame(10);
     s.write_all(&frame[..frame.len() - 3]).await.unwrap();
     s.shutdown().await.unwrap();
     drop(s);
     assert_good_request_works(&proxy).await;
+    proxy.assert_healthy();
+}
 
-    // A body that is malformed inside its announced length is refused alone; the connection
-    // goes on and serves the next frame.
+/// A body that is malformed inside its announced length is refused alone; the connection goes
+/// on and serves the next frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_body_is_refused_alone_and_its_connection_goes_on() {
+    let (_token, mut proxy) = small_limits().await;
     let mut s = connect(&proxy).await;
     let mut frame = good_frame(11);
     frame[HEADER_BYTES + 4..HEADER_BYTES + 8].copy_from_slice(&3u32.to_le_bytes()); // count lies
@@ -177,16 +208,7 @@ async fn bad_frames_are_refused_and_the_proxy_keeps_serving() {
     assert_eq!(ResponseBatch::decode(&body).unwrap().0, Status::Ok);
 
     assert_good_request_works(&proxy).await;
-    let metrics = proxy.metrics_text();
-    for (status, at_least) in [
-        ("frame_too_large", 1.0),
-        ("malformed_frame", 5.0),
-        ("too_many_operations", 1.0),
-        ("unsupported_version", 1.0),
-    ] {
-        let series = format!("hsm_proxy_frames_refused_total{{status=\"{status}\"}}");
-        assert!(common::metric_value(&metrics, &series) >= at_least, "{series}:\n{metrics}");
-    }
+    assert_refusals_counted(&proxy, &[("malformed_frame", 2.0), ("too_many_operations", 1.0)]);
     proxy.assert_healthy();
 }
 
