@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::{DevStack, bin_dir};
@@ -79,32 +78,35 @@ fn every_operation_directly_on_the_simulator() {
     assert_eq!(report["cells"].as_array().unwrap().len(), 8 * 2);
 }
 
-/// `appliance dev` with busy polling on, so that every run below also has the proxy and the
-/// appliance spinning for each other; its `dev.json`.
-fn busy_polling_stack(dir: &Path) -> (DevStack, PathBuf) {
-    let stack = DevStack::start_with(&dir.join("data"), &["--busy-poll-us", "200"]);
-    let proxy_toml = std::fs::read_to_string(dir.join("data/proxy.toml")).unwrap();
+/// `hsm-bench <mode> <args>` against `appliance dev` with busy polling on, so that the proxy
+/// and the appliance spin for each other: pointed at the API (`http`) or at `dev.json`. The
+/// stack is stopped cleanly before the report is given.
+fn on_a_busy_polling_stack(mode: &str, args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let stack = DevStack::start_with(&data, &["--busy-poll-us", "200"]);
+    let proxy_toml = std::fs::read_to_string(data.join("proxy.toml")).unwrap();
     assert!(proxy_toml.contains("busy_poll_us = 200"), "{proxy_toml}");
-    let proxy_log = std::fs::read_to_string(dir.join("data/proxy.log")).unwrap();
+    let proxy_log = std::fs::read_to_string(data.join("proxy.log")).unwrap();
     assert!(proxy_log.contains("busy polling"), "{proxy_log}");
-    (stack, dir.join("data/dev.json"))
+    let (api, dev_json) = (stack.api_url(), data.join("dev.json"));
+    let target = if mode == "http" {
+        ["--base", api.as_str()]
+    } else {
+        ["--dev-json", dev_json.to_str().unwrap()]
+    };
+    let all: Vec<&str> = [mode].into_iter().chain(target).chain(args.iter().copied()).collect();
+    let report = hsm_bench(&all, &[]);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+    report
 }
 
 #[test]
 fn direct_and_through_the_proxy_side_by_side() {
-    let dir = tempfile::tempdir().unwrap();
-    let (stack, dev_json) = busy_polling_stack(dir.path());
-    let report = hsm_bench(
-        &[
-            "compare",
-            "--dev-json",
-            dev_json.to_str().unwrap(),
-            "--ops",
-            "decrypt-32,generate-aes,sign-rsa-2048",
-            "--concurrency",
-            "1,2",
-        ],
-        &[],
+    let report = on_a_busy_polling_stack(
+        "compare",
+        &["--ops", "decrypt-32,generate-aes,sign-rsa-2048", "--concurrency", "1,2"],
     );
     let comparisons = report["comparisons"].as_array().unwrap();
     assert_eq!(comparisons.len(), 6);
@@ -115,31 +117,15 @@ fn direct_and_through_the_proxy_side_by_side() {
         report["cells"].as_array().unwrap().iter().map(|c| c["mode"].as_str().unwrap()).collect();
     assert_eq!(modes.iter().filter(|m| **m == "pkcs11").count(), 6);
     assert_eq!(modes.iter().filter(|m| **m == "proxy").count(), 6);
-    let (status, log) = stack.stop();
-    assert!(status.success(), "{log}");
 }
 
 /// Batched on the proxy side, in two rounds: every proxy cell carries frames of 8, each pair
 /// is measured twice, and the comparison is of the medians.
 #[test]
 fn side_by_side_batched_in_rounds_compares_the_medians() {
-    let dir = tempfile::tempdir().unwrap();
-    let (stack, dev_json) = busy_polling_stack(dir.path());
-    let report = hsm_bench(
-        &[
-            "compare",
-            "--dev-json",
-            dev_json.to_str().unwrap(),
-            "--ops",
-            "decrypt-32",
-            "--concurrency",
-            "2",
-            "--batch",
-            "8",
-            "--rounds",
-            "2",
-        ],
-        &[],
+    let report = on_a_busy_polling_stack(
+        "compare",
+        &["--ops", "decrypt-32", "--concurrency", "2", "--batch", "8", "--rounds", "2"],
     );
     let cells = report["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 4);
@@ -166,21 +152,15 @@ fn side_by_side_batched_in_rounds_compares_the_medians() {
     assert!((d - mean("pkcs11")).abs() < 1e-6 && (p - mean("proxy")).abs() < 1e-6, "{c}");
     assert!((c["throughput_ratio"].as_f64().unwrap() - p / d).abs() < 1e-9, "{c}");
     assert_eq!(report["best"][0]["ratio"], c["throughput_ratio"]);
-    let (status, log) = stack.stop();
-    assert!(status.success(), "{log}");
 }
 
 /// Through the proxy alone, its address and certificates from `dev.json`, the client spinning
 /// for its answers: one frame of one, then frames of 4 from 3 callers.
 #[test]
 fn through_the_proxy_alone_from_dev_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let (stack, dev_json) = busy_polling_stack(dir.path());
-    let report = hsm_bench(
+    let report = on_a_busy_polling_stack(
+        "proxy",
         &[
-            "proxy",
-            "--dev-json",
-            dev_json.to_str().unwrap(),
             "--ops",
             "decrypt-32",
             "--concurrency",
@@ -192,7 +172,6 @@ fn through_the_proxy_alone_from_dev_json() {
             "--busy-poll-us",
             "200",
         ],
-        &[],
     );
     let shapes: Vec<(u64, u64)> = report["cells"]
         .as_array()
@@ -201,20 +180,13 @@ fn through_the_proxy_alone_from_dev_json() {
         .map(|c| (c["concurrency"].as_u64().unwrap(), c["batch"].as_u64().unwrap()))
         .collect();
     assert_eq!(shapes, [(1, 1), (1, 4), (3, 1), (3, 4)]);
-    let (status, log) = stack.stop();
-    assert!(status.success(), "{log}");
 }
 
 #[test]
 fn http_load_on_the_api() {
-    let dir = tempfile::tempdir().unwrap();
-    let (stack, _) = busy_polling_stack(dir.path());
-    let api = stack.api_url();
-    let report = hsm_bench(
+    let report = on_a_busy_polling_stack(
+        "http",
         &[
-            "http",
-            "--base",
-            &api,
             "--scenario",
             "payload-get,secret-store,metadata-get,order",
             "--concurrency",
@@ -222,11 +194,8 @@ fn http_load_on_the_api() {
             "--pool",
             "10",
         ],
-        &[],
     );
     assert_eq!(report["cells"].as_array().unwrap().len(), 8);
-    let (status, log) = stack.stop();
-    assert!(status.success(), "{log}");
 }
 
 #[test]

@@ -97,11 +97,41 @@ fn verify(spec: KeyPairSpec, mechanism: SignMechanism, public_der: &[u8], msg: &
     }
 }
 
-/// A fresh token and the proxy on it; the token goes with the test.
-async fn started() -> (Token, Proxy) {
+/// A fresh token, the proxy on it, a client, and two KEKs; the token goes with the test.
+struct Fixture {
+    proxy: Proxy,
+    client: Client,
+    kek: Kek,
+    other: Kek,
+    token: Token,
+}
+
+async fn fixture() -> Fixture {
     let token = Token::new().await;
     let proxy = Proxy::start(&token, &Settings::default());
-    (token, proxy)
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let other = client.call(GenerateKek).await.unwrap();
+    Fixture { proxy, client, kek, other, token }
+}
+
+/// `sealed` opened with another AAD, and with its tag, ciphertext or IV altered.
+fn tampered(sealed: &Sealed) -> Vec<(Sealed, &'static [u8])> {
+    let mut bad_tag = sealed.clone();
+    bad_tag.tag[0] ^= 1;
+    let mut bad_ct = sealed.clone();
+    bad_ct.ciphertext[5] ^= 0x80;
+    let mut bad_iv = sealed.clone();
+    bad_iv.iv[11] ^= 1;
+    vec![(sealed.clone(), b"secret=other"), (bad_tag, AAD), (bad_ct, AAD), (bad_iv, AAD)]
+}
+
+/// `kek`'s blob altered under another id: nothing this token's MKEK wrapped.
+fn forged(kek: &Kek) -> Kek {
+    let mut forged = kek.clone();
+    forged.id = KekId([7; 16]);
+    forged.wrapped[3] ^= 0xff;
+    forged
 }
 
 const AAD: &[u8] = b"secret=1b4e28ba;project=p1";
@@ -109,8 +139,8 @@ const PLAINTEXT: &[u8] = b"volume key material, 32 bytes!!!";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_a_real_operation_on_the_token() {
-    let (token, mut proxy) = started().await;
-    let health = proxy.client().call(Health).await.unwrap();
+    let Fixture { token, mut proxy, client, .. } = fixture().await;
+    let health = client.call(Health).await.unwrap();
     assert_eq!(health.token_label, token.label);
     assert!(health.sessions >= 1);
     assert_eq!(health.kek_cache_capacity, 1024);
@@ -120,10 +150,7 @@ async fn health_is_a_real_operation_on_the_token() {
 /// KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keks_come_back_wrapped_and_distinct() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
-    let other = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client: _, kek, other } = fixture().await;
     assert_eq!(kek.wrapped.len(), 40);
     assert_ne!(kek.id, other.id);
     assert_ne!(kek.wrapped, other.wrapped);
@@ -133,10 +160,7 @@ async fn keks_come_back_wrapped_and_distinct() {
 /// Encrypt and decrypt, with AAD and fresh IVs; every tampering, and another KEK, rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_data_opens_only_unaltered_under_its_kek_and_aad() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
-    let other = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     assert_eq!(sealed.ciphertext.len(), PLAINTEXT.len());
     assert_ne!(sealed.ciphertext, PLAINTEXT);
@@ -146,19 +170,10 @@ async fn sealed_data_opens_only_unaltered_under_its_kek_and_aad() {
     let opened = decrypt(&client, &kek, &sealed, AAD).await.unwrap();
     assert_eq!(opened.expose_secret(), PLAINTEXT);
 
-    assert_eq!(
-        status(decrypt(&client, &kek, &sealed, b"secret=other").await),
-        Status::AuthenticationFailed
-    );
-    let mut bad_tag = sealed.clone();
-    bad_tag.tag[0] ^= 1;
-    assert_eq!(status(decrypt(&client, &kek, &bad_tag, AAD).await), Status::AuthenticationFailed);
-    let mut bad_ct = sealed.clone();
-    bad_ct.ciphertext[5] ^= 0x80;
-    assert_eq!(status(decrypt(&client, &kek, &bad_ct, AAD).await), Status::AuthenticationFailed);
-    let mut bad_iv = sealed.clone();
-    bad_iv.iv[11] ^= 1;
-    assert_eq!(status(decrypt(&client, &kek, &bad_iv, AAD).await), Status::AuthenticationFailed);
+    for (altered, aad) in tampered(&sealed) {
+        let r = decrypt(&client, &kek, &altered, aad).await;
+        assert_eq!(status(r), Status::AuthenticationFailed);
+    }
     assert_eq!(status(decrypt(&client, &other, &sealed, AAD).await), Status::AuthenticationFailed);
     // Empty and large payloads.
     for len in [0usize, 1, 20_000] {
@@ -171,16 +186,10 @@ async fn sealed_data_opens_only_unaltered_under_its_kek_and_aad() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_blobs_not_wrapped_here_or_swapped_are_refused() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
-    let other = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
     // A KEK blob that was not wrapped under this token's MKEK.
-    let mut forged = kek.clone();
-    forged.id = KekId([7; 16]);
-    forged.wrapped[3] ^= 0xff;
     let r = client
-        .call(Encrypt { kek: forged, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
+        .call(Encrypt { kek: forged(&kek), plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
         .await;
     assert_eq!(status(r), Status::KekInvalid);
     // A known KEK id with a different blob is refused, never mixed up.
@@ -197,9 +206,7 @@ async fn kek_blobs_not_wrapped_here_or_swapped_are_refused() {
 /// Symmetric keys from the HSM, sealed under the KEK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symmetric_keys_come_sealed_under_the_kek() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, .. } = fixture().await;
     for bits in [128u16, 192, 256] {
         let sealed = client
             .call(GenerateSymmetric { kek: kek.clone(), bits, aad: AAD.to_vec() })
@@ -218,10 +225,7 @@ const MESSAGE: &[u8] = b"to be signed by a key that never leaves the HSM in clea
 /// Key pairs: generated, signing in the HSM, verified outside with the public key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_pairs_sign_in_the_hsm_and_verify_outside() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
-    let other = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
     let cases = [
         (
             KeyPairSpec::Rsa2048,
@@ -276,10 +280,7 @@ async fn key_pairs_sign_in_the_hsm_and_verify_outside() {
 /// Rewrap: sealed data and a wrapped private key move to another KEK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
-    let other = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     let moved = client
         .call(Rewrap {
@@ -346,8 +347,7 @@ async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
 /// Random bytes, bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_are_fresh_and_bounded() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
+    let Fixture { token: _token, mut proxy, client, .. } = fixture().await;
     let a = client.call(Random { len: 32 }).await.unwrap();
     let b = client.call(Random { len: 32 }).await.unwrap();
     assert_eq!(a.len(), 32);
@@ -363,12 +363,9 @@ async fn random_bytes_are_fresh_and_bounded() {
 /// One frame, several operations, results in order, failures alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answers_in_order_and_fails_alone() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, .. } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
-    let mut bad_tag = sealed.clone();
-    bad_tag.tag[0] ^= 1;
+    let bad_tag = tampered(&sealed).swap_remove(1).0;
     let results = client
         .call_batch(vec![
             Request::Random(Random { len: 8 }),
@@ -389,27 +386,13 @@ async fn a_batch_answers_in_order_and_fails_alone() {
 /// Every KEK is unwrapped into the HSM once, then used by handle, failed operations included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kek_is_unwrapped_once_then_used_by_handle() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
-    let other = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     for _ in 0..32 {
         assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
     }
     // Six authentication failures: four alterations, another KEK, and one in a batch.
-    let mut altered = Vec::new();
-    for change in 0..4 {
-        let mut s = sealed.clone();
-        match change {
-            0 => s.tag[0] ^= 1,
-            1 => s.ciphertext[5] ^= 0x80,
-            2 => s.iv[11] ^= 1,
-            _ => {}
-        }
-        let aad: &[u8] = if change == 3 { b"secret=other" } else { AAD };
-        altered.push((s, aad));
-    }
+    let altered = tampered(&sealed);
     for (s, aad) in &altered {
         assert_eq!(status(decrypt(&client, &kek, s, aad).await), Status::AuthenticationFailed);
     }
@@ -417,18 +400,15 @@ async fn every_kek_is_unwrapped_once_then_used_by_handle() {
     let results = client
         .call_batch(vec![Request::Decrypt(Decrypt {
             kek: kek.clone(),
-            sealed: altered[0].0.clone(),
+            sealed: altered[1].0.clone(),
             aad: AAD.to_vec(),
         })])
         .await
         .unwrap();
     assert_eq!(results[0], Err(Status::AuthenticationFailed));
     // A blob not wrapped here is unwrapped once too, and refused.
-    let mut forged = kek.clone();
-    forged.id = KekId([7; 16]);
-    forged.wrapped[3] ^= 0xff;
     let r = client
-        .call(Encrypt { kek: forged, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
+        .call(Encrypt { kek: forged(&kek), plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
         .await;
     assert_eq!(status(r), Status::KekInvalid);
 
@@ -446,9 +426,7 @@ async fn every_kek_is_unwrapped_once_then_used_by_handle() {
 /// A clean stop after work: logged out, exit code 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_logs_out_and_exits_zero() {
-    let (_token, mut proxy) = started().await;
-    let client = proxy.client();
-    let kek = client.call(GenerateKek).await.unwrap();
+    let Fixture { token: _token, mut proxy, client, kek, .. } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
     proxy.assert_healthy();
