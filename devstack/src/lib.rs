@@ -87,8 +87,8 @@ pub struct HsmStack {
 
 impl HsmStack {
     /// Prepares (or reuses) the token and PKI under `dir` and starts the proxy (and the
-    /// simulator, when it is the HSM); `busy_poll_us` goes to the proxy's `[server]` and to
-    /// [`HsmStack::appliance_config`].
+    /// simulator, when it is the HSM); `busy_poll_us` goes to the proxy's `[server]`, and
+    /// [`HsmStack::busy_poll_us`] tells the appliance to spin as long.
     pub async fn start(
         dir: &Path,
         proxy_bin: Option<&Path>,
