@@ -32,18 +32,18 @@ fn token(venv: &Path, ks: &serde_json::Value, user: &str) -> String {
 }
 
 /// Stops Keystone however the test ends.
-struct Keystone<'a> {
-    venv: &'a Path,
+struct Keystone {
+    venv: PathBuf,
     dir: PathBuf,
 }
 
-impl Keystone<'_> {
+impl Keystone {
     fn stop(&self) {
-        harness(self.venv, &["stop", "--dir", self.dir.to_str().unwrap()]);
+        harness(&self.venv, &["stop", "--dir", self.dir.to_str().unwrap()]);
     }
 }
 
-impl Drop for Keystone<'_> {
+impl Drop for Keystone {
     fn drop(&mut self) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/keystone/harness.py");
         let _ = Command::new(self.venv.join("bin/python"))
@@ -183,33 +183,79 @@ print("castellan create_key median %.1f ms, get median %.1f ms"
       % (statistics.median(creates) * 1000, statistics.median(gets) * 1000))
 "#;
 
-#[test]
-fn keystone_tokens_castellan_and_the_openstack_cli() {
-    let Some(venv) = keystone_venv() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let ks_dir: PathBuf = dir.path().join("keystone");
-    harness(&venv, &["start", "--dir", ks_dir.to_str().unwrap()]);
-    let keystone = Keystone { venv: &venv, dir: ks_dir.clone() };
-    let ks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ks_dir.join("keystone.json")).unwrap())
-            .unwrap();
-    let auth_url = ks["auth_url"].as_str().unwrap().to_owned();
-    let password_file = dir.path().join("barbican-password");
-    std::fs::write(&password_file, "barbican-password\n").unwrap();
-    let stack = DevStack::start_with(
-        &dir.path().join("data"),
-        &[
-            "--keystone-url",
-            &auth_url,
-            "--keystone-user",
-            "barbican",
-            "--keystone-password-file",
-            password_file.to_str().unwrap(),
-        ],
-    );
-    let api = stack.api_url();
-    harness(&venv, &["catalog", "--dir", ks_dir.to_str().unwrap(), "--url", &api]);
+/// A real Keystone with the harness's users, and `appliance dev` validating its tokens; each
+/// test has its own, so that one scenario's failure leaves the others to run.
+struct Fixture {
+    venv: PathBuf,
+    ks_dir: PathBuf,
+    ks: serde_json::Value,
+    auth_url: String,
+    api: String,
+    // Dropped in this order: the appliance, then Keystone, then the directory.
+    stack: Option<DevStack>,
+    keystone: Keystone,
+    _dir: tempfile::TempDir,
+}
 
+impl Fixture {
+    /// `None` when no Keystone can be installed here (the test then checks nothing).
+    fn start() -> Option<Fixture> {
+        let venv = keystone_venv()?;
+        let dir = tempfile::tempdir().unwrap();
+        let ks_dir: PathBuf = dir.path().join("keystone");
+        harness(&venv, &["start", "--dir", ks_dir.to_str().unwrap()]);
+        let keystone = Keystone { venv: venv.clone(), dir: ks_dir.clone() };
+        let ks: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(ks_dir.join("keystone.json")).unwrap())
+                .unwrap();
+        let auth_url = ks["auth_url"].as_str().unwrap().to_owned();
+        let password_file = dir.path().join("barbican-password");
+        std::fs::write(&password_file, "barbican-password\n").unwrap();
+        let stack = DevStack::start_with(
+            &dir.path().join("data"),
+            &[
+                "--keystone-url",
+                &auth_url,
+                "--keystone-user",
+                "barbican",
+                "--keystone-password-file",
+                password_file.to_str().unwrap(),
+            ],
+        );
+        let api = stack.api_url();
+        harness(&venv, &["catalog", "--dir", ks_dir.to_str().unwrap(), "--url", &api]);
+        Some(Fixture { venv, ks_dir, ks, auth_url, api, stack: Some(stack), keystone, _dir: dir })
+    }
+
+    fn token(&self, user: &str) -> String {
+        token(&self.venv, &self.ks, user)
+    }
+
+    /// Stores a text secret as `token`'s user; its href.
+    fn store(&self, token: &str, payload: &str) -> String {
+        let body = serde_json::json!({"payload": payload, "payload_content_type": "text/plain"});
+        let r = http(
+            "POST",
+            &format!("{}/v1/secrets", self.api),
+            &[("X-Auth-Token", token), ("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["secret_ref"].as_str().unwrap().to_owned()
+    }
+
+    /// Stops the appliance; its exit status was a success, and its log.
+    fn stop_appliance(&mut self) -> String {
+        let (status, log) = self.stack.take().unwrap().stop();
+        assert!(status.success(), "{log}");
+        log
+    }
+}
+
+#[test]
+fn requests_without_a_valid_token_get_401_and_where_to_authenticate() {
+    let Some(f) = Fixture::start() else { return };
+    let api = &f.api;
     // Discovery needs no token; everything under /v1 does.
     assert_eq!(http("GET", &format!("{api}/"), &[], b"").status, 300);
     for headers in [vec![], vec![("X-Auth-Token", "not-a-token")]] {
@@ -217,7 +263,7 @@ fn keystone_tokens_castellan_and_the_openstack_cli() {
         assert_eq!(r.status, 401);
         assert_eq!(
             r.header("www-authenticate"),
-            Some(format!("Keystone uri=\"{}\"", auth_url.trim_end_matches("/v3")).as_str())
+            Some(format!("Keystone uri=\"{}\"", f.auth_url.trim_end_matches("/v3")).as_str())
         );
         assert_eq!(r.json()["title"], "Unauthorized");
     }
@@ -229,30 +275,30 @@ fn keystone_tokens_castellan_and_the_openstack_cli() {
         b"",
     );
     assert_eq!(r.status, 401);
+}
 
-    let alice = token(&venv, &ks, "alice");
-    let bob = token(&venv, &ks, "bob");
-    let nova = token(&venv, &ks, "nova");
-    let a = |extra: &[(&'static str, &'static str)]| {
-        let mut h: Vec<(&str, &str)> = vec![("X-Auth-Token", alice.as_str())];
-        h.extend_from_slice(extra);
-        h
-    };
+#[test]
+fn a_user_token_acts_in_its_own_project_only() {
+    let Some(f) = Fixture::start() else { return };
+    let (alice, bob) = (f.token("alice"), f.token("bob"));
+    let secret = f.store(&alice, "alpha's");
     let r = http(
-        "POST",
-        &format!("{api}/v1/secrets"),
-        &a(&[("Content-Type", "application/json")]),
-        br#"{"payload": "alpha's", "payload_content_type": "text/plain"}"#,
+        "GET",
+        &format!("{secret}/payload"),
+        &[("X-Auth-Token", alice.as_str()), ("Accept", "text/plain")],
+        b"",
     );
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let secret = r.json()["secret_ref"].as_str().unwrap().to_owned();
-    let r = http("GET", &format!("{secret}/payload"), &a(&[("Accept", "text/plain")]), b"");
     assert_eq!(r.body, b"alpha's");
-    let meta = http("GET", &secret, &a(&[]), b"").json();
-    assert_eq!(meta["creator_id"], ks["users"]["alice"]["id"]);
+    let meta = http("GET", &secret, &[("X-Auth-Token", alice.as_str())], b"").json();
+    assert_eq!(meta["creator_id"], f.ks["users"]["alice"]["id"]);
     assert_eq!(http("GET", &secret, &[("X-Auth-Token", bob.as_str())], b"").status, 403);
+}
 
-    // Service tokens: accepted with the service role, refused without it.
+#[test]
+fn a_service_token_is_accepted_only_with_the_service_role() {
+    let Some(f) = Fixture::start() else { return };
+    let (alice, bob, nova) = (f.token("alice"), f.token("bob"), f.token("nova"));
+    let secret = f.store(&alice, "alpha's");
     let r = http(
         "GET",
         &secret,
@@ -267,19 +313,45 @@ fn keystone_tokens_castellan_and_the_openstack_cli() {
         b"",
     );
     assert_eq!(r.status, 401);
+}
 
+#[test]
+fn validated_tokens_are_served_from_the_cache() {
+    let Some(mut f) = Fixture::start() else { return };
+    let alice = f.token("alice");
+    let secret = f.store(&alice, "alpha's");
     // A hot path costs no Keystone round trip: 100 metadata reads, no new validation.
-    let before = settled_validations(&ks_dir);
+    let before = settled_validations(&f.ks_dir);
     for _ in 0..100 {
-        assert_eq!(http("GET", &secret, &a(&[]), b"").status, 200);
+        assert_eq!(http("GET", &secret, &[("X-Auth-Token", alice.as_str())], b"").status, 200);
     }
-    assert_eq!(settled_validations(&ks_dir), before, "cached tokens must not be validated again");
+    assert_eq!(settled_validations(&f.ks_dir), before, "cached tokens must not be validated again");
+    // The appliance says as much when it stops: one validation, then hits.
+    let log = f.stop_appliance();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Keystone token cache"))
+        .expect("the cache figures are logged at shutdown");
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (hits, misses) = (field("hits"), field("misses"));
+    assert!(hits >= 100 && hits >= 4 * misses, "{line}");
+    eprintln!(
+        "token cache: {hits} hits, {misses} misses ({:.1}% hits)",
+        100.0 * hits as f64 / (hits + misses) as f64
+    );
+}
 
-    // The real Castellan.
-    let ks_json = ks_dir.join("keystone.json");
-    let out = Command::new(venv.join("bin/python"))
-        .args(["-c", CASTELLAN, &api])
-        .arg(&ks_json)
+#[test]
+fn castellan_stores_and_fetches_every_kind_of_key() {
+    let Some(f) = Fixture::start() else { return };
+    // The script expects the project's first secret to be there already.
+    f.store(&f.token("alice"), "alpha's");
+    let out = Command::new(f.venv.join("bin/python"))
+        .args(["-c", CASTELLAN, &f.api])
+        .arg(f.ks_dir.join("keystone.json"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -289,14 +361,17 @@ fn keystone_tokens_castellan_and_the_openstack_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{}", stdout.trim());
+}
 
-    // The real openstack CLI, finding the appliance in the catalog.
-    let u = &ks["users"]["alice"];
+#[test]
+fn the_openstack_cli_finds_the_appliance_in_the_catalog() {
+    let Some(f) = Fixture::start() else { return };
+    let u = &f.ks["users"]["alice"];
     let osc = |args: &[&str]| {
-        let out = Command::new(venv.join("bin/openstack"))
+        let out = Command::new(f.venv.join("bin/openstack"))
             .args([
                 "--os-auth-url",
-                &auth_url,
+                &f.auth_url,
                 "--os-identity-api-version",
                 "3",
                 "--os-username",
@@ -327,18 +402,22 @@ fn keystone_tokens_castellan_and_the_openstack_cli() {
         "Secret href",
     ]);
     let href = href.trim();
-    assert!(href.starts_with(&api), "{href}");
+    assert!(href.starts_with(&f.api), "{href}");
     assert_eq!(osc(&["secret", "get", "--payload", href, "-f", "value"]).trim(), "from osc");
     assert_eq!(
         osc(&["secret", "list", "--name", "osc-secret", "-f", "value", "-c", "Secret href"]).trim(),
         href
     );
     osc(&["secret", "delete", href]);
+}
 
-    // Revoked and expired tokens: 401 once Keystone says so.
-    let out = Command::new(venv.join("bin/python"))
+#[test]
+fn revoked_and_expired_tokens_are_refused() {
+    let Some(f) = Fixture::start() else { return };
+    let secret = f.store(&f.token("alice"), "alpha's");
+    let out = Command::new(f.venv.join("bin/python"))
         .args(["-c", SHORT_LIVED])
-        .arg(ks_dir.join("keystone.json"))
+        .arg(f.ks_dir.join("keystone.json"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -355,31 +434,20 @@ fn keystone_tokens_castellan_and_the_openstack_cli() {
     let r = http("GET", &secret, &[("X-Auth-Token", short)], b"");
     assert_eq!(r.status, 401, "an expired token, cached while valid, must be refused");
     assert_eq!(r.json()["title"], "Unauthorized");
+}
 
-    // Keystone goes away: validated tokens keep working, new ones get a 503.
-    keystone.stop();
-    assert_eq!(http("GET", &secret, &a(&[]), b"").status, 200);
+#[test]
+fn without_keystone_validated_tokens_work_and_new_ones_get_503() {
+    let Some(mut f) = Fixture::start() else { return };
+    let alice = f.token("alice");
+    let secret = f.store(&alice, "alpha's");
+    f.keystone.stop();
+    assert_eq!(http("GET", &secret, &[("X-Auth-Token", alice.as_str())], b"").status, 200);
     let fresh = token_unvalidated();
     let r = http("GET", &secret, &[("X-Auth-Token", fresh.as_str())], b"");
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["title"], "Service Unavailable");
-    let (status, log) = stack.stop();
-    assert!(status.success(), "{log}");
-    // Each token costs one validation (Castellan trades its user token for a new one per client).
-    let line = log
-        .lines()
-        .find(|l| l.contains("Keystone token cache"))
-        .expect("the cache figures are logged at shutdown");
-    let field = |name: &str| -> u64 {
-        let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
-    };
-    let (hits, misses) = (field("hits"), field("misses"));
-    assert!(hits >= 100 && hits >= 4 * misses, "{line}");
-    eprintln!(
-        "token cache: {hits} hits, {misses} misses ({:.1}% hits)",
-        100.0 * hits as f64 / (hits + misses) as f64
-    );
+    f.stop_appliance();
 }
 
 /// A token no appliance has seen (its validity cannot be checked without Keystone).
