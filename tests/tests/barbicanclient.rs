@@ -135,8 +135,9 @@ bc.secrets.delete(one)
 print("python resources ok")
 "#;
 
+/// The `barbican` CLI: store, get, get --payload, list, delete; other projects see nothing.
 #[test]
-fn barbicanclient_cli_and_python_api_round_trip_payloads() {
+fn the_cli_stores_gets_lists_and_deletes_a_secret() {
     let Some(venv) = barbican_venv() else { return };
     let dir = tempfile::tempdir().unwrap();
     let stack = DevStack::start(&dir.path().join("data"));
@@ -187,7 +188,18 @@ fn barbicanclient_cli_and_python_api_round_trip_payloads() {
     let out = cli(&venv, &api, "cli-project", &["secret", "list", "-f", "value"]);
     assert_eq!(out.trim(), "");
 
-    // The Python API, text and binary, byte for byte.
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The Python API, text and binary payloads, byte for byte.
+#[test]
+fn the_python_api_round_trips_text_and_binary_payloads() {
+    let Some(venv) = barbican_venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("data"));
+    let api = stack.api_url();
+
     let out = Command::new(venv.join("bin/python"))
         .arg("-c")
         .arg(PYTHON)
@@ -201,7 +213,19 @@ fn barbicanclient_cli_and_python_api_round_trip_payloads() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The same for orders, containers, ACLs and consumers.
+
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The Python API on orders, containers, ACLs and consumers.
+#[test]
+fn the_python_api_handles_orders_containers_acls_and_consumers() {
+    let Some(venv) = barbican_venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("data"));
+    let api = stack.api_url();
+
     let out = Command::new(venv.join("bin/python"))
         .arg("-c")
         .arg(PYTHON_RESOURCES)
@@ -217,7 +241,18 @@ fn barbicanclient_cli_and_python_api_round_trip_payloads() {
     );
     eprintln!("{}", stdout.lines().next().unwrap_or_default());
 
-    // And through the CLI: an order, a container, an ACL.
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The CLI: an order, a container holding its key, and an ACL on it.
+#[test]
+fn the_cli_orders_a_key_puts_it_in_a_container_and_sets_its_acl() {
+    let Some(venv) = barbican_venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("data"));
+    let api = stack.api_url();
+
     let order = cli(
         &venv,
         &api,
