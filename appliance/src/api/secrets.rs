@@ -47,11 +47,7 @@ pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<SecretRow, ApiEr
 }
 
 pub(crate) fn store_error(operation: &str, e: &StoreError) -> ApiError {
-    if e.is_unavailable() {
-        ApiError::unavailable(operation, "database", e)
-    } else {
-        ApiError::internal(operation, e)
-    }
+    ApiError::store(operation, e)
 }
 
 fn hsm_error(operation: &str, e: &HsmError) -> ApiError {
