@@ -4,6 +4,7 @@
 
 pub(crate) mod consumers;
 pub(crate) mod error;
+pub(crate) mod metadata;
 pub(crate) mod orders;
 pub(crate) mod quotas;
 pub(crate) mod secrets;
