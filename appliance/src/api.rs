@@ -21,7 +21,7 @@ use hsm_proxy_proto::SecretBytes;
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use policy::{Decision, Target};
+use policy::Target;
 
 pub use crate::api::error::ApiError;
 use crate::identity::{Identity, IdentityError};
@@ -127,14 +127,9 @@ impl Call<'_> {
         target: &Target,
         operation: &str,
     ) -> Result<(), ApiError> {
-        let id = self.identity();
-        match self.app.decide(action, target, id) {
-            Decision::Allow => Ok(()),
-            Decision::Deny => {
-                tracing::info!(action, project = %id.project_id, "policy denied the request");
-                Err(ApiError::forbidden(operation))
-            }
-        }
+        self.app
+            .authorize(action, target, self.identity())
+            .map_err(|e| ApiError::service(operation, e))
     }
 
     /// The media type of the request body, lower-case, parameters dropped.

@@ -2,6 +2,9 @@
 //! policy, the order queue), the policy decisions on it, and the rules shared by the API and
 //! the order worker (sealing payloads, quotas, PEM). Nothing here speaks HTTP.
 
+pub(crate) mod consumers;
+pub(crate) mod error;
+pub(crate) mod metadata;
 pub(crate) mod orders;
 pub(crate) mod quotas;
 pub(crate) mod secrets;
@@ -11,6 +14,7 @@ use policy::{Credentials, Decision, Policy, Scope, Target};
 
 use crate::hsm::Hsm;
 use crate::identity::{Identity, IdentitySource};
+use crate::service::error::ServiceError;
 use crate::service::orders::OrderQueue;
 use crate::service::quotas::Quotas;
 
@@ -75,6 +79,22 @@ impl App {
     /// The database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Refuses `caller` the `action` on `target` unless the policy allows it.
+    pub(crate) fn authorize(
+        &self,
+        action: &str,
+        target: &Target,
+        caller: &Identity,
+    ) -> Result<(), ServiceError> {
+        match self.decide(action, target, caller) {
+            Decision::Allow => Ok(()),
+            Decision::Deny => {
+                tracing::info!(action, project = %caller.project_id, "policy denied the request");
+                Err(ServiceError::Forbidden)
+            }
+        }
     }
 
     /// Whether `caller` may do `action` on `target`.

@@ -5,15 +5,17 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{Kind, check_field, string};
-use super::secrets::{paged, paging, representation_of, store_error};
-use super::{ApiError, Call, Outcome, Reply, parse_json, secret_target};
+use super::secrets::{paged, paging, representation_of};
+use super::{ApiError, Call, Outcome, Reply, parse_json};
+use crate::service::consumers::Triple;
+use crate::service::error::ServiceError;
 use crate::timefmt::format_micros;
-use appliance_store::{Counted, SecretConsumerRow, SecretRow};
+use appliance_store::{SecretConsumerRow, SecretRow};
 
 const SCHEMA: &str = "Secret Consumer";
 
 /// The `{service, resource_type, resource_id}` body, checked.
-fn triple(call: &Call<'_>, operation: &str) -> Result<(String, String, String), ApiError> {
+fn triple(call: &Call<'_>, operation: &str) -> Result<Triple, ApiError> {
     call.require_json()?;
     if call.body_too_large {
         return Err(ApiError::too_large(operation));
@@ -37,22 +39,24 @@ fn triple(call: &Call<'_>, operation: &str) -> Result<(String, String, String), 
             return Err(ApiError::schema(SCHEMA, "'' is too short", Some(field)));
         }
     }
-    Ok((get("service"), get("resource_type"), get("resource_id")))
+    Ok(Triple {
+        service: get("service"),
+        resource_type: get("resource_type"),
+        resource_id: get("resource_id"),
+    })
 }
 
 /// `GET|POST|DELETE /v1/secrets/{id}/consumers`.
 pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
-    let target = secret_target(call, secret).await?;
-    let store = &call.app.store;
+    let (app, caller) = (call.app, call.identity());
     match *call.method {
         Method::GET => {
             const OP: &str = "SecretConsumers(s) retrieval";
-            call.authorize("secret_consumers:get", &target, OP)?;
             let (offset, limit) = paging(call);
-            let (rows, total) = store
-                .secret_consumers(&secret.id, offset, limit)
+            let (rows, total) = app
+                .secret_consumers(secret, (offset, limit), caller)
                 .await
-                .map_err(|e| store_error(OP, &e))?;
+                .map_err(|e| ApiError::service(OP, e))?;
             let items: Vec<Value> = rows.iter().map(consumer_json).collect();
             paged(
                 call,
@@ -65,24 +69,10 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         }
         Method::POST => {
             const OP: &str = "SecretConsumer creation";
-            call.authorize("secret_consumers:post", &target, OP)?;
-            let (service, resource_type, resource_id) = triple(call, OP)?;
-            let exists = store
-                .secret_consumer(&secret.id, &service, &resource_type, &resource_id)
-                .await
-                .map_err(|e| store_error(OP, &e))?;
-            if exists.is_none() {
-                super::quotas::enforce(call, Counted::SecretConsumers, OP).await?;
-            }
-            let row = SecretConsumerRow {
-                project_id: call.identity().project_id.clone(),
-                service,
-                resource_type,
-                resource_id,
-                created: 0,
-                updated: 0,
-            };
-            store.add_secret_consumer(&secret.id, &row).await.map_err(|e| store_error(OP, &e))?;
+            let failed = |e| ApiError::service(OP, e);
+            app.authorize_consumer_registration(secret, caller).await.map_err(failed)?;
+            let consumer = triple(call, OP)?;
+            app.register_consumer(secret, consumer, caller).await.map_err(failed)?;
             let body = representation_of(call, secret, true).await?;
             // Barbican answers with this (non-existent) location; clients ignore it.
             let location = format!("{}/v1/consumers/{}/consumers", call.base(), secret.id);
@@ -90,24 +80,18 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         }
         Method::DELETE => {
             const OP: &str = "SecretConsumer deletion";
-            call.authorize("secret_consumers:delete", &target, OP)?;
-            let (service, resource_type, resource_id) = triple(call, OP)?;
-            let found = store
-                .secret_consumer(&secret.id, &service, &resource_type, &resource_id)
+            app.authorize_consumer_removal(secret, caller)
                 .await
-                .map_err(|e| store_error(OP, &e))?
-                .ok_or_else(|| ApiError::not_found("Consumer not found."))?;
-            let caller = &call.identity().project_id;
-            if *caller != found.project_id && *caller != secret.project_id {
-                return Err(ApiError::new(
+                .map_err(|e| ApiError::service(OP, e))?;
+            let consumer = triple(call, OP)?;
+            app.remove_consumer(secret, &consumer, caller).await.map_err(|e| match e {
+                // The policy allowed the removal: this is the consumer's own rule.
+                ServiceError::Forbidden => ApiError::new(
                     StatusCode::FORBIDDEN,
                     "Not Allowed. Sorry, only the creator of a consumer can delete it.",
-                ));
-            }
-            store
-                .remove_secret_consumer(&secret.id, &service, &resource_type, &resource_id)
-                .await
-                .map_err(|e| store_error(OP, &e))?;
+                ),
+                e => ApiError::service(OP, e),
+            })?;
             super::json(StatusCode::OK, representation_of(call, secret, true).await?)
         }
         _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
@@ -134,6 +118,8 @@ pub(crate) async fn single(call: &Call<'_>, consumer_id: &str, operation: &str) 
     if !super::is_uuid4(consumer_id) {
         return Err(ApiError::not_found("Not Found. Provided consumer id is invalid."));
     }
-    call.authorize("consumer:get", &policy::Target::new(), operation)?;
-    Err(ApiError::not_found("Consumer not found."))
+    match call.app.consumer_by_id(call.identity()) {
+        Ok(none) => match none {},
+        Err(e) => Err(ApiError::service(operation, e)),
+    }
 }

@@ -3,7 +3,11 @@
 //! Internal details (database, proxy, HSM) never reach the client: they are logged, and the
 //! client gets Barbican's generic sentence for the operation.
 
+use appliance_store::StoreError;
 use hyper::StatusCode;
+
+use crate::hsm::HsmError;
+use crate::service::error::ServiceError;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -17,6 +21,34 @@ pub struct ApiError {
 impl ApiError {
     pub(crate) fn new(status: StatusCode, description: impl Into<String>) -> Self {
         Self { status, description: description.into(), allow: None }
+    }
+
+    /// A service's failure of `operation`, in Barbican's words for it.
+    pub(crate) fn service(operation: &str, e: ServiceError) -> Self {
+        match e {
+            ServiceError::Forbidden => Self::forbidden(operation),
+            ServiceError::NotFound(description) => Self::not_found(description),
+            ServiceError::Invalid(description) => Self::bad_request(description),
+            ServiceError::Conflict(description) => Self::new(StatusCode::CONFLICT, description),
+            ServiceError::QuotaReached => Self::issue(
+                StatusCode::FORBIDDEN,
+                operation,
+                "Creation not allowed because a quota has been reached",
+            ),
+            ServiceError::Store(e) => Self::store(operation, &e),
+            ServiceError::Hsm(HsmError::Unavailable(_)) => Self::unavailable(operation, "HSM", &e),
+            ServiceError::Hsm(HsmError::Store(s)) => Self::store(operation, &s),
+            ServiceError::Hsm(e) => Self::internal(operation, &e),
+        }
+    }
+
+    /// A database failure of `operation`: 503 when the database cannot be reached, else 500.
+    pub(crate) fn store(operation: &str, e: &StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::unavailable(operation, "database", e)
+        } else {
+            Self::internal(operation, e)
+        }
     }
 
     pub(crate) fn not_found(description: &str) -> Self {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::body::repr;
 use super::secrets::{paged, paging, store_error};
 use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
-use crate::service::quotas::{QuotaError, Quotas};
+use crate::service::quotas::Quotas;
 use appliance_store::{Counted, QuotaResource, QuotaRow};
 
 /// Refuses a creation when the project is at its quota for what it would add (403, Barbican's
@@ -17,15 +17,10 @@ pub(crate) async fn enforce(
     counted: Counted,
     operation: &str,
 ) -> Result<(), ApiError> {
-    match call.app.check_quota(&call.identity().project_id, counted).await {
-        Ok(()) => Ok(()),
-        Err(QuotaError::Reached) => Err(ApiError::issue(
-            StatusCode::FORBIDDEN,
-            operation,
-            "Creation not allowed because a quota has been reached",
-        )),
-        Err(QuotaError::Store(e)) => Err(store_error(operation, &e)),
-    }
+    call.app
+        .check_quota(&call.identity().project_id, counted)
+        .await
+        .map_err(|e| ApiError::service(operation, e))
 }
 
 fn values_json(values: &Quotas) -> Value {

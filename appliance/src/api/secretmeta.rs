@@ -7,8 +7,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{Kind, check_field, repr, string};
-use super::secrets::store_error;
-use super::{ApiError, Call, Outcome, Reply, parse_json, secret_target};
+use super::{ApiError, Call, Outcome, Reply, parse_json};
 use appliance_store::SecretRow;
 
 fn key_is_url_safe(key: &str) -> bool {
@@ -21,18 +20,18 @@ fn metadata_ref(call: &Call<'_>, secret: &SecretRow) -> String {
 
 /// `/metadata`: GET (all), PUT (replace all), POST (add one).
 pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
-    let target = secret_target(call, secret).await?;
-    let store = &call.app.store;
+    let (app, caller) = (call.app, call.identity());
     match *call.method {
         Method::GET => {
             const OP: &str = "Secret metadata retrieval";
-            call.authorize("secret_meta:get", &target, OP)?;
-            let entries = store.metadata(&secret.id).await.map_err(|e| store_error(OP, &e))?;
+            let entries =
+                app.secret_metadata(secret, caller).await.map_err(|e| ApiError::service(OP, e))?;
             super::json(StatusCode::OK, json!({"metadata": entries}))
         }
         Method::PUT => {
             const OP: &str = "Secret metadata creation";
-            call.authorize("secret_meta:put", &target, OP)?;
+            let failed = |e| ApiError::service(OP, e);
+            app.authorize_metadata_replacement(secret, caller).await.map_err(failed)?;
             call.require_json()?;
             if call.body_too_large {
                 return Err(ApiError::too_large(OP));
@@ -64,24 +63,16 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
                 }
                 entries.insert(key.to_lowercase(), value.clone());
             }
-            store.replace_metadata(&secret.id, &entries).await.map_err(|e| store_error(OP, &e))?;
+            app.replace_metadata(secret, &entries).await.map_err(failed)?;
             super::json(StatusCode::CREATED, json!({"metadata_ref": metadata_ref(call, secret)}))
         }
         Method::POST => {
             const OP: &str = "Secret metadatum creation";
-            call.authorize("secret_meta:post", &target, OP)?;
+            let failed = |e| ApiError::service(OP, e);
+            app.authorize_metadatum_addition(secret, caller).await.map_err(failed)?;
             call.require_json()?;
             let (key, value) = metadatum_body(call)?;
-            if !store
-                .add_metadatum(&secret.id, &key, &value)
-                .await
-                .map_err(|e| store_error(OP, &e))?
-            {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Conflict. Key in request is already in the secret metadata",
-                ));
-            }
+            app.add_metadatum(secret, &key, &value).await.map_err(failed)?;
             let location = format!("{}/{key}", metadata_ref(call, secret));
             Ok((
                 Reply::Json(StatusCode::CREATED, json!({"key": key, "value": value})),
@@ -132,46 +123,28 @@ fn metadatum_body(call: &Call<'_>) -> Result<(String, String), ApiError> {
 
 /// `/metadata/{key}`: GET, PUT (update), DELETE.
 pub(crate) async fn item(call: &Call<'_>, secret: &SecretRow, key: &str) -> Outcome {
-    let target = secret_target(call, secret).await?;
-    let store = &call.app.store;
-    let not_found = || ApiError::not_found("Secret metadata not found.");
+    let (app, caller) = (call.app, call.identity());
     match *call.method {
         Method::GET => {
             const OP: &str = "Secret metadatum retrieval";
-            call.authorize("secret_meta:get", &target, OP)?;
-            // Compared as written in the URL, without lower-casing (as Barbican).
-            let entries = store.metadata(&secret.id).await.map_err(|e| store_error(OP, &e))?;
-            let value = entries.get(key).ok_or_else(not_found)?;
+            let value =
+                app.metadatum(secret, key, caller).await.map_err(|e| ApiError::service(OP, e))?;
             super::json(StatusCode::OK, json!({"key": key, "value": value}))
         }
         Method::PUT => {
             const OP: &str = "Secret metadatum update";
-            call.authorize("secret_meta:put", &target, OP)?;
+            let failed = |e| ApiError::service(OP, e);
+            app.authorize_metadatum_update(secret, caller).await.map_err(failed)?;
             call.require_json()?;
             let (body_key, value) = metadatum_body(call)?;
-            let entries = store.metadata(&secret.id).await.map_err(|e| store_error(OP, &e))?;
-            if !entries.contains_key(key) {
-                return Err(not_found());
-            }
-            if body_key != key {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Key in request data does not match key in the ",
-                ));
-            }
-            if !store
-                .update_metadatum(&secret.id, key, &value)
-                .await
-                .map_err(|e| store_error(OP, &e))?
-            {
-                return Err(not_found());
-            }
+            app.update_metadatum(secret, key, &body_key, &value).await.map_err(failed)?;
             super::json(StatusCode::OK, json!({"key": key, "value": value}))
         }
         Method::DELETE => {
             const OP: &str = "Secret metadatum removal";
-            call.authorize("secret_meta:delete", &target, OP)?;
-            store.delete_metadatum(&secret.id, key).await.map_err(|e| store_error(OP, &e))?;
+            app.delete_metadatum(secret, key, caller)
+                .await
+                .map_err(|e| ApiError::service(OP, e))?;
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
         }
         _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),

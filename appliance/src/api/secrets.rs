@@ -8,11 +8,12 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::body::{Kind, check_field, string};
-use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json, project_target, secret_target};
-use crate::hsm::HsmError;
+use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json};
+use crate::service::error::ServiceError;
 use crate::service::secrets::normalize_content_type as normalize;
+use crate::service::secrets::{NewSecret, check_no_payload, stored_payload};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
-use appliance_store::{Compare, Counted, SecretQuery, SecretRow, StoreError, StoredPayload};
+use appliance_store::{Compare, SecretQuery, SecretRow, StoreError};
 
 const SECRET_TYPES: &[&str] =
     &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
@@ -39,27 +40,11 @@ pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<SecretRow, ApiEr
     if !is_uuid4(id) {
         return Err(ApiError::not_found("Not Found. Provided secret id is invalid."));
     }
-    match call.app.store.secret(id).await {
-        Ok(Some(secret)) => Ok(secret),
-        Ok(None) => Err(ApiError::not_found("Secret not found.")),
-        Err(e) => Err(store_error("Secret retrieval", &e)),
-    }
+    call.app.find_secret(id).await.map_err(|e| ApiError::service("Secret retrieval", e))
 }
 
 pub(crate) fn store_error(operation: &str, e: &StoreError) -> ApiError {
-    if e.is_unavailable() {
-        ApiError::unavailable(operation, "database", e)
-    } else {
-        ApiError::internal(operation, e)
-    }
-}
-
-fn hsm_error(operation: &str, e: &HsmError) -> ApiError {
-    match e {
-        HsmError::Unavailable(_) => ApiError::unavailable(operation, "HSM", e),
-        HsmError::Store(s) => store_error(operation, s),
-        HsmError::Corrupt(_) | HsmError::Failed(_) => ApiError::internal(operation, e),
-    }
+    ApiError::store(operation, e)
 }
 
 fn secret_ref(call: &Call<'_>, id: &str) -> String {
@@ -74,12 +59,11 @@ pub(crate) async fn representation_of(
     always_consumers: bool,
 ) -> Result<Value, ApiError> {
     let consumers = if always_consumers || call.minor >= 1 {
-        let (rows, _) = call
+        let rows = call
             .app
-            .store
-            .secret_consumers(&s.id, 0, i64::MAX)
+            .consumers_of(&s.id)
             .await
-            .map_err(|e| store_error("Secret retrieval", &e))?;
+            .map_err(|e| ApiError::service("Secret retrieval", e))?;
         Some(
             rows.iter()
                 .map(|c| json!({"service": c.service, "resource_type": c.resource_type, "resource_id": c.resource_id}))
@@ -142,7 +126,8 @@ pub(crate) fn decode_base64(text: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
 pub(crate) async fn create(call: &Call<'_>) -> Outcome {
     const OP: &str = "Secret creation";
     const SCHEMA: &str = "Secret";
-    call.authorize("secrets:post", &project_target(call), OP)?;
+    let failed = |e| ApiError::service(OP, e);
+    call.app.authorize_secret_creation(call.identity()).map_err(failed)?;
     call.require_json()?;
     if call.body_too_large {
         return Err(ApiError::too_large(OP));
@@ -234,30 +219,16 @@ pub(crate) async fn create(call: &Call<'_>) -> Outcome {
             "Transport key wrapping is not supported by this key manager",
         ));
     }
-    super::quotas::enforce(call, Counted::Secrets, OP).await?;
-
-    let identity = call.identity();
-    let id = appliance_store::new_id();
-    let mut row = SecretRow {
-        id: id.clone(),
-        project_id: identity.project_id.clone(),
+    let new = NewSecret {
         name: string(&body, "name"),
-        secret_type: string(&body, "secret_type").unwrap_or_else(|| "opaque".into()),
+        secret_type: string(&body, "secret_type"),
         algorithm: string(&body, "algorithm"),
         bit_length: body.get("bit_length").and_then(Value::as_i64),
         mode: string(&body, "mode"),
         expiration,
-        creator_id: identity.user_id.clone(),
-        created: now,
-        updated: now,
-        payload: None,
-        has_read_acl: Some(false),
+        payload: plaintext,
     };
-    if let Some((content_type, bytes)) = plaintext {
-        row.payload = Some(seal(call, OP, &row, content_type, &bytes).await?);
-    }
-    // The row is written only once the payload is sealed: a failure before leaves nothing.
-    call.app.store.insert_secret(row).await.map_err(|e| store_error(OP, &e))?;
+    let id = call.app.create_secret(call.identity(), new).await.map_err(failed)?;
     let location = secret_ref(call, &id);
     Ok((
         Reply::Json(StatusCode::CREATED, json!({"secret_ref": location})),
@@ -334,22 +305,14 @@ fn validate_payload(
     Ok((stored, bytes))
 }
 
-/// Encrypts a payload under the project's KEK, in the HSM.
-async fn seal(
-    call: &Call<'_>,
-    operation: &str,
-    row: &SecretRow,
-    content_type: &str,
-    bytes: &[u8],
-) -> Result<StoredPayload, ApiError> {
-    call.app.seal(row, content_type, bytes).await.map_err(|e| hsm_error(operation, &e))
-}
-
 /// `GET /v1/secrets/{id}`: metadata, or (any Accept but JSON) the legacy payload path.
 pub(crate) async fn get(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     match call.header("accept").map(str::trim) {
         None | Some("") | Some("application/json") | Some("*/*") => {
-            call.authorize("secret:get", &secret_target(call, secret).await?, "Secret retrieval")?;
+            call.app
+                .authorize_secret_read(secret, call.identity())
+                .await
+                .map_err(|e| ApiError::service("Secret retrieval", e))?;
             super::json(StatusCode::OK, representation_of(call, secret, false).await?)
         }
         Some(accept) => payload(call, secret, Some(accept)).await,
@@ -359,7 +322,8 @@ pub(crate) async fn get(call: &Call<'_>, secret: &SecretRow) -> Outcome {
 /// `GET /v1/secrets/{id}/payload`.
 pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<&str>) -> Outcome {
     const OP: &str = "Secret payload retrieval";
-    call.authorize("secret:decrypt", &secret_target(call, secret).await?, OP)?;
+    let failed = |e| ApiError::service(OP, e);
+    call.app.authorize_decryption(secret, call.identity()).await.map_err(failed)?;
     if call.param("trans_wrapped_session_key").is_some() && call.param("transport_key_id").is_none()
     {
         return Err(ApiError::bad_request(
@@ -367,9 +331,7 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
              but the transport key id has not been provided.",
         ));
     }
-    let Some(stored) = &secret.payload else {
-        return Err(ApiError::not_found("Not Found. Sorry but your secret has no payload."));
-    };
+    let stored = stored_payload(secret).map_err(failed)?;
     let wrong_type =
         || ApiError::issue(StatusCode::NOT_ACCEPTABLE, OP, "Wrong payload content-type");
     // Barbican compares the raw header: no q-values, no lists.
@@ -383,7 +345,7 @@ pub(crate) async fn payload(call: &Call<'_>, secret: &SecretRow, accept: Option<
         Some("application/pkcs8") => (false, "application/pkcs8"),
         Some(_) => return Err(wrong_type()),
     };
-    let plaintext = call.app.open(secret, stored).await.map_err(|e| hsm_error(OP, &e))?;
+    let plaintext = call.app.decrypt_secret(secret).await.map_err(failed)?;
     if text && std::str::from_utf8(&plaintext).is_err() {
         return Err(wrong_type());
     }
@@ -401,7 +363,8 @@ fn stored_response_type(stored: &str) -> &'static str {
 /// `PUT /v1/secrets/{id}`: the payload of a metadata-only secret.
 pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     const OP: &str = "Secret update";
-    call.authorize("secret:put", &secret_target(call, secret).await?, OP)?;
+    let failed = |e| ApiError::service(OP, e);
+    call.app.authorize_payload_upload(secret, call.identity()).await.map_err(failed)?;
     let stored_type = match call.content_type().as_deref() {
         Some("text/plain") => "text/plain",
         Some("application/octet-stream") => "application/octet-stream",
@@ -423,12 +386,7 @@ pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     if call.body.is_empty() {
         return Err(ApiError::issue(StatusCode::BAD_REQUEST, OP, "No data supplied to process."));
     }
-    if secret.payload.is_some() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "Secret already has data, cannot modify it.",
-        ));
-    }
+    check_no_payload(secret).map_err(failed)?;
     let bytes = match (stored_type, encoding.as_deref()) {
         ("application/octet-stream", Some("base64")) => {
             decode_base64(call.body).ok_or_else(|| {
@@ -441,41 +399,31 @@ pub(crate) async fn put(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         }
         _ => Zeroizing::new(call.body.to_vec()),
     };
-    let payload = seal(call, OP, secret, stored_type, &bytes).await?;
-    match call.app.store.set_payload(&secret.id, &payload).await {
-        Ok(true) => Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new())),
-        Ok(false) => {
-            Err(ApiError::new(StatusCode::CONFLICT, "Secret already has data, cannot modify it."))
-        }
-        Err(e) => Err(store_error(OP, &e)),
-    }
+    call.app.upload_payload(secret, stored_type, &bytes).await.map_err(failed)?;
+    Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
 }
 
 /// `DELETE /v1/secrets/{id}`.
 pub(crate) async fn delete(call: &Call<'_>, secret: &SecretRow) -> Outcome {
     const OP: &str = "Secret deletion";
-    call.authorize("secret:delete", &secret_target(call, secret).await?, OP)?;
-    if call.minor >= 2 {
-        let force = match call.param("force") {
-            Some(f) => parse_bool(f).ok_or_else(|| ApiError::bad_request(BAD_QUERY))?,
-            None => false,
-        };
-        let (_, consumers) = call
-            .app
-            .store
-            .secret_consumers(&secret.id, 0, 0)
-            .await
-            .map_err(|e| store_error(OP, &e))?;
-        if consumers > 0 && !force {
-            // barbicanclient recognises this sentence (SecretHasConsumers).
-            return Err(ApiError::issue(
-                StatusCode::BAD_REQUEST,
-                OP,
-                "Secret cannot be deleted as it has consumers.",
-            ));
+    call.app
+        .authorize_secret_deletion(secret, call.identity())
+        .await
+        .map_err(|e| ApiError::service(OP, e))?;
+    // Consumers hold a deletion back from microversion 1.2 on, unless it is forced.
+    let unless_consumed = if call.minor >= 2 {
+        match call.param("force") {
+            Some(f) => !parse_bool(f).ok_or_else(|| ApiError::bad_request(BAD_QUERY))?,
+            None => true,
         }
-    }
-    call.app.store.delete_secret(&secret.id).await.map_err(|e| store_error(OP, &e))?;
+    } else {
+        false
+    };
+    call.app.delete_secret(secret, unless_consumed).await.map_err(|e| match e {
+        // barbicanclient recognises this sentence (SecretHasConsumers).
+        ServiceError::Invalid(reason) => ApiError::issue(StatusCode::BAD_REQUEST, OP, &reason),
+        e => ApiError::service(OP, e),
+    })?;
     Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
 }
 
@@ -549,11 +497,11 @@ fn page_links(
 /// `GET /v1/secrets`.
 pub(crate) async fn list(call: &Call<'_>) -> Outcome {
     const OP: &str = "Secret(s) retrieval";
-    call.authorize("secrets:get", &project_target(call), OP)?;
+    let failed = |e| ApiError::service(OP, e);
+    call.app.authorize_secret_listing(call.identity()).map_err(failed)?;
     let (offset, limit) = paging(call);
     let bad = || ApiError::bad_request(BAD_QUERY);
     let mut q = SecretQuery {
-        project_id: call.identity().project_id.clone(),
         name: call.param("name").map(str::to_owned),
         algorithm: call.param("alg").map(str::to_owned),
         mode: call.param("mode").map(str::to_owned),
@@ -567,30 +515,9 @@ pub(crate) async fn list(call: &Call<'_>) -> Outcome {
     q.updated = date_filter(call.param("updated")).ok_or_else(bad)?;
     q.expiration = date_filter(call.param("expiration")).ok_or_else(bad)?;
     q.sort = sort(call.param("sort")).ok_or_else(bad)?;
-    let (secrets, total) = if call.param("acl_only").is_some_and(|a| a.eq_ignore_ascii_case("true"))
-    {
-        // Secrets shared with the caller through a read ACL, from any project.
-        let ids = match &call.identity().user_id {
-            Some(user) => {
-                call.app.store.secrets_shared_with(user).await.map_err(|e| store_error(OP, &e))?
-            }
-            None => Vec::new(),
-        };
-        let total = i64::try_from(ids.len()).unwrap_or(i64::MAX);
-        let mut page = Vec::new();
-        for id in ids
-            .iter()
-            .skip(usize::try_from(offset).unwrap_or(0))
-            .take(usize::try_from(limit).unwrap_or(0))
-        {
-            if let Some(s) = call.app.store.secret(id).await.map_err(|e| store_error(OP, &e))? {
-                page.push(s);
-            }
-        }
-        (page, total)
-    } else {
-        call.app.store.list_secrets(&q).await.map_err(|e| store_error(OP, &e))?
-    };
+    let shared_only = call.param("acl_only").is_some_and(|a| a.eq_ignore_ascii_case("true"));
+    let (secrets, total) =
+        call.app.list_secrets(call.identity(), q, shared_only).await.map_err(failed)?;
     let mut items: Vec<Value> = Vec::with_capacity(secrets.len());
     for s in &secrets {
         items.push(representation_of(call, s, false).await?);

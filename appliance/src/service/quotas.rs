@@ -2,18 +2,10 @@
 //! the check every creation makes first.
 
 use super::App;
+use super::error::ServiceError;
 use appliance_store::{Counted, QuotaResource, StoreError};
 
 pub(crate) use appliance_store::PerResource as Quotas;
-
-/// Why a creation may not go ahead.
-#[derive(Debug)]
-pub(crate) enum QuotaError {
-    /// The project is at its quota.
-    Reached,
-    /// The quota or the count could not be read.
-    Store(StoreError),
-}
 
 impl App {
     /// A project's quota for `resource`: its own, else the default; negative is unlimited.
@@ -42,12 +34,12 @@ impl App {
         &self,
         project_id: &str,
         counted: Counted,
-    ) -> Result<(), QuotaError> {
-        let quota = self.quota(project_id, counted.resource()).await.map_err(QuotaError::Store)?;
+    ) -> Result<(), ServiceError> {
+        let quota = self.quota(project_id, counted.resource()).await?;
         if quota < 0 {
             return Ok(());
         }
-        let count = self.store.count(counted, project_id).await.map_err(QuotaError::Store)?;
-        if quota == 0 || count >= quota { Err(QuotaError::Reached) } else { Ok(()) }
+        let count = self.store.count(counted, project_id).await?;
+        if quota == 0 || count >= quota { Err(ServiceError::QuotaReached) } else { Ok(()) }
     }
 }
