@@ -349,10 +349,14 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
                 }
                 ["acl"] => {
                     let entity = acls::Entity {
-                        kind: EntityKind::Secret,
-                        id: &secret.id,
+                        of: crate::service::Entity {
+                            kind: EntityKind::Secret,
+                            id: &secret.id,
+                            project_id: &secret.project_id,
+                            creator_id: secret.creator_id.as_deref(),
+                            has_read_acl: secret.has_read_acl,
+                        },
                         reference: format!("{}/v1/secrets/{}", call.base(), secret.id),
-                        target: secret_target(call, &secret).await?,
                     };
                     acls::acl(call, entity).await
                 }

@@ -2,6 +2,8 @@
 //! policy, the order queue), the policy decisions on it, and the rules shared by the API and
 //! the order worker (sealing payloads, quotas, PEM). Nothing here speaks HTTP.
 
+pub(crate) mod acls;
+pub(crate) mod containers;
 pub(crate) mod error;
 pub(crate) mod orders;
 pub(crate) mod quotas;
