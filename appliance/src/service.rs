@@ -8,6 +8,8 @@ pub(crate) mod error;
 pub(crate) mod orders;
 pub(crate) mod quotas;
 pub(crate) mod secrets;
+pub(crate) mod secretstores;
+pub(crate) mod transportkeys;
 
 use appliance_store::{EntityKind, Store, StoreError};
 use policy::{Credentials, Decision, Policy, Scope, Target};
