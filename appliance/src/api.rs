@@ -21,7 +21,6 @@ use hsm_proxy_proto::SecretBytes;
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use policy::Target;
 
 pub use crate::api::error::ApiError;
 use crate::identity::{Identity, IdentityError};
@@ -118,18 +117,6 @@ impl Call<'_> {
         // `route` authenticates before any /v1 handler runs.
         static NOBODY: std::sync::OnceLock<Identity> = std::sync::OnceLock::new();
         self.identity.as_ref().unwrap_or_else(|| NOBODY.get_or_init(Identity::nobody))
-    }
-
-    /// Enforces `action` on `target`; a denial is `<operation> attempt not allowed ...`.
-    pub(crate) fn authorize(
-        &self,
-        action: &str,
-        target: &Target,
-        operation: &str,
-    ) -> Result<(), ApiError> {
-        self.app
-            .authorize(action, target, self.identity())
-            .map_err(|e| ApiError::service(operation, e))
     }
 
     /// The media type of the request body, lower-case, parameters dropped.
@@ -349,10 +336,14 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
                 }
                 ["acl"] => {
                     let entity = acls::Entity {
-                        kind: EntityKind::Secret,
-                        id: &secret.id,
+                        of: crate::service::Entity {
+                            kind: EntityKind::Secret,
+                            id: &secret.id,
+                            project_id: &secret.project_id,
+                            creator_id: secret.creator_id.as_deref(),
+                            has_read_acl: secret.has_read_acl,
+                        },
                         reference: format!("{}/v1/secrets/{}", call.base(), secret.id),
-                        target: secret_target(call, &secret).await?,
                     };
                     acls::acl(call, entity).await
                 }
@@ -431,43 +422,6 @@ fn error_response(error: &ApiError) -> Response {
         insert(&mut r.headers, "allow", allow);
     }
     r
-}
-
-/// A `Target` for rules about a secret or container: its project, creator and read ACL.
-pub(crate) async fn entity_target(
-    call: &Call<'_>,
-    kind: EntityKind,
-    id: &str,
-    project_id: &str,
-    creator_id: Option<&str>,
-    has_read_acl: Option<bool>,
-) -> Result<Target, ApiError> {
-    let entity = crate::service::Entity { kind, id, project_id, creator_id, has_read_acl };
-    call.app
-        .target(&entity, call.identity())
-        .await
-        .map_err(|e| secrets::store_error("Policy check", &e))
-}
-
-/// A `Target` for rules about a secret.
-pub(crate) async fn secret_target(
-    call: &Call<'_>,
-    secret: &appliance_store::SecretRow,
-) -> Result<Target, ApiError> {
-    entity_target(
-        call,
-        EntityKind::Secret,
-        &secret.id,
-        &secret.project_id,
-        secret.creator_id.as_deref(),
-        secret.has_read_acl,
-    )
-    .await
-}
-
-/// A `Target` for collection rules: the caller's own project.
-pub(crate) fn project_target(call: &Call<'_>) -> Target {
-    crate::service::project_target(call.identity())
 }
 
 pub(crate) use body::parse_json;

@@ -2,12 +2,16 @@
 //! policy, the order queue), the policy decisions on it, and the rules shared by the API and
 //! the order worker (sealing payloads, quotas, PEM). Nothing here speaks HTTP.
 
+pub(crate) mod acls;
 pub(crate) mod consumers;
+pub(crate) mod containers;
 pub(crate) mod error;
 pub(crate) mod metadata;
 pub(crate) mod orders;
 pub(crate) mod quotas;
 pub(crate) mod secrets;
+pub(crate) mod secretstores;
+pub(crate) mod transportkeys;
 
 use appliance_store::{EntityKind, Store, StoreError};
 use policy::{Credentials, Decision, Policy, Scope, Target};

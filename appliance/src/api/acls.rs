@@ -4,30 +4,23 @@ use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::repr;
-use super::secrets::store_error;
 use super::{ApiError, Call, Outcome, Reply, parse_json};
+use crate::service::acls::{AclEntry, AclUpdate};
 use crate::timefmt::format_micros;
 use appliance_store::EntityKind;
 
 /// Which entity an ACL belongs to.
 pub(crate) struct Entity<'a> {
-    pub(crate) kind: EntityKind,
-    pub(crate) id: &'a str,
+    /// The entity as policy rules see it.
+    pub(crate) of: crate::service::Entity<'a>,
     /// The entity's href.
     pub(crate) reference: String,
-    pub(crate) target: policy::Target,
 }
 
 const SCHEMA: &str = "ACL";
 
-/// A `read` entry as sent: project access and users, each only if given.
-struct ReadEntry {
-    project_access: Option<bool>,
-    users: Option<Vec<String>>,
-}
-
 /// The `read` entry of a body: `None` when absent or falsy (`null`, `{}`).
-fn read_entry(body: &Map<String, Value>) -> Result<Option<ReadEntry>, ApiError> {
+fn read_entry(body: &Map<String, Value>) -> Result<Option<AclEntry>, ApiError> {
     if let Some(extra) = body.keys().find(|k| *k != "read") {
         return Err(ApiError::schema(
             SCHEMA,
@@ -91,24 +84,22 @@ fn read_entry(body: &Map<String, Value>) -> Result<Option<ReadEntry>, ApiError> 
             ));
         }
     };
-    Ok(Some(ReadEntry { project_access, users }))
+    Ok(Some(AclEntry { project_access, users }))
 }
 
 /// Handles the ACL resource of `entity`.
 pub(crate) async fn acl(call: &Call<'_>, entity: Entity<'_>) -> Outcome {
-    let prefix = match entity.kind {
+    let prefix = match entity.of.kind {
         EntityKind::Secret => "Secret",
         EntityKind::Container => "Container",
     };
-    let rule = |action: &str| format!("{}_acls:{action}", entity.kind.name());
-    let store = &call.app.store;
-    let acl_ref = json!({"acl_ref": format!("{}/acl", entity.reference)});
+    let app = call.app;
+    let caller = call.identity();
     match *call.method {
         Method::GET => {
             let op = format!("{prefix}ACL(s) retrieval");
-            call.authorize(&rule("get"), &entity.target, &op)?;
             let body =
-                match store.acl(entity.kind, entity.id).await.map_err(|e| store_error(&op, &e))? {
+                match app.acl(&entity.of, caller).await.map_err(|e| ApiError::service(&op, e))? {
                     None => json!({"read": {"project-access": true}}),
                     Some(a) => json!({"read": {
                         "project-access": a.project_access,
@@ -121,41 +112,22 @@ pub(crate) async fn acl(call: &Call<'_>, entity: Entity<'_>) -> Outcome {
         }
         Method::PUT | Method::PATCH => {
             let op = format!("{prefix}ACL(s) Update");
-            call.authorize(&rule("put_patch"), &entity.target, &op)?;
+            let refused = |e| ApiError::service(&op, e);
+            app.authorize_acl_update(&entity.of, caller).await.map_err(refused)?;
             call.require_json()?;
             if call.body_too_large {
                 return Err(ApiError::too_large(&op));
             }
             let body = parse_json(call.body, SCHEMA)?;
             let entry = read_entry(&body)?;
-            let existing =
-                store.acl(entity.kind, entity.id).await.map_err(|e| store_error(&op, &e))?;
-            let new = if *call.method == Method::PUT {
-                // Replace: omitted fields take their defaults; no (or a falsy) entry deletes.
-                entry.map(|e| (e.project_access.unwrap_or(true), e.users.unwrap_or_default()))
-            } else {
-                // Merge into what is stored; a falsy entry changes nothing.
-                match (entry, existing) {
-                    (None, existing) => existing.map(|a| (a.project_access, a.users)),
-                    (Some(e), Some(a)) => Some((
-                        e.project_access.unwrap_or(a.project_access),
-                        e.users.unwrap_or(a.users),
-                    )),
-                    (Some(e), None) => {
-                        Some((e.project_access.unwrap_or(true), e.users.unwrap_or_default()))
-                    }
-                }
-            };
-            store
-                .set_acl(entity.kind, entity.id, new.as_ref().map(|(a, u)| (*a, u.as_slice())))
-                .await
-                .map_err(|e| store_error(&op, &e))?;
-            super::json(StatusCode::OK, acl_ref)
+            let update =
+                if *call.method == Method::PUT { AclUpdate::Replace } else { AclUpdate::Merge };
+            app.update_acl(&entity.of, update, entry).await.map_err(refused)?;
+            super::json(StatusCode::OK, json!({"acl_ref": format!("{}/acl", entity.reference)}))
         }
         Method::DELETE => {
             let op = format!("{prefix}ACL(s) deletion");
-            call.authorize(&rule("delete"), &entity.target, &op)?;
-            store.set_acl(entity.kind, entity.id, None).await.map_err(|e| store_error(&op, &e))?;
+            app.delete_acl(&entity.of, caller).await.map_err(|e| ApiError::service(&op, e))?;
             // Barbican renders `None`: a 200 whose body is `null`.
             Ok((Reply::Json(StatusCode::OK, Value::Null), Vec::new()))
         }

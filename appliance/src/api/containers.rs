@@ -6,10 +6,12 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{Kind, check_field, repr, string};
-use super::secrets::{paged, paging, store_error};
-use super::{ApiError, Call, Outcome, Reply, entity_target, is_uuid4, parse_json, project_target};
-use crate::timefmt::{format_micros, now_micros};
-use appliance_store::{ContainerRow, ContainerSecret, Counted, EntityKind};
+use super::secrets::{paged, paging};
+use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json};
+use crate::service::containers::{NewContainer, UnknownSecret, container_entity};
+use crate::service::error::ServiceError;
+use crate::timefmt::format_micros;
+use appliance_store::{ContainerRow, ContainerSecret};
 
 const TYPES: &[&str] = &["generic", "rsa", "certificate"];
 
@@ -22,26 +24,16 @@ pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<ContainerRow, Ap
     if !is_uuid4(id) {
         return Err(ApiError::not_found("Not Found. Provided container id is invalid."));
     }
-    match call.app.store.container(id).await {
-        Ok(Some(c)) => Ok(c),
-        Ok(None) => Err(ApiError::not_found("Secrets container not found.")),
-        Err(e) => Err(store_error("Container retrieval", &e)),
-    }
-}
-
-pub(crate) async fn target(call: &Call<'_>, c: &ContainerRow) -> Result<policy::Target, ApiError> {
-    entity_target(call, EntityKind::Container, &c.id, &c.project_id, c.creator_id.as_deref(), None)
-        .await
+    call.app.container(id).await.map_err(|e| ApiError::service("Container retrieval", e))
 }
 
 /// A container as the API shows it.
 pub(crate) async fn representation(call: &Call<'_>, c: &ContainerRow) -> Result<Value, ApiError> {
-    let (consumers, _) = call
+    let consumers = call
         .app
-        .store
-        .container_consumers(&c.id, 0, i64::MAX)
+        .all_container_consumers(c)
         .await
-        .map_err(|e| store_error("Container retrieval", &e))?;
+        .map_err(|e| ApiError::service("Container retrieval", e))?;
     Ok(json!({
         "container_ref": container_ref(call, &c.id),
         "name": c.name,
@@ -75,7 +67,7 @@ pub(crate) async fn collection(call: &Call<'_>) -> Outcome {
 async fn create(call: &Call<'_>) -> Outcome {
     const OP: &str = "Container creation";
     const SCHEMA: &str = "Container";
-    call.authorize("containers:post", &project_target(call), OP)?;
+    call.app.authorize_container_create(call.identity()).map_err(|e| ApiError::service(OP, e))?;
     call.require_json()?;
     if call.body_too_large {
         return Err(ApiError::too_large(OP));
@@ -165,42 +157,25 @@ async fn create(call: &Call<'_>) -> Outcome {
         }
         _ => {}
     }
-    super::quotas::enforce(call, Counted::Containers, OP).await?;
-    let project = &call.identity().project_id;
-    let mut secrets = Vec::with_capacity(entries.len());
-    for (name, reference) in &entries {
-        let id = last_segment(reference);
-        let found = if is_uuid4(id) {
-            call.app.store.secret(id).await.map_err(|e| store_error(OP, &e))?
-        } else {
-            None
-        };
-        match found {
-            Some(s) if s.project_id == *project => {
-                secrets.push(ContainerSecret { name: name.clone(), secret_id: s.id })
-            }
-            _ => {
-                let shown = name.clone().unwrap_or_else(|| "None".into());
-                return Err(ApiError::not_found(&format!(
-                    "Secret provided for '{shown}' doesn't exist."
-                )));
-            }
+    let secrets = entries
+        .into_iter()
+        .map(|(name, reference)| ContainerSecret {
+            name,
+            secret_id: last_segment(&reference).to_owned(),
+        })
+        .collect();
+    let new = NewContainer { name: string(&body, "name"), kind, secrets };
+    let created = call.app.create_container(call.identity(), new).await;
+    let row = match created.map_err(|e| ApiError::service(OP, e))? {
+        Ok(row) => row,
+        Err(UnknownSecret { name }) => {
+            let shown = name.unwrap_or_else(|| "None".into());
+            return Err(ApiError::not_found(&format!(
+                "Secret provided for '{shown}' doesn't exist."
+            )));
         }
-    }
-    let now = now_micros();
-    let id = appliance_store::new_id();
-    let row = ContainerRow {
-        id: id.clone(),
-        project_id: project.clone(),
-        name: string(&body, "name"),
-        kind,
-        creator_id: call.identity().user_id.clone(),
-        created: now,
-        updated: now,
-        secrets,
     };
-    call.app.store.insert_container(&row).await.map_err(|e| store_error(OP, &e))?;
-    let reference = container_ref(call, &id);
+    let reference = container_ref(call, &row.id);
     Ok((
         Reply::Json(StatusCode::CREATED, json!({"container_ref": reference})),
         vec![(LOCATION, reference)],
@@ -209,55 +184,48 @@ async fn create(call: &Call<'_>) -> Outcome {
 
 async fn list(call: &Call<'_>) -> Outcome {
     const OP: &str = "Containers(s) retrieval";
-    call.authorize("containers:get", &project_target(call), OP)?;
-    let (offset, limit) = paging(call);
+    let page = paging(call);
     let (rows, total) = call
         .app
-        .store
-        .list_containers(
-            &call.identity().project_id,
-            call.param("name"),
-            call.param("type"),
-            offset,
-            limit,
-        )
+        .list_containers(call.identity(), call.param("name"), call.param("type"), page)
         .await
-        .map_err(|e| store_error(OP, &e))?;
+        .map_err(|e| ApiError::service(OP, e))?;
     let mut items = Vec::with_capacity(rows.len());
     for c in &rows {
         items.push(representation(call, c).await?);
     }
-    paged(call, "containers", "containers", items, (offset, limit), total)
+    paged(call, "containers", "containers", items, page, total)
 }
 
 /// `/v1/containers/{id}` and its sub-resources.
 pub(crate) async fn item(call: &Call<'_>, c: &ContainerRow, sub: &[&str]) -> Outcome {
-    let target = target(call, c).await?;
+    let caller = call.identity();
     match sub {
         [] => match *call.method {
             Method::GET => {
-                call.authorize("container:get", &target, "Container retrieval")?;
+                const OP: &str = "Container retrieval";
+                call.app
+                    .authorize_container_read(c, caller)
+                    .await
+                    .map_err(|e| ApiError::service(OP, e))?;
                 super::json(StatusCode::OK, representation(call, c).await?)
             }
             Method::DELETE => {
                 const OP: &str = "Container deletion";
-                call.authorize("container:delete", &target, OP)?;
-                call.app.store.delete_container(&c.id).await.map_err(|e| store_error(OP, &e))?;
+                call.app.delete_container(c, caller).await.map_err(|e| ApiError::service(OP, e))?;
                 Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
             }
             _ => Err(ApiError::method_not_allowed("GET, DELETE")),
         },
-        ["secrets"] => container_secrets(call, c, &target).await,
-        ["consumers"] => consumers(call, c, &target).await,
+        ["secrets"] => container_secrets(call, c).await,
+        ["consumers"] => consumers(call, c).await,
         ["consumers", consumer_id] => {
             super::consumers::single(call, consumer_id, "ContainerConsumer retrieval").await
         }
         ["acl"] => {
             let entity = super::acls::Entity {
-                kind: EntityKind::Container,
-                id: &c.id,
+                of: container_entity(c),
                 reference: container_ref(call, &c.id),
-                target,
             };
             super::acls::acl(call, entity).await
         }
@@ -265,7 +233,7 @@ pub(crate) async fn item(call: &Call<'_>, c: &ContainerRow, sub: &[&str]) -> Out
     }
 }
 
-async fn container_secrets(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -> Outcome {
+async fn container_secrets(call: &Call<'_>, c: &ContainerRow) -> Outcome {
     const SCHEMA: &str = "ContainerSecret";
     let parse = |call: &Call<'_>| -> Result<(Option<String>, String), ApiError> {
         let body = parse_json(call.body, SCHEMA)?;
@@ -276,32 +244,17 @@ async fn container_secrets(call: &Call<'_>, c: &ContainerRow, target: &policy::T
         check_field(SCHEMA, &body, "name", Kind::StringOrNull, Some(255), None, None)?;
         Ok((string(&body, "name"), string(&body, "secret_ref").unwrap_or_default()))
     };
-    let store = &call.app.store;
+    let app = call.app;
+    let caller = call.identity();
     match *call.method {
         Method::POST => {
             const OP: &str = "Container Secret creation";
-            call.authorize("container_secret:post", target, OP)?;
-            if c.kind != "generic" {
-                return Err(ApiError::bad_request("Only 'generic' containers can be modified."));
-            }
+            let refused = |e| ApiError::service(OP, e);
+            app.authorize_container_secret_add(c, caller).await.map_err(refused)?;
             call.require_json()?;
             let (name, reference) = parse(call)?;
-            let id = last_segment(&reference);
-            let secret = if is_uuid4(id) {
-                store.secret(id).await.map_err(|e| store_error(OP, &e))?
-            } else {
-                None
-            };
-            let Some(secret) = secret.filter(|s| s.project_id == call.identity().project_id) else {
-                return Err(ApiError::not_found("Secret provided doesn't exist."));
-            };
-            let entry = ContainerSecret { name, secret_id: secret.id };
-            if !store.add_container_secret(&c.id, &entry).await.map_err(|e| store_error(OP, &e))? {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "Conflict. A secret with that name and ID is already stored in this container...",
-                ));
-            }
+            let entry = ContainerSecret { name, secret_id: last_segment(&reference).to_owned() };
+            app.add_container_secret(c, caller, entry).await.map_err(refused)?;
             let reference = container_ref(call, &c.id);
             Ok((
                 Reply::Json(StatusCode::CREATED, json!({"container_ref": reference})),
@@ -310,27 +263,17 @@ async fn container_secrets(call: &Call<'_>, c: &ContainerRow, target: &policy::T
         }
         Method::DELETE => {
             const OP: &str = "Container Secret deletion";
-            call.authorize("container_secret:delete", target, OP)?;
+            let refused = |e| ApiError::service(OP, e);
+            app.authorize_container_secret_remove(c, caller).await.map_err(refused)?;
             let (name, reference) = parse(call)?;
-            let id = last_segment(&reference);
-            let secret = if is_uuid4(id) {
-                store.secret(id).await.map_err(|e| store_error(OP, &e))?
-            } else {
-                None
-            };
-            let Some(secret) = secret else {
-                let shown = name.clone().unwrap_or_else(|| "None".into());
+            let entry = ContainerSecret { name, secret_id: last_segment(&reference).to_owned() };
+            if let Err(UnknownSecret { name }) =
+                app.remove_container_secret(c, entry).await.map_err(refused)?
+            {
+                let shown = name.unwrap_or_else(|| "None".into());
                 return Err(ApiError::not_found(&format!(
                     "Secret '{shown}' with reference '{reference}' doesn't exist."
                 )));
-            };
-            let entry = ContainerSecret { name, secret_id: secret.id };
-            if !store
-                .remove_container_secret(&c.id, &entry)
-                .await
-                .map_err(|e| store_error(OP, &e))?
-            {
-                return Err(ApiError::not_found("Secret provided is not in the container"));
             }
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
         }
@@ -338,7 +281,7 @@ async fn container_secrets(call: &Call<'_>, c: &ContainerRow, target: &policy::T
     }
 }
 
-async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -> Outcome {
+async fn consumers(call: &Call<'_>, c: &ContainerRow) -> Outcome {
     const SCHEMA: &str = "Consumer";
     let parse = |call: &Call<'_>, op: &str| -> Result<(String, String), ApiError> {
         call.require_json()?;
@@ -366,44 +309,28 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -
         }
         Ok((name, url))
     };
-    let store = &call.app.store;
+    let app = call.app;
+    let caller = call.identity();
     match *call.method {
         Method::GET => {
             const OP: &str = "ContainerConsumers(s) retrieval";
-            call.authorize("container_consumers:get", target, OP)?;
-            let (offset, limit) = paging(call);
-            let (rows, total) = store
-                .container_consumers(&c.id, offset, limit)
+            let page = paging(call);
+            let (rows, total) = app
+                .list_container_consumers(c, caller, page)
                 .await
-                .map_err(|e| store_error(OP, &e))?;
+                .map_err(|e| ApiError::service(OP, e))?;
             let items: Vec<Value> = rows
                 .iter()
                 .map(|k| json!({"name": k.name, "URL": k.url, "created": format_micros(k.created), "updated": format_micros(k.updated), "status": "ACTIVE"}))
                 .collect();
-            paged(
-                call,
-                "consumers",
-                &format!("containers/{}/consumers", c.id),
-                items,
-                (offset, limit),
-                total,
-            )
+            paged(call, "consumers", &format!("containers/{}/consumers", c.id), items, page, total)
         }
         Method::POST => {
             const OP: &str = "ContainerConsumer creation";
-            call.authorize("container_consumers:post", target, OP)?;
+            let refused = |e| ApiError::service(OP, e);
+            app.authorize_container_consumer_add(c, caller).await.map_err(refused)?;
             let (name, url) = parse(call, OP)?;
-            let exists = store
-                .container_consumer_project(&c.id, &name, &url)
-                .await
-                .map_err(|e| store_error(OP, &e))?;
-            if exists.is_none() {
-                super::quotas::enforce(call, Counted::ContainerConsumers, OP).await?;
-            }
-            store
-                .add_container_consumer(&c.id, &call.identity().project_id, &name, &url)
-                .await
-                .map_err(|e| store_error(OP, &e))?;
+            app.add_container_consumer(c, caller, &name, &url).await.map_err(refused)?;
             let location = format!("{}/v1/consumers/{}/consumers", call.base(), c.id);
             Ok((
                 Reply::Json(StatusCode::OK, representation(call, c).await?),
@@ -412,24 +339,19 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow, target: &policy::Target) -
         }
         Method::DELETE => {
             const OP: &str = "ContainerConsumer deletion";
-            call.authorize("container_consumers:delete", target, OP)?;
-            let (name, url) = parse(call, OP)?;
-            let owner = store
-                .container_consumer_project(&c.id, &name, &url)
+            app.authorize_container_consumer_remove(c, caller)
                 .await
-                .map_err(|e| store_error(OP, &e))?
-                .ok_or_else(|| ApiError::not_found("Consumer not found."))?;
-            let caller = &call.identity().project_id;
-            if *caller != owner && *caller != c.project_id {
-                return Err(ApiError::new(
+                .map_err(|e| ApiError::service(OP, e))?;
+            let (name, url) = parse(call, OP)?;
+            app.remove_container_consumer(c, caller, &name, &url).await.map_err(|e| match e {
+                // Past the policy check, only a project that neither registered the consumer
+                // nor owns the container is refused.
+                ServiceError::Forbidden => ApiError::new(
                     StatusCode::FORBIDDEN,
                     "Not Allowed. Sorry, only the creator of a consumer can delete it.",
-                ));
-            }
-            store
-                .remove_container_consumer(&c.id, &name, &url)
-                .await
-                .map_err(|e| store_error(OP, &e))?;
+                ),
+                e => ApiError::service(OP, e),
+            })?;
             super::json(StatusCode::OK, representation(call, c).await?)
         }
         _ => Err(ApiError::method_not_allowed("GET, POST, DELETE")),

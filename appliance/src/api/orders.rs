@@ -6,10 +6,10 @@ use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::{Kind, check_field, repr, string};
-use super::secrets::{paged, paging, store_error};
-use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
+use super::secrets::{paged, paging};
+use super::{ApiError, Call, Outcome, Reply, parse_json};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
-use appliance_store::{Counted, OrderRow, OrderStatus};
+use appliance_store::{OrderRow, OrderStatus};
 
 const META_SCHEMA: &str = "Secret' within 'Order";
 
@@ -53,7 +53,9 @@ pub(crate) async fn collection(call: &Call<'_>) -> Outcome {
         Method::GET => list(call).await,
         Method::POST => create(call).await,
         Method::PUT => {
-            call.authorize("orders:put", &project_target(call), "Order update")?;
+            call.app
+                .authorize_order_update(call.identity())
+                .map_err(|e| ApiError::service("Order update", e))?;
             Err(ApiError {
                 allow: Some("GET, POST"),
                 ..ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Order update is not supported.")
@@ -65,21 +67,19 @@ pub(crate) async fn collection(call: &Call<'_>) -> Outcome {
 
 async fn list(call: &Call<'_>) -> Outcome {
     const OP: &str = "Order(s) retrieval";
-    call.authorize("orders:get", &project_target(call), OP)?;
-    let (offset, limit) = paging(call);
+    let page = paging(call);
     let (rows, total) = call
         .app
-        .store
-        .list_orders(&call.identity().project_id, call.param("meta"), offset, limit)
+        .list_orders(call.identity(), call.param("meta"), page)
         .await
-        .map_err(|e| store_error(OP, &e))?;
+        .map_err(|e| ApiError::service(OP, e))?;
     let items: Vec<Value> = rows.iter().map(|o| representation(call, o)).collect();
-    paged(call, "orders", "orders", items, (offset, limit), total)
+    paged(call, "orders", "orders", items, page, total)
 }
 
 async fn create(call: &Call<'_>) -> Outcome {
     const OP: &str = "Order creation";
-    call.authorize("orders:post", &project_target(call), OP)?;
+    call.app.authorize_order_create(call.identity()).map_err(|e| ApiError::service(OP, e))?;
     call.require_json()?;
     if call.body_too_large {
         return Err(ApiError::too_large(OP));
@@ -109,36 +109,12 @@ async fn create(call: &Call<'_>) -> Outcome {
         ));
     };
     let stored = validate_meta(&kind, meta)?;
-    super::quotas::enforce(call, Counted::Orders, OP).await?;
-    let now = now_micros();
-    let id = appliance_store::new_id();
-    let order = OrderRow {
-        id: id.clone(),
-        project_id: call.identity().project_id.clone(),
-        kind,
-        meta: Value::Object(stored).to_string(),
-        status: OrderStatus::Pending.as_str().into(),
-        secret_id: None,
-        container_id: None,
-        error_status_code: None,
-        error_reason: None,
-        creator_id: call.identity().user_id.clone(),
-        created: now,
-        updated: now,
-    };
-    let queue = &call.app.orders;
-    call.app
-        .store
-        .insert_order(&order, &queue.owner, now + queue.lease_micros())
+    let order = call
+        .app
+        .create_order(call.identity(), kind, stored)
         .await
-        .map_err(|e| store_error(OP, &e))?;
-    // Processed at once by this appliance, which holds the lease; should it die, another
-    // appliance takes the order over when the lease expires. The answer waits (briefly) for
-    // it: Castellan reads the order right after the 202 and sleeps a whole second more if
-    // that first read is PENDING, as Barbican's synchronous orders never are.
-    let done = queue.submit(id.clone());
-    let _ = tokio::time::timeout(queue.inline_wait, done).await;
-    let reference = order_ref(call, &id);
+        .map_err(|e| ApiError::service(OP, e))?;
+    let reference = order_ref(call, &order.id);
     Ok((
         Reply::Json(StatusCode::ACCEPTED, json!({"order_ref": reference})),
         vec![(LOCATION, reference)],
@@ -251,28 +227,22 @@ fn validate_meta(kind: &str, meta: &Map<String, Value>) -> Result<Map<String, Va
 
 /// `/v1/orders/{id}`: looked up in the caller's project only (others' orders are 404).
 pub(crate) async fn item(call: &Call<'_>, id: &str, rest: &[&str]) -> Outcome {
-    let not_found = || ApiError::not_found("Order not found.");
-    let order = call
-        .app
-        .store
-        .order(id)
-        .await
-        .map_err(|e| store_error("Order retrieval", &e))?
-        .filter(|o| o.project_id == call.identity().project_id)
-        .ok_or_else(not_found)?;
+    let caller = call.identity();
+    let order =
+        call.app.order(caller, id).await.map_err(|e| ApiError::service("Order retrieval", e))?;
     if !rest.is_empty() {
         return Err(ApiError::not_found("The resource could not be found."));
     }
-    let target = policy::Target::new().set("target.order.project_id", order.project_id.clone());
     match *call.method {
         Method::GET => {
-            call.authorize("order:get", &target, "Order retrieval")?;
+            call.app
+                .authorize_order_read(&order, caller)
+                .map_err(|e| ApiError::service("Order retrieval", e))?;
             super::json(StatusCode::OK, representation(call, &order))
         }
         Method::DELETE => {
             const OP: &str = "Order deletion";
-            call.authorize("order:delete", &target, OP)?;
-            call.app.store.delete_order(&order.id).await.map_err(|e| store_error(OP, &e))?;
+            call.app.delete_order(&order, caller).await.map_err(|e| ApiError::service(OP, e))?;
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
         }
         _ => Err(ApiError::method_not_allowed("GET, DELETE")),

@@ -5,23 +5,10 @@ use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::body::repr;
-use super::secrets::{paged, paging, store_error};
-use super::{ApiError, Call, Outcome, Reply, parse_json, project_target};
+use super::secrets::{paged, paging};
+use super::{ApiError, Call, Outcome, Reply, parse_json};
 use crate::service::quotas::Quotas;
-use appliance_store::{Counted, QuotaResource, QuotaRow};
-
-/// Refuses a creation when the project is at its quota for what it would add (403, Barbican's
-/// text).
-pub(crate) async fn enforce(
-    call: &Call<'_>,
-    counted: Counted,
-    operation: &str,
-) -> Result<(), ApiError> {
-    call.app
-        .check_quota(&call.identity().project_id, counted)
-        .await
-        .map_err(|e| ApiError::service(operation, e))
-}
+use appliance_store::{QuotaResource, QuotaRow};
 
 fn values_json(values: &Quotas) -> Value {
     let mut map = Map::new();
@@ -37,47 +24,36 @@ pub(crate) async fn effective(call: &Call<'_>) -> Outcome {
     if *call.method != Method::GET {
         return Err(ApiError::method_not_allowed("GET"));
     }
-    call.authorize("quotas:get", &project_target(call), OP)?;
-    let values = call
-        .app
-        .effective_quotas(&call.identity().project_id)
-        .await
-        .map_err(|e| store_error(OP, &e))?;
+    let values =
+        call.app.caller_quotas(call.identity()).await.map_err(|e| ApiError::service(OP, e))?;
     super::json(StatusCode::OK, json!({"quotas": values_json(&values)}))
 }
 
 /// `/v1/project-quotas[/{project_id}]`.
 pub(crate) async fn project(call: &Call<'_>, project_id: Option<&str>) -> Outcome {
     const OP: &str = "Project Quotas";
-    let store = &call.app.store;
-    let target = project_target(call);
-    let not_found = || ApiError::not_found("Project quotas not found.");
+    let app = call.app;
+    let caller = call.identity();
+    let refused = |e| ApiError::service(OP, e);
     match (project_id, call.method.clone()) {
         (None, Method::GET) => {
-            call.authorize("project_quotas:get", &target, OP)?;
-            let (offset, limit) = paging(call);
-            let (rows, total) =
-                store.list_project_quotas(offset, limit).await.map_err(|e| store_error(OP, &e))?;
+            let page = paging(call);
+            let (rows, total) = app.list_project_quotas(caller, page).await.map_err(refused)?;
             let items: Vec<Value> = rows
                 .iter()
                 .map(|q: &QuotaRow| json!({"project_id": q.project_id, "project_quotas": values_json(&q.values)}))
                 .collect();
             // Barbican's links name the collection `project_quotas` (the route has a dash).
-            paged(call, "project_quotas", "project_quotas", items, (offset, limit), total)
+            paged(call, "project_quotas", "project_quotas", items, page, total)
         }
         (None, _) => Err(ApiError::method_not_allowed("GET")),
         (Some(pid), Method::GET) => {
-            call.authorize("project_quotas:get", &target, OP)?;
-            let q = store
-                .project_quota(pid)
-                .await
-                .map_err(|e| store_error(OP, &e))?
-                .ok_or_else(not_found)?;
+            let q = app.project_quotas(caller, pid).await.map_err(refused)?;
             super::json(StatusCode::OK, json!({"project_quotas": values_json(&q.values)}))
         }
         (Some(pid), Method::PUT) => {
             const SCHEMA: &str = "Project Quota";
-            call.authorize("project_quotas:put", &target, OP)?;
+            app.authorize_project_quotas_update(caller).map_err(refused)?;
             call.require_json()?;
             if call.body.iter().all(u8::is_ascii_whitespace) {
                 return Err(ApiError::issue(
@@ -126,14 +102,11 @@ pub(crate) async fn project(call: &Call<'_>, project_id: Option<&str>) -> Outcom
                 };
                 updates.push((resource, n));
             }
-            store.put_project_quota(pid, &updates).await.map_err(|e| store_error(OP, &e))?;
+            app.set_project_quotas(pid, &updates).await.map_err(refused)?;
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
         }
         (Some(pid), Method::DELETE) => {
-            call.authorize("project_quotas:delete", &target, OP)?;
-            if !store.delete_project_quota(pid).await.map_err(|e| store_error(OP, &e))? {
-                return Err(not_found());
-            }
+            app.delete_project_quotas(caller, pid).await.map_err(refused)?;
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
         }
         (Some(_), _) => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),

@@ -13,7 +13,7 @@ use crate::service::error::ServiceError;
 use crate::service::secrets::normalize_content_type as normalize;
 use crate::service::secrets::{NewSecret, check_no_payload, stored_payload};
 use crate::timefmt::{format_micros, now_micros, parse_iso8601};
-use appliance_store::{Compare, SecretQuery, SecretRow, StoreError};
+use appliance_store::{Compare, SecretQuery, SecretRow};
 
 const SECRET_TYPES: &[&str] =
     &["symmetric", "passphrase", "private", "public", "certificate", "opaque"];
@@ -41,10 +41,6 @@ pub(crate) async fn lookup(call: &Call<'_>, id: &str) -> Result<SecretRow, ApiEr
         return Err(ApiError::not_found("Not Found. Provided secret id is invalid."));
     }
     call.app.find_secret(id).await.map_err(|e| ApiError::service("Secret retrieval", e))
-}
-
-pub(crate) fn store_error(operation: &str, e: &StoreError) -> ApiError {
-    ApiError::store(operation, e)
 }
 
 fn secret_ref(call: &Call<'_>, id: &str) -> String {

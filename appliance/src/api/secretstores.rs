@@ -3,31 +3,11 @@
 //! its single-store default does (404) when `[secretstore]` says so.
 
 use hyper::{Method, StatusCode};
-use policy::Target;
 use serde_json::{Value, json};
 
-use super::secrets::store_error;
-use super::{ApiError, Call, Outcome, Reply, project_target};
+use super::{ApiError, Call, Outcome, Reply};
+use crate::service::secretstores::{NOT_ENABLED, SecretStore};
 use crate::timefmt::format_micros;
-
-/// A backend the appliance can keep secrets in.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct SecretStore {
-    pub(crate) id: &'static str,
-    pub(crate) name: &'static str,
-    pub(crate) store_plugin: &'static str,
-    pub(crate) crypto_plugin: &'static str,
-    pub(crate) global_default: bool,
-}
-
-/// The stores, the global default first. New backends are added here.
-pub(crate) const STORES: &[SecretStore] = &[SecretStore {
-    id: "4f1c7d5e-8a2b-4c3d-9e6f-0a1b2c3d4e5f",
-    name: "HSM (PKCS#11 through hsm-proxy)",
-    store_plugin: "store_crypto",
-    crypto_plugin: "hsm_proxy",
-    global_default: true,
-}];
 
 fn representation(call: &Call<'_>, s: &SecretStore) -> Value {
     let started = format_micros(call.app.settings.started);
@@ -43,107 +23,61 @@ fn representation(call: &Call<'_>, s: &SecretStore) -> Value {
     })
 }
 
-/// Barbican's answer to every secret-store route when multiple stores are disabled.
-const NOT_ENABLED: &str =
-    "Not Found. Multiple backends support is not enabled in service configuration.";
-
-/// The routes with multiple stores disabled, in Barbican's order: the list, the global default
-/// and the preferred store are authorised before their 404 (the last two whatever the method);
-/// a store by id is 404 before any policy check.
-fn single_store(call: &Call<'_>, rest: &[&str], target: &Target) -> Outcome {
-    let (action, operation) = match rest {
-        [] if *call.method != Method::GET => return Err(ApiError::method_not_allowed("GET")),
-        [] => ("secretstores:get", "List available secret stores"),
-        ["global-default"] => {
-            ("secretstores:get_global_default", "Retrieve global default secret store")
-        }
-        ["preferred"] => ("secretstores:get_preferred", "Retrieve project preferred store"),
-        _ => return Err(ApiError::not_found(NOT_ENABLED)),
-    };
-    call.authorize(action, target, operation)?;
-    Err(ApiError::not_found(NOT_ENABLED))
-}
-
 /// `/v1/secret-stores[/...]`.
 pub(crate) async fn route(call: &Call<'_>, rest: &[&str]) -> Outcome {
-    let target = project_target(call);
-    if !call.app.settings.secret_stores {
-        return single_store(call, rest, &target);
-    }
-    let store = &call.app.store;
-    let get = |call: &Call<'_>| -> Result<(), ApiError> {
+    let app = call.app;
+    let caller = call.identity();
+    // With multiple stores not enabled Barbican answers 404 whatever the method, except on
+    // the list; the services give that 404, after the policy check where Barbican makes one.
+    let enabled = app.settings.secret_stores;
+    let get = || {
         if *call.method != Method::GET { Err(ApiError::method_not_allowed("GET")) } else { Ok(()) }
     };
+    let show = |s: &SecretStore| super::json(StatusCode::OK, representation(call, s));
     match rest {
         [] => {
-            get(call)?;
-            call.authorize("secretstores:get", &target, "List available secret stores")?;
-            let stores: Vec<Value> = STORES.iter().map(|s| representation(call, s)).collect();
+            const OP: &str = "List available secret stores";
+            get()?;
+            let stores = app.secret_stores(caller).map_err(|e| ApiError::service(OP, e))?;
+            let stores: Vec<Value> = stores.iter().map(|s| representation(call, s)).collect();
             super::json(StatusCode::OK, json!({"secret_stores": stores}))
         }
         ["global-default"] => {
-            get(call)?;
-            call.authorize(
-                "secretstores:get_global_default",
-                &target,
-                "Retrieve global default secret store",
-            )?;
-            let default = STORES.iter().find(|s| s.global_default).unwrap_or(&STORES[0]);
-            super::json(StatusCode::OK, representation(call, default))
+            const OP: &str = "Retrieve global default secret store";
+            if enabled {
+                get()?;
+            }
+            show(app.global_default_store(caller).map_err(|e| ApiError::service(OP, e))?)
         }
         ["preferred"] => {
             const OP: &str = "Retrieve project preferred store";
-            get(call)?;
-            call.authorize("secretstores:get_preferred", &target, OP)?;
-            let preferred = store
-                .preferred_store(&call.identity().project_id)
-                .await
-                .map_err(|e| store_error(OP, &e))?;
-            let found = preferred.and_then(|id| STORES.iter().find(|s| s.id == id));
-            match found {
-                Some(s) => super::json(StatusCode::OK, representation(call, s)),
-                None => Err(ApiError::not_found(
-                    "Not Found. No preferred secret store defined for this project.",
-                )),
+            if enabled {
+                get()?;
             }
+            show(app.preferred_store(caller).await.map_err(|e| ApiError::service(OP, e))?)
         }
         [id] => {
-            get(call)?;
-            call.authorize("secretstore:get", &target, "Secret store retrieval")?;
-            match STORES.iter().find(|s| s.id == *id) {
-                Some(s) => super::json(StatusCode::OK, representation(call, s)),
-                None => Err(ApiError::not_found("Not Found. Secret store not found.")),
+            const OP: &str = "Secret store retrieval";
+            if enabled {
+                get()?;
             }
+            show(app.secret_store(caller, id).map_err(|e| ApiError::service(OP, e))?)
         }
         [id, "preferred"] => match *call.method {
             Method::POST => {
                 const OP: &str = "Setting preferred secret store";
-                call.authorize("secretstore_preferred:post", &target, OP)?;
-                let Some(s) = STORES.iter().find(|s| s.id == *id) else {
-                    return Err(ApiError::not_found("Not Found. Secret store not found."));
-                };
-                store
-                    .set_preferred_store(&call.identity().project_id, s.id)
-                    .await
-                    .map_err(|e| store_error(OP, &e))?;
+                app.set_preferred_store(caller, id).await.map_err(|e| ApiError::service(OP, e))?;
                 Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
             }
             Method::DELETE => {
                 const OP: &str = "Removing preferred secret store";
-                call.authorize("secretstore_preferred:delete", &target, OP)?;
-                if !store
-                    .delete_preferred_store(&call.identity().project_id)
-                    .await
-                    .map_err(|e| store_error(OP, &e))?
-                {
-                    return Err(ApiError::not_found(
-                        "Not Found. No preferred secret store defined for this project.",
-                    ));
-                }
+                app.remove_preferred_store(caller).await.map_err(|e| ApiError::service(OP, e))?;
                 Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
             }
+            _ if !enabled => Err(ApiError::not_found(NOT_ENABLED)),
             _ => Err(ApiError::method_not_allowed("POST, DELETE")),
         },
+        _ if !enabled => Err(ApiError::not_found(NOT_ENABLED)),
         _ => Err(ApiError::method_not_allowed("GET")),
     }
 }

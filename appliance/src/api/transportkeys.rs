@@ -6,22 +6,27 @@ use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use super::secrets::paging;
-use super::{ApiError, Call, Outcome, is_uuid4, project_target};
+use super::{ApiError, Call, Outcome, is_uuid4};
+use crate::service::error::ServiceError;
 
 /// `/v1/transport_keys[/{id}]`.
 pub(crate) async fn route(call: &Call<'_>, id: Option<&str>) -> Outcome {
-    let target = project_target(call);
+    let app = call.app;
+    let caller = call.identity();
     match (id, call.method.clone()) {
         (None, Method::GET) => {
-            call.authorize("transport_keys:get", &target, "Transport Key(s) retrieval")?;
+            const OP: &str = "Transport Key(s) retrieval";
+            app.list_transport_keys(caller).map_err(|e| ApiError::service(OP, e))?;
             let _ = paging(call);
             super::json(StatusCode::OK, json!({"transport_keys": [], "total": 0}))
         }
         (None, Method::POST) => {
-            call.authorize("transport_keys:post", &target, "Transport Key Creation")?;
-            Err(ApiError::bad_request(
-                "Transport Key Creation issue seen - no backend provides transport keys.",
-            ))
+            const OP: &str = "Transport Key Creation";
+            let Err(e) = app.create_transport_key(caller);
+            Err(match e {
+                ServiceError::Invalid(why) => ApiError::issue(StatusCode::BAD_REQUEST, OP, &why),
+                e => ApiError::service(OP, e),
+            })
         }
         (None, _) => Err(ApiError::method_not_allowed("GET, POST")),
         (Some(id), method) => {
@@ -32,12 +37,14 @@ pub(crate) async fn route(call: &Call<'_>, id: Option<&str>) -> Outcome {
             }
             match method {
                 Method::GET => {
-                    call.authorize("transport_key:get", &target, "Transport Key retrieval")?;
-                    Err(ApiError::not_found("Not Found. Transport Key not found."))
+                    const OP: &str = "Transport Key retrieval";
+                    let Err(e) = app.transport_key(caller, id);
+                    Err(ApiError::service(OP, e))
                 }
                 Method::DELETE => {
-                    call.authorize("transport_key:delete", &target, "Transport Key deletion")?;
-                    Err(ApiError::not_found("Not Found. Transport Key not found."))
+                    const OP: &str = "Transport Key deletion";
+                    let Err(e) = app.delete_transport_key(caller, id);
+                    Err(ApiError::service(OP, e))
                 }
                 _ => Err(ApiError::method_not_allowed("GET, DELETE")),
             }

@@ -1,4 +1,5 @@
-//! The order worker: turns PENDING orders into secrets (and containers) generated in the HSM.
+//! Orders: accepting them, and the worker that turns PENDING orders into secrets (and
+//! containers) generated in the HSM.
 //!
 //! Orders are a job queue in the database. The appliance that accepts an order leases it and
 //! processes it at once; every appliance also polls for orders whose lease expired (their
@@ -12,14 +13,17 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use hsm_proxy_proto::op::{GenerateKeyPairSealed, GenerateSymmetric, KeyPairSpec};
-use serde_json::Value;
+use policy::Target;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::App;
+use super::error::{Result, ServiceError};
 use super::secrets::{normalize_content_type, pem};
+use super::{App, project_target};
 use crate::hsm::{HsmError, payload_aad};
+use crate::identity::Identity;
 use crate::timefmt::now_micros;
-use appliance_store::{ContainerRow, ContainerSecret, OrderRow, SecretRow};
+use appliance_store::{ContainerRow, ContainerSecret, Counted, OrderRow, OrderStatus, SecretRow};
 
 /// Delay before retrying an order whose HSM step failed transiently.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -33,11 +37,11 @@ const SYMMETRIC: &[&str] =
 #[derive(Debug)]
 pub(crate) struct OrderQueue {
     /// Identifies this appliance's leases.
-    pub(crate) owner: String,
+    owner: String,
     lease: Duration,
     poll: Duration,
-    /// How long `POST /v1/orders` waits for its order before answering 202.
-    pub(crate) inline_wait: Duration,
+    /// How long accepting an order waits for it to be processed.
+    inline_wait: Duration,
     submit: mpsc::UnboundedSender<(String, tokio::sync::oneshot::Sender<()>)>,
     slots: Arc<tokio::sync::Semaphore>,
 }
@@ -55,12 +59,12 @@ impl OrderQueue {
         (OrderQueue { owner, lease, poll, inline_wait, submit, slots }, rx)
     }
 
-    pub(crate) fn lease_micros(&self) -> i64 {
+    fn lease_micros(&self) -> i64 {
         i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX)
     }
 
     /// Hands a freshly leased order to the worker; the receiver fires once it is processed.
-    pub(crate) fn submit(&self, id: String) -> tokio::sync::oneshot::Receiver<()> {
+    fn submit(&self, id: String) -> tokio::sync::oneshot::Receiver<()> {
         let (done, rx) = tokio::sync::oneshot::channel();
         let _ = self.submit.send((id, done));
         rx
@@ -69,6 +73,91 @@ impl OrderQueue {
 
 /// Orders handed to the worker, each with the signal that it was processed.
 pub(crate) type Submitted = mpsc::UnboundedReceiver<(String, tokio::sync::oneshot::Sender<()>)>;
+
+impl App {
+    /// Refuses the caller order creation unless the policy allows it.
+    pub(crate) fn authorize_order_create(&self, caller: &Identity) -> Result<()> {
+        self.authorize("orders:post", &project_target(caller), caller)
+    }
+
+    /// Queues an order of `kind` (`key` or `asymmetric`) with its checked `meta` in the
+    /// caller's project, within its quota, once `authorize_order_create` allowed it. The
+    /// order is leased to this appliance and processed at once; the answer waits for it a
+    /// little: Castellan reads the order right after it is accepted and sleeps a whole second
+    /// more if that first read is PENDING, as Barbican's synchronous orders never are.
+    pub(crate) async fn create_order(
+        &self,
+        caller: &Identity,
+        kind: String,
+        meta: Map<String, Value>,
+    ) -> Result<OrderRow> {
+        self.check_quota(&caller.project_id, Counted::Orders).await?;
+        let now = now_micros();
+        let order = OrderRow {
+            id: appliance_store::new_id(),
+            project_id: caller.project_id.clone(),
+            kind,
+            meta: Value::Object(meta).to_string(),
+            status: OrderStatus::Pending.as_str().into(),
+            secret_id: None,
+            container_id: None,
+            error_status_code: None,
+            error_reason: None,
+            creator_id: caller.user_id.clone(),
+            created: now,
+            updated: now,
+        };
+        let queue = &self.orders;
+        self.store.insert_order(&order, &queue.owner, now + queue.lease_micros()).await?;
+        // Should this appliance die, another takes the order over when the lease expires.
+        let done = queue.submit(order.id.clone());
+        let _ = tokio::time::timeout(queue.inline_wait, done).await;
+        Ok(order)
+    }
+
+    /// A page of the caller's project's orders, those whose meta contains `meta` when given,
+    /// and their total.
+    pub(crate) async fn list_orders(
+        &self,
+        caller: &Identity,
+        meta: Option<&str>,
+        (offset, limit): (i64, i64),
+    ) -> Result<(Vec<OrderRow>, i64)> {
+        self.authorize("orders:get", &project_target(caller), caller)?;
+        Ok(self.store.list_orders(&caller.project_id, meta, offset, limit).await?)
+    }
+
+    /// Refuses the caller order updates unless the policy allows them (Barbican then says it
+    /// has none).
+    pub(crate) fn authorize_order_update(&self, caller: &Identity) -> Result<()> {
+        self.authorize("orders:put", &project_target(caller), caller)
+    }
+
+    /// The order `id` of the caller's project; other projects' orders are not found.
+    pub(crate) async fn order(&self, caller: &Identity, id: &str) -> Result<OrderRow> {
+        self.store
+            .order(id)
+            .await?
+            .filter(|o| o.project_id == caller.project_id)
+            .ok_or(ServiceError::NotFound("Order not found."))
+    }
+
+    /// Refuses the caller a look at `order` unless the policy allows it.
+    pub(crate) fn authorize_order_read(&self, order: &OrderRow, caller: &Identity) -> Result<()> {
+        self.authorize("order:get", &order_target(order), caller)
+    }
+
+    /// Deletes `order`; the secret or container it made stays.
+    pub(crate) async fn delete_order(&self, order: &OrderRow, caller: &Identity) -> Result<()> {
+        self.authorize("order:delete", &order_target(order), caller)?;
+        Ok(self.store.delete_order(&order.id).await?)
+    }
+}
+
+/// The `Target` of rules about an order.
+fn order_target(order: &OrderRow) -> Target {
+    Target::new().set("target.order.project_id", order.project_id.clone())
+}
 
 /// Processes submitted orders at once and polls for abandoned ones, until the app is dropped.
 pub(crate) async fn run(app: Weak<App>, mut submitted: Submitted) {
