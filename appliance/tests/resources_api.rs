@@ -187,11 +187,15 @@ async fn orders(env: &Env) {
         (o["status"].as_str(), o["error_status_code"].as_str()),
         (Some("ERROR"), Some("400"))
     );
-    let r = post_json(&env.app, "/v1/orders", MEMBER, json!({"type": "asymmetric", "meta": {"algorithm": "rsa", "bit_length": 2048, "passphrase": "p"}})).await;
+    let r = post_json(&env.app, "/v1/orders", MEMBER, json!({"type": "asymmetric", "meta": {"algorithm": "rsa", "bit_length": 2048, "passphrase": 7}})).await;
     let o = settle(env, r.json()["order_ref"].as_str().unwrap(), MEMBER).await;
     assert_eq!(
-        o["error_reason"],
-        "Process TypeOrder issue seen - Passphrase-protected private keys are not supported by this key manager.."
+        (o["status"].as_str(), o["error_status_code"].as_str(), o["error_reason"].as_str()),
+        (
+            Some("ERROR"),
+            Some("400"),
+            Some("Process TypeOrder issue seen - The passphrase must be a string.")
+        )
     );
 
     // Validation before the 202.
@@ -942,5 +946,101 @@ async fn secret_store_routes_answer_404_with_multiple_stores_disabled() {
     let payload =
         send(&env, Method::GET, &format!("/v1/secrets/{id}/payload"), MEMBER, Value::Null).await;
     assert_eq!(payload.body, b"s");
+    env.finish().await;
+}
+
+/// The named secrets of the container an asymmetric order made, by name: (id, payload).
+async fn ordered_pair(env: &Env, meta: Value) -> Vec<(String, String, Vec<u8>)> {
+    let r = post_json(&env.app, "/v1/orders", MEMBER, json!({"type": "asymmetric", "meta": meta}))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&r.body));
+    let o = settle(env, r.json()["order_ref"].as_str().unwrap(), MEMBER).await;
+    assert_eq!(o["status"], "ACTIVE", "{o}");
+    let container = format!("/v1/containers/{}", id_of(&o["container_ref"]));
+    let c = send(env, Method::GET, &container, MEMBER, Value::Null).await.json();
+    let mut secrets = Vec::new();
+    for r in c["secret_refs"].as_array().unwrap() {
+        let id = id_of(&r["secret_ref"]);
+        let payload = format!("/v1/secrets/{id}/payload");
+        let body = call(&env.app, Method::GET, &payload, Some(MEMBER), &[], b"").await.body;
+        secrets.push((r["name"].as_str().unwrap().to_owned(), id, body));
+    }
+    secrets
+}
+
+/// An asymmetric order with a passphrase, as in Barbican: the private key is PEM `ENCRYPTED
+/// PRIVATE KEY` (PKCS#8, PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC) that opens with that
+/// passphrase only and matches the public key, and the container holds the passphrase too, as
+/// `private_key_passphrase`. An empty passphrase protects nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asymmetric_order_with_passphrase_encrypts_the_private_key() {
+    use pkcs8::der::pem::PemLabel;
+    use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
+    use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use rsa::traits::PublicKeyParts;
+
+    /// The private key in `pem` opened with `passphrase`, as DER PKCS#8.
+    fn open(pem: &[u8], passphrase: &str) -> Option<Vec<u8>> {
+        let (label, doc) =
+            pkcs8::der::Document::from_pem(std::str::from_utf8(pem).unwrap()).ok()?;
+        assert_eq!(label, EncryptedPrivateKeyInfo::PEM_LABEL);
+        let info = EncryptedPrivateKeyInfo::try_from(doc.as_bytes()).unwrap();
+        let pbes2 = info.encryption_algorithm.pbes2().unwrap();
+        assert_eq!(pbes2.encryption.oid(), pkcs8::pkcs5::pbes2::AES_256_CBC_OID);
+        let pbkdf2 = pbes2.kdf.pbkdf2().unwrap();
+        assert_eq!(pbkdf2.prf, pkcs8::pkcs5::pbes2::Pbkdf2Prf::HmacWithSha256);
+        assert!(pbkdf2.iteration_count >= 600_000, "{}", pbkdf2.iteration_count);
+        let der = info.decrypt(passphrase).ok()?;
+        PrivateKeyInfo::try_from(der.as_bytes()).ok()?;
+        Some(der.as_bytes().to_vec())
+    }
+
+    let env = Env::sqlite().await;
+    let phrase = "correct horse battery staple";
+    let secrets = ordered_pair(
+        &env,
+        json!({"name": "pair", "algorithm": "rsa", "bit_length": 2048, "passphrase": phrase}),
+    )
+    .await;
+    let names: Vec<&str> = secrets.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 3);
+    for name in ["private_key", "public_key", "private_key_passphrase"] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+    let get = |name: &str| secrets.iter().find(|(n, _, _)| n == name).unwrap();
+    let (_, private_id, private_pem) = get("private_key");
+    assert!(private_pem.starts_with(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"));
+    let der = open(private_pem, phrase).expect("the passphrase opens the private key");
+    assert!(open(private_pem, "correct horse battery stapler").is_none());
+    assert!(open(private_pem, "").is_none());
+    let private = rsa::RsaPrivateKey::from_pkcs8_der(&der).unwrap();
+    assert_eq!(private.size() * 8, 2048);
+    let public_pem = std::str::from_utf8(&get("public_key").2).unwrap().to_owned();
+    let public = rsa::RsaPublicKey::from_public_key_pem(&public_pem).unwrap();
+    assert_eq!(private.to_public_key(), public);
+    let (_, phrase_id, stored_phrase) = get("private_key_passphrase");
+    assert_eq!(stored_phrase, phrase.as_bytes());
+    for (id, kind) in [(private_id, "private"), (phrase_id, "passphrase")] {
+        let s = send(&env, Method::GET, &format!("/v1/secrets/{id}"), MEMBER, Value::Null).await;
+        assert_eq!(s.json()["secret_type"], kind);
+        assert_eq!(s.json()["name"], "pair");
+    }
+
+    // EC keys are protected the same way.
+    let secrets =
+        ordered_pair(&env, json!({"algorithm": "ec", "bit_length": 256, "passphrase": phrase}))
+            .await;
+    let private_pem = &secrets.iter().find(|(n, _, _)| n == "private_key").unwrap().2;
+    let der = open(private_pem, phrase).expect("the passphrase opens the EC private key");
+    let info = PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+    assert_eq!(info.algorithm.oid, pkcs8::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1"));
+    assert!(open(private_pem, "another").is_none());
+
+    // An empty passphrase: a plain private key and no passphrase in the container.
+    let secrets =
+        ordered_pair(&env, json!({"algorithm": "rsa", "bit_length": 2048, "passphrase": ""})).await;
+    assert_eq!(secrets.len(), 2);
+    let private_pem = &secrets.iter().find(|(n, _, _)| n == "private_key").unwrap().2;
+    assert!(private_pem.starts_with(b"-----BEGIN PRIVATE KEY-----\n"));
     env.finish().await;
 }

@@ -190,12 +190,6 @@ enable_multiple_secret_stores = false
 HOST_HREF_SET = {"srbac": False, "legacy": True}
 MULTIPLE_BACKENDS = {"srbac": True, "legacy": False}
 
-# Barbican's own switch for its functional tests against a PKCS#11 backend (run_tests.sh
-# pkcs11): the appliance's keys live in a PKCS#11 token too. It skips the three tests that order
-# an asymmetric key pair (the appliance passes two of them: it generates pairs in the HSM, but
-# not passphrase-protected ones).
-TEST_ENV = {"PKCS11_PLUGIN_ENABLED": "1"}
-
 FUNCTIONAL_CONF = """[identity]
 uri = http://keystone.invalid/v3
 [keymanager]
@@ -217,8 +211,6 @@ def run_pytest(python, sdist, mode, url, workdir, workers, tag, appliance, multi
             url=url, host_href_set=appliance and HOST_HREF_SET[mode],
             multiple_backends=MULTIPLE_BACKENDS[mode] if appliance else multiple))
     env = dict(os.environ)
-    if appliance:
-        env.update(TEST_ENV)
     env["PYTHONPATH"] = os.pathsep.join([HERE, sdist])
     env["BARBICAN_FUNCTIONAL_MODE"] = mode
     env.pop("PYTEST_ADDOPTS", None)

@@ -12,10 +12,14 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use hsm_proxy_proto::op::{GenerateKeyPairSealed, GenerateSymmetric, KeyPairSpec};
+use hsm_proxy_proto::op::{GenerateKeyPairSealed, GenerateSymmetric, KeyPairSpec, Sealed};
+use pkcs8::der::pem::{LineEnding, PemLabel};
+use pkcs8::pkcs5::pbes2;
+use pkcs8::{EncryptedPrivateKeyInfo, PrivateKeyInfo};
 use policy::Target;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+use zeroize::Zeroizing;
 
 use super::error::{Result, ServiceError};
 use super::secrets::{normalize_content_type, pem};
@@ -32,6 +36,9 @@ const MAX_IN_FLIGHT: usize = 16;
 /// Symmetric algorithms key orders accept (any multiple of 8 bits, as Barbican's PKCS#11 backend).
 const SYMMETRIC: &[&str] =
     &["aes", "des", "3des", "hmacsha1", "hmacsha256", "hmacsha384", "hmacsha512"];
+/// PBKDF2 iterations for passphrase-protected private keys: OWASP's figure for
+/// PBKDF2-HMAC-SHA256 (Barbican's keys have OpenSSL's 2048). The count travels in the key.
+const PBKDF2_ITERATIONS: u32 = 600_000;
 
 /// This appliance's handle on the queue.
 #[derive(Debug)]
@@ -222,18 +229,21 @@ fn issue(reason: &str) -> Failure {
     Failure::Permanent("400", format!("Process TypeOrder issue seen - {reason}."))
 }
 
+/// A fault of this appliance or its HSM: logged, and the order fails as Barbican's do.
+fn failure(what: &str, error: &dyn std::fmt::Display) -> Failure {
+    tracing::error!(error = %error, "order failed: {what}");
+    Failure::Permanent(
+        "500",
+        "Process TypeOrder failure seen - please contact site administrator.".into(),
+    )
+}
+
 impl From<HsmError> for Failure {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::Unavailable(m) => Failure::Transient(m),
             HsmError::Store(s) if s.is_unavailable() => Failure::Transient(s.to_string()),
-            other => {
-                tracing::error!(error = %other, "order failed");
-                Failure::Permanent(
-                    "500",
-                    "Process TypeOrder failure seen - please contact site administrator.".into(),
-                )
-            }
+            other => failure("an HSM step", &other),
         }
     }
 }
@@ -355,33 +365,62 @@ async fn asymmetric_order(
         ("ec", 384) => KeyPairSpec::EcP384,
         _ => return Err(issue("Secret generate supported plugin not found.")),
     };
-    if meta.get("passphrase").is_some_and(|p| !p.is_null()) {
-        return Err(issue(
-            "Passphrase-protected private keys are not supported by this key manager.",
-        ));
-    }
+    // As in Barbican, an empty passphrase protects nothing and adds no passphrase secret.
+    let passphrase = match meta.get("passphrase") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(p)) if p.is_empty() => None,
+        Some(Value::String(p)) => Some(Zeroizing::new(p.clone())),
+        Some(_) => return Err(issue("The passphrase must be a string")),
+    };
     let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;
+    let stored = |format: Option<&str>, sealed: Sealed| {
+        crate::hsm::stored(content_type(&meta), format.map(Into::into), kek_id.clone(), sealed)
+    };
     let mut private = base_secret(order, &meta, "private");
     let mut public = base_secret(order, &meta, "public");
+    let private_aad = payload_aad(&order.project_id, &private.id);
     let pair = app
         .hsm
-        .call(GenerateKeyPairSealed {
-            kek: kek.clone(),
-            spec,
-            aad: payload_aad(&order.project_id, &private.id),
-        })
+        .call(GenerateKeyPairSealed { kek: kek.clone(), spec, aad: private_aad.clone() })
         .await?;
-    private.payload = Some(crate::hsm::stored(
-        content_type(&meta),
-        Some("pem:PRIVATE KEY".into()),
-        kek_id.clone(),
-        pair.private_key_pkcs8,
-    ));
+    let mut passphrase_secret = None;
+    private.payload = Some(match passphrase {
+        None => stored(Some("pem:PRIVATE KEY"), pair.private_key_pkcs8),
+        Some(passphrase) => {
+            // The HSM has no passphrase encryption of PKCS#8: the key is opened here once, as
+            // every fetch of it opens it, encrypted under the passphrase and sealed again.
+            let pkcs8 = app.hsm.open(&kek, pair.private_key_pkcs8, private_aad.clone()).await?;
+            let mut secret = base_secret(order, &meta, "passphrase");
+            let phrase_aad = payload_aad(&order.project_id, &secret.id);
+            secret.payload =
+                Some(stored(None, app.hsm.seal(&kek, passphrase.as_bytes(), phrase_aad).await?));
+            passphrase_secret = Some(secret);
+            // Key derivation is deliberately slow: off the async workers.
+            let pem = tokio::task::spawn_blocking(move || {
+                encrypted_pem(&pkcs8.into_zeroizing(), passphrase.as_bytes())
+            })
+            .await
+            .map_err(|e| failure("the key encryption task failed", &e))??;
+            stored(None, app.hsm.seal(&kek, pem.as_bytes(), private_aad).await?)
+        }
+    });
     let public_pem = pem("PUBLIC KEY", &pair.public_key_der);
     let sealed =
         app.hsm.seal(&kek, &public_pem, payload_aad(&order.project_id, &public.id)).await?;
-    public.payload = Some(crate::hsm::stored(content_type(&meta), None, kek_id, sealed));
+    public.payload = Some(stored(None, sealed));
     let now = now_micros();
+    let mut secrets = vec![
+        ContainerSecret { name: Some("private_key".into()), secret_id: private.id.clone() },
+        ContainerSecret { name: Some("public_key".into()), secret_id: public.id.clone() },
+    ];
+    let mut rows = vec![private, public];
+    if let Some(secret) = passphrase_secret {
+        secrets.push(ContainerSecret {
+            name: Some("private_key_passphrase".into()),
+            secret_id: secret.id.clone(),
+        });
+        rows.push(secret);
+    }
     let container = ContainerRow {
         id: appliance_store::new_id(),
         project_id: order.project_id.clone(),
@@ -390,10 +429,23 @@ async fn asymmetric_order(
         creator_id: order.creator_id.clone(),
         created: now,
         updated: now,
-        secrets: vec![
-            ContainerSecret { name: Some("private_key".into()), secret_id: private.id.clone() },
-            ContainerSecret { name: Some("public_key".into()), secret_id: public.id.clone() },
-        ],
+        secrets,
     };
-    Ok((vec![private, public], container))
+    Ok((rows, container))
+}
+
+/// DER PKCS#8 `pkcs8` as PEM `ENCRYPTED PRIVATE KEY` under `passphrase`: PBES2 with
+/// PBKDF2-HMAC-SHA256 and AES-256-CBC, the scheme of Barbican's passphrase-protected keys.
+fn encrypted_pem(pkcs8: &[u8], passphrase: &[u8]) -> Result<Zeroizing<String>, Failure> {
+    let key = PrivateKeyInfo::try_from(pkcs8)
+        .map_err(|e| failure("the HSM returned a malformed private key", &e))?;
+    let (mut salt, mut iv) = ([0u8; 16], [0u8; 16]);
+    getrandom::fill(&mut salt)
+        .and_then(|()| getrandom::fill(&mut iv))
+        .map_err(|e| failure("no randomness for the key encryption", &e))?;
+    let cannot = |e: &dyn std::fmt::Display| failure("cannot encrypt the private key", e);
+    let params = pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt, &iv)
+        .map_err(|e| cannot(&e))?;
+    let encrypted = key.encrypt_with_params(params, passphrase).map_err(|e| cannot(&e))?;
+    encrypted.to_pem(EncryptedPrivateKeyInfo::PEM_LABEL, LineEnding::LF).map_err(|e| cannot(&e))
 }
