@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging};
 use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json};
-use crate::service::containers::{NewContainer, UnknownSecret, container_entity};
+use crate::service::containers::{Change, NewContainer, UnknownSecret, container_entity};
 use crate::service::error::ServiceError;
 use crate::timefmt::format_micros;
 use appliance_store::{ContainerRow, ContainerSecret};
@@ -328,7 +328,7 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow) -> Outcome {
         Method::POST => {
             const OP: &str = "ContainerConsumer creation";
             let refused = |e| ApiError::service(OP, e);
-            app.authorize_container_consumer_add(c, caller).await.map_err(refused)?;
+            app.authorize_container_consumers(c, caller, Change::Add).await.map_err(refused)?;
             let (name, url) = parse(call, OP)?;
             app.add_container_consumer(c, caller, &name, &url).await.map_err(refused)?;
             let location = format!("{}/v1/consumers/{}/consumers", call.base(), c.id);
@@ -339,7 +339,7 @@ async fn consumers(call: &Call<'_>, c: &ContainerRow) -> Outcome {
         }
         Method::DELETE => {
             const OP: &str = "ContainerConsumer deletion";
-            app.authorize_container_consumer_remove(c, caller)
+            app.authorize_container_consumers(c, caller, Change::Remove)
                 .await
                 .map_err(|e| ApiError::service(OP, e))?;
             let (name, url) = parse(call, OP)?;

@@ -27,6 +27,15 @@ pub(crate) struct UnknownSecret {
     pub(crate) name: Option<String>,
 }
 
+/// A change to a container's consumers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Registering one.
+    Add,
+    /// Removing one.
+    Remove,
+}
+
 /// Container `c` as policy rules about it see it.
 pub(crate) fn container_entity(c: &ContainerRow) -> Entity<'_> {
     Entity {
@@ -213,17 +222,23 @@ impl App {
         Ok(self.store.container_consumers(&c.id, offset, limit).await?)
     }
 
-    /// Refuses the caller registering a consumer on `c` unless the policy allows it.
-    pub(crate) async fn authorize_container_consumer_add(
+    /// Refuses the caller registering (`Change::Add`) or removing (`Change::Remove`) a
+    /// consumer of `c` unless the policy allows it.
+    pub(crate) async fn authorize_container_consumers(
         &self,
         c: &ContainerRow,
         caller: &Identity,
+        change: Change,
     ) -> Result<()> {
-        self.authorize_on_container("container_consumers:post", c, caller).await
+        let action = match change {
+            Change::Add => "container_consumers:post",
+            Change::Remove => "container_consumers:delete",
+        };
+        self.authorize_on_container(action, c, caller).await
     }
 
     /// Registers the caller's project as consumer `name` at `url` of `c`, once
-    /// `authorize_container_consumer_add` allowed it. A new registration counts against the
+    /// `authorize_container_consumers` allowed it. A new registration counts against the
     /// project's quota; registering again only refreshes it.
     pub(crate) async fn add_container_consumer(
         &self,
@@ -238,18 +253,9 @@ impl App {
         Ok(self.store.add_container_consumer(&c.id, &caller.project_id, name, url).await?)
     }
 
-    /// Refuses the caller removing a consumer from `c` unless the policy allows it.
-    pub(crate) async fn authorize_container_consumer_remove(
-        &self,
-        c: &ContainerRow,
-        caller: &Identity,
-    ) -> Result<()> {
-        self.authorize_on_container("container_consumers:delete", c, caller).await
-    }
-
-    /// Removes consumer `name` at `url` from `c`, once `authorize_container_consumer_remove`
-    /// allowed it. Only the project that registered it or the container's own may:
-    /// `Forbidden` here means the caller's project is neither.
+    /// Removes consumer `name` at `url` from `c`, once `authorize_container_consumers` allowed
+    /// it. Only the project that registered it or the container's own may: `Forbidden` here
+    /// means the caller's project is neither.
     pub(crate) async fn remove_container_consumer(
         &self,
         c: &ContainerRow,
