@@ -1,10 +1,17 @@
 """Runs Barbican 23.0.0's own functional tests (functionaltests/api/v1) against the appliance.
 
-Started by `tests/barbican-functional/run`, which prepares the venv and the sdist. One
-`appliance dev` stack serves the secure-RBAC defaults; a second appliance (`appliance serve`)
-on the same HSM proxy, with its own database, serves the legacy roles
-(`enforce_new_defaults = false`). Each policy mode's results are compared with its list of
-expected failures: a test that fails without being listed fails the run.
+Started by `tests/barbican-functional/run`, which prepares the venv and the sdist. Three
+modes, each on an appliance of its own with its own database, all on one `appliance dev`
+stack's HSM proxy:
+- `srbac`: the secure-RBAC defaults and one secret store, Barbican's default configuration
+  (an `appliance serve` beside the stack);
+- `legacy`: the legacy roles (`enforce_new_defaults = false`), one store, `host_href` set
+  (another `appliance serve`);
+- `stores`: the legacy roles with the secret-store API served
+  (`enable_multiple_secret_stores = true`; a third `appliance serve`), running only the tests
+  of multiple stores, which the other two modes skip as Barbican's default configuration does.
+Each mode's results are compared with its list of expected failures: a test that fails
+without being listed fails the run.
 """
 
 import argparse
@@ -19,7 +26,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODES = ("srbac", "legacy")
+MODES = ("srbac", "legacy", "stores")
 
 # The tests that expect Keystone's 401 for a request without a token: a no-auth API has no
 # tokens to check.
@@ -27,7 +34,10 @@ DESELECT = "not unauthed and not no_token"
 
 # Tests that pass in each mode at least: fewer (more skipped, or fewer collected) fails the run
 # as a new failure does. Raise them when fixes make more tests pass.
-MIN_PASSED = {"srbac": 496, "legacy": 509}
+MIN_PASSED = {"srbac": 486, "legacy": 512, "stores": 29}
+
+# The tests of multiple secret stores: the only ones the `stores` mode runs.
+STORES_TESTS = "SecretsMultipleBackendTestCase or SecretStoresTestCase"
 
 # Classes that count everything in a project or change its quotas, which other tests running
 # at the same time would disturb (Barbican's run_tests_parallel.sh runs them alone too).
@@ -67,7 +77,7 @@ def free_port():
 
 
 class Stack:
-    """The dev stack, and the legacy-mode appliance beside it; stopped by process id."""
+    """The dev stack, and the appliances beside it on its proxy; stopped by process id."""
 
     def __init__(self, appliance, workdir):
         self.appliance = appliance
@@ -102,30 +112,31 @@ class Stack:
                 return None
 
         dev = wait_for("dev.json", read_dev_json, 120)
-        self.urls["srbac"] = dev["api_url"]
         wait_for("the dev stack's API", lambda: answers(dev["api_url"] + "/"), 60)
-        if "legacy" in modes:
-            self.urls["legacy"] = self.start_legacy(dev, data)
+        for mode in modes:
+            self.urls[mode] = self.start_serve(mode, dev, data)
 
-    def start_legacy(self, dev, data):
-        """The legacy-mode appliance, with `host_href` set: its hrefs never follow a client's
-        Host header, which the tests check when told `server_host_href_set = True`. Multiple
-        secret stores are disabled, Barbican's default: every secret-store route answers 404.
+    def start_serve(self, mode, dev, data):
+        """The appliance of `mode` on the dev stack's proxy (see `NEW_DEFAULTS`,
+        `MULTIPLE_BACKENDS`, `HOST_HREF_SET`). With multiple secret stores disabled, Barbican's
+        default, every secret-store route answers 404. With `host_href` set, hrefs never follow
+        a client's Host header, which the tests check when told `server_host_href_set = True`.
         Its port must be known before it starts, so a free one is picked (again if taken
         meanwhile)."""
         for _ in range(3):
-            url = self.try_legacy(dev, data, free_port())
+            url = self.try_serve(mode, dev, data, free_port())
             if url:
                 return url
-        raise SystemExit("barbican-functional: no free port for the legacy-mode appliance")
+        raise SystemExit("barbican-functional: no free port for the %s-mode appliance" % mode)
 
-    def try_legacy(self, dev, data, port):
-        config = os.path.join(self.workdir, "legacy.toml")
+    def try_serve(self, mode, dev, data, port):
+        config = os.path.join(self.workdir, "%s.toml" % mode)
         pki = dev["pki"]
+        host_href = 'host_href = "http://127.0.0.1:%d"' % port if HOST_HREF_SET[mode] else ""
         with open(config, "w") as f:
             f.write("""[server]
 listen = "127.0.0.1:{port}"
-host_href = "http://127.0.0.1:{port}"
+{host_href}
 
 [database]
 url = "sqlite://{db}"
@@ -142,13 +153,15 @@ source = "noauth"
 allow_noauth = true
 
 [policy]
-enforce_new_defaults = false
+enforce_new_defaults = {new_defaults}
 
 [secretstore]
-enable_multiple_secret_stores = false
-""".format(port=port, db=os.path.join(data, "legacy.db"), proxy=dev["proxy"]["address"],
-                ca=pki["ca"], cert=pki["client_cert"], key=pki["client_key"]))
-        log_path = os.path.join(self.workdir, "legacy.log")
+enable_multiple_secret_stores = {multiple}
+""".format(port=port, host_href=host_href, db=os.path.join(data, "%s.db" % mode),
+                proxy=dev["proxy"]["address"], ca=pki["ca"], cert=pki["client_cert"],
+                key=pki["client_key"], new_defaults=toml_bool(NEW_DEFAULTS[mode]),
+                multiple=toml_bool(MULTIPLE_BACKENDS[mode])))
+        log_path = os.path.join(self.workdir, "%s.log" % mode)
         out = open(log_path, "w")
         env = dict(os.environ, NO_COLOR="1")
         proc = subprocess.Popen([self.appliance, "--log-level", "info", "serve",
@@ -162,14 +175,14 @@ enable_multiple_secret_stores = false
             if proc.poll() is not None:
                 if "binding" in text:
                     return "taken"
-                raise SystemExit("barbican-functional: the legacy-mode appliance exited; "
-                                 "see %s" % log_path)
+                raise SystemExit("barbican-functional: the %s-mode appliance exited; "
+                                 "see %s" % (mode, log_path))
             return "listening" if "serving the Barbican v1 API" in text else None
 
-        if wait_for("the legacy-mode appliance", listening, 60) == "taken":
+        if wait_for("the %s-mode appliance" % mode, listening, 60) == "taken":
             return None
         url = "http://127.0.0.1:%d" % port
-        wait_for("the legacy-mode API", lambda: answers(url + "/"), 30)
+        wait_for("the %s-mode API" % mode, lambda: answers(url + "/"), 30)
         return url
 
     def stop(self):
@@ -184,11 +197,17 @@ enable_multiple_secret_stores = false
                 proc.wait()
 
 
-# What each mode's appliance is: the dev stack (secure RBAC) serves the secret-store API with
-# its one store, as Barbican does with `enable_multiple_secret_stores = True`; the legacy-mode
-# appliance has `host_href` set and multiple stores disabled, Barbican's default.
-HOST_HREF_SET = {"srbac": False, "legacy": True}
-MULTIPLE_BACKENDS = {"srbac": True, "legacy": False}
+# What each mode's appliance is: its policy defaults (oslo.policy's `enforce_new_defaults`),
+# whether it serves the secret-store API with its one store (as Barbican does with
+# `enable_multiple_secret_stores = True`; off is Barbican's default), and whether `host_href`
+# is set (the hrefs then never follow the Host header).
+NEW_DEFAULTS = {"srbac": True, "legacy": False, "stores": False}
+MULTIPLE_BACKENDS = {"srbac": False, "legacy": False, "stores": True}
+HOST_HREF_SET = {"srbac": False, "legacy": True, "stores": False}
+
+
+def toml_bool(value):
+    return "true" if value else "false"
 
 FUNCTIONAL_CONF = """[identity]
 uri = http://keystone.invalid/v3
@@ -215,10 +234,11 @@ def run_pytest(python, sdist, mode, url, workdir, workers, tag, appliance, multi
     env["BARBICAN_FUNCTIONAL_MODE"] = mode
     env.pop("PYTEST_ADDOPTS", None)
     serial = " or ".join(SERIAL_CLASSES)
+    selected = "(%s) and (%s)" % (DESELECT, STORES_TESTS) if mode == "stores" else DESELECT
     runs = [
-        ("parallel", "(%s) and not (%s)" % (DESELECT, serial),
+        ("parallel", "(%s) and not (%s)" % (selected, serial),
          ["-n", str(workers)] if workers > 1 else []),
-        ("serial", "(%s) and (%s)" % (DESELECT, serial), []),
+        ("serial", "(%s) and (%s)" % (selected, serial), []),
     ]
     results = {}
     for name, expr, extra in runs:
@@ -305,20 +325,20 @@ def main():
     parser.add_argument("--python", required=True, help="the venv's python")
     parser.add_argument("--sdist", required=True, help="the unpacked barbican-23.0.0")
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--mode", choices=MODES + ("both",), default="both")
+    parser.add_argument("--mode", choices=MODES + ("all",), default="all")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--url", help="test this API (one mode) instead of starting the appliance")
     parser.add_argument("--multiple-backends", action="store_true",
                         help="with --url: the API has multiple secret stores enabled")
     args = parser.parse_args()
-    modes = MODES if args.mode == "both" else (args.mode,)
+    modes = MODES if args.mode == "all" else (args.mode,)
     os.makedirs(args.workdir, exist_ok=True)
     stack = Stack(args.appliance, args.workdir)
     ok = True
     try:
         if args.url:
             if len(modes) != 1:
-                raise SystemExit("barbican-functional: --url needs --mode srbac or legacy")
+                raise SystemExit("barbican-functional: --url needs one --mode")
             stack.urls[modes[0]] = args.url
         else:
             stack.start(modes)
