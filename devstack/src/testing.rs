@@ -1,8 +1,9 @@
 //! What every test suite shares to bring the stack up: the workspace's daemons built once, the
-//! PKCS#11 module under test and a fresh token on it, throw-away PostgreSQL databases, and
-//! daemons that say in a file when they are ready. Behind the `testing` feature; a failure
+//! PKCS#11 module under test and a fresh token on it, throw-away PostgreSQL databases and
+//! clusters, and daemons waited for until ready. Behind the `testing` feature; a failure
 //! panics, as the test failure it is.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -126,6 +127,61 @@ impl TestToken {
     pub async fn stop(&mut self) {
         self.token.stop().await;
     }
+
+    /// The PKCS#11 module that drives the token.
+    pub fn module(&self) -> &Path {
+        &self.token.module
+    }
+
+    /// The simulator's device endpoint (for `fwsim status`, `fwsim tamper`), when it is the HSM.
+    pub fn simulator_endpoint(&self) -> Option<&str> {
+        self.token.device.as_ref().map(|d| d.spec.endpoint.as_str())
+    }
+}
+
+/// A [`TestToken`] for a test that has no async runtime: it brings its own, and stops the
+/// simulator, waiting for it to exit, when dropped. Started again on the same directory, the
+/// simulator has the token it had.
+#[derive(Debug)]
+pub struct BlockingTestToken {
+    token: TestToken,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl BlockingTestToken {
+    /// Prepares the token of `choice` under `dir`.
+    pub fn start(dir: &Path, choice: &HsmChoice) -> BlockingTestToken {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start an async runtime: {e}"));
+        let token = runtime.block_on(TestToken::start(dir, choice));
+        BlockingTestToken { token, runtime }
+    }
+}
+
+impl std::ops::Deref for BlockingTestToken {
+    type Target = TestToken;
+
+    fn deref(&self) -> &TestToken {
+        &self.token
+    }
+}
+
+impl Drop for BlockingTestToken {
+    fn drop(&mut self) {
+        self.runtime.block_on(self.token.stop());
+    }
+}
+
+/// Runs `fwsim` (built by then) with `args`; its standard output.
+pub fn fwsim(args: &[&str]) -> String {
+    let out = Command::new(profile_dir().join(FWSIM.file))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run fwsim: {e}"));
+    assert!(out.status.success(), "fwsim {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Where the tests find PostgreSQL: `APPLIANCE_TEST_POSTGRES_URL`, or the local server.
@@ -202,6 +258,157 @@ pub fn psql(url: &str, statement: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A port on 127.0.0.1 that was free a moment ago, for a daemon that must keep one port
+/// across restarts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+        .port()
+}
+
+/// Whether this process runs as root (owner of its own /proc entry).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A throw-away PostgreSQL cluster of a test's own, on a free port of 127.0.0.1, made with
+/// `initdb` and run with `pg_ctl` (as the `postgres` user when this runs as root), so that a
+/// test may stop and start its server; stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PgCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl PgCluster {
+    /// Makes and starts the cluster; `None` (said loudly) without the PostgreSQL server
+    /// packages, unless `APPLIANCE_REQUIRE_POSTGRES` is set.
+    pub fn start() -> Option<PgCluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let v: u32 = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((v, bin))
+            })
+            .max()
+            .map(|(_, bin)| bin);
+        let Some(bin) = bin else {
+            if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
+                panic!(
+                    "PostgreSQL is required, and a cluster of a test's own needs the server \
+                     package's initdb and pg_ctl (apt-get install postgresql), but no \
+                     /usr/lib/postgresql/*/bin/initdb exists"
+                );
+            }
+            eprintln!(
+                "\n*** SKIPPING PostgreSQL cluster test: no /usr/lib/postgresql/*/bin/initdb ***\n"
+            );
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("test-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let as_postgres = is_root();
+        let cluster = PgCluster { bin, dir, port: free_port(), as_postgres };
+        if as_postgres {
+            let out = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&cluster.dir)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run chown: {e}"));
+            assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "-D", &data],
+        );
+        cluster.start_server();
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn tool(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .tool(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A database's URL.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates the database `name`; its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        psql(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
+        self.url(name)
+    }
+
+    /// `pg_ctl start`, waiting until it accepts connections.
+    pub fn start_server(&self) {
+        let log = self.dir.join("postgres.log").display().to_string();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        self.run(
+            "pg_ctl",
+            &["start", "-w", "-t", "60", "-D", &self.data(), "-l", &log, "-o", &options],
+        );
+    }
+
+    /// `pg_ctl stop -m fast`: every connection is cut.
+    pub fn stop_server(&self) {
+        self.run("pg_ctl", &["stop", "-w", "-m", "fast", "-D", &self.data()]);
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.dir.join("data/postmaster.pid").exists() {
+            let _ = self
+                .tool("pg_ctl")
+                .args(["stop", "-w", "-m", "immediate", "-D", &self.data()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// What dropping a [`Daemon`] does to its process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnDrop {
@@ -237,30 +444,53 @@ impl Daemon {
         on_drop: OnDrop,
     ) -> (Daemon, serde_json::Value) {
         let _ = std::fs::remove_file(ready);
-        let log_file =
-            std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let _ = std::fs::remove_file(log);
+        let mut daemon = Daemon::spawn(name, command, log, on_drop);
+        // A file caught half-written does not parse yet.
+        let info = daemon.wait_until(timeout, || {
+            std::fs::read_to_string(ready)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        });
+        (daemon, info)
+    }
+
+    /// Runs `command` (standard output discarded, standard error appended to `log`, so that
+    /// the log of a restarted daemon keeps its earlier runs), without waiting for anything.
+    pub fn spawn(name: &str, command: &mut Command, log: &Path, on_drop: OnDrop) -> Daemon {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let child = command
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let mut daemon =
-            Daemon { name: name.to_owned(), child: Some(child), log: log.to_owned(), on_drop };
+        Daemon { name: name.to_owned(), child: Some(child), log: log.to_owned(), on_drop }
+    }
+
+    /// Waits up to `timeout` until `ready` gives something, and gives it; the daemon's exit
+    /// first, or the timeout, panics with its log.
+    pub fn wait_until<T>(&mut self, timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            // A file caught half-written does not parse yet.
-            let info = std::fs::read_to_string(ready)
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-            if let Some(info) = info {
-                return (daemon, info);
+            if let Some(value) = ready() {
+                return value;
             }
-            if let Some(status) = daemon.exited() {
-                panic!("{name} exited with {status}:\n{}", daemon.log());
+            if let Some(status) = self.exited() {
+                panic!("{} exited with {status}:\n{}", self.name, self.log());
             }
-            assert!(Instant::now() < deadline, "{name} did not start:\n{}", daemon.log());
+            assert!(Instant::now() < deadline, "{} did not start:\n{}", self.name, self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits up to `timeout` until something accepts connections on `port` of 127.0.0.1, for a
+    /// daemon that writes no ready file.
+    pub fn wait_for_port(&mut self, port: u16, timeout: Duration) {
+        self.wait_until(timeout, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
     }
 
     /// What it logged so far.

@@ -11,14 +11,15 @@ use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use devstack::testing::{Daemon, OnDrop, PgCluster, free_port, fwsim};
 
 use crate::{DevStack, HttpResponse, bin_dir, keystone_venv};
 
@@ -787,35 +788,11 @@ pub fn try_http(
 
 // --- Pieces of a stack -----------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "{what} exited with {status}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn sigkill(child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    let _ = child.wait();
-}
-
 /// `appliance serve` on a fixed free port, using a dev stack's proxy and a database of the
 /// case's choice; restartable on the same port and database; killed when dropped.
 #[derive(Debug)]
 pub struct Serve {
-    child: Option<Child>,
+    daemon: Option<Daemon>,
     config: PathBuf,
     log: PathBuf,
     port: u16,
@@ -853,51 +830,30 @@ allow_noauth = true
             ),
         )
         .unwrap();
-        let mut serve = Serve { child: None, config, log: dir.join("serve.log"), port, starts: 0 };
+        let mut serve = Serve { daemon: None, config, log: dir.join("serve.log"), port, starts: 0 };
         serve.restart();
         serve
     }
 
     /// Starts the appliance (again), its log appended to.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "the appliance is running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let mut child = Command::new(bin_dir().join("appliance"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        wait_for_port(self.port, "appliance serve", &mut child, &self.log);
-        self.child = Some(child);
+        assert!(self.daemon.is_none(), "the appliance is running");
+        let mut serve = Command::new(bin_dir().join("appliance"));
+        serve.args(["serve", "--config"]).arg(&self.config).env_remove("RUST_LOG");
+        let mut daemon = Daemon::spawn("appliance serve", &mut serve, &self.log, OnDrop::Kill);
+        daemon.wait_for_port(self.port, Duration::from_secs(60));
+        self.daemon = Some(daemon);
         self.starts += 1;
     }
 
     /// SIGKILL, and the wait for the process to be gone.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            sigkill(&mut child);
-        }
+        drop(self.daemon.take());
     }
 
-    /// SIGTERM, and the exit status.
+    /// SIGTERM, and the exit status; `None` when it was not running.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                sigkill(&mut child);
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.daemon.take().map(|daemon| daemon.terminate().0)
     }
 
     /// The API's base URL.
@@ -914,162 +870,6 @@ allow_noauth = true
 impl Drop for Serve {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-/// Whether this process runs as root (owner of its own /proc entry).
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
-}
-
-/// A throwaway PostgreSQL cluster of the case's own, on a free port, made with `initdb` and run
-/// with `pg_ctl` (as the `postgres` user when this runs as root); stopped when dropped.
-#[derive(Debug)]
-pub struct PgCluster {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    as_postgres: bool,
-}
-
-impl PgCluster {
-    /// Makes and starts the cluster, with a database `chaos`; `None` (said loudly) without the
-    /// PostgreSQL server packages, unless `APPLIANCE_REQUIRE_POSTGRES` is set.
-    pub fn start() -> Option<PgCluster> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let v: u32 = e.file_name().to_str()?.parse().ok()?;
-                let bin = e.path().join("bin");
-                bin.join("initdb").exists().then_some((v, bin))
-            })
-            .max()
-            .map(|(_, bin)| bin);
-        let Some(bin) = bin else {
-            if std::env::var_os("APPLIANCE_REQUIRE_POSTGRES").is_some() {
-                panic!(
-                    "PostgreSQL is required, and its restart case needs the server package's \
-                     initdb and pg_ctl (apt-get install postgresql), but no \
-                     /usr/lib/postgresql/*/bin/initdb exists"
-                );
-            }
-            eprintln!(
-                "\n*** SKIPPING PostgreSQL chaos case: no /usr/lib/postgresql/*/bin/initdb ***\n"
-            );
-            return None;
-        };
-        let dir = tempfile::Builder::new().prefix("chaos-pg").tempdir().unwrap();
-        let as_postgres = is_root();
-        if as_postgres {
-            let out =
-                Command::new("chown").arg("postgres:postgres").arg(dir.path()).output().unwrap();
-            assert!(out.status.success(), "chown: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let cluster = PgCluster { bin, dir, port: free_port(), as_postgres };
-        let data = cluster.dir.path().join("data");
-        cluster.run(
-            "initdb",
-            &[
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-                data.to_str().unwrap(),
-            ],
-        );
-        cluster.start_server();
-        let out = Command::new("psql")
-            .arg(cluster.url("postgres"))
-            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE chaos"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Some(cluster)
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let path = self.bin.join(tool);
-        let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
-            c
-        } else {
-            Command::new(&path)
-        };
-        let out = command.args(args).stdin(Stdio::null()).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A database's URL.
-    pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-    }
-
-    /// `pg_ctl start`, waiting until it accepts connections.
-    pub fn start_server(&self) {
-        let data = self.dir.path().join("data");
-        let log = self.dir.path().join("postgres.log");
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        self.run(
-            "pg_ctl",
-            &[
-                "start",
-                "-w",
-                "-t",
-                "60",
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &options,
-            ],
-        );
-    }
-
-    /// `pg_ctl stop -m fast`: every connection is cut.
-    pub fn stop_server(&self) {
-        let data = self.dir.path().join("data");
-        self.run("pg_ctl", &["stop", "-w", "-m", "fast", "-D", data.to_str().unwrap()]);
-    }
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        if data.join("postmaster.pid").exists() {
-            let path = self.bin.join("pg_ctl");
-            let mut command = if self.as_postgres {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--"]).arg(&path);
-                c
-            } else {
-                Command::new(&path)
-            };
-            let _ = command
-                .args(["stop", "-w", "-m", "immediate", "-D"])
-                .arg(&data)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -1161,9 +961,10 @@ fn sleep(d: Duration) {
 /// without a restart of its own. `None` when PostgreSQL is not installed.
 pub fn postgres_restart(o: &Options) -> Option<Report> {
     let pg = PgCluster::start()?;
+    let database = pg.create_database("chaos");
     let dir = tempfile::tempdir().unwrap();
     let dev = DevStack::start(&dir.path().join("data"));
-    let serve = Serve::start(dir.path(), &dev, &pg.url("chaos"));
+    let serve = Serve::start(dir.path(), &dev, &database);
     let mut load = Load::start(&serve.api_url(), Auth::NoAuth { rotate_projects: true }, o);
     sleep(o.warmup);
     load.fault_started();
@@ -1403,12 +1204,7 @@ pub enum SimFault {
 }
 
 fn fwsim_status(endpoint: &str) -> serde_json::Value {
-    let out = Command::new(bin_dir().join("fwsim"))
-        .args(["status", "--device", endpoint])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&fwsim(&["status", "--device", endpoint])).unwrap()
 }
 
 fn wait_for_fault_spec(endpoint: &str, field: &str, value: f64) {
@@ -1452,11 +1248,7 @@ pub fn simulator_faults(o: &Options, fault: SimFault) -> Report {
             wait_for_fault_spec(&endpoint, "slow_factor", 20.0);
         }
         SimFault::Tamper => {
-            let out = Command::new(bin_dir().join("fwsim"))
-                .args(["tamper", "--device", &endpoint])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            fwsim(&["tamper", "--device", &endpoint]);
         }
     }
     sleep(o.fault);

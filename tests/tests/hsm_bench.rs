@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+use devstack::HsmChoice;
+use devstack::testing::BlockingTestToken;
 use e2e::{DevStack, bin_dir};
 
 fn hsm_bench(args: &[&str], env: &[(&str, &std::path::Path)]) -> serde_json::Value {
@@ -42,38 +44,23 @@ fn hsm_bench(args: &[&str], env: &[(&str, &std::path::Path)]) -> serde_json::Val
 fn every_operation_directly_on_the_simulator() {
     e2e::ensure_binaries();
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let conf = dir.path().join("pkcs11.toml");
-    std::fs::write(&conf, format!("[in_process]\nstate_file = \"{}\"\n", state.display())).unwrap();
-    std::fs::write(dir.path().join("so"), "bench-so-pin").unwrap();
-    std::fs::write(dir.path().join("pin"), "bench-user-pin").unwrap();
-    let out = Command::new(bin_dir().join("fwsim"))
-        .args(["init-token", "--label", "bench", "--state"])
-        .arg(&state)
-        .arg("--so-pin-file")
-        .arg(dir.path().join("so"))
-        .arg("--pin-file")
-        .arg(dir.path().join("pin"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let module = bin_dir().join("libfirmware_sim_pkcs11.so");
-    let pin = dir.path().join("pin");
+    let token = BlockingTestToken::start(dir.path(), &HsmChoice::default());
+    let (name, value) = token.module_env().expect("the simulator's module is configured");
     let report = hsm_bench(
         &[
             "pkcs11",
             "--module",
-            module.to_str().unwrap(),
+            token.module().to_str().unwrap(),
             "--token-label",
-            "bench",
+            token.label(),
             "--pin-file",
-            pin.to_str().unwrap(),
+            token.pin_file().to_str().unwrap(),
             "--ops",
             "all",
             "--threads",
             "1,2",
         ],
-        &[("FWSIM_PKCS11_CONF", &conf)],
+        &[(name, value)],
     );
     assert_eq!(report["cells"].as_array().unwrap().len(), 8 * 2);
 }

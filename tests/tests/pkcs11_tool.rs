@@ -4,60 +4,37 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
-use e2e::bin_dir;
+use devstack::HsmChoice;
+use devstack::testing::{BlockingTestToken, fwsim};
 
-const PIN: &str = "pkcs11-tool-pin";
-
+/// The simulator as devstack starts it, and its token, driven by pkcs11-tool.
 struct Device {
-    child: Child,
-    dir: PathBuf,
-    endpoint: String,
+    token: BlockingTestToken,
 }
 
 impl Device {
+    /// Starts the simulator on its state under `dir`: a new token the first time, the same
+    /// token again after a restart.
     fn start(dir: &Path) -> Device {
         e2e::ensure_binaries();
-        let ready = dir.join("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let child = Command::new(bin_dir().join("fwsim"))
-            .args(["serve", "--listen", "tcp:127.0.0.1:0", "--profile", "ideal", "--state"])
-            .arg(dir.join("state"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .stderr(std::fs::File::create(dir.join("fwsim.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let endpoint = loop {
-            if let Ok(text) = std::fs::read_to_string(&ready) {
-                let info: serde_json::Value = serde_json::from_str(&text).unwrap();
-                break info["listen"][0].as_str().unwrap().to_owned();
-            }
-            assert!(Instant::now() < deadline, "fwsim did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        std::fs::write(dir.join("pkcs11.toml"), format!("device = \"{endpoint}\"\n")).unwrap();
-        Device { child, dir: dir.to_owned(), endpoint }
+        Device { token: BlockingTestToken::start(dir, &HsmChoice::default()) }
     }
 
-    fn fwsim(&self, args: &[&str]) -> String {
-        let out = Command::new(bin_dir().join("fwsim")).args(args).output().unwrap();
-        assert!(out.status.success(), "fwsim {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+    fn endpoint(&self) -> &str {
+        self.token.simulator_endpoint().expect("the simulator is the HSM")
     }
 
     /// Runs pkcs11-tool; returns (success, stdout + stderr).
     fn tool(&self, args: &[&str]) -> (bool, String) {
-        let module = bin_dir().join("libfirmware_sim_pkcs11.so");
+        let (name, value) = self.token.module_env().expect("the simulator's module is configured");
         let out = Command::new("pkcs11-tool")
             .arg("--module")
-            .arg(&module)
+            .arg(self.token.module())
             .args(args)
-            .env("FWSIM_PKCS11_CONF", self.dir.join("pkcs11.toml"))
+            .env(name, value)
             .output()
             .expect("pkcs11-tool must be installed (apt-get install opensc)");
         let text = format!(
@@ -75,16 +52,10 @@ impl Device {
     }
 
     fn logged_in(&self, args: &[&str]) -> String {
-        let mut all = vec!["--login", "--pin", PIN];
+        let pin = self.token.pin();
+        let mut all = vec!["--login", "--pin", pin.as_str()];
         all.extend_from_slice(args);
         self.ok(&all)
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -92,24 +63,11 @@ impl Drop for Device {
 fn pkcs11_tool_drives_the_simulator() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(dir.join("so-pin"), "so-pin-for-tool").unwrap();
-    std::fs::write(dir.join("pin"), PIN).unwrap();
     let device = Device::start(dir);
-    let (so, pin) = (dir.join("so-pin"), dir.join("pin"));
-    device.fwsim(&[
-        "init-token",
-        "--device",
-        &device.endpoint,
-        "--label",
-        "tool-test",
-        "--so-pin-file",
-        so.to_str().unwrap(),
-        "--pin-file",
-        pin.to_str().unwrap(),
-    ]);
 
     let slots = device.ok(&["--list-slots"]);
-    assert!(slots.contains("token label        : tool-test"), "{slots}");
+    let label = format!("token label        : {}", device.token.label());
+    assert!(slots.contains(&label), "{slots}");
     assert!(slots.contains("firmware-sim"), "{slots}");
     let mechanisms = device.ok(&["--list-mechanisms"]);
     for m in
@@ -165,9 +123,10 @@ fn pkcs11_tool_drives_the_simulator() {
     let sign = |mechanism: &str, id: &str, out: &str| {
         device.logged_in(&["--sign", "--mechanism", mechanism, "--id", id, "-i", data_s, "-o", out])
     };
+    let pin = device.token.pin();
     let verify = |mechanism: &str, id: &str, signature: &str| {
         let args = ["--verify", "--mechanism", mechanism, "--id", id, "-i", data_s];
-        let mut all = vec!["--login", "--pin", PIN];
+        let mut all = vec!["--login", "--pin", pin.as_str()];
         all.extend_from_slice(&args);
         all.extend_from_slice(&["--signature-file", signature]);
         device.tool(&all)
@@ -211,7 +170,7 @@ fn pkcs11_tool_drives_the_simulator() {
     assert!(objects.contains("tool-rsa") && objects.contains("tool-aes"), "{objects}");
 
     // A tamper event zeroizes every key.
-    device.fwsim(&["tamper", "--device", &device.endpoint]);
+    fwsim(&["tamper", "--device", device.endpoint()]);
     let objects = device.logged_in(&["--list-objects"]);
     assert!(!objects.contains("tool-"), "{objects}");
 }
