@@ -77,6 +77,12 @@ pub(crate) fn payload_aad(project_id: &str, secret_id: &str) -> Vec<u8> {
     format!("hsm-appliance/secret/v1\0{project_id}\0{secret_id}").into_bytes()
 }
 
+/// The additional authenticated data binding an order's sealed passphrase to the order and its
+/// project, under a label of its own: it opens neither as a payload nor for another order.
+pub(crate) fn order_passphrase_aad(project_id: &str, order_id: &str) -> Vec<u8> {
+    format!("hsm-appliance/order-passphrase/v1\0{project_id}\0{order_id}").into_bytes()
+}
+
 impl Hsm {
     /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
     /// dispatcher, so it must be called inside the tokio runtime.

@@ -36,10 +36,12 @@ pub use relations::{
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_secrets.sql")),
     (2, include_str!("../migrations/sqlite/0002_orders_containers_acls.sql")),
+    (3, include_str!("../migrations/sqlite/0003_sealed_order_passphrase.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_secrets.sql")),
     (2, include_str!("../migrations/postgres/0002_orders_containers_acls.sql")),
+    (3, include_str!("../migrations/postgres/0003_sealed_order_passphrase.sql")),
 ];
 /// Serialises migrations between appliances sharing one PostgreSQL (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x6b65_795f_6d67_7231;
@@ -929,6 +931,73 @@ mod tests {
             updated: 1,
             payload: None,
             has_read_acl: None,
+        }
+    }
+
+    /// Migrating a database of orders stored with their passphrase in the meta leaves no
+    /// passphrase there; a pending asymmetric order that had one fails, as it could no longer
+    /// be protected, and the others keep their state.
+    #[tokio::test]
+    async fn migrated_orders_keep_no_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("store.db").display());
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "CREATE TABLE appliance_schema (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for (version, sql) in &SQLITE_MIGRATIONS[..2] {
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            sqlx::query("INSERT INTO appliance_schema (version, applied) VALUES ($1, 0)")
+                .bind(*version)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let orders = [
+            ("pending", "PENDING", "asymmetric", r#"{"algorithm":"rsa","passphrase":"pw"}"#),
+            ("not-a-string", "PENDING", "asymmetric", r#"{"passphrase":7}"#),
+            ("empty", "PENDING", "asymmetric", r#"{"passphrase":""}"#),
+            ("null", "PENDING", "asymmetric", r#"{"passphrase":null}"#),
+            ("none", "PENDING", "asymmetric", r#"{"name":"n"}"#),
+            ("key", "PENDING", "key", r#"{"passphrase":"pw"}"#),
+            ("done", "ACTIVE", "asymmetric", r#"{"name":"d","passphrase":"pw"}"#),
+        ];
+        for (id, status, kind, meta) in orders {
+            sqlx::query(
+                "INSERT INTO orders (id, project_id, type, meta, status, created, updated, \
+                 lease_owner, lease_until) VALUES ($1, 'p', $2, $3, $4, 1, 1, 'a', 2)",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(meta)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(&url, 2).await.unwrap();
+        for (id, status, meta) in [
+            ("pending", "ERROR", r#"{"algorithm":"rsa"}"#),
+            ("not-a-string", "ERROR", "{}"),
+            ("empty", "PENDING", "{}"),
+            ("null", "PENDING", "{}"),
+            ("none", "PENDING", r#"{"name":"n"}"#),
+            ("key", "PENDING", "{}"),
+            ("done", "ACTIVE", r#"{"name":"d"}"#),
+        ] {
+            let order = store.order(id).await.unwrap().unwrap();
+            assert_eq!((order.status.as_str(), order.meta.as_str()), (status, meta), "{id}");
+            assert!(order.sealed_passphrase.is_none(), "{id}");
+            if status == "ERROR" {
+                assert_eq!(order.error_status_code.as_deref(), Some("500"), "{id}");
+                assert!(order.updated > now_micros() - 60_000_000, "{id}: {}", order.updated);
+            }
         }
     }
 

@@ -56,6 +56,9 @@ pub struct OrderRow {
     pub created: i64,
     /// Microseconds since the epoch.
     pub updated: i64,
+    /// An asymmetric order's passphrase while the order waits, in the form the services
+    /// sealed it (never plaintext); dropped once the order is done.
+    pub sealed_passphrase: Option<String>,
 }
 
 fn order_from_row(r: &sqlx::any::AnyRow) -> Result<OrderRow> {
@@ -72,18 +75,19 @@ fn order_from_row(r: &sqlx::any::AnyRow) -> Result<OrderRow> {
         creator_id: r.try_get("creator_id")?,
         created: r.try_get("created")?,
         updated: r.try_get("updated")?,
+        sealed_passphrase: r.try_get("sealed_passphrase")?,
     })
 }
 
 const ORDER_COLUMNS: &str = "id, project_id, type, meta, status, secret_id, container_id, \
-     error_status_code, error_reason, creator_id, created, updated";
+     error_status_code, error_reason, creator_id, created, updated, sealed_passphrase";
 
 impl Store {
     /// Records a new PENDING order, leased to `owner` until `lease_until`.
     pub async fn insert_order(&self, o: &OrderRow, owner: &str, lease_until: i64) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO orders ({ORDER_COLUMNS}, lease_owner, lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&o.id)
         .bind(&o.project_id)
@@ -97,6 +101,7 @@ impl Store {
         .bind(&o.creator_id)
         .bind(o.created)
         .bind(o.updated)
+        .bind(&o.sealed_passphrase)
         .bind(owner)
         .bind(lease_until)
         .execute(self.pool())
@@ -180,7 +185,7 @@ impl Store {
         let container_id = container.map(|c| c.id.clone());
         let updated = sqlx::query(
             "UPDATE orders SET status = 'ACTIVE', secret_id = $1, container_id = $2, updated = $3, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'PENDING'",
+             lease_owner = NULL, lease_until = NULL, sealed_passphrase = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'PENDING'",
         )
         .bind(&secret_id)
         .bind(&container_id)
@@ -213,7 +218,7 @@ impl Store {
     ) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE orders SET status = 'ERROR', error_status_code = $1, error_reason = $2, updated = $3, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'PENDING'",
+             lease_owner = NULL, lease_until = NULL, sealed_passphrase = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'PENDING'",
         )
         .bind(code)
         .bind(reason)

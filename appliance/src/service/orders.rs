@@ -12,6 +12,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use hsm_proxy_proto::op::{GenerateKeyPairSealed, GenerateSymmetric, KeyPairSpec, Sealed};
 use pkcs8::der::pem::{LineEnding, PemLabel};
 use pkcs8::pkcs5::pbes2;
@@ -24,7 +26,7 @@ use zeroize::Zeroizing;
 use super::error::{Result, ServiceError};
 use super::secrets::{normalize_content_type, pem};
 use super::{App, project_target};
-use crate::hsm::{HsmError, payload_aad};
+use crate::hsm::{HsmError, order_passphrase_aad, payload_aad};
 use crate::identity::Identity;
 use crate::timefmt::now_micros;
 use appliance_store::{ContainerRow, ContainerSecret, Counted, OrderRow, OrderStatus, SecretRow};
@@ -92,16 +94,26 @@ impl App {
     /// order is leased to this appliance and processed at once; the answer waits for it a
     /// little: Castellan reads the order right after it is accepted and sleeps a whole second
     /// more if that first read is PENDING, as Barbican's synchronous orders never are.
+    /// `meta.passphrase` is write-only: it is kept apart from the meta, sealed in the HSM.
     pub(crate) async fn create_order(
         &self,
         caller: &Identity,
         kind: String,
-        meta: Map<String, Value>,
+        mut meta: Map<String, Value>,
     ) -> Result<OrderRow> {
         self.check_quota(&caller.project_id, Counted::Orders).await?;
+        let id = appliance_store::new_id();
+        // Sealed before the order is written: a failure of the HSM leaves no order behind. A
+        // key order has no use for a passphrase and keeps none.
+        let sealed_passphrase = match meta.remove("passphrase") {
+            Some(passphrase) if kind == "asymmetric" => {
+                self.hold_passphrase(&caller.project_id, &id, passphrase).await?
+            }
+            _ => None,
+        };
         let now = now_micros();
         let order = OrderRow {
-            id: appliance_store::new_id(),
+            id,
             project_id: caller.project_id.clone(),
             kind,
             meta: Value::Object(meta).to_string(),
@@ -113,6 +125,7 @@ impl App {
             creator_id: caller.user_id.clone(),
             created: now,
             updated: now,
+            sealed_passphrase,
         };
         let queue = &self.orders;
         self.store.insert_order(&order, &queue.owner, now + queue.lease_micros()).await?;
@@ -120,6 +133,35 @@ impl App {
         let done = queue.submit(order.id.clone());
         let _ = tokio::time::timeout(queue.inline_wait, done).await;
         Ok(order)
+    }
+
+    /// An asymmetric order's `passphrase` as the order `order_id` keeps it until it is
+    /// processed: a string sealed under the project's KEK and bound to the order; nothing for
+    /// none or an empty one, which protect nothing (as in Barbican).
+    async fn hold_passphrase(
+        &self,
+        project_id: &str,
+        order_id: &str,
+        passphrase: Value,
+    ) -> Result<Option<String>, HsmError> {
+        let held = match passphrase {
+            Value::Null => return Ok(None),
+            Value::String(text) => {
+                let text = Zeroizing::new(text);
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                let (kek_id, kek) = self.hsm.project_kek(&self.store, project_id).await?;
+                let aad = order_passphrase_aad(project_id, order_id);
+                HeldPassphrase::Sealed {
+                    kek_id,
+                    sealed: self.hsm.seal(&kek, text.as_bytes(), aad).await?,
+                }
+            }
+            // Not a passphrase: the order fails when it is processed. The value is not kept.
+            _ => HeldPassphrase::NotAString,
+        };
+        Ok(Some(held.to_text()))
     }
 
     /// A page of the caller's project's orders, those whose meta contains `meta` when given,
@@ -158,6 +200,46 @@ impl App {
     pub(crate) async fn delete_order(&self, order: &OrderRow, caller: &Identity) -> Result<()> {
         self.authorize("order:delete", &order_target(order), caller)?;
         Ok(self.store.delete_order(&order.id).await?)
+    }
+}
+
+/// An asymmetric order's passphrase while the order waits, as its `sealed_passphrase` column
+/// holds it (JSON text): never the plaintext.
+enum HeldPassphrase {
+    /// Sealed in the HSM under the project KEK `kek_id`, with `order_passphrase_aad`.
+    Sealed { kek_id: String, sealed: Sealed },
+    /// The passphrase given was not a string: the order fails when it is processed.
+    NotAString,
+}
+
+impl HeldPassphrase {
+    fn to_text(&self) -> String {
+        let json = match self {
+            HeldPassphrase::Sealed { kek_id, sealed } => serde_json::json!({
+                "kek_id": kek_id,
+                "iv": STANDARD.encode(sealed.iv),
+                "tag": STANDARD.encode(sealed.tag),
+                "ciphertext": STANDARD.encode(&sealed.ciphertext),
+            }),
+            HeldPassphrase::NotAString => serde_json::json!({"not_a_string": true}),
+        };
+        json.to_string()
+    }
+
+    /// `None` if `text` is not what `to_text` writes.
+    fn from_text(text: &str) -> Option<HeldPassphrase> {
+        let json: Value = serde_json::from_str(text).ok()?;
+        if json.get("not_a_string") == Some(&Value::Bool(true)) {
+            return Some(HeldPassphrase::NotAString);
+        }
+        let field = |name: &str| json.get(name).and_then(Value::as_str);
+        let bytes = |name: &str| field(name).and_then(|b64| STANDARD.decode(b64).ok());
+        let sealed = Sealed {
+            ciphertext: bytes("ciphertext")?,
+            iv: bytes("iv")?.try_into().ok()?,
+            tag: bytes("tag")?.try_into().ok()?,
+        };
+        Some(HeldPassphrase::Sealed { kek_id: field("kek_id")?.to_owned(), sealed })
     }
 }
 
@@ -365,12 +447,21 @@ async fn asymmetric_order(
         ("ec", 384) => KeyPairSpec::EcP384,
         _ => return Err(issue("Secret generate supported plugin not found.")),
     };
-    // As in Barbican, an empty passphrase protects nothing and adds no passphrase secret.
-    let passphrase = match meta.get("passphrase") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(p)) if p.is_empty() => None,
-        Some(Value::String(p)) => Some(Zeroizing::new(p.clone())),
-        Some(_) => return Err(issue("The passphrase must be a string")),
+    // As in Barbican, an empty passphrase protects nothing and adds no passphrase secret: the
+    // order kept none.
+    let passphrase = match order.sealed_passphrase.as_deref().map(HeldPassphrase::from_text) {
+        None => None,
+        Some(None) => {
+            return Err(failure("reading its sealed passphrase", &"the stored form is malformed"));
+        }
+        Some(Some(HeldPassphrase::NotAString)) => {
+            return Err(issue("The passphrase must be a string"));
+        }
+        Some(Some(HeldPassphrase::Sealed { kek_id, sealed })) => {
+            let kek = app.hsm.kek(&app.store, &kek_id).await?;
+            let aad = order_passphrase_aad(&order.project_id, &order.id);
+            Some(app.hsm.open(&kek, sealed, aad).await?.into_zeroizing())
+        }
     };
     let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;
     let stored = |format: Option<&str>, sealed: Sealed| {
@@ -392,12 +483,11 @@ async fn asymmetric_order(
             let pkcs8 = app.hsm.open(&kek, pair.private_key_pkcs8, private_aad.clone()).await?;
             let mut secret = base_secret(order, &meta, "passphrase");
             let phrase_aad = payload_aad(&order.project_id, &secret.id);
-            secret.payload =
-                Some(stored(None, app.hsm.seal(&kek, passphrase.as_bytes(), phrase_aad).await?));
+            secret.payload = Some(stored(None, app.hsm.seal(&kek, &passphrase, phrase_aad).await?));
             passphrase_secret = Some(secret);
             // Key derivation is deliberately slow: off the async workers.
             let pem = tokio::task::spawn_blocking(move || {
-                encrypted_pem(&pkcs8.into_zeroizing(), passphrase.as_bytes())
+                encrypted_pem(&pkcs8.into_zeroizing(), &passphrase)
             })
             .await
             .map_err(|e| failure("the key encryption task failed", &e))??;
@@ -448,4 +538,34 @@ fn encrypted_pem(pkcs8: &[u8], passphrase: &[u8]) -> Result<Zeroizing<String>, F
         .map_err(|e| cannot(&e))?;
     let encrypted = key.encrypt_with_params(params, passphrase).map_err(|e| cannot(&e))?;
     encrypted.to_pem(EncryptedPrivateKeyInfo::PEM_LABEL, LineEnding::LF).map_err(|e| cannot(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests report failures by panicking
+
+    use super::*;
+
+    #[test]
+    fn a_held_passphrase_reads_back_as_written_and_nothing_else_reads() {
+        let sealed = Sealed { ciphertext: vec![7; 29], iv: [1; 12], tag: [2; 16] };
+        let text = HeldPassphrase::Sealed { kek_id: "k1".into(), sealed: sealed.clone() }.to_text();
+        let Some(HeldPassphrase::Sealed { kek_id, sealed: read }) =
+            HeldPassphrase::from_text(&text)
+        else {
+            panic!("{text} does not read back");
+        };
+        assert_eq!((kek_id.as_str(), read), ("k1", sealed));
+        let text = HeldPassphrase::NotAString.to_text();
+        assert!(matches!(HeldPassphrase::from_text(&text), Some(HeldPassphrase::NotAString)));
+        for bad in [
+            "",
+            "correct horse",
+            r#"{"not_a_string": false}"#,
+            r#"{"kek_id": "k1", "iv": "AQEBAQEBAQEBAQEB", "tag": "AgICAgICAgICAgICAgICAg==", "ciphertext": "!"}"#,
+            r#"{"kek_id": "k1", "iv": "AQE=", "tag": "AgICAgICAgICAgICAgICAg==", "ciphertext": ""}"#,
+        ] {
+            assert!(HeldPassphrase::from_text(bad).is_none(), "{bad}");
+        }
+    }
 }
