@@ -4,10 +4,8 @@
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
-/// Now, in microseconds since the epoch.
-pub(crate) fn now_micros() -> i64 {
-    micros(OffsetDateTime::now_utc())
-}
+/// Now, in microseconds since the epoch: the clock the store stamps its rows with.
+pub(crate) use appliance_store::now_micros;
 
 fn micros(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)

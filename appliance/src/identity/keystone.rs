@@ -230,16 +230,9 @@ impl Keystone {
         let identity = body.token.identity();
         let ttl = i64::try_from(self.settings.cache_ttl.as_micros()).unwrap_or(i64::MAX);
         let entry = Cached { identity: identity.clone(), valid_until: expires.min(now + ttl) };
-        let mut cache = self.lock_cache();
-        if cache.len() == cache.cap().get() {
-            // Full: what has expired goes before anything still valid is pushed out.
-            let stale: Vec<[u8; 32]> =
-                cache.iter().filter(|(_, c)| c.valid_until <= now).map(|(k, _)| *k).collect();
-            for k in stale {
-                cache.pop(&k);
-            }
-        }
-        cache.put(key, entry);
+        // Full, the least recently used token goes: an expired one is not used again, so it
+        // goes before any token in use, without a scan under the lock every request takes.
+        self.lock_cache().put(key, entry);
         Ok(identity)
     }
 
