@@ -525,8 +525,7 @@ impl Config {
 
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
         let bad = |e: toml::de::Error| Error::Config(format!("{}: {e}", path.display()));
         let mut config: Config = toml::from_str(&text).map_err(bad)?;
         let base = path.parent().unwrap_or(Path::new("."));

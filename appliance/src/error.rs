@@ -3,7 +3,7 @@
 //! Request failures are not `Error`s: they are answered in Barbican's error shape
 //! (`api::ApiError`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why the appliance (or one of its commands) could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,14 @@ pub enum Error {
     /// A listener could not be bound.
     #[error("network: {0}")]
     Network(#[source] std::io::Error),
+}
+
+impl Error {
+    /// What a failed read or write of `path` becomes: `.map_err(Error::io(path))`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    }
 }
 
 /// Results of this crate.

@@ -34,10 +34,7 @@ use appliance_store::Store;
 
 /// Reads a secret (a password) from a file, trailing newline dropped, into a secret type.
 fn read_secret(path: &std::path::Path) -> Result<secrecy::SecretString> {
-    let raw = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_owned(), source })?,
-    );
+    let raw = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(Error::io(path))?);
     Ok(secrecy::SecretString::from(raw.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
@@ -47,8 +44,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     let store = Store::open(&config.database.url, config.database.max_connections).await?;
     let mut policy = policy::Policy::barbican(config.policy.enforce_new_defaults)?;
     if let Some(file) = &config.policy.file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| Error::Io { path: file.clone(), source })?;
+        let text = std::fs::read_to_string(file).map_err(Error::io(&file))?;
         let n = policy.apply_overrides(&text)?;
         tracing::info!(file = %file.display(), rules = n, "policy overrides loaded");
     }

@@ -47,6 +47,14 @@ pub enum Error {
     Dev(String),
 }
 
+impl Error {
+    /// What a failed read or write of `path` becomes: `.map_err(Error::io(path))`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    }
+}
+
 /// Results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -257,9 +265,8 @@ impl DevJson {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&info)
             .map_err(|e| Error::Dev(format!("cannot describe the stack: {e}")))?;
-        std::fs::write(&tmp, text).map_err(|source| Error::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &self.path)
-            .map_err(|source| Error::Io { path: self.path.clone(), source })
+        std::fs::write(&tmp, text).map_err(Error::io(&tmp))?;
+        std::fs::rename(&tmp, &self.path).map_err(Error::io(&self.path))
     }
 }
 
@@ -339,7 +346,7 @@ enum LogMode {
 
 /// Opens a child's log; gives its file and the offset at which this run's lines begin.
 fn open_log(path: &Path, mode: LogMode) -> Result<(std::fs::File, u64)> {
-    let io = |source| Error::Io { path: path.to_owned(), source };
+    let io = |source| Error::io(path)(source);
     let file = match mode {
         LogMode::Fresh => std::fs::File::create(path).map_err(io)?,
         LogMode::Append => {
@@ -426,10 +433,7 @@ impl Token {
     }
 
     async fn simulator(dir: &Path, profile: &str) -> Result<Token> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Io { path, source }
-        };
+        let io = Error::io;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let fwsim = find_binary("fwsim", None)?;
         let module = find_module("libfirmware_sim_pkcs11.so")?;
@@ -502,10 +506,7 @@ impl Token {
     }
 
     async fn softhsm(dir: &Path) -> Result<Token> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Io { path, source }
-        };
+        let io = Error::io;
         let module =
             SOFTHSM_MODULES.iter().map(PathBuf::from).find(|p| p.exists()).ok_or_else(|| {
                 Error::Dev("SoftHSM2 is not installed (apt-get install softhsm2)".into())
@@ -612,9 +613,8 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| Error::Io { path: path.to_owned(), source })?;
-    f.write_all(format!("{text}\n").as_bytes())
-        .map_err(|source| Error::Io { path: path.to_owned(), source })
+        .map_err(Error::io(path))?;
+    f.write_all(format!("{text}\n").as_bytes()).map_err(Error::io(path))
 }
 
 /// `[pool.hsm]` for a simulator profile: its engines, link and AES-GCM decrypt time. `None`
@@ -690,7 +690,7 @@ lock_memory = "preferred"
         pin = token.pin_file.display(),
     );
     let path = dir.join("proxy.toml");
-    std::fs::write(&path, text).map_err(|source| Error::Io { path: path.clone(), source })?;
+    std::fs::write(&path, text).map_err(Error::io(&path))?;
     Ok(path)
 }
 
@@ -754,7 +754,7 @@ async fn ensure_mkek(bin: &Path, config: &Path, dir: &Path, token: &Token) -> Re
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    std::fs::write(&marker, b"").map_err(|source| Error::Io { path: marker.clone(), source })
+    std::fs::write(&marker, b"").map_err(Error::io(&marker))
 }
 
 /// What an operator needs to know about a proxy that refuses to start for want of its master

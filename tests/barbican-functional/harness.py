@@ -157,6 +157,11 @@ enforce_new_defaults = {new_defaults}
 
 [secretstore]
 enable_multiple_secret_stores = {multiple}
+
+# Barbican processes an order before answering its POST, and these tests read the order once,
+# expecting it done: wait for it as long as a busy machine may take to make an RSA key.
+[orders]
+inline_wait_ms = 60000
 """.format(port=port, host_href=host_href, db=os.path.join(data, "%s.db" % mode),
                 proxy=dev["proxy"]["address"], ca=pki["ca"], cert=pki["client_cert"],
                 key=pki["client_key"], new_defaults=toml_bool(NEW_DEFAULTS[mode]),

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::body::{Kind, check_field, string};
 use super::secrets::{paged, paging, representation_of};
 use super::{ApiError, Call, Outcome, Reply, parse_json};
-use crate::service::consumers::Triple;
+use crate::service::consumers::{Change, Triple};
 use crate::service::error::ServiceError;
 use crate::timefmt::format_micros;
 use appliance_store::{SecretConsumerRow, SecretRow};
@@ -70,7 +70,7 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         Method::POST => {
             const OP: &str = "SecretConsumer creation";
             let failed = |e| ApiError::service(OP, e);
-            app.authorize_consumer_registration(secret, caller).await.map_err(failed)?;
+            app.authorize_secret_consumers(secret, caller, Change::Add).await.map_err(failed)?;
             let consumer = triple(call, OP)?;
             app.register_consumer(secret, consumer, caller).await.map_err(failed)?;
             let body = representation_of(call, secret, true).await?;
@@ -80,7 +80,7 @@ pub(crate) async fn collection(call: &Call<'_>, secret: &SecretRow) -> Outcome {
         }
         Method::DELETE => {
             const OP: &str = "SecretConsumer deletion";
-            app.authorize_consumer_removal(secret, caller)
+            app.authorize_secret_consumers(secret, caller, Change::Remove)
                 .await
                 .map_err(|e| ApiError::service(OP, e))?;
             let consumer = triple(call, OP)?;

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging};
 use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json};
-use crate::service::containers::{Change, NewContainer, UnknownSecret, container_entity};
+use crate::service::consumers::Change;
+use crate::service::containers::{NewContainer, container_entity};
 use crate::service::error::ServiceError;
 use crate::timefmt::format_micros;
 use appliance_store::{ContainerRow, ContainerSecret};
@@ -165,16 +166,11 @@ async fn create(call: &Call<'_>) -> Outcome {
         })
         .collect();
     let new = NewContainer { name: string(&body, "name"), kind, secrets };
-    let created = call.app.create_container(call.identity(), new).await;
-    let row = match created.map_err(|e| ApiError::service(OP, e))? {
-        Ok(row) => row,
-        Err(UnknownSecret { name }) => {
-            let shown = name.unwrap_or_else(|| "None".into());
-            return Err(ApiError::not_found(&format!(
-                "Secret provided for '{shown}' doesn't exist."
-            )));
-        }
-    };
+    let row = call
+        .app
+        .create_container(call.identity(), new)
+        .await
+        .map_err(|e| ApiError::service(OP, e))?;
     let reference = container_ref(call, &row.id);
     Ok((
         Reply::Json(StatusCode::CREATED, json!({"container_ref": reference})),
@@ -267,14 +263,13 @@ async fn container_secrets(call: &Call<'_>, c: &ContainerRow) -> Outcome {
             app.authorize_container_secret_remove(c, caller).await.map_err(refused)?;
             let (name, reference) = parse(call)?;
             let entry = ContainerSecret { name, secret_id: last_segment(&reference).to_owned() };
-            if let Err(UnknownSecret { name }) =
-                app.remove_container_secret(c, entry).await.map_err(refused)?
-            {
-                let shown = name.unwrap_or_else(|| "None".into());
-                return Err(ApiError::not_found(&format!(
-                    "Secret '{shown}' with reference '{reference}' doesn't exist."
-                )));
-            }
+            app.remove_container_secret(c, entry).await.map_err(|e| match e {
+                ServiceError::UnknownSecret { name } => ApiError::not_found(&format!(
+                    "Secret '{}' with reference '{reference}' doesn't exist.",
+                    name.as_deref().unwrap_or("None")
+                )),
+                e => refused(e),
+            })?;
             Ok((Reply::Empty(StatusCode::NO_CONTENT), Vec::new()))
         }
         _ => Err(ApiError::method_not_allowed("POST, DELETE")),

@@ -29,6 +29,10 @@ impl ApiError {
             ServiceError::Forbidden => Self::forbidden(operation),
             ServiceError::NotFound(description) => Self::not_found(description),
             ServiceError::Invalid(description) => Self::bad_request(description),
+            ServiceError::UnknownSecret { name } => Self::not_found(&format!(
+                "Secret provided for '{}' doesn't exist.",
+                name.as_deref().unwrap_or("None")
+            )),
             ServiceError::Conflict(description) => Self::new(StatusCode::CONFLICT, description),
             ServiceError::QuotaReached => Self::issue(
                 StatusCode::FORBIDDEN,

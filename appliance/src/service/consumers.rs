@@ -10,6 +10,15 @@ use super::error::{Result, ServiceError};
 use crate::identity::Identity;
 use appliance_store::{Counted, SecretConsumerRow, SecretRow};
 
+/// A change to the consumers of a secret or a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Registering one.
+    Add,
+    /// Removing one.
+    Remove,
+}
+
 /// A consumer as the request names it.
 #[derive(Debug)]
 pub(crate) struct Triple {
@@ -37,13 +46,19 @@ impl App {
         Ok(self.store.secret_consumers(&secret.id, offset, limit).await?)
     }
 
-    /// May `caller` register a consumer of `secret`? Asked before the request body is read.
-    pub(crate) async fn authorize_consumer_registration(
+    /// Refuses the caller registering (`Change::Add`) or removing (`Change::Remove`) a
+    /// consumer of `secret` unless the policy allows it; asked before the body is read.
+    pub(crate) async fn authorize_secret_consumers(
         &self,
         secret: &SecretRow,
         caller: &Identity,
+        change: Change,
     ) -> Result<()> {
-        self.authorize_on_secret("secret_consumers:post", secret, caller).await
+        let action = match change {
+            Change::Add => "secret_consumers:post",
+            Change::Remove => "secret_consumers:delete",
+        };
+        self.authorize_on_secret(action, secret, caller).await
     }
 
     /// Registers `consumer` of `secret` for `caller`'s project. Registering it again changes
@@ -70,15 +85,6 @@ impl App {
             updated: 0,
         };
         Ok(self.store.add_secret_consumer(&secret.id, &row).await?)
-    }
-
-    /// May `caller` remove a consumer of `secret`? Asked before the request body is read.
-    pub(crate) async fn authorize_consumer_removal(
-        &self,
-        secret: &SecretRow,
-        caller: &Identity,
-    ) -> Result<()> {
-        self.authorize_on_secret("secret_consumers:delete", secret, caller).await
     }
 
     /// Removes `consumer` of `secret`: 404 when it is not registered, and `Forbidden` unless

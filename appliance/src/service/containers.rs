@@ -3,6 +3,7 @@
 
 use appliance_store::{ContainerConsumerRow, ContainerRow, ContainerSecret, Counted, EntityKind};
 
+use super::consumers::Change;
 use super::error::{Result, ServiceError};
 use super::{App, Entity, project_target};
 use crate::identity::Identity;
@@ -17,23 +18,6 @@ pub(crate) struct NewContainer {
     pub(crate) kind: String,
     /// Its references: each a name and the id its secret reference ends with.
     pub(crate) secrets: Vec<ContainerSecret>,
-}
-
-/// A reference of a request that names no secret the caller may use. Barbican's 404 quotes
-/// the reference as the request gives it, so the HTTP layer words it.
-#[derive(Debug)]
-pub(crate) struct UnknownSecret {
-    /// The reference's name.
-    pub(crate) name: Option<String>,
-}
-
-/// A change to a container's consumers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Change {
-    /// Registering one.
-    Add,
-    /// Removing one.
-    Remove,
 }
 
 /// Container `c` as policy rules about it see it.
@@ -88,17 +72,17 @@ impl App {
     }
 
     /// Creates a container in the caller's project, within its quota; every reference must
-    /// name a secret of that project. The policy check (`authorize_container_create`) comes
+    /// name a secret of that project (`UnknownSecret` names the first that does not). The policy check (`authorize_container_create`) comes
     /// first.
     pub(crate) async fn create_container(
         &self,
         caller: &Identity,
         new: NewContainer,
-    ) -> Result<Result<ContainerRow, UnknownSecret>> {
+    ) -> Result<ContainerRow> {
         self.check_quota(&caller.project_id, Counted::Containers).await?;
         for entry in &new.secrets {
             if !self.secret_exists(&entry.secret_id, Some(&caller.project_id)).await? {
-                return Ok(Err(UnknownSecret { name: entry.name.clone() }));
+                return Err(ServiceError::UnknownSecret { name: entry.name.clone() });
             }
         }
         let now = now_micros();
@@ -113,7 +97,7 @@ impl App {
             secrets: new.secrets,
         };
         self.store.insert_container(&row).await?;
-        Ok(Ok(row))
+        Ok(row)
     }
 
     /// A page of the caller's project's containers, filtered by name and type, and their
@@ -201,14 +185,14 @@ impl App {
         &self,
         c: &ContainerRow,
         entry: ContainerSecret,
-    ) -> Result<Result<(), UnknownSecret>> {
+    ) -> Result<()> {
         if !self.secret_exists(&entry.secret_id, None).await? {
-            return Ok(Err(UnknownSecret { name: entry.name }));
+            return Err(ServiceError::UnknownSecret { name: entry.name });
         }
         if !self.store.remove_container_secret(&c.id, &entry).await? {
             return Err(ServiceError::NotFound("Secret provided is not in the container"));
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// A page of `c`'s consumers and their total.

@@ -18,6 +18,13 @@ pub(crate) enum ServiceError {
     /// The request breaks a rule of the resource (400), in Barbican's words.
     #[error("{0}")]
     Invalid(String),
+    /// A container reference names no secret the caller may use. Barbican's 404 quotes the
+    /// reference as the request gives it, so the HTTP layer words it.
+    #[error("a referenced secret does not exist")]
+    UnknownSecret {
+        /// The reference's name.
+        name: Option<String>,
+    },
     /// The request conflicts with what is stored (409), in Barbican's words.
     #[error("{0}")]
     Conflict(String),
