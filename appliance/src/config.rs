@@ -191,6 +191,35 @@ pub struct ServerConfig {
     /// proxies or load balancers in front. Empty (the default): never believed.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// PEM: the API's certificate chain, its own certificate first; with `tls_key`, the API
+    /// speaks HTTPS (TLS 1.2 and 1.3) only. Read again on SIGHUP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM: the private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1). Read again on SIGHUP.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM: the CAs whose client certificates are accepted; unset: none is asked for.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `tls_client_ca`: whether every client must present a certificate (`required`, the
+    /// default) or only those that do are checked (`optional`).
+    #[serde(default)]
+    pub tls_client_auth: Option<ClientAuth>,
+    /// Must be true to serve plain HTTP on an address other than loopback (behind a proxy
+    /// that terminates TLS): tokens and payloads would otherwise cross the network in clear.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+}
+
+/// Whether clients of the API must present a certificate.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// The handshake fails without a certificate issued by `tls_client_ca`.
+    #[default]
+    Required,
+    /// A certificate is asked for; one that is presented must be issued by `tls_client_ca`.
+    Optional,
 }
 
 impl Default for ServerConfig {
@@ -206,6 +235,11 @@ impl Default for ServerConfig {
             max_connections: defaults::max_connections(),
             listen_backlog: defaults::listen_backlog(),
             trusted_proxies: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_auth: None,
+            allow_plain_http: false,
         }
     }
 }
@@ -224,6 +258,45 @@ impl ServerConfig {
             return Err(Error::Config(
                 "[server] max_connections and listen_backlog must be at least 1".into(),
             ));
+        }
+        self.validate_tls()
+    }
+
+    /// True when the API speaks HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// Refuses TLS settings that do not go together, and plain HTTP beyond loopback unless
+    /// `allow_plain_http` says it is meant.
+    fn validate_tls(&self) -> Result<()> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Config(
+                "[server] tls_cert and tls_key go together: set both for HTTPS, or neither".into(),
+            ));
+        }
+        if self.tls_client_ca.is_some() && !self.tls() {
+            return Err(Error::Config(
+                "[server] tls_client_ca needs tls_cert and tls_key: client certificates are \
+                 asked for in the TLS handshake"
+                    .into(),
+            ));
+        }
+        if self.tls_client_auth.is_some() && self.tls_client_ca.is_none() {
+            return Err(Error::Config(
+                "[server] tls_client_auth needs tls_client_ca, the CAs that issue the clients' \
+                 certificates"
+                    .into(),
+            ));
+        }
+        if !self.tls() && !self.listen.ip().to_canonical().is_loopback() && !self.allow_plain_http {
+            return Err(Error::Config(format!(
+                "[server] listen = \"{}\" is not a loopback address, and without tls_cert and \
+                 tls_key the API would speak plain HTTP there: tokens and secrets would cross \
+                 the network in clear. Set tls_cert and tls_key, or allow_plain_http = true \
+                 when a proxy in front terminates TLS",
+                self.listen
+            )));
         }
         Ok(())
     }
@@ -534,6 +607,14 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        let server = &mut config.server;
+        for p in [&mut server.tls_cert, &mut server.tls_key, &mut server.tls_client_ca] {
+            if let Some(p) = p.as_mut()
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(p) = config.policy.file.as_mut()
             && p.is_relative()
         {
@@ -592,6 +673,8 @@ mod tests {
         assert_eq!(l.max_connections, defaults::max_connections());
         assert_eq!(l.listen_backlog, defaults::listen_backlog());
         assert!(l.trusted_proxies.is_empty());
+        assert!(l.tls_cert.is_none() && l.tls_key.is_none() && l.tls_client_ca.is_none());
+        assert!(!l.allow_plain_http);
         assert_eq!(c.server.max_request_bytes, 25_000);
         assert_eq!(c.server.max_secret_bytes, 20_000);
         assert_eq!(c.database.max_connections, defaults::db_connections());
@@ -691,6 +774,82 @@ mod tests {
         assert!(e.to_string().contains("timeouts must be positive"), "{e}");
         let e = load_with_server_lines("max_connections = 0").unwrap_err();
         assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn the_commented_https_example_is_valid() {
+        // The example's TLS lines, uncommented.
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
+        let text = std::fs::read_to_string(example).unwrap();
+        let lines: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# tls_")).collect::<Vec<_>>();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let lines: String = lines.iter().map(|l| format!("tls_{l}\n")).collect();
+        let c = load_with_server_lines(lines.trim_end()).unwrap();
+        let s = &c.server;
+        assert!(s.tls());
+        for p in [&s.tls_cert, &s.tls_key, &s.tls_client_ca] {
+            let p = p.as_ref().unwrap();
+            assert!(p.is_absolute() && p.starts_with(std::env::temp_dir()), "{}", p.display());
+        }
+        assert!(s.tls_cert.as_ref().unwrap().ends_with("tls/api.pem"));
+        assert_eq!(s.tls_client_auth, Some(ClientAuth::Required));
+        let c = load_with_server_lines(
+            "tls_cert = \"/etc/a.pem\"\ntls_key = \"/etc/k.pem\"\n\
+             tls_client_ca = \"/etc/c.pem\"\ntls_client_auth = \"optional\"",
+        )
+        .unwrap();
+        assert_eq!(c.server.tls_cert.as_deref(), Some(Path::new("/etc/a.pem")));
+        assert_eq!(c.server.tls_client_auth, Some(ClientAuth::Optional));
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_needs_an_explicit_opt_in() {
+        for listen in ["0.0.0.0:9311", "[::]:9311", "192.0.2.1:9311", "[2001:db8::1]:9311"] {
+            let e = load_with_server_lines(&format!("listen = \"{listen}\"")).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("listen = \"{listen}\" is not a loopback address"))
+                    && e.contains("allow_plain_http = true")
+                    && e.contains("tls_cert"),
+                "{e}"
+            );
+            load_with_server_lines(&format!("listen = \"{listen}\"\nallow_plain_http = true"))
+                .unwrap();
+            load_with_server_lines(&format!(
+                "listen = \"{listen}\"\ntls_cert = \"api.pem\"\ntls_key = \"api-key.pem\""
+            ))
+            .unwrap();
+        }
+        for listen in ["127.0.0.1:9311", "127.1.2.3:0", "[::1]:9311", "[::ffff:127.0.0.1]:9311"] {
+            load_with_server_lines(&format!("listen = \"{listen}\"")).unwrap();
+        }
+        // As `appliance dev` and the in-process tests build it.
+        let dev = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+        dev.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_settings_that_do_not_go_together_are_refused() {
+        let e = load_with_server_lines("tls_cert = \"api.pem\"").unwrap_err().to_string();
+        assert!(e.contains("tls_cert and tls_key go together"), "{e}");
+        let e = load_with_server_lines("tls_key = \"api-key.pem\"").unwrap_err().to_string();
+        assert!(e.contains("tls_cert and tls_key go together"), "{e}");
+        let e = load_with_server_lines("tls_client_ca = \"ca.pem\"").unwrap_err().to_string();
+        assert!(e.contains("tls_client_ca needs tls_cert and tls_key"), "{e}");
+        let e = load_with_server_lines(
+            "tls_cert = \"a.pem\"\ntls_key = \"k.pem\"\ntls_client_auth = \"required\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls_client_auth needs tls_client_ca"), "{e}");
+        let e = load_with_server_lines(
+            "tls_cert = \"a.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"c.pem\"\n\
+             tls_client_auth = \"sometimes\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown variant `sometimes`"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! `appliance dev`: the whole appliance on one machine, from nothing: the dev stack's HSM and
 //! proxy (from `devstack`), a SQLite database beside them, and the API on top, served until
 //! shutdown while the stack's supervisor restarts a child that dies.
+//!
+//! With `--tls` the API speaks HTTPS with a certificate issued by the stack's CA; without it,
+//! plain HTTP on loopback only.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use appliance::config::{Config, IdentityConfig, IdentitySourceName, KeystoneConfig};
@@ -18,6 +21,8 @@ pub(crate) struct DevOptions {
     pub(crate) data_dir: PathBuf,
     /// Address of the API (`127.0.0.1:0` picks a free port).
     pub(crate) listen: SocketAddr,
+    /// HTTPS, with a certificate from the dev PKI.
+    pub(crate) tls: bool,
     /// The `hsm-proxy` binary; by default the one next to this binary, then `$PATH`.
     pub(crate) proxy_bin: Option<PathBuf>,
     /// Keystone identity instead of no-auth.
@@ -35,6 +40,13 @@ pub(crate) async fn run(
     options: DevOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if !options.tls && !options.listen.ip().to_canonical().is_loopback() {
+        anyhow::bail!(
+            "--listen {}: not a loopback address, where the API would speak plain HTTP; add \
+             --tls to serve HTTPS there",
+            options.listen
+        );
+    }
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating {}", options.data_dir.display()))?;
     let dir = options
@@ -53,6 +65,27 @@ pub(crate) async fn run(
             IdentityConfig { source: IdentitySourceName::Keystone, allow_noauth: false };
         config.keystone = Some(keystone);
     }
+    let tls = if options.tls {
+        match api_certificate(&stack.pki, options.listen) {
+            Ok((cert, key)) => {
+                config.server.tls_cert = Some(cert);
+                config.server.tls_key = Some(key);
+            }
+            Err(e) => {
+                stack.stop().await;
+                return Err(e);
+            }
+        }
+        match appliance::server::Tls::from_config(&config.server) {
+            Ok(tls) => tls,
+            Err(e) => {
+                stack.stop().await;
+                return Err(e.into());
+            }
+        }
+    } else {
+        None
+    };
     let app = match appliance::build(&config).await {
         Ok(app) => app,
         Err(e) => {
@@ -68,8 +101,14 @@ pub(crate) async fn run(
         }
     };
     let api = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut extra = serde_json::Map::new();
-    extra.insert("api_url".into(), json!(format!("http://{api}")));
+    extra.insert("api_url".into(), json!(format!("{scheme}://{api}")));
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
+        extra.insert("api_ca".into(), json!(stack.pki.ca_cert));
+        extra.insert("api_cert".into(), json!(cert));
+        extra.insert("api_key".into(), json!(key));
+    }
     extra.insert("database".into(), json!(config.database.url));
     let dev_json = DevJson { path: dir.join("dev.json"), extra };
     if let Err(e) = dev_json.write(&stack) {
@@ -77,9 +116,18 @@ pub(crate) async fn run(
         return Err(e.into());
     }
     let metrics = stack.proxy_metrics.map(|m| format!("http://{m}/metrics")).unwrap_or_default();
-    println!(
-        "Barbican API   http://{api}  (no-auth: send X-Project-Id and X-Roles: member,reader)"
-    );
+    let identity = if config.keystone.is_some() {
+        "Keystone tokens".to_owned()
+    } else {
+        "no-auth: send X-Project-Id and X-Roles: member,reader".to_owned()
+    };
+    match &tls {
+        Some(_) => println!(
+            "Barbican API   https://{api}  ({identity}; CA {})",
+            stack.pki.ca_cert.display()
+        ),
+        None => println!("Barbican API   http://{api}  ({identity})"),
+    }
     println!("hsm-proxy      {}  (metrics {metrics})", stack.proxy_addr);
     println!("HSM            {}", stack.hsm_summary());
     println!(
@@ -99,7 +147,7 @@ pub(crate) async fn run(
         shutdown.await;
         let _ = stop.send(true);
     };
-    appliance::server::serve_with(listener, app.clone(), &config.server, shutdown).await;
+    appliance::server::serve_with(listener, app.clone(), &config.server, tls, shutdown).await;
     let _ = stop.send(true);
     let stack = supervisor.await;
     app.store().close().await;
@@ -110,4 +158,20 @@ pub(crate) async fn run(
     }
     let _ = std::fs::remove_file(&dev_json_path);
     Ok(())
+}
+
+/// Issues the API's certificate from the dev CA, for loopback by name and address and for the
+/// address it listens on; gives the certificate's and the key's files. Issued afresh at each
+/// start, so that it names the address of this start.
+fn api_certificate(pki: &pki::Bundle, listen: SocketAddr) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = pki.ca_cert.parent().unwrap_or(Path::new("."));
+    let (cert, key) = (dir.join("api.pem"), dir.join("api-key.pem"));
+    let host = listen.ip().to_canonical().to_string();
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    if !listen.ip().is_unspecified() && !names.contains(&host.as_str()) {
+        names.push(&host);
+    }
+    pki.issue_server_files(&names, &cert, &key)
+        .with_context(|| format!("issuing the API's certificate into {}", dir.display()))?;
+    Ok((cert, key))
 }

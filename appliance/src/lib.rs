@@ -18,6 +18,7 @@ mod identity;
 pub mod server;
 mod service;
 mod timefmt;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -63,9 +63,14 @@ struct DevArgs {
     /// Where the token, PKI, database and logs are kept.
     #[arg(long, default_value = "appliance-data")]
     data_dir: PathBuf,
-    /// Address of the API; 127.0.0.1:0 picks a free port (dev.json tells which).
+    /// Address of the API; 127.0.0.1:0 picks a free port (dev.json tells which). Plain HTTP
+    /// is served on loopback only: another address needs --tls.
     #[arg(long, default_value = "127.0.0.1:9311")]
     listen: SocketAddr,
+    /// Serve HTTPS, with a certificate issued by the dev PKI's CA for localhost, 127.0.0.1,
+    /// ::1 and the --listen address (dev.json: `api_ca` is the CA's file).
+    #[arg(long)]
+    tls: bool,
     /// The hsm-proxy binary (default: next to this binary, then PATH).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
@@ -140,15 +145,22 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let cfg = appliance::config::Config::load(&config)?;
             runtime()?.block_on(async {
+                let tls = appliance::server::Tls::from_config(&cfg.server)?;
                 let app = appliance::build(&cfg).await?;
                 let listener =
                     appliance::server::bind(cfg.server.listen, cfg.server.listen_backlog)
                         .with_context(|| format!("binding {}", cfg.server.listen))?;
-                tracing::info!(listen = %listener.local_addr()?, "serving the Barbican v1 API");
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(
+                    listen = %listener.local_addr()?,
+                    scheme,
+                    "serving the Barbican v1 API"
+                );
                 appliance::server::serve_with(
                     listener,
                     app.clone(),
                     &cfg.server,
+                    tls,
                     shutdown_signal(),
                 )
                 .await;
@@ -164,6 +176,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 pin_file,
                 data_dir,
                 listen,
+                tls,
                 proxy_bin,
                 busy_poll_us,
                 keystone_url,
@@ -203,7 +216,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
             };
             let options =
-                dev::DevOptions { data_dir, listen, proxy_bin, keystone, hsm, busy_poll_us };
+                dev::DevOptions { data_dir, listen, tls, proxy_bin, keystone, hsm, busy_poll_us };
             runtime()?.block_on(dev::run(options, shutdown_signal()))?;
             Ok(())
         }

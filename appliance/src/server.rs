@@ -10,6 +10,12 @@
 //! or a kept connection's first byte, to the end of the head) and the idle timeout (waiting for
 //! the next request, or for the client to take an answer). Connections beyond `max_connections`
 //! are answered 503 and closed.
+//!
+//! With TLS ([`Tls`]) the handshake is done in the connection's own task, on its `TimedIo`:
+//! it counts against `max_connections` and has the header timeout (which runs on to the end of
+//! the first request's head), so a client that never finishes it neither stalls the accept
+//! loop nor keeps its place. A refused connection gets its 503 over TLS, within the time a
+//! refusal lingers. SIGHUP reads the certificate files again.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,11 +37,14 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::api::{self, App};
 use crate::config::{Cidr, ServerConfig};
+pub use crate::tls::Tls;
 
 /// Time allowed on shutdown for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -65,18 +74,20 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Serves the API on `listener` with the default timeouts and limits until `shutdown`
-/// completes, then lets requests in flight finish.
+/// Serves the API over plain HTTP on `listener` with the default timeouts and limits until
+/// `shutdown` completes, then lets requests in flight finish.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    serve_with(listener, app, &ServerConfig::default(), shutdown).await;
+    serve_with(listener, app, &ServerConfig::default(), None, shutdown).await;
 }
 
-/// Serves the API on `listener` with `config`'s timeouts, connection limit and trusted proxies
-/// until `shutdown` completes, then lets requests in flight finish.
+/// Serves the API on `listener` with `config`'s timeouts, connection limit and trusted proxies,
+/// over HTTPS with `tls` ([`Tls::from_config`]) or else plain HTTP, until `shutdown` completes,
+/// then lets requests in flight finish.
 pub async fn serve_with(
     listener: TcpListener,
     app: Arc<App>,
     config: &ServerConfig,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let timeouts = Timeouts {
@@ -95,6 +106,8 @@ pub async fn serve_with(
     // [`TimedIo`] keeps the header timeout (and the idle one, which hyper's would cut short).
     builder.header_read_timeout(None);
     let graceful = GracefulShutdown::new();
+    let reloader = announce_scheme(&listener, tls.as_ref());
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -121,7 +134,7 @@ pub async fn serve_with(
                 );
                 (refused, warned) = (0, Some(Instant::now()));
             }
-            refuse(stream, &refusing, refusal.clone());
+            refuse(stream, &refusing, refusal.clone(), tls.as_ref().map(|t| t.acceptor()));
             continue;
         }
         open.fetch_add(1, Relaxed);
@@ -129,6 +142,7 @@ pub async fn serve_with(
         let conn = Arc::new(Connection {
             app: app.clone(),
             trust_forwarded: trusted.iter().any(|c| c.contains(peer.ip())),
+            scheme,
             stage: AtomicU8::new(BETWEEN_REQUESTS),
             timeouts,
             open: open.clone(),
@@ -138,12 +152,34 @@ pub async fn serve_with(
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(answer(&conn, req).await) }
         });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+        let Some(tls) = &tls else {
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        // The handshake holds a watcher too: shutdown waits for it (the header timeout bounds
+        // it), and the connection it yields is closed gracefully like the others.
+        let (acceptor, watcher, builder) = (tls.acceptor(), graceful.watcher(), builder.clone());
         tokio::spawn(async move {
+            let io = match acceptor.accept(io).await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+    if let Some(reloader) = reloader {
+        reloader.abort();
     }
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all API connections closed"),
@@ -153,6 +189,42 @@ pub async fn serve_with(
         let (hits, misses) = k.cache_counts();
         let ratio = hits as f64 / (hits + misses).max(1) as f64;
         tracing::info!(hits, misses, hit_ratio = format!("{ratio:.3}"), "Keystone token cache");
+    }
+}
+
+/// Says at start which scheme the API speaks, warning of plain HTTP; with TLS, the task that
+/// reads the certificate files again on each SIGHUP (registered before the first accept, so that
+/// a SIGHUP once the API answers never falls on the signal's default action, which ends the
+/// process).
+fn announce_scheme(
+    listener: &TcpListener,
+    tls: Option<&Arc<Tls>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Some(tls) = tls else {
+        let local = listener.local_addr().map(|a| a.ip().to_canonical().is_loopback());
+        if local.unwrap_or(false) {
+            tracing::warn!(
+                "the API speaks plain HTTP, on loopback only; set [server] tls_cert and tls_key \
+                 for HTTPS"
+            );
+        } else {
+            tracing::warn!(
+                "the API speaks plain HTTP beyond loopback ([server] allow_plain_http = true): \
+                 tokens and secrets cross the network in clear unless a proxy in front \
+                 terminates TLS"
+            );
+        }
+        return None;
+    };
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => {
+            let tls = tls.clone();
+            Some(tokio::spawn(async move { tls.reload_on(hangups).await }))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: the TLS files will not be reloaded");
+            None
+        }
     }
 }
 
@@ -187,6 +259,8 @@ struct Connection {
     app: Arc<App>,
     /// The peer is a trusted proxy: its X-Forwarded-* are believed.
     trust_forwarded: bool,
+    /// `https` or `http`, as the connection was accepted.
+    scheme: &'static str,
     /// [`BETWEEN_REQUESTS`], [`IN_HANDLER`] or [`ANSWERED`].
     stage: AtomicU8,
     timeouts: Timeouts,
@@ -350,8 +424,8 @@ impl AsyncWrite for TimedIo {
     }
 }
 
-/// Answers a connection over the limit with a 503 and closes it.
-fn refuse(mut stream: TcpStream, refusing: &Arc<AtomicUsize>, answer: Bytes) {
+/// Answers a connection over the limit with a 503 (over TLS with `tls`) and closes it.
+fn refuse(stream: TcpStream, refusing: &Arc<AtomicUsize>, answer: Bytes, tls: Option<TlsAcceptor>) {
     if refusing.load(Relaxed) >= MAX_REFUSING {
         // Too many refusals lingering: this one is closed at once.
         return;
@@ -359,18 +433,28 @@ fn refuse(mut stream: TcpStream, refusing: &Arc<AtomicUsize>, answer: Bytes) {
     refusing.fetch_add(1, Relaxed);
     let refusing = refusing.clone();
     tokio::spawn(async move {
+        // The handshake is within the linger too: a client that does not finish it in time
+        // gets nothing.
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            stream.write_all(&answer).await?;
-            stream.shutdown().await?;
-            // Read what the client sent until it closes: closing a socket with unread data
-            // resets the connection, and the client could lose the 503 before reading it.
-            let mut sink = [0u8; 1024];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<_, io::Error>(())
+            match tls {
+                None => linger(stream, &answer).await,
+                Some(tls) => linger(tls.accept(stream).await?, &answer).await,
+            }
         })
         .await;
         refusing.fetch_sub(1, Relaxed);
     });
+}
+
+/// Writes `answer`, closes the sending half, and waits for the client to close.
+async fn linger(mut stream: impl AsyncRead + AsyncWrite + Unpin, answer: &[u8]) -> io::Result<()> {
+    stream.write_all(answer).await?;
+    stream.shutdown().await?;
+    // Read what the client sent until it closes: closing a socket with unread data resets the
+    // connection, and the client could lose the 503 before reading it.
+    let mut sink = [0u8; 1024];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 /// The whole 503 a connection over the limit gets.
@@ -480,7 +564,7 @@ async fn respond(conn: &Connection, req: hyper::Request<Incoming>) -> hyper::Res
                 headers: parts.headers,
                 body: SecretBytes::from(buffer),
                 body_too_large: too_large,
-                scheme: "http",
+                scheme: conn.scheme,
                 trust_forwarded: conn.trust_forwarded,
             };
             (api::handle(app, request).await, too_large)

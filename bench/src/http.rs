@@ -1,6 +1,9 @@
 //! Load against a Barbican v1 endpoint, this appliance or Barbican itself: stores, payload and
 //! metadata fetches from a pool of secrets made beforehand, and key orders until ACTIVE.
+//! Over HTTP or HTTPS (TLS 1.2 or 1.3, the server's certificate checked against a CA file).
 
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -12,7 +15,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{ACCEPT, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// The error a payload fetch counts when the answer is 200 with other bytes than were stored.
 pub const WRONG_PAYLOAD: &str = "wrong payload";
@@ -103,10 +110,12 @@ impl std::fmt::Debug for Barbican {
 /// sends again, as a client process does; no pool sits between them. The load generator then
 /// costs the machine it shares with the server as little as it can.
 pub struct Barbican {
-    /// `http://host:port`, as given.
+    /// `http://host:port` or `https://host:port`, as given.
     base: String,
     /// `host:port`, to connect to and for the Host header.
     authority: String,
+    /// For `https://`: the TLS client, and the name the server's certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
     identity: Identity,
     /// Paths of the secrets made beforehand, with their payloads: every fetch is checked.
     pool: Vec<(String, [u8; 32])>,
@@ -128,19 +137,36 @@ impl std::fmt::Debug for Session {
 type Response = (StatusCode, Bytes);
 
 impl Barbican {
-    /// A client for `base` (`http://host:port`).
-    pub fn new(base: &str, identity: Identity) -> anyhow::Result<Barbican> {
+    /// A client for `base` (`http://host:port`, or `https://host:port` whose certificate is
+    /// checked against the CAs of the PEM file `ca`).
+    pub fn new(base: &str, identity: Identity, ca: Option<&Path>) -> anyhow::Result<Barbican> {
         let base = base.trim_end_matches('/').to_owned();
         let uri: Uri = base.parse().with_context(|| format!("{base:?} is not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("{base}: only http:// endpoints can be loaded");
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => bail!("{base}: only http:// and https:// endpoints can be loaded"),
+        };
         let authority = uri.authority().context("the URL has no host")?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
         let authority = match authority.port() {
             Some(_) => authority.to_string(),
-            None => format!("{}:80", authority.host()),
+            None => format!("{}:{default_port}", authority.host()),
         };
-        Ok(Barbican { base, authority, identity, pool: Vec::new(), next: AtomicUsize::new(0) })
+        let tls = match (tls, ca) {
+            (false, None) => None,
+            (false, Some(_)) => bail!("{base}: --ca is for https:// endpoints"),
+            (true, None) => bail!(
+                "{base}: an https:// endpoint needs --ca, the PEM file of the CA that issued \
+                 its certificate"
+            ),
+            (true, Some(ca)) => {
+                let name = ServerName::try_from(host)
+                    .with_context(|| format!("{base}: not a host name for TLS"))?;
+                Some((TlsConnector::from(client_config(ca)?), name))
+            }
+        };
+        Ok(Barbican { base, authority, tls, identity, pool: Vec::new(), next: AtomicUsize::new(0) })
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
@@ -148,12 +174,16 @@ impl Barbican {
             .await
             .with_context(|| format!("connecting to {}", self.authority))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-        // Ends with the connection; an error then shows on the next request.
-        tokio::spawn(connection);
-        Ok(sender)
+        match &self.tls {
+            None => handshake(stream).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .with_context(|| format!("TLS handshake with {}", self.authority))?;
+                handshake(stream).await
+            }
+        }
     }
 
     async fn send(
@@ -332,6 +362,37 @@ impl Barbican {
     }
 }
 
+/// The HTTP/1.1 client side of a connection.
+async fn handshake(
+    io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.context("HTTP handshake")?;
+    // Ends with the connection; an error then shows on the next request.
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// TLS 1.2 or 1.3, ALPN `http/1.1`, servers checked against the CAs of the PEM file `ca`.
+fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("reading {}", ca.display()))?)?;
+    }
+    if roots.is_empty() {
+        bail!("{}: no PEM certificate in the file", ca.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn transport(e: anyhow::Error) -> String {
     format!("transport: {}", e.root_cause())
 }
@@ -438,7 +499,8 @@ mod tests {
     #[tokio::test]
     async fn servers_that_close_after_each_answer_are_loaded_on_new_connections() {
         let (addr, answered) = one_request_per_connection().await;
-        let mut b = Barbican::new(&format!("http://{addr}"), Identity::Token("t".into())).unwrap();
+        let mut b =
+            Barbican::new(&format!("http://{addr}"), Identity::Token("t".into()), None).unwrap();
         b.check().await.unwrap();
         b.fill_pool(5).await.unwrap();
         assert_eq!(b.pool.len(), 5);
@@ -454,16 +516,34 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_http_urls_with_a_host() {
+    fn endpoints_are_http_or_https_urls_with_a_host() {
         let identity = || Identity::Token("t".into());
-        let b = Barbican::new("http://127.0.0.1:9311/", identity()).unwrap();
+        let b = Barbican::new("http://127.0.0.1:9311/", identity(), None).unwrap();
         assert_eq!(
             (b.base.as_str(), b.authority.as_str()),
             ("http://127.0.0.1:9311", "127.0.0.1:9311")
         );
-        assert_eq!(Barbican::new("http://kms", identity()).unwrap().authority, "kms:80");
-        let tls = Barbican::new("https://kms:9311", identity()).unwrap_err().to_string();
-        assert!(tls.contains("only http://"), "{tls}");
-        assert!(Barbican::new("not a url", identity()).is_err());
+        assert!(b.tls.is_none());
+        assert_eq!(Barbican::new("http://kms", identity(), None).unwrap().authority, "kms:80");
+        let ftp = Barbican::new("ftp://kms:9311", identity(), None).unwrap_err().to_string();
+        assert!(ftp.contains("only http:// and https://"), "{ftp}");
+        assert!(Barbican::new("not a url", identity(), None).is_err());
+
+        let no_ca = Barbican::new("https://kms:9311", identity(), None).unwrap_err().to_string();
+        assert!(no_ca.contains("needs --ca"), "{no_ca}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let pem = pki::CertificateAuthority::new("bench CA").unwrap().cert_pem();
+        std::fs::write(&ca, pem).unwrap();
+        let b = Barbican::new("https://kms", identity(), Some(&ca)).unwrap();
+        assert_eq!(b.authority, "kms:443");
+        assert_eq!(b.tls.as_ref().unwrap().1, ServerName::try_from("kms").unwrap());
+        let b = Barbican::new("https://[::1]:9311", identity(), Some(&ca)).unwrap();
+        assert_eq!(b.tls.unwrap().1, ServerName::try_from("::1").unwrap());
+        let plain = Barbican::new("http://kms", identity(), Some(&ca)).unwrap_err().to_string();
+        assert!(plain.contains("--ca is for https://"), "{plain}");
+        std::fs::write(&ca, "not PEM").unwrap();
+        let empty = Barbican::new("https://kms", identity(), Some(&ca)).unwrap_err().to_string();
+        assert!(empty.contains("no PEM certificate"), "{empty}");
     }
 }

@@ -81,9 +81,13 @@ enum Command {
     },
     /// Load on a Barbican v1 endpoint (this appliance or Barbican itself).
     Http {
-        /// The endpoint, e.g. http://127.0.0.1:9311.
+        /// The endpoint: `http://host:port`, or `https://host:port` with --ca.
         #[arg(long)]
         base: String,
+        /// For an https:// endpoint: the PEM file of the CA that issued its certificate
+        /// (`appliance dev --tls`: dev.json's `api_ca`).
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// secret-store, payload-get, metadata-get or order (comma-separated).
         #[arg(long, default_value = "payload-get")]
         scenario: String,
@@ -284,7 +288,17 @@ fn main() -> anyhow::Result<()> {
                 finish(&report, &run)
             })
         }
-        Command::Http { base, scenario, concurrency, pool, project, roles, token_file, run } => {
+        Command::Http {
+            base,
+            ca,
+            scenario,
+            concurrency,
+            pool,
+            project,
+            roles,
+            token_file,
+            run,
+        } => {
             let identity = match token_file {
                 Some(path) => http::Identity::Token(
                     std::fs::read_to_string(&path)
@@ -301,7 +315,7 @@ fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let levels = ops::parse_counts(&concurrency).map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
-                let mut barbican = http::Barbican::new(&base, identity)?;
+                let mut barbican = http::Barbican::new(&base, identity, ca.as_deref())?;
                 barbican.check().await?;
                 if scenarios
                     .iter()

@@ -178,6 +178,24 @@ impl Bundle {
             client_key: dir.join("appliance-key.pem"),
         }
     }
+
+    /// Issues a server certificate for `names` (DNS names or IP addresses) from this bundle's
+    /// CA, and writes it to `cert` and its key to `key` (mode 0600).
+    pub fn issue_server_files(&self, names: &[&str], cert: &Path, key: &Path) -> Result<(), Error> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map(Zeroizing::new)
+                .map_err(|source| Error::Io { path: path.to_owned(), source })
+        };
+        let ca = CertificateAuthority::load(
+            &read(&self.ca_cert)?,
+            &read(&self.ca_key)?,
+            BUNDLE_CA_NAME,
+        )?;
+        let issued = ca.issue_server(names)?;
+        write_file(key, issued.key_pem.as_bytes(), 0o600)?;
+        write_file(cert, issued.cert_pem.as_bytes(), 0o644)
+    }
 }
 
 /// Issues a CA, a proxy server certificate for `proxy_names` and a client certificate for
@@ -289,6 +307,31 @@ mod tests {
                 .unwrap();
         let client = loaded.issue_client("appliance").unwrap();
         verifier.verify_client_cert(&der(&client.cert_pem), &[], UnixTime::now()).unwrap();
+    }
+
+    #[test]
+    fn a_bundle_issues_server_certificates_that_chain_to_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = write_bundle(dir.path(), &["hsm-proxy"], "appliance").unwrap();
+        let (cert, key) = (dir.path().join("api.pem"), dir.path().join("api-key.pem"));
+        bundle.issue_server_files(&["localhost", "::1", "192.0.2.7"], &cert, &key).unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(&std::fs::read_to_string(&bundle.ca_cert).unwrap())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let leaf = der(&std::fs::read_to_string(&cert).unwrap());
+        for name in ["localhost", "::1", "192.0.2.7"] {
+            let name = ServerName::try_from(name).unwrap();
+            verifier.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now()).unwrap();
+        }
+        let elsewhere = ServerName::try_from("192.0.2.8").unwrap();
+        assert!(verifier.verify_server_cert(&leaf, &[], &elsewhere, &[], UnixTime::now()).is_err());
+        assert!(std::fs::read_to_string(&key).unwrap().contains("PRIVATE KEY"));
     }
 
     #[test]

@@ -64,6 +64,11 @@ impl DevStack {
         self.info["api_url"].as_str().unwrap().to_owned()
     }
 
+    /// The process id of `appliance dev`.
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().map_or(0, Daemon::pid)
+    }
+
     /// What the appliance logged so far.
     pub fn log(&self) -> String {
         self.daemon.as_ref().map(Daemon::log).unwrap_or_default()

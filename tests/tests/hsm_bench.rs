@@ -1,6 +1,6 @@
 //! `hsm-bench` end to end, briefly (these check what it reports, not how fast anything is):
 //! every operation against the simulator's module directly, direct and through the proxy of
-//! a dev stack (busy polling on) side by side, and HTTP load on its API.
+//! a dev stack (busy polling on) side by side, and HTTP and HTTPS load on its API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -185,6 +185,35 @@ fn http_load_on_the_api() {
     assert_eq!(report["cells"].as_array().unwrap().len(), 8);
 }
 
+/// The same load over HTTPS on `appliance dev --tls`, the certificate checked against the dev CA.
+#[test]
+fn http_load_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start_with(&dir.path().join("data"), &["--tls"]);
+    let api = stack.api_url();
+    assert!(api.starts_with("https://"), "{api}");
+    let ca = stack.info["api_ca"].as_str().unwrap().to_owned();
+    let report = hsm_bench(
+        &[
+            "http",
+            "--base",
+            &api,
+            "--ca",
+            &ca,
+            "--scenario",
+            "payload-get,secret-store",
+            "--concurrency",
+            "1,4",
+            "--pool",
+            "10",
+        ],
+        &[],
+    );
+    assert_eq!(report["cells"].as_array().unwrap().len(), 4);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
 #[test]
 fn bad_arguments_are_clear_errors() {
     e2e::ensure_binaries();
@@ -202,6 +231,7 @@ fn bad_arguments_are_clear_errors() {
         run(&["http", "--base", "http://127.0.0.1:9", "--scenario", "payload"])
             .contains("payload-get")
     );
+    assert!(run(&["http", "--base", "https://127.0.0.1:9"]).contains("needs --ca"));
     assert!(run(&["proxy", "--duration", "5h"]).contains("units are ms, s, m"));
     assert!(run(&["proxy", "--ops", "decrypt-32"]).contains("give --endpoint (or --dev-json)"));
     assert!(run(&["compare", "--batch", "0"]).contains("--batch must be at least 1"));

@@ -86,7 +86,7 @@ impl Env {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            appliance::server::serve_with(socket, app, &listener, shutdown).await;
+            appliance::server::serve_with(socket, app, &listener, None, shutdown).await;
         });
         Served { addr, stop: Some(stop), task }
     }
