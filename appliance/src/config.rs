@@ -41,6 +41,9 @@ pub struct Config {
     /// Keystone, for `[identity] source = "keystone"`.
     #[serde(default)]
     pub keystone: Option<KeystoneConfig>,
+    /// Log format and the access log.
+    #[serde(default)]
+    pub logging: LoggingConfig,
 }
 
 /// `[keystone]`
@@ -384,6 +387,70 @@ pub struct DatabaseConfig {
     /// Connections kept in the pool.
     #[serde(default = "defaults::db_connections")]
     pub max_connections: u32,
+    /// Whether `serve` applies pending migrations at start.
+    #[serde(default)]
+    pub migrate: Migrate,
+}
+
+/// `[database] migrate`: who applies the schema's migrations.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Migrate {
+    /// `serve` applies pending migrations at start.
+    #[default]
+    Auto,
+    /// Only `appliance db upgrade` does; `serve` refuses a database that is not current.
+    Never,
+}
+
+/// `[logging]`
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// How log lines are written; `--log-format` overrides.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// The level of the per-request access log line, or `off`.
+    #[serde(default)]
+    pub access_log: AccessLogLevel,
+    /// Log one request in this many (answers 5xx are always logged); 1 logs every request.
+    #[serde(default = "defaults::access_log_sample")]
+    pub access_log_sample: u64,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            access_log: AccessLogLevel::default(),
+            access_log_sample: defaults::access_log_sample(),
+        }
+    }
+}
+
+/// `[logging] format`
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields.
+    Json,
+}
+
+/// `[logging] access_log`
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogLevel {
+    /// At INFO: shown by the default filter.
+    #[default]
+    Info,
+    /// At DEBUG: shown only when the filter lets the appliance's debug lines through.
+    Debug,
+    /// Not logged at all.
+    Off,
 }
 
 /// `[hsm]`
@@ -501,6 +568,9 @@ mod defaults {
     pub(super) fn db_connections() -> u32 {
         16
     }
+    pub(super) fn access_log_sample() -> u64 {
+        1
+    }
     pub(super) fn server_name() -> String {
         "hsm-proxy".into()
     }
@@ -572,7 +642,11 @@ impl Config {
     ) -> Config {
         Config {
             server: ServerConfig { listen, ..ServerConfig::default() },
-            database: DatabaseConfig { url: database_url, max_connections: 8 },
+            database: DatabaseConfig {
+                url: database_url,
+                max_connections: 8,
+                migrate: Migrate::Auto,
+            },
             hsm: HsmConfig {
                 endpoints: vec![proxy],
                 server_name: "hsm-proxy".into(),
@@ -593,6 +667,7 @@ impl Config {
             orders: OrdersConfig::default(),
             secretstore: SecretStoreConfig::default(),
             keystone: None,
+            logging: LoggingConfig::default(),
         }
     }
 
@@ -653,6 +728,11 @@ impl Config {
         if self.hsm.max_queued_operations == 0 {
             return Err(Error::Config("[hsm] max_queued_operations must be at least 1".into()));
         }
+        if self.logging.access_log_sample == 0 {
+            return Err(Error::Config(
+                "[logging] access_log_sample must be at least 1 (1 logs every request)".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -678,6 +758,8 @@ mod tests {
         assert_eq!(c.server.max_request_bytes, 25_000);
         assert_eq!(c.server.max_secret_bytes, 20_000);
         assert_eq!(c.database.max_connections, defaults::db_connections());
+        assert_eq!(c.database.migrate, Migrate::Auto);
+        assert_eq!(c.logging, LoggingConfig::default());
         assert_eq!(c.hsm.connections, defaults::connections());
         assert_eq!(c.hsm.request_timeout_ms, defaults::request_timeout_ms());
         assert_eq!(c.hsm.connect_timeout_ms, defaults::connect_timeout_ms());
@@ -774,6 +856,48 @@ mod tests {
         assert!(e.to_string().contains("timeouts must be positive"), "{e}");
         let e = load_with_server_lines("max_connections = 0").unwrap_err();
         assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    /// The example file with `edits` (old, new) applied, loaded.
+    fn load_edited(edits: &[(&str, &str)]) -> Result<Config> {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("appliance.example.toml");
+        let mut text = std::fs::read_to_string(example).unwrap();
+        for (old, new) in edits {
+            assert!(text.contains(old), "{old}");
+            text = text.replace(old, new);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("appliance.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn migrations_and_logging_are_read_from_their_sections() {
+        let c = load_edited(&[
+            ("migrate = \"auto\"", "migrate = \"never\""),
+            ("format = \"text\"", "format = \"json\""),
+            ("access_log = \"info\"", "access_log = \"debug\""),
+            ("access_log_sample = 1", "access_log_sample = 100"),
+        ])
+        .unwrap();
+        assert_eq!(c.database.migrate, Migrate::Never);
+        assert_eq!(
+            c.logging,
+            LoggingConfig {
+                format: LogFormat::Json,
+                access_log: AccessLogLevel::Debug,
+                access_log_sample: 100
+            }
+        );
+        let c = load_edited(&[("access_log = \"info\"", "access_log = \"off\"")]).unwrap();
+        assert_eq!(c.logging.access_log, AccessLogLevel::Off);
+        let e = load_edited(&[("migrate = \"auto\"", "migrate = \"sometimes\"")]).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `sometimes`"), "{e}");
+        let e = load_edited(&[("access_log_sample = 1", "access_log_sample = 0")]).unwrap_err();
+        assert!(e.to_string().contains("access_log_sample must be at least 1"), "{e}");
+        let e = load_edited(&[("format = \"text\"", "format = \"xml\"")]).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `xml`"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum Error {
     /// The database could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] appliance_store::StoreError),
+    /// The database's schema is not the one this build needs.
+    #[error("database schema: {0}")]
+    Schema(String),
     /// The policy or its file is invalid.
     #[error("policy: {0}")]
     Policy(#[from] policy::Error),

@@ -6,15 +6,19 @@
 //! - storage (the `appliance-store` crate) and the HSM client (`hsm`), through which every key
 //!   operation is done in the HSM by the proxies.
 //!
-//! Identity (no-auth or Keystone, `identity`) is asked by the HTTP layer who calls.
+//! Identity (no-auth or Keystone, `identity`) is asked by the HTTP layer who calls. The
+//! operator's commands ([`admin`]: `db check`, `db upgrade`, `doctor`) sit beside the HTTP
+//! layer, over the same parts; [`logging`] sets up the log output and the access log.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
 pub mod config;
 mod error;
 mod hsm;
 mod identity;
+pub mod logging;
 pub mod server;
 mod service;
 mod timefmt;
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 
-use crate::config::{Config, IdentitySourceName};
+use crate::config::{Config, DatabaseConfig, IdentitySourceName, KeystoneConfig, Migrate};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
 use crate::identity::IdentitySource;
@@ -39,10 +43,58 @@ fn read_secret(path: &std::path::Path) -> Result<secrecy::SecretString> {
     Ok(secrecy::SecretString::from(raw.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
-/// Builds the API from a configuration: opens (and migrates) the database, reads the policy,
-/// configures the proxy client.
+/// The Keystone client's settings from `[keystone]`, its password read from its file.
+fn keystone_settings(k: &KeystoneConfig) -> Result<crate::identity::KeystoneSettings> {
+    let password = read_secret(&k.password_file)?;
+    let www = k
+        .www_authenticate_uri
+        .clone()
+        .unwrap_or_else(|| k.auth_url.trim_end_matches('/').trim_end_matches("/v3").to_owned());
+    Ok(crate::identity::KeystoneSettings {
+        auth_url: k.auth_url.trim_end_matches('/').to_owned(),
+        username: k.username.clone(),
+        user_domain_id: k.user_domain_id.clone(),
+        project: k.project.clone(),
+        project_domain_id: k.project_domain_id.clone(),
+        password,
+        www_authenticate_uri: www,
+        cache_ttl: Duration::from_millis(k.cache_ttl_ms),
+        cache_entries: k.cache_entries.max(1),
+        timeout: Duration::from_millis(k.timeout_ms),
+    })
+}
+
+/// Opens the database as `[database] migrate` says: applying pending migrations, or refusing a
+/// schema that is not current.
+async fn open_store(config: &DatabaseConfig) -> Result<Store> {
+    let store = match config.migrate {
+        Migrate::Auto => Store::open(&config.url, config.max_connections).await?,
+        Migrate::Never => Store::connect(&config.url, config.max_connections).await?,
+    };
+    let status = store.schema().await?;
+    if status.is_current() {
+        return Ok(store);
+    }
+    let problems = admin::db::problems(&status);
+    if config.migrate == Migrate::Never {
+        store.close().await;
+        return Err(Error::Schema(format!(
+            "the database is not current ({problems}); [database] migrate = \"never\": apply \
+             the migrations with `appliance db upgrade --config FILE` first"
+        )));
+    }
+    // Migrated, yet not this build's schema: say so, and serve as before.
+    tracing::warn!(
+        problems,
+        "the database schema is not this build's; `appliance db check` tells more"
+    );
+    Ok(store)
+}
+
+/// Builds the API from a configuration: opens the database (applying pending migrations
+/// unless `[database] migrate = "never"`), reads the policy, configures the proxy client.
 pub async fn build(config: &Config) -> Result<Arc<App>> {
-    let store = Store::open(&config.database.url, config.database.max_connections).await?;
+    let store = open_store(&config.database).await?;
     let mut policy = policy::Policy::barbican(config.policy.enforce_new_defaults)?;
     if let Some(file) = &config.policy.file {
         let text = std::fs::read_to_string(file).map_err(Error::io(&file))?;
@@ -70,22 +122,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             let k = config.keystone.as_ref().ok_or_else(|| {
                 Error::Config("[identity] source = \"keystone\" needs a [keystone] section".into())
             })?;
-            let password = read_secret(&k.password_file)?;
-            let www = k.www_authenticate_uri.clone().unwrap_or_else(|| {
-                k.auth_url.trim_end_matches('/').trim_end_matches("/v3").to_owned()
-            });
-            let settings = crate::identity::KeystoneSettings {
-                auth_url: k.auth_url.trim_end_matches('/').to_owned(),
-                username: k.username.clone(),
-                user_domain_id: k.user_domain_id.clone(),
-                project: k.project.clone(),
-                project_domain_id: k.project_domain_id.clone(),
-                password,
-                www_authenticate_uri: www,
-                cache_ttl: Duration::from_millis(k.cache_ttl_ms),
-                cache_entries: k.cache_entries.max(1),
-                timeout: Duration::from_millis(k.timeout_ms),
-            };
+            let settings = keystone_settings(k)?;
             tracing::info!(auth_url = %settings.auth_url, user = %settings.username, "Keystone identity");
             IdentitySource::Keystone(Arc::new(
                 crate::identity::Keystone::new(settings).map_err(Error::Network)?,
@@ -114,6 +151,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
         ]),
         secret_stores: config.secretstore.enable_multiple_secret_stores,
         started: crate::timefmt::now_micros(),
+        access_log: crate::logging::AccessLog::new(&config.logging),
     };
     let (queue, submitted) = crate::service::orders::OrderQueue::new(
         Duration::from_millis(config.orders.lease_ms),

@@ -5,10 +5,11 @@
 mod dev;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use appliance::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 
 /// Request handling allocates and frees small buffers on every runtime thread at once, where
@@ -23,6 +24,9 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log lines as text or JSON; default: the configuration's [logging] format, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +45,45 @@ enum Command {
     /// The appliance's own PKI for mutual TLS with its proxies.
     #[command(subcommand)]
     Pki(Pki),
+    /// The database's schema: check it, or apply the pending migrations.
+    #[command(subcommand)]
+    Db(Db),
+    /// Check the configuration, certificates, database, proxies, token, master key, clocks and
+    /// Keystone; one line per check, exit status 1 if any failed.
+    Doctor {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Db {
+    /// Say the schema's version, the migrations pending and any applied with another
+    /// checksum; exit status 1 unless the schema is current.
+    Check {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Apply the pending migrations, in one transaction, and say which.
+    Upgrade {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+impl Command {
+    /// The configuration file the command reads, if any.
+    fn config(&self) -> Option<&Path> {
+        match self {
+            Command::Serve { config }
+            | Command::Doctor { config }
+            | Command::Db(Db::Check { config } | Db::Upgrade { config }) => Some(config),
+            Command::Dev(_) | Command::Pki(_) => None,
+        }
+    }
 }
 
 /// `appliance dev`'s arguments.
@@ -110,7 +153,16 @@ enum Pki {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    // The configuration may ask for JSON lines: read before the first line is logged (a file
+    // that does not load is reported by the command itself).
+    let format = cli.log_format.unwrap_or_else(|| {
+        cli.command
+            .config()
+            .and_then(|path| Config::load(path).ok())
+            .map(|c| c.logging.format)
+            .unwrap_or_default()
+    });
+    appliance::logging::init(format, &cli.log_level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -121,16 +173,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+/// Prints a report on standard output; an error saying `failed` (so exit status 1) if a check
+/// failed.
+fn finish(report: &appliance::admin::Report, failed: &str) -> anyhow::Result<()> {
+    report.print(&mut std::io::stdout().lock()).context("writing the report")?;
+    if report.failed() {
+        anyhow::bail!("{failed}");
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -142,6 +192,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Db(Db::Check { config }) => {
+            let cfg = Config::load(&config)?;
+            let report = runtime()?.block_on(appliance::admin::db::check(&cfg, &config));
+            finish(&report, "the database schema is not current")
+        }
+        Command::Db(Db::Upgrade { config }) => {
+            let cfg = Config::load(&config)?;
+            let report = runtime()?.block_on(appliance::admin::db::upgrade(&cfg, &config));
+            finish(&report, "the database schema is not current")
+        }
+        Command::Doctor { config } => {
+            let report = runtime()?.block_on(appliance::admin::doctor::run(&config));
+            finish(&report, "some checks failed")
+        }
         Command::Serve { config } => {
             let cfg = appliance::config::Config::load(&config)?;
             runtime()?.block_on(async {

@@ -580,12 +580,11 @@ async fn respond(conn: &Connection, req: hyper::Request<Incoming>) -> hyper::Res
             (api::refusal(&parts.headers, StatusCode::REQUEST_TIMEOUT, description), true)
         }
     };
-    tracing::info!(
-        %method,
-        path = %path,
-        status = response.status.as_u16(),
-        ms = started.elapsed().as_millis(),
-        "request"
+    app.settings.access_log.record(
+        method.as_str(),
+        &path,
+        response.status.as_u16(),
+        started.elapsed(),
     );
     let mut out = hyper::Response::new(Full::new(response.body));
     *out.status_mut() = response.status;

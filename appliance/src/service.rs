@@ -51,6 +51,8 @@ pub(crate) struct Settings {
     pub secret_stores: bool,
     /// When this appliance started (microseconds since the epoch).
     pub started: i64,
+    /// The per-request access log.
+    pub access_log: crate::logging::AccessLog,
 }
 
 /// A secret or container, as far as policy rules about it are concerned.

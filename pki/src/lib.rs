@@ -1,10 +1,12 @@
 //! The appliance's own PKI: a CA, and the certificates for mutual TLS between the appliance
-//! (client) and its proxies (servers).
+//! (client) and its proxies (servers); and reading certificate files back ([`inspect`]).
 //!
 //! Keys are ECDSA P-256. Private keys are handed out as zeroizing PEM strings and written to
 //! disk with mode 0600.
 
 #![forbid(unsafe_code)]
+
+pub mod inspect;
 
 use std::fmt;
 use std::fs::OpenOptions;

@@ -24,6 +24,7 @@ mod grouped;
 mod orders;
 mod quotas;
 mod relations;
+mod schema;
 mod sqlite_reads;
 
 pub use orders::{OrderRow, OrderStatus};
@@ -31,20 +32,7 @@ pub use quotas::{Counted, PerResource, QuotaResource, QuotaRow};
 pub use relations::{
     AclRow, ContainerConsumerRow, ContainerRow, ContainerSecret, EntityKind, SecretConsumerRow,
 };
-
-/// Migrations per backend, applied in order; append only.
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_secrets.sql")),
-    (2, include_str!("../migrations/sqlite/0002_orders_containers_acls.sql")),
-    (3, include_str!("../migrations/sqlite/0003_sealed_order_passphrase.sql")),
-];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/postgres/0001_secrets.sql")),
-    (2, include_str!("../migrations/postgres/0002_orders_containers_acls.sql")),
-    (3, include_str!("../migrations/postgres/0003_sealed_order_passphrase.sql")),
-];
-/// Serialises migrations between appliances sharing one PostgreSQL (an arbitrary constant).
-const MIGRATION_LOCK: i64 = 0x6b65_795f_6d67_7231;
+pub use schema::{AppliedMigration, Migration, SchemaStatus, migrations};
 
 /// A database failure; callers answer 500 (or 503 when the database is unreachable).
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +229,14 @@ const SECRET_COLUMNS: &str = "id, project_id, name, secret_type, algorithm, bit_
 impl Store {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
     pub async fn open(url: &str, max_connections: u32) -> Result<Store> {
+        let store = Store::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects (creating a SQLite file if needed) and leaves the schema as it is: see
+    /// [`Store::schema`] and [`Store::migrate`].
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let url = match backend {
@@ -292,49 +288,12 @@ impl Store {
         }
         let secrets = GroupReader::start(kept.clone(), backend, reader.clone());
         let quotas = GroupReader::start(kept.clone(), backend, reader.clone());
-        let store = Store { pool, backend, inserts, secrets, quotas, kept, reader };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Store { pool, backend, inserts, secrets, quotas, kept, reader })
     }
 
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("CREATE TABLE IF NOT EXISTS appliance_schema (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)")
-            .execute(&mut *tx)
-            .await?;
-        let applied: Option<i64> = sqlx::query("SELECT MAX(version) FROM appliance_schema")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        let migrations = match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS,
-            Backend::Postgres => POSTGRES_MIGRATIONS,
-        };
-        for (version, sql) in migrations {
-            if applied.is_some_and(|a| a >= *version) {
-                continue;
-            }
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO appliance_schema (version, applied) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(now_micros())
-                .execute(&mut *tx)
-                .await?;
-            tracing::info!(version, "database migration applied");
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// The project's active KEK, if it has one.
@@ -400,12 +359,20 @@ impl Store {
     }
 }
 
-/// The database file a SQLite URL names; `None` for an in-memory database, which only the
-/// pool's own connections can see.
+/// The existing database file a SQLite URL names; `None` for an in-memory database, which
+/// only the pool's own connections can see.
 fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_path(url).filter(|path| path.is_file())
+}
+
+/// The file a SQLite URL names, whether or not it exists; `None` for PostgreSQL and for an
+/// in-memory database.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("sqlite:") || url.contains("mode=memory") || url.contains(":memory:") {
+        return None;
+    }
     let options: sqlx::sqlite::SqliteConnectOptions = url.parse().ok()?;
-    let path = options.get_filename();
-    path.is_file().then(|| path.to_path_buf())
+    Some(options.get_filename().to_path_buf())
 }
 
 /// Now, in microseconds since the epoch: every timestamp column holds this.
@@ -949,10 +916,10 @@ mod tests {
         .execute(&pool)
         .await
         .unwrap();
-        for (version, sql) in &SQLITE_MIGRATIONS[..2] {
-            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        for m in &migrations(Backend::Sqlite)[..2] {
+            sqlx::raw_sql(m.sql).execute(&pool).await.unwrap();
             sqlx::query("INSERT INTO appliance_schema (version, applied) VALUES ($1, 0)")
-                .bind(*version)
+                .bind(m.version)
                 .execute(&pool)
                 .await
                 .unwrap();

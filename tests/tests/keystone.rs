@@ -454,3 +454,68 @@ fn without_keystone_validated_tokens_work_and_new_ones_get_503() {
 fn token_unvalidated() -> String {
     format!("gAAAAAB{}", "x".repeat(170))
 }
+
+/// `appliance doctor` authenticates the service user: Keystone's acceptance, and a wrong
+/// password refused by name, without the password in the report.
+#[test]
+fn the_doctor_checks_the_service_user() {
+    let Some(venv) = keystone_venv() else { return };
+    e2e::ensure_binaries();
+    let dir = tempfile::tempdir().unwrap();
+    let ks_dir = dir.path().join("keystone");
+    harness(&venv, &["start", "--dir", ks_dir.to_str().unwrap()]);
+    let _keystone = Keystone { venv: venv.clone(), dir: ks_dir.clone() };
+    let ks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ks_dir.join("keystone.json")).unwrap())
+            .unwrap();
+    let auth_url = ks["auth_url"].as_str().unwrap();
+    let doctor = |password: &str| {
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let config = dir.path().join("appliance.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[database]
+url = "sqlite://{db}"
+[hsm]
+endpoints = ["127.0.0.1:9"]
+ca = "ca.pem"
+cert = "appliance.pem"
+key = "appliance-key.pem"
+[identity]
+source = "keystone"
+[keystone]
+auth_url = "{auth_url}"
+username = "barbican"
+password_file = "password"
+"#,
+                db = dir.path().join("none.db").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(e2e::bin_dir().join("appliance"))
+            .args(["doctor", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        // Nothing else is set up here: the doctor fails either way.
+        assert_eq!(out.status.code(), Some(1));
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!report.contains(password), "{report}");
+        let keystone =
+            report.lines().find(|l| l.get(6..).is_some_and(|l| l.starts_with("keystone ")));
+        keystone.unwrap_or_else(|| panic!("no keystone line:\n{report}")).to_owned()
+    };
+    let line = doctor(ks["users"]["barbican"]["password"].as_str().unwrap());
+    assert!(
+        line.starts_with("ok") && line.contains("accepted the service user \"barbican\""),
+        "{line}"
+    );
+    let line = doctor("not-the-password");
+    assert!(line.starts_with("FAIL") && line.contains("service user login failed: 401"), "{line}");
+}

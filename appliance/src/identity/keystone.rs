@@ -201,6 +201,16 @@ impl Keystone {
         format!("Keystone uri=\"{}\"", self.settings.www_authenticate_uri)
     }
 
+    /// Authenticates the service user afresh (`appliance doctor`): whether Keystone answers
+    /// and accepts it; why not, in words, never with the password.
+    pub(crate) async fn authenticate(&self) -> Result<(), String> {
+        match self.service_token(true).await {
+            Ok(_) => Ok(()),
+            Err(TokenError::Unavailable(why)) => Err(why),
+            Err(TokenError::Invalid) => Err("the request could not be built".into()),
+        }
+    }
+
     /// Cache hits and misses since start.
     pub(crate) fn cache_counts(&self) -> (u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))

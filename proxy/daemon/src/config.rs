@@ -313,6 +313,21 @@ pub struct LoggingConfig {
     /// level. Off by default: they can tell an observer which keys are in use.
     #[serde(default)]
     pub log_error_details: bool,
+    /// How log lines are written; `--log-format` overrides.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[logging] format`
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields.
+    Json,
 }
 
 mod defaults {
@@ -579,6 +594,7 @@ mod tests {
         assert_eq!(c.hardening.disable_core_dumps, defaults.hardening.disable_core_dumps);
         assert_eq!(c.pkcs11.mkek_label, defaults.pkcs11.mkek_label);
         assert_eq!(c.logging.log_error_details, defaults.logging.log_error_details);
+        assert_eq!(c.logging.format, defaults.logging.format);
         // Relative paths are taken from the file's directory.
         assert!(c.tls.client_ca.starts_with(env!("CARGO_MANIFEST_DIR")));
     }

@@ -389,6 +389,119 @@ impl Token {
     }
 }
 
+/// What [`check_token`] found, step by step.
+#[derive(Debug, Default)]
+pub(crate) struct TokenCheck {
+    /// Each step's name and what it found, or why it failed; the steps stop at a failure.
+    pub(crate) steps: Vec<(&'static str, std::result::Result<String, String>)>,
+    /// The token's `ulMaxSessionCount`, when it states a finite one.
+    pub(crate) max_sessions: Option<u64>,
+}
+
+/// Opens the token as `serve` does, one step at a time, and says how each went: the module
+/// loads, the token is there, the PIN logs in, and the master key is there and fit for its
+/// use. Nothing is created or changed; the session is logged out and the library finalised.
+pub(crate) fn check_token(config: &Pkcs11Config, pin: AuthPin) -> TokenCheck {
+    let mut check = TokenCheck::default();
+    let ctx = match load(&config.module) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            check.steps.push(("pkcs11 module", Err(e.to_string())));
+            return check;
+        }
+    };
+    let library = ctx.get_library_info().map(|info| {
+        format!(
+            "{}: {} {} (PKCS#11 {}.{})",
+            config.module.display(),
+            info.manufacturer_id().trim(),
+            info.library_description().trim(),
+            info.cryptoki_version().major(),
+            info.cryptoki_version().minor()
+        )
+    });
+    check.steps.push(("pkcs11 module", library.map_err(|e| e.to_string())));
+    let token_config = TokenConfig {
+        label: config.token_label.clone(),
+        slot: config.slot,
+        pin,
+        mkek_label: config.mkek_label.clone(),
+    };
+    check_token_steps(&ctx, &token_config, &mut check);
+    let _ = ctx.finalize();
+    check
+}
+
+fn check_token_steps(ctx: &Pkcs11, config: &TokenConfig, check: &mut TokenCheck) {
+    let fail = |check: &mut TokenCheck, step, why: String| check.steps.push((step, Err(why)));
+    let slot = match find_slot(ctx, config) {
+        Ok(slot) => slot,
+        Err(e) => return fail(check, "token", e.to_string()),
+    };
+    match ctx.get_token_info(slot) {
+        Ok(info) => {
+            check.max_sessions = match info.max_session_count() {
+                Limit::Max(n) => Some(n),
+                Limit::Infinite | Limit::Unavailable => None,
+            };
+            let sessions = check.max_sessions.map_or_else(
+                || "no stated session limit".to_owned(),
+                |n| format!("up to {n} sessions"),
+            );
+            check.steps.push((
+                "token",
+                Ok(format!(
+                    "{:?} in slot {} ({} {}), {sessions}",
+                    info.label().trim(),
+                    slot.id(),
+                    info.manufacturer_id().trim(),
+                    info.model().trim()
+                )),
+            ));
+        }
+        Err(e) => return fail(check, "token", e.to_string()),
+    }
+    let session = match ctx.open_rw_session(slot) {
+        Ok(session) => session,
+        Err(e) => return fail(check, "login", format!("opening a session: {e}")),
+    };
+    match session.login(UserType::User, Some(&config.pin)) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+            check.steps.push(("login", Ok("the token accepted the user PIN".into())));
+        }
+        Err(CryptokiError::Pkcs11(RvError::PinIncorrect, _)) => {
+            return fail(
+                check,
+                "login",
+                "the token refused the user PIN (CKR_PIN_INCORRECT)".into(),
+            );
+        }
+        Err(CryptokiError::Pkcs11(RvError::PinLocked, _)) => {
+            return fail(
+                check,
+                "login",
+                "the user PIN is locked (CKR_PIN_LOCKED): the token's security officer must \
+                 reset it"
+                    .into(),
+            );
+        }
+        Err(e) => return fail(check, "login", e.to_string()),
+    }
+    let label = &config.mkek_label;
+    let found = match find_mkek(&session, label) {
+        Ok(Some(_)) => {
+            Ok(format!("{label:?}: a sensitive, non-extractable AES key that wraps and unwraps"))
+        }
+        Ok(None) => Err(format!(
+            "no master key labelled {label:?} in the token; create it once with \
+             `hsm-proxy init-token --config <file>`"
+        )),
+        Err(e) => Err(e.to_string()),
+    };
+    check.steps.push(("master key", found));
+    let _ = session.logout();
+}
+
 /// The wait before the next attempt after `failures` failed ones.
 fn reinit_backoff(failures: u32) -> Duration {
     REINIT_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16)).min(REINIT_BACKOFF_MAX)

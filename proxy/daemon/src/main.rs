@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hsm_proxy::config::LogFormat;
 use hsm_proxy::{Config, MkekPolicy, Proxy, ReadyInfo};
 use tokio::net::TcpListener;
 
@@ -17,6 +18,9 @@ struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log lines as text or JSON; default: the configuration's [logging] format, else text.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +50,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check a configuration file and say what it would do.
+    /// Check a configuration file and say what it would do, then check what `serve` needs:
+    /// the TLS files and their expiry, the token, its PIN and its master key. Exit status 1 if
+    /// a check failed.
     CheckConfig {
         /// The configuration file.
         #[arg(long, short)]
@@ -54,9 +60,25 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The configuration file the command reads.
+    fn config(&self) -> &Path {
+        match self {
+            Command::Serve { config, .. }
+            | Command::InitToken { config }
+            | Command::CheckConfig { config } => config,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    // The configuration may ask for JSON lines: read before the first line is logged (a file
+    // that does not load is reported by the command itself).
+    let format = cli.log_format.unwrap_or_else(|| {
+        Config::load(cli.command.config()).map(|c| c.logging.format).unwrap_or_default()
+    });
+    init_logging(format, &cli.log_level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,16 +89,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init();
+        }
+        // One object per line with the event's fields beside `message`, as log pipelines
+        // index them.
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init()
+        }
+    }
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -127,6 +155,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("  module            {}", cfg.pkcs11.module.display());
             println!("  allowed clients   {}", cfg.tls.allowed_clients.join(", "));
             println!("  lock memory       {:?}", cfg.hardening.lock_memory);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let checks = hsm_proxy::check::run(&cfg, now);
+            hsm_proxy::check::print(&checks, &mut std::io::stdout().lock())
+                .context("writing the report")?;
+            if checks.iter().any(|c| c.outcome == hsm_proxy::check::Outcome::Fail) {
+                anyhow::bail!("{}: some checks failed", config.display());
+            }
             Ok(())
         }
     }
