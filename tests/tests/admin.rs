@@ -247,7 +247,7 @@ fn db_check_and_upgrade_on_postgres() {
 #[test]
 fn doctor_passes_on_a_dev_stack_and_names_a_proxy_that_is_down() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = DevStack::start(&dir.path().join("dev"));
+    let stack = DevStack::start_with(&dir.path().join("dev"), &["--tls"]);
     let pki = Pki::of(&stack);
     let database = stack.info["database"].as_str().unwrap().to_owned();
     let proxy = stack.info["proxy"]["address"].as_str().unwrap().to_owned();
@@ -271,6 +271,28 @@ fn doctor_passes_on_a_dev_stack_and_names_a_proxy_that_is_down() {
     let key = std::fs::read_to_string(&pki.key).unwrap();
     let body = key.lines().nth(1).unwrap();
     assert!(!report.contains(body) && !both(&out).contains(body));
+
+    // With HTTPS on, the API's certificate and key are checked too; a key others can read is
+    // a warning.
+    let tls_cert = stack.info["api_cert"].as_str().unwrap();
+    let tls_key = stack.info["api_key"].as_str().unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        &format!("[server]\ntls_cert = {tls_cert:?}\ntls_key = {tls_key:?}\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = appliance(&["doctor"], &config);
+    let report = stdout(&out);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(line(&report, "certificate [server] tls_cert").starts_with("ok"), "{report}");
+    assert!(line(&report, "[server] tls_key").starts_with("ok"), "{report}");
+    std::fs::set_permissions(tls_key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .unwrap();
+    let out = appliance(&["doctor"], &config);
+    let report = stdout(&out);
+    assert!(line(&report, "[server] tls_key").starts_with("warn"), "{report}");
+    assert!(line(&report, "[server] tls_key").contains("chmod 0600"), "{report}");
 
     // A proxy that is down fails the doctor, by name, beside the one that answers.
     let dead = format!("127.0.0.1:{}", free_port());

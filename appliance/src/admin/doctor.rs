@@ -67,12 +67,19 @@ fn policy(report: &mut Report, config: &Config) {
 
 /// The certificate files the appliance presents or trusts, each with its configuration key.
 fn certificate_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
-    vec![("[hsm] ca", config.hsm.ca.clone()), ("[hsm] cert", config.hsm.cert.clone())]
+    let server = &config.server;
+    let mut files =
+        vec![("[hsm] ca", config.hsm.ca.clone()), ("[hsm] cert", config.hsm.cert.clone())];
+    files.extend(server.tls_cert.clone().map(|p| ("[server] tls_cert", p)));
+    files.extend(server.tls_client_ca.clone().map(|p| ("[server] tls_client_ca", p)));
+    files
 }
 
 /// The private key files, each with its configuration key.
 fn key_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
-    vec![("[hsm] key", config.hsm.key.clone())]
+    let mut files = vec![("[hsm] key", config.hsm.key.clone())];
+    files.extend(config.server.tls_key.clone().map(|p| ("[server] tls_key", p)));
+    files
 }
 
 fn certificates(report: &mut Report, config: &Config) {
