@@ -68,9 +68,18 @@ pub(crate) async fn run(
         }
     };
     let api = listener.local_addr()?;
+    let appliance_metrics = match appliance::scrape::start(&config.metrics, &app).await {
+        Ok(addr) => addr.map(|a| format!("http://{a}/metrics")),
+        Err(e) => {
+            stack.stop().await;
+            return Err(e.into());
+        }
+    };
     let mut extra = serde_json::Map::new();
     extra.insert("api_url".into(), json!(format!("http://{api}")));
     extra.insert("database".into(), json!(config.database.url));
+    // Beside the proxy's, which the stack gives.
+    extra.insert("metrics_urls".into(), json!({"appliance": appliance_metrics}));
     let dev_json = DevJson { path: dir.join("dev.json"), extra };
     if let Err(e) = dev_json.write(&stack) {
         stack.stop().await;
@@ -81,6 +90,9 @@ pub(crate) async fn run(
         "Barbican API   http://{api}  (no-auth: send X-Project-Id and X-Roles: member,reader)"
     );
     println!("hsm-proxy      {}  (metrics {metrics})", stack.proxy_addr);
+    if let Some(url) = &appliance_metrics {
+        println!("metrics        {url}  (health: http://{api}/healthcheck?detail)");
+    }
     println!("HSM            {}", stack.hsm_summary());
     println!(
         "data           {}  (everything is listed in {})",

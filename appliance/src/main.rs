@@ -141,6 +141,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let cfg = appliance::config::Config::load(&config)?;
             runtime()?.block_on(async {
                 let app = appliance::build(&cfg).await?;
+                appliance::scrape::start(&cfg.metrics, &app).await?;
                 let listener =
                     appliance::server::bind(cfg.server.listen, cfg.server.listen_backlog)
                         .with_context(|| format!("binding {}", cfg.server.listen))?;
