@@ -157,6 +157,9 @@ enforce_new_defaults = {new_defaults}
 
 [secretstore]
 enable_multiple_secret_stores = {multiple}
+
+[metrics]
+listen = "127.0.0.1:0"
 """.format(port=port, host_href=host_href, db=os.path.join(data, "%s.db" % mode),
                 proxy=dev["proxy"]["address"], ca=pki["ca"], cert=pki["client_cert"],
                 key=pki["client_key"], new_defaults=toml_bool(NEW_DEFAULTS[mode]),
