@@ -44,6 +44,80 @@ pub struct Config {
     /// Log format and the access log.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `/healthcheck`.
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// `[metrics]`: Prometheus metrics, on a listener of their own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the plain-HTTP listener serving `GET /metrics`; `"off"` turns metrics off
+    /// altogether (nothing is counted).
+    #[serde(default = "defaults::metrics_listen")]
+    pub listen: Listen,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: defaults::metrics_listen() }
+    }
+}
+
+/// An address to listen on, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// No listener.
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl Listen {
+    /// The address, unless off.
+    pub fn address(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(addr) => Some(addr),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "off" | "none" | "" => Ok(Listen::Off),
+            addr => addr.parse().map(Listen::At).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is neither an address (host:port) nor \"off\""
+                ))
+            }),
+        }
+    }
+}
+
+/// `[health]`: `GET /healthcheck` and its readiness check (`?detail`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// While this file exists, `/healthcheck` answers 503 (oslo.middleware's
+    /// `disable_by_file_path`): a way to take the appliance out of a load balancer's rotation.
+    #[serde(default)]
+    pub disable_file: Option<PathBuf>,
+    /// Time the readiness check gives the database and each proxy.
+    #[serde(default = "defaults::health_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { disable_file: None, timeout_ms: defaults::health_timeout_ms() }
+    }
 }
 
 /// `[keystone]`
@@ -541,6 +615,16 @@ impl Default for PolicyConfig {
 mod defaults {
     use std::net::SocketAddr;
 
+    /// Loopback: metrics tell an observer about the traffic, and a scraper on the host (or a
+    /// reverse proxy with TLS) reaches them there.
+    pub(super) fn metrics_listen() -> super::Listen {
+        super::Listen::At(SocketAddr::from(([127, 0, 0, 1], 9465)))
+    }
+    /// Below a load balancer's usual check interval and timeout (5 s).
+    pub(super) fn health_timeout_ms() -> u64 {
+        2_000
+    }
+
     pub(super) fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9311))
     }
@@ -668,6 +752,8 @@ impl Config {
             secretstore: SecretStoreConfig::default(),
             keystone: None,
             logging: LoggingConfig::default(),
+            metrics: MetricsConfig { listen: Listen::At(SocketAddr::from(([127, 0, 0, 1], 0))) },
+            health: HealthConfig::default(),
         }
     }
 
@@ -696,6 +782,11 @@ impl Config {
             *p = base.join(&*p);
         }
         if let Some(p) = config.keystone.as_mut().map(|k| &mut k.password_file)
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        if let Some(p) = config.health.disable_file.as_mut()
             && p.is_relative()
         {
             *p = base.join(&*p);
@@ -733,6 +824,9 @@ impl Config {
                 "[logging] access_log_sample must be at least 1 (1 logs every request)".into(),
             ));
         }
+        if self.health.timeout_ms == 0 {
+            return Err(Error::Config("[health] timeout_ms must be positive".into()));
+        }
         Ok(())
     }
 }
@@ -766,6 +860,24 @@ mod tests {
         assert!(c.policy.enforce_new_defaults);
         assert!(c.secretstore.enable_multiple_secret_stores);
         assert!(c.hsm.ca.is_absolute());
+        assert_eq!(c.metrics.listen, defaults::metrics_listen());
+        assert_eq!(c.health.timeout_ms, defaults::health_timeout_ms());
+        assert_eq!(c.health.disable_file, None);
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_by_default_and_can_be_turned_off() {
+        let c: MetricsConfig = toml::from_str("").unwrap();
+        let addr = c.listen.address().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        for off in ["off", "none"] {
+            let c: MetricsConfig = toml::from_str(&format!("listen = \"{off}\"")).unwrap();
+            assert_eq!(c.listen, Listen::Off);
+        }
+        let c: MetricsConfig = toml::from_str("listen = \"10.0.0.1:9100\"").unwrap();
+        assert_eq!(c.listen, Listen::At("10.0.0.1:9100".parse().unwrap()));
+        let e = toml::from_str::<MetricsConfig>("listen = \"everywhere\"").unwrap_err();
+        assert!(e.to_string().contains("neither an address"), "{e}");
     }
 
     #[test]

@@ -102,6 +102,13 @@ pub(crate) async fn run(
     };
     let api = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let appliance_metrics = match appliance::scrape::start(&config.metrics, &app).await {
+        Ok(addr) => addr.map(|a| format!("http://{a}/metrics")),
+        Err(e) => {
+            stack.stop().await;
+            return Err(e.into());
+        }
+    };
     let mut extra = serde_json::Map::new();
     extra.insert("api_url".into(), json!(format!("{scheme}://{api}")));
     if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
@@ -110,6 +117,8 @@ pub(crate) async fn run(
         extra.insert("api_key".into(), json!(key));
     }
     extra.insert("database".into(), json!(config.database.url));
+    // Beside the proxy's, which the stack gives.
+    extra.insert("metrics_urls".into(), json!({"appliance": appliance_metrics}));
     let dev_json = DevJson { path: dir.join("dev.json"), extra };
     if let Err(e) = dev_json.write(&stack) {
         stack.stop().await;
@@ -129,6 +138,9 @@ pub(crate) async fn run(
         None => println!("Barbican API   http://{api}  ({identity})"),
     }
     println!("hsm-proxy      {}  (metrics {metrics})", stack.proxy_addr);
+    if let Some(url) = &appliance_metrics {
+        println!("metrics        {url}  (health: http://{api}/healthcheck?detail)");
+    }
     println!("HSM            {}", stack.hsm_summary());
     println!(
         "data           {}  (everything is listed in {})",

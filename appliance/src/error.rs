@@ -33,6 +33,9 @@ pub enum Error {
     /// The HSM proxy client could not be configured.
     #[error("HSM proxy client: {0}")]
     Hsm(#[from] hsm_proxy_proto::client::Error),
+    /// The metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// A listener could not be bound.
     #[error("network: {0}")]
     Network(#[source] std::io::Error),

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, Error as ClientError};
-use hsm_proxy_proto::op::{Decrypt, Encrypt, GenerateKek, Kek, KekId, Sealed};
+use hsm_proxy_proto::op::{
+    Decrypt, Encrypt, GenerateKek, Health, HealthReport, Kek, KekId, Sealed,
+};
 use hsm_proxy_proto::{SecretBytes, Status};
 
 use crate::config::HsmConfig;
@@ -66,6 +68,11 @@ impl From<ClientError> for HsmError {
 #[derive(Debug)]
 pub(crate) struct Hsm {
     coalescer: Coalescer,
+    /// The client the coalescer sends through (it knows which proxy is in use).
+    client: Client,
+    /// One client per proxy, for the readiness check: each proxy is asked on its own, whichever
+    /// the traffic goes to.
+    probes: Vec<(String, Client)>,
     /// Wrapped KEKs already read, by project and by id (wrapped blobs are not secret).
     by_project: Mutex<HashMap<String, Kek>>,
     by_id: Mutex<HashMap<String, Kek>>,
@@ -86,14 +93,17 @@ pub(crate) fn order_passphrase_aad(project_id: &str, order_id: &str) -> Vec<u8> 
 impl Hsm {
     /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
     /// dispatcher, so it must be called inside the tokio runtime.
-    pub(crate) fn new(client: Client, config: &HsmConfig) -> Hsm {
+    /// `probes` holds a client of its own for each proxy, for [`Hsm::probe`].
+    pub(crate) fn new(client: Client, probes: Vec<(String, Client)>, config: &HsmConfig) -> Hsm {
         let limits = coalesce::Limits {
             frames_in_flight: config.frames_in_flight,
             max_queued: config.max_queued_operations,
             timeout: Duration::from_millis(config.request_timeout_ms),
         };
         Hsm {
-            coalescer: Coalescer::start(client, limits),
+            coalescer: Coalescer::start(client.clone(), limits),
+            client,
+            probes,
             by_project: Mutex::new(HashMap::new()),
             by_id: Mutex::new(HashMap::new()),
         }
@@ -162,6 +172,46 @@ impl Hsm {
         O::Reply::try_from(reply).map_err(|status| HsmError::from(ClientError::Protocol(status)))
     }
 
+    /// Asks every proxy at once for its `Health` report (which the proxy caches briefly),
+    /// each within `timeout`: per proxy, its endpoint, the time it took and its answer.
+    pub(crate) async fn probe(&self, timeout: Duration) -> Vec<Probe> {
+        let asks: Vec<_> = self
+            .probes
+            .iter()
+            .map(|(endpoint, client)| {
+                let (endpoint, client) = (endpoint.clone(), client.clone());
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let answer = match tokio::time::timeout(timeout, client.call(Health)).await {
+                        Ok(Ok(report)) => Ok(report),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                    };
+                    Probe { endpoint, took: started.elapsed(), answer }
+                })
+            })
+            .collect();
+        let mut probes = Vec::with_capacity(asks.len());
+        for (ask, (endpoint, _)) in asks.into_iter().zip(&self.probes) {
+            probes.push(ask.await.unwrap_or_else(|e| Probe {
+                endpoint: endpoint.clone(),
+                took: Duration::ZERO,
+                answer: Err(format!("the check failed: {e}")),
+            }));
+        }
+        probes
+    }
+
+    /// The proxy traffic goes to: an index into `[hsm] endpoints`.
+    pub(crate) fn active_endpoint(&self) -> usize {
+        self.client.active_endpoint()
+    }
+
+    /// Operations waiting for a frame.
+    pub(crate) fn queued(&self) -> usize {
+        self.coalescer.queued()
+    }
+
     /// Decrypts in the HSM.
     pub(crate) async fn open(
         &self,
@@ -171,6 +221,17 @@ impl Hsm {
     ) -> Result<SecretBytes, HsmError> {
         self.call(Decrypt { kek: kek.clone(), sealed, aad }).await
     }
+}
+
+/// What one proxy answered the readiness check.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// The proxy's `host:port`.
+    pub(crate) endpoint: String,
+    /// How long it took to answer (or to fail).
+    pub(crate) took: Duration,
+    /// Its report, or why there is none.
+    pub(crate) answer: Result<HealthReport, String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

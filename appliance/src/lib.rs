@@ -8,7 +8,8 @@
 //!
 //! Identity (no-auth or Keystone, `identity`) is asked by the HTTP layer who calls. The
 //! operator's commands ([`admin`]: `db check`, `db upgrade`, `doctor`) sit beside the HTTP
-//! layer, over the same parts; [`logging`] sets up the log output and the access log.
+//! layer, over the same parts; [`logging`] sets up the log output and the access log. Every
+//! layer records into `metrics`, which [`scrape`] serves on a listener of its own.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,8 @@ mod error;
 mod hsm;
 mod identity;
 pub mod logging;
+mod metrics;
+pub mod scrape;
 pub mod server;
 mod service;
 mod timefmt;
@@ -29,10 +32,11 @@ use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 
-use crate::config::{Config, DatabaseConfig, IdentitySourceName, KeystoneConfig, Migrate};
+use crate::config::{Config, DatabaseConfig, IdentitySourceName, KeystoneConfig, Listen, Migrate};
 pub use crate::error::{Error, Result};
 use crate::hsm::Hsm;
 use crate::identity::IdentitySource;
+use crate::metrics::Metrics;
 pub use crate::service::App;
 use crate::service::Settings;
 use appliance_store::Store;
@@ -66,11 +70,17 @@ fn keystone_settings(k: &KeystoneConfig) -> Result<crate::identity::KeystoneSett
 
 /// Opens the database as `[database] migrate` says: applying pending migrations, or refusing a
 /// schema that is not current.
-async fn open_store(config: &DatabaseConfig) -> Result<Store> {
-    let store = match config.migrate {
-        Migrate::Auto => Store::open(&config.url, config.max_connections).await?,
-        Migrate::Never => Store::connect(&config.url, config.max_connections).await?,
-    };
+async fn open_store(
+    config: &DatabaseConfig,
+    statements: Option<Arc<dyn appliance_store::Observer>>,
+) -> Result<Store> {
+    let store = Store::connect_observed(&config.url, config.max_connections, statements).await?;
+    if config.migrate == Migrate::Auto {
+        if let Err(e) = store.migrate().await {
+            store.close().await;
+            return Err(e.into());
+        }
+    }
     let status = store.schema().await?;
     if status.is_current() {
         return Ok(store);
@@ -94,7 +104,18 @@ async fn open_store(config: &DatabaseConfig) -> Result<Store> {
 /// Builds the API from a configuration: opens the database (applying pending migrations
 /// unless `[database] migrate = "never"`), reads the policy, configures the proxy client.
 pub async fn build(config: &Config) -> Result<Arc<App>> {
-    let store = open_store(&config.database).await?;
+    // Exported with no-auth too (as zeros), so that a dashboard finds every series.
+    let keystone_metrics = crate::metrics::KeystoneMetrics::new()?;
+    let metrics = match config.metrics.listen {
+        Listen::Off => None,
+        Listen::At(_) => Some(Arc::new(Metrics::new(
+            api::ROUTES,
+            &config.hsm.endpoints,
+            Some(&keystone_metrics),
+        )?)),
+    };
+    let statements = metrics.as_ref().map(|m| m.db.clone() as Arc<dyn appliance_store::Observer>);
+    let store = open_store(&config.database, statements).await?;
     let mut policy = policy::Policy::barbican(config.policy.enforce_new_defaults)?;
     if let Some(file) = &config.policy.file {
         let text = std::fs::read_to_string(file).map_err(Error::io(&file))?;
@@ -103,20 +124,35 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     }
     let tls = tls_config_from_pem_files(&config.hsm.ca, &config.hsm.cert, &config.hsm.key)?;
     let mut client_config =
-        ClientConfig::new(config.hsm.endpoints.clone(), &config.hsm.server_name, tls)?;
+        ClientConfig::new(config.hsm.endpoints.clone(), &config.hsm.server_name, tls.clone())?;
     client_config.connections = config.hsm.connections.max(1);
     client_config.connect_timeout = Duration::from_millis(config.hsm.connect_timeout_ms);
     client_config.request_timeout = Duration::from_millis(config.hsm.request_timeout_ms);
     client_config.busy_poll = Duration::from_micros(u64::from(config.hsm.busy_poll_us));
     client_config.reconnect_backoff_max =
         Duration::from_millis(config.hsm.reconnect_backoff_max_ms);
+    // The readiness check asks each proxy on a connection of its own, not counted as traffic.
+    let health_timeout = Duration::from_millis(config.health.timeout_ms);
+    let mut probes = Vec::with_capacity(config.hsm.endpoints.len());
+    for endpoint in &config.hsm.endpoints {
+        let mut probe =
+            ClientConfig::new(vec![endpoint.clone()], &config.hsm.server_name, tls.clone())?;
+        probe.connections = 1;
+        probe.max_calls = 16;
+        probe.connect_timeout = client_config.connect_timeout.min(health_timeout);
+        probe.request_timeout = health_timeout;
+        probe.reconnect_backoff_max = client_config.reconnect_backoff_max;
+        probes.push((endpoint.clone(), Client::new(probe)?));
+    }
+    client_config.observer =
+        metrics.as_ref().map(|m| m.hsm.clone() as Arc<dyn hsm_proxy_proto::client::Observer>);
     if config.hsm.busy_poll_us > 0 {
         tracing::info!(
             busy_poll_us = config.hsm.busy_poll_us,
             "busy polling: a request spins this long for the proxy's answer before parking"
         );
     }
-    let hsm = Hsm::new(Client::new(client_config)?, &config.hsm);
+    let hsm = Hsm::new(Client::new(client_config)?, probes, &config.hsm);
     let identity = match config.identity.source {
         IdentitySourceName::Keystone => {
             let k = config.keystone.as_ref().ok_or_else(|| {
@@ -125,7 +161,8 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             let settings = keystone_settings(k)?;
             tracing::info!(auth_url = %settings.auth_url, user = %settings.username, "Keystone identity");
             IdentitySource::Keystone(Arc::new(
-                crate::identity::Keystone::new(settings).map_err(Error::Network)?,
+                crate::identity::Keystone::new(settings, keystone_metrics.clone())
+                    .map_err(Error::Network)?,
             ))
         }
         IdentitySourceName::Noauth => {
@@ -152,13 +189,17 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
         secret_stores: config.secretstore.enable_multiple_secret_stores,
         started: crate::timefmt::now_micros(),
         access_log: crate::logging::AccessLog::new(&config.logging),
+        health: service::health::HealthSettings {
+            disable_file: config.health.disable_file.clone(),
+            timeout: health_timeout,
+        },
     };
     let (queue, submitted) = crate::service::orders::OrderQueue::new(
         Duration::from_millis(config.orders.lease_ms),
         Duration::from_millis(config.orders.poll_ms),
         Duration::from_millis(config.orders.inline_wait_ms),
     );
-    let app = Arc::new(App::new(store, hsm, policy, settings, queue));
+    let app = Arc::new(App::new(store, hsm, policy, settings, queue, metrics));
     // The worker holds only a weak reference: it stops when the API is dropped.
     tokio::spawn(crate::service::orders::run(Arc::downgrade(&app), submitted));
     Ok(app)

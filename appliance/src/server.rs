@@ -44,6 +44,7 @@ use zeroize::Zeroizing;
 
 use crate::api::{self, App};
 use crate::config::{Cidr, ServerConfig};
+use crate::metrics::HttpMetrics;
 pub use crate::tls::Tls;
 
 /// Time allowed on shutdown for requests in flight.
@@ -535,7 +536,18 @@ async fn read_body(
 
 async fn answer(conn: &Connection, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
     conn.stage.store(IN_HANDLER, Relaxed);
-    let response = respond(conn, req).await;
+    let response = match conn.app.metrics() {
+        Some(metrics) => {
+            let started = std::time::Instant::now();
+            let route = api::route_template(req.uri().path());
+            let method = HttpMetrics::method(req.method());
+            let _in_flight = metrics.http.in_flight();
+            let response = respond(conn, req).await;
+            metrics.http.observe(route, method, response.status(), started.elapsed());
+            response
+        }
+        None => respond(conn, req).await,
+    };
     conn.stage.store(ANSWERED, Relaxed);
     response
 }

@@ -6,6 +6,7 @@ pub(crate) mod acls;
 pub(crate) mod consumers;
 pub(crate) mod containers;
 pub(crate) mod error;
+pub(crate) mod health;
 pub(crate) mod metadata;
 pub(crate) mod orders;
 pub(crate) mod quotas;
@@ -13,12 +14,16 @@ pub(crate) mod secrets;
 pub(crate) mod secretstores;
 pub(crate) mod transportkeys;
 
+use std::sync::Arc;
+
 use appliance_store::{EntityKind, Store, StoreError};
 use policy::{Credentials, Decision, Policy, Scope, Target};
 
 use crate::hsm::Hsm;
 use crate::identity::{Identity, IdentitySource};
+use crate::metrics::Metrics;
 use crate::service::error::ServiceError;
+use crate::service::health::{HealthSettings, ReadinessCache};
 use crate::service::orders::OrderQueue;
 use crate::service::quotas::Quotas;
 
@@ -30,6 +35,10 @@ pub struct App {
     pub(crate) policy: Policy,
     pub(crate) settings: Settings,
     pub(crate) orders: OrderQueue,
+    /// `None` with metrics off.
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    /// The last readiness check.
+    pub(crate) readiness: ReadinessCache,
 }
 
 /// Behaviour the operator sets.
@@ -53,6 +62,8 @@ pub(crate) struct Settings {
     pub started: i64,
     /// The per-request access log.
     pub access_log: crate::logging::AccessLog,
+    /// `/healthcheck`.
+    pub health: HealthSettings,
 }
 
 /// A secret or container, as far as policy rules about it are concerned.
@@ -74,12 +85,13 @@ impl App {
         policy: Policy,
         settings: Settings,
         orders: OrderQueue,
+        metrics: Option<Arc<Metrics>>,
     ) -> App {
         let mut settings = settings;
         if let Some(href) = settings.host_href.as_mut() {
             href.truncate(href.trim_end_matches('/').len());
         }
-        App { store, hsm, policy, settings, orders }
+        App { store, hsm, policy, settings, orders, metrics, readiness: ReadinessCache::default() }
     }
 
     /// The database.

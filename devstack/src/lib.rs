@@ -239,7 +239,8 @@ impl HsmStack {
                 "proxy_key": self.pki.proxy_key,
             },
             "hsm": self.token.describe(),
-            "metrics_urls": metrics.into_iter().collect::<Vec<_>>(),
+            // By component; the appliance adds its own through `DevJson::extra`.
+            "metrics_urls": {"proxy": metrics},
         })
     }
 }
@@ -256,11 +257,21 @@ pub struct DevJson {
 
 impl DevJson {
     /// Writes the file whole under a temporary name and renames it, so that a reader never
-    /// sees half of it; rewritten whenever a child's process id changes.
+    /// sees half of it; rewritten whenever a child's process id changes. An entry of `extra`
+    /// that is an object, as the stack's is, adds to the stack's (`metrics_urls`).
     pub fn write(&self, stack: &HsmStack) -> Result<()> {
         let mut info = stack.describe();
         if let Some(map) = info.as_object_mut() {
-            map.extend(self.extra.clone());
+            for (key, value) in &self.extra {
+                match (map.get_mut(key), value) {
+                    (Some(serde_json::Value::Object(ours)), serde_json::Value::Object(theirs)) => {
+                        ours.extend(theirs.clone());
+                    }
+                    _ => {
+                        map.insert(key.clone(), value.clone());
+                    }
+                }
+            }
         }
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&info)

@@ -137,6 +137,11 @@ impl TestToken {
     pub fn simulator_endpoint(&self) -> Option<&str> {
         self.token.device.as_ref().map(|d| d.spec.endpoint.as_str())
     }
+
+    /// The simulator's fault file, when it is the HSM.
+    pub fn simulator_fault_file(&self) -> Option<&Path> {
+        self.token.device.as_ref().map(|d| d.spec.fault_file.as_path())
+    }
 }
 
 /// A [`TestToken`] for a test that has no async runtime: it brings its own, and stops the

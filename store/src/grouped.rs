@@ -244,8 +244,7 @@ impl Kept {
     }
 
     /// How many connections are kept idle.
-    #[cfg(test)]
-    pub(super) fn idle(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.lock().as_ref().map_or(0, Vec::len)
     }
 

@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -21,13 +21,15 @@ use self::grouped::{GroupRead, GroupReader, Kept, push_in_list, push_parameters}
 use self::sqlite_reads::{SqliteReader, lookup_one};
 
 mod grouped;
+mod observe;
 mod orders;
 mod quotas;
 mod relations;
 mod schema;
 mod sqlite_reads;
 
-pub use orders::{OrderRow, OrderStatus};
+pub use observe::{Observer, PoolStats, Statement};
+pub use orders::{OrderRow, OrderStatus, PendingOrders};
 pub use quotas::{Counted, PerResource, QuotaResource, QuotaRow};
 pub use relations::{
     AclRow, ContainerConsumerRow, ContainerRow, ContainerSecret, EntityKind, SecretConsumerRow,
@@ -220,6 +222,8 @@ pub struct Store {
     kept: Kept,
     /// The lookups' reader thread, on a SQLite file.
     reader: Option<SqliteReader>,
+    /// Told how long each statement takes.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 const SECRET_COLUMNS: &str = "id, project_id, name, secret_type, algorithm, bit_length, mode, \
@@ -237,6 +241,15 @@ impl Store {
     /// Connects (creating a SQLite file if needed) and leaves the schema as it is: see
     /// [`Store::schema`] and [`Store::migrate`].
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        Store::connect_observed(url, max_connections, None).await
+    }
+
+    /// [`Store::connect`], telling `observer` how long each statement takes.
+    pub async fn connect_observed(
+        url: &str,
+        max_connections: u32,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let url = match backend {
@@ -288,7 +301,7 @@ impl Store {
         }
         let secrets = GroupReader::start(kept.clone(), backend, reader.clone());
         let quotas = GroupReader::start(kept.clone(), backend, reader.clone());
-        Ok(Store { pool, backend, inserts, secrets, quotas, kept, reader })
+        Ok(Store { pool, backend, inserts, secrets, quotas, kept, reader, observer })
     }
 
     /// Which database this is.
@@ -298,6 +311,7 @@ impl Store {
 
     /// The project's active KEK, if it has one.
     pub async fn active_kek(&self, project_id: &str) -> Result<Option<KekRow>> {
+        let _timed = self.time(Statement::ActiveKek);
         let row = sqlx::query(
             "SELECT id, wrapped FROM project_keks WHERE project_id = $1 AND active = 1",
         )
@@ -309,6 +323,7 @@ impl Store {
 
     /// A KEK by id (active or retired).
     pub async fn kek(&self, id: &str) -> Result<Option<KekRow>> {
+        let _timed = self.time(Statement::Kek);
         let row = sqlx::query("SELECT id, wrapped FROM project_keks WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -319,6 +334,7 @@ impl Store {
     /// Records a new active KEK for the project. `false` when another one became active first
     /// (two first secrets at once); the caller then uses that one.
     pub async fn insert_kek(&self, project_id: &str, kek: &KekRow) -> Result<bool> {
+        let _timed = self.time(Statement::InsertKek);
         let result = sqlx::query(
             "INSERT INTO project_keks (id, project_id, wrapped, active, created) VALUES ($1, $2, $3, 1, $4)",
         )
@@ -337,6 +353,7 @@ impl Store {
 
     /// Inserts a secret, through the group writer: concurrent inserts share a commit.
     pub async fn insert_secret(&self, s: SecretRow) -> Result<()> {
+        let _timed = self.time(Statement::InsertSecret);
         let (done, written) = oneshot::channel();
         // The writer ends only when the last handle to the store is dropped.
         self.inserts.send((s, done)).await.map_err(|_| sqlx::Error::PoolClosed)?;
@@ -562,11 +579,13 @@ async fn checkpoint_in_background(pool: AnyPool, mut writer_gone: oneshot::Recei
 impl Store {
     /// A secret that exists and has not expired, read with the other lookups waiting.
     pub async fn secret(&self, id: &str) -> Result<Option<SecretRow>> {
+        let _timed = self.time(Statement::Secret);
         self.secrets.read(id).await
     }
 
     /// Adds the payload to a metadata-only secret; `false` if it already has one.
     pub async fn set_payload(&self, id: &str, payload: &StoredPayload) -> Result<bool> {
+        let _timed = self.time(Statement::SetPayload);
         let result = sqlx::query(
             "UPDATE secrets SET content_type = $1, kek_id = $2, ciphertext = $3, iv = $4, tag = $5, \
              updated = $6 WHERE id = $7 AND ciphertext IS NULL",
@@ -585,6 +604,7 @@ impl Store {
 
     /// Deletes a secret with its metadata.
     pub async fn delete_secret(&self, id: &str) -> Result<()> {
+        let _timed = self.time(Statement::DeleteSecret);
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1")
             .bind(id)
@@ -597,6 +617,7 @@ impl Store {
 
     /// One page of a project's secrets and the total number matching.
     pub async fn list_secrets(&self, q: &SecretQuery) -> Result<(Vec<SecretRow>, i64)> {
+        let _timed = self.time(Statement::ListSecrets);
         let mut sql = String::from(
             " FROM secrets WHERE project_id = $1 AND (expiration IS NULL OR expiration > $2)",
         );
@@ -680,6 +701,7 @@ impl Store {
 
     /// A secret's user metadata.
     pub async fn metadata(&self, secret_id: &str) -> Result<BTreeMap<String, String>> {
+        let _timed = self.time(Statement::Metadata);
         let rows = sqlx::query("SELECT key, value FROM secret_metadata WHERE secret_id = $1")
             .bind(secret_id)
             .fetch_all(&self.pool)
@@ -693,6 +715,7 @@ impl Store {
         secret_id: &str,
         entries: &BTreeMap<String, String>,
     ) -> Result<()> {
+        let _timed = self.time(Statement::ReplaceMetadata);
         let now = now_micros();
         let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1")
@@ -717,6 +740,7 @@ impl Store {
 
     /// Adds one key; `false` if it is already there.
     pub async fn add_metadatum(&self, secret_id: &str, key: &str, value: &str) -> Result<bool> {
+        let _timed = self.time(Statement::AddMetadatum);
         let now = now_micros();
         let result = sqlx::query(
             "INSERT INTO secret_metadata (secret_id, key, value, created, updated) VALUES ($1, $2, $3, $4, $5)",
@@ -737,6 +761,7 @@ impl Store {
 
     /// Changes one key's value; `false` if the key is not there.
     pub async fn update_metadatum(&self, secret_id: &str, key: &str, value: &str) -> Result<bool> {
+        let _timed = self.time(Statement::UpdateMetadatum);
         let result = sqlx::query(
             "UPDATE secret_metadata SET value = $1, updated = $2 WHERE secret_id = $3 AND key = $4",
         )
@@ -751,6 +776,7 @@ impl Store {
 
     /// Removes one key (nothing happens if it is not there).
     pub async fn delete_metadatum(&self, secret_id: &str, key: &str) -> Result<()> {
+        let _timed = self.time(Statement::DeleteMetadatum);
         sqlx::query("DELETE FROM secret_metadata WHERE secret_id = $1 AND key = $2")
             .bind(secret_id)
             .bind(key)
@@ -1086,21 +1112,21 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_kept_between_grouped_statements_and_given_back_at_close() {
         let (_dir, store) = temp_store(4).await;
-        assert_eq!(store.kept.idle(), 0);
+        assert_eq!(store.kept.len(), 0);
         let id = new_id();
         store.insert_secret(row(id.clone())).await.unwrap();
         assert!(store.secret(&id).await.unwrap().is_some());
         // Both statements ran on the one connection kept after the first.
-        assert_eq!(store.kept.idle(), 1);
+        assert_eq!(store.kept.len(), 1);
         // A failed statement's connection goes back to the pool rather than being kept.
         assert!(store.insert_secret(row(id.clone())).await.is_err());
-        assert_eq!(store.kept.idle(), 0);
+        assert_eq!(store.kept.len(), 0);
         store.insert_secret(row(new_id())).await.unwrap();
-        assert_eq!(store.kept.idle(), 1);
+        assert_eq!(store.kept.len(), 1);
         // Closing gives the kept connection back, for the pool to close with the others.
         let closed = tokio::time::timeout(Duration::from_secs(30), store.close()).await;
         assert!(closed.is_ok(), "the pool never closed");
-        assert_eq!(store.kept.idle(), 0);
+        assert_eq!(store.kept.len(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::relations::{ContainerRow, insert_container_on};
-use super::{Backend, Result, SecretRow, Store, insert_secret_on};
+use super::{Backend, Result, SecretRow, Statement, Store, insert_secret_on};
 use crate::now_micros;
 
 /// Where an order is.
@@ -82,9 +82,28 @@ fn order_from_row(r: &sqlx::any::AnyRow) -> Result<OrderRow> {
 const ORDER_COLUMNS: &str = "id, project_id, type, meta, status, secret_id, container_id, \
      error_status_code, error_reason, creator_id, created, updated, sealed_passphrase";
 
+/// The PENDING orders of the whole queue (every appliance's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingOrders {
+    /// How many.
+    pub count: i64,
+    /// When the oldest was created, in microseconds since the epoch; `None` with none.
+    pub oldest_created: Option<i64>,
+}
+
 impl Store {
+    /// How many orders are PENDING, and since when the oldest.
+    pub async fn pending_orders(&self) -> Result<PendingOrders> {
+        let _timed = self.time(Statement::PendingOrders);
+        let row = sqlx::query("SELECT COUNT(*), MIN(created) FROM orders WHERE status = 'PENDING'")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(PendingOrders { count: row.try_get(0)?, oldest_created: row.try_get(1)? })
+    }
+
     /// Records a new PENDING order, leased to `owner` until `lease_until`.
     pub async fn insert_order(&self, o: &OrderRow, owner: &str, lease_until: i64) -> Result<()> {
+        let _timed = self.time(Statement::InsertOrder);
         sqlx::query(&format!(
             "INSERT INTO orders ({ORDER_COLUMNS}, lease_owner, lease_until) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
@@ -111,6 +130,7 @@ impl Store {
 
     /// An order by id (any project).
     pub async fn order(&self, id: &str) -> Result<Option<OrderRow>> {
+        let _timed = self.time(Statement::Order);
         let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
             .bind(id)
             .fetch_optional(self.pool())
@@ -127,6 +147,7 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<OrderRow>, i64)> {
+        let _timed = self.time(Statement::ListOrders);
         let filter = if meta.is_some() { " AND meta LIKE $2" } else { "" };
         let pattern = meta.map(|m| format!("%{m}%"));
         let count_sql = format!("SELECT COUNT(*) FROM orders WHERE project_id = $1{filter}");
@@ -148,6 +169,7 @@ impl Store {
 
     /// Deletes an order (its secret or container stays).
     pub async fn delete_order(&self, id: &str) -> Result<()> {
+        let _timed = self.time(Statement::DeleteOrder);
         sqlx::query("DELETE FROM orders WHERE id = $1").bind(id).execute(self.pool()).await?;
         Ok(())
     }
@@ -155,6 +177,7 @@ impl Store {
     /// Leases the oldest PENDING order whose lease is free or expired, for `owner` until
     /// `lease_until`. Concurrent claimers (other appliances) never get the same order.
     pub async fn claim_order(&self, owner: &str, lease_until: i64) -> Result<Option<OrderRow>> {
+        let _timed = self.time(Statement::ClaimOrder);
         let lock = if self.backend() == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let row = sqlx::query(&format!(
             "UPDATE orders SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 WHERE id = \
@@ -179,6 +202,7 @@ impl Store {
         secrets: &[SecretRow],
         container: Option<&ContainerRow>,
     ) -> Result<bool> {
+        let _timed = self.time(Statement::CompleteOrder);
         let mut tx = self.begin_write().await?;
         let secret_id =
             if container.is_none() { secrets.first().map(|s| s.id.clone()) } else { None };
@@ -216,6 +240,7 @@ impl Store {
         code: &str,
         reason: &str,
     ) -> Result<bool> {
+        let _timed = self.time(Statement::FailOrder);
         let r = sqlx::query(
             "UPDATE orders SET status = 'ERROR', error_status_code = $1, error_reason = $2, updated = $3, \
              lease_owner = NULL, lease_until = NULL, sealed_passphrase = NULL WHERE id = $4 AND lease_owner = $5 AND status = 'PENDING'",
@@ -232,6 +257,7 @@ impl Store {
 
     /// Extends `owner`'s lease on an order it is still processing; `false` if it lost it.
     pub async fn renew_lease(&self, id: &str, owner: &str, lease_until: i64) -> Result<bool> {
+        let _timed = self.time(Statement::RenewLease);
         let r = sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PENDING'")
             .bind(lease_until)
             .bind(id)
@@ -243,6 +269,7 @@ impl Store {
 
     /// Gives a lease back after a transient failure; the order is retried after `retry_at`.
     pub async fn release_order(&self, id: &str, owner: &str, retry_at: i64) -> Result<()> {
+        let _timed = self.time(Statement::ReleaseOrder);
         sqlx::query("UPDATE orders SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'PENDING'")
             .bind(retry_at)
             .bind(id)

@@ -6,7 +6,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::grouped::{GroupRead, push_in_list};
 use super::sqlite_reads::lookup_one;
-use super::{Backend, Columns, Result, Store, present};
+use super::{Backend, Columns, Result, Statement, Store, present};
 use crate::now_micros;
 
 /// What a quota limits, in Barbican's order; each is a column of `project_quotas`.
@@ -116,6 +116,7 @@ impl Store {
     /// A project's configured quotas, if any, read with the other lookups waiting: every
     /// creation checks its project's quota first.
     pub async fn project_quota(&self, project_id: &str) -> Result<Option<QuotaRow>> {
+        let _timed = self.time(Statement::ProjectQuota);
         self.quotas.read(project_id).await
     }
 
@@ -125,6 +126,7 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<QuotaRow>, i64)> {
+        let _timed = self.time(Statement::ListProjectQuotas);
         let total: i64 = sqlx::query("SELECT COUNT(*) FROM project_quotas")
             .fetch_one(self.pool())
             .await?
@@ -145,6 +147,7 @@ impl Store {
         project_id: &str,
         updates: &[(QuotaResource, i64)],
     ) -> Result<()> {
+        let _timed = self.time(Statement::PutProjectQuota);
         let now = now_micros();
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -172,6 +175,7 @@ impl Store {
 
     /// Removes a project's quotas; `false` if none were configured.
     pub async fn delete_project_quota(&self, project_id: &str) -> Result<bool> {
+        let _timed = self.time(Statement::DeleteProjectQuota);
         let r = sqlx::query("DELETE FROM project_quotas WHERE project_id = $1")
             .bind(project_id)
             .execute(self.pool())
@@ -181,6 +185,7 @@ impl Store {
 
     /// Live entities of `resource` in a project (`consumers` counts `table`'s consumers).
     pub async fn count(&self, counted: Counted, project_id: &str) -> Result<i64> {
+        let _timed = self.time(Statement::Count);
         let sql = match counted {
             Counted::Secrets => {
                 "SELECT COUNT(*) FROM secrets WHERE project_id = $1 AND (expiration IS NULL OR expiration > $2)"
@@ -206,6 +211,7 @@ impl Store {
 
     /// The project's preferred secret store, if set.
     pub async fn preferred_store(&self, project_id: &str) -> Result<Option<String>> {
+        let _timed = self.time(Statement::PreferredStore);
         let row = sqlx::query("SELECT store_id FROM preferred_stores WHERE project_id = $1")
             .bind(project_id)
             .fetch_optional(self.pool())
@@ -215,6 +221,7 @@ impl Store {
 
     /// Sets the project's preferred secret store.
     pub async fn set_preferred_store(&self, project_id: &str, store_id: &str) -> Result<()> {
+        let _timed = self.time(Statement::SetPreferredStore);
         sqlx::query(
             "INSERT INTO preferred_stores (project_id, store_id, created) VALUES ($1, $2, $3) \
              ON CONFLICT (project_id) DO UPDATE SET store_id = $2",
@@ -229,6 +236,7 @@ impl Store {
 
     /// Removes the project's preference; `false` if none was set.
     pub async fn delete_preferred_store(&self, project_id: &str) -> Result<bool> {
+        let _timed = self.time(Statement::DeletePreferredStore);
         let r = sqlx::query("DELETE FROM preferred_stores WHERE project_id = $1")
             .bind(project_id)
             .execute(self.pool())

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Result, Store};
+use super::{Result, Statement, Store};
 use crate::now_micros;
 
 /// A consumer registered on a secret.
@@ -118,6 +118,7 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<SecretConsumerRow>, i64)> {
+        let _timed = self.time(Statement::SecretConsumers);
         let total: i64 = sqlx::query("SELECT COUNT(*) FROM secret_consumers WHERE secret_id = $1")
             .bind(secret_id)
             .fetch_one(self.pool())
@@ -137,6 +138,7 @@ impl Store {
 
     /// Registers a consumer (idempotent).
     pub async fn add_secret_consumer(&self, secret_id: &str, c: &SecretConsumerRow) -> Result<()> {
+        let _timed = self.time(Statement::AddSecretConsumer);
         let now = now_micros();
         sqlx::query(
             "INSERT INTO secret_consumers (secret_id, project_id, service, resource_type, resource_id, created, updated) \
@@ -163,6 +165,7 @@ impl Store {
         rtype: &str,
         rid: &str,
     ) -> Result<Option<SecretConsumerRow>> {
+        let _timed = self.time(Statement::SecretConsumer);
         let row = sqlx::query(
             "SELECT * FROM secret_consumers WHERE secret_id = $1 AND service = $2 AND resource_type = $3 AND resource_id = $4",
         )
@@ -183,6 +186,7 @@ impl Store {
         rtype: &str,
         rid: &str,
     ) -> Result<()> {
+        let _timed = self.time(Statement::RemoveSecretConsumer);
         sqlx::query(
             "DELETE FROM secret_consumers WHERE secret_id = $1 AND service = $2 AND resource_type = $3 AND resource_id = $4",
         )
@@ -197,6 +201,7 @@ impl Store {
 
     /// Inserts a container with its secret references.
     pub async fn insert_container(&self, c: &ContainerRow) -> Result<()> {
+        let _timed = self.time(Statement::InsertContainer);
         let mut tx = self.begin_write().await?;
         insert_container_on(&mut tx, c).await?;
         tx.commit().await?;
@@ -205,6 +210,7 @@ impl Store {
 
     /// A container with its references.
     pub async fn container(&self, id: &str) -> Result<Option<ContainerRow>> {
+        let _timed = self.time(Statement::Container);
         let Some(r) = sqlx::query("SELECT * FROM containers WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
@@ -236,6 +242,7 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ContainerRow>, i64)> {
+        let _timed = self.time(Statement::ListContainers);
         let like = if self.backend() == super::Backend::Postgres { "ILIKE" } else { "LIKE" };
         let mut filter = String::from(" FROM containers WHERE project_id = $1");
         let mut n = 1;
@@ -271,6 +278,7 @@ impl Store {
 
     /// Deletes a container, its references, consumers and ACL (never its secrets).
     pub async fn delete_container(&self, id: &str) -> Result<()> {
+        let _timed = self.time(Statement::DeleteContainer);
         let mut tx = self.begin_write().await?;
         for table in ["container_secrets", "container_consumers"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE container_id = $1"))
@@ -293,6 +301,7 @@ impl Store {
 
     /// Adds a reference; `false` if the same (name, secret) pair is already there.
     pub async fn add_container_secret(&self, id: &str, s: &ContainerSecret) -> Result<bool> {
+        let _timed = self.time(Statement::AddContainerSecret);
         let mut tx = self.begin_write().await?;
         let rows = sqlx::query(
             "SELECT name, secret_id, position FROM container_secrets WHERE container_id = $1",
@@ -328,6 +337,7 @@ impl Store {
 
     /// Removes a reference; `false` if it was not there.
     pub async fn remove_container_secret(&self, id: &str, s: &ContainerSecret) -> Result<bool> {
+        let _timed = self.time(Statement::RemoveContainerSecret);
         let result = match &s.name {
             Some(name) => sqlx::query("DELETE FROM container_secrets WHERE container_id = $1 AND secret_id = $2 AND name = $3")
                 .bind(id)
@@ -351,6 +361,7 @@ impl Store {
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<ContainerConsumerRow>, i64)> {
+        let _timed = self.time(Statement::ContainerConsumers);
         let total: i64 =
             sqlx::query("SELECT COUNT(*) FROM container_consumers WHERE container_id = $1")
                 .bind(id)
@@ -388,6 +399,7 @@ impl Store {
         name: &str,
         url: &str,
     ) -> Result<()> {
+        let _timed = self.time(Statement::AddContainerConsumer);
         let now = now_micros();
         sqlx::query(
             "INSERT INTO container_consumers (container_id, project_id, name, url, created, updated) \
@@ -411,6 +423,7 @@ impl Store {
         name: &str,
         url: &str,
     ) -> Result<Option<String>> {
+        let _timed = self.time(Statement::ContainerConsumerProject);
         let row = sqlx::query("SELECT project_id FROM container_consumers WHERE container_id = $1 AND name = $2 AND url = $3")
             .bind(id)
             .bind(name)
@@ -422,6 +435,7 @@ impl Store {
 
     /// Removes a container consumer.
     pub async fn remove_container_consumer(&self, id: &str, name: &str, url: &str) -> Result<()> {
+        let _timed = self.time(Statement::RemoveContainerConsumer);
         sqlx::query(
             "DELETE FROM container_consumers WHERE container_id = $1 AND name = $2 AND url = $3",
         )
@@ -435,6 +449,7 @@ impl Store {
 
     /// The read ACL of an entity (`secret` or `container`), if one is stored.
     pub async fn acl(&self, entity: EntityKind, id: &str) -> Result<Option<AclRow>> {
+        let _timed = self.time(Statement::Acl);
         let entity_type = entity.name();
         let Some(r) = sqlx::query(
             "SELECT project_access, created, updated FROM acls WHERE entity_type = $1 AND entity_id = $2 AND operation = 'read'",
@@ -472,6 +487,7 @@ impl Store {
         id: &str,
         acl: Option<(bool, &[String])>,
     ) -> Result<()> {
+        let _timed = self.time(Statement::SetAcl);
         let entity_type = entity.name();
         let now = now_micros();
         let mut tx = self.begin_write().await?;
@@ -519,6 +535,7 @@ impl Store {
 
     /// Ids of live secrets whose read ACL lists `user_id`.
     pub async fn secrets_shared_with(&self, user_id: &str) -> Result<Vec<String>> {
+        let _timed = self.time(Statement::SecretsSharedWith);
         let rows = sqlx::query(
             "SELECT s.id FROM secrets s JOIN acl_users u ON u.entity_type = 'secret' AND u.entity_id = s.id \
              AND u.operation = 'read' WHERE u.user_id = $1 AND (s.expiration IS NULL OR s.expiration > $2) \

@@ -162,6 +162,9 @@ enable_multiple_secret_stores = {multiple}
 # expecting it done: wait for it as long as a busy machine may take to make an RSA key.
 [orders]
 inline_wait_ms = 60000
+
+[metrics]
+listen = "127.0.0.1:0"
 """.format(port=port, host_href=host_href, db=os.path.join(data, "%s.db" % mode),
                 proxy=dev["proxy"]["address"], ca=pki["ca"], cert=pki["client_cert"],
                 key=pki["client_key"], new_defaults=toml_bool(NEW_DEFAULTS[mode]),

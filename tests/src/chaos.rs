@@ -822,6 +822,8 @@ key = "{key}"
 [identity]
 source = "noauth"
 allow_noauth = true
+[metrics]
+listen = "127.0.0.1:0"
 "#,
                 proxy = info["proxy"]["address"].as_str().unwrap(),
                 ca = info["pki"]["ca"].as_str().unwrap(),

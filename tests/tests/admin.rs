@@ -287,8 +287,7 @@ fn doctor_passes_on_a_dev_stack_and_names_a_proxy_that_is_down() {
     assert!(out.status.success(), "{}", both(&out));
     assert!(line(&report, "certificate [server] tls_cert").starts_with("ok"), "{report}");
     assert!(line(&report, "[server] tls_key").starts_with("ok"), "{report}");
-    std::fs::set_permissions(tls_key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(tls_key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let out = appliance(&["doctor"], &config);
     let report = stdout(&out);
     assert!(line(&report, "[server] tls_key").starts_with("warn"), "{report}");

@@ -326,6 +326,17 @@ fn validated_tokens_are_served_from_the_cache() {
         assert_eq!(http("GET", &secret, &[("X-Auth-Token", alice.as_str())], b"").status, 200);
     }
     assert_eq!(settled_validations(&f.ks_dir), before, "cached tokens must not be validated again");
+    // Its metrics count the hits, and the validations Keystone answered.
+    let metrics_url =
+        f.stack.as_ref().unwrap().info["metrics_urls"]["appliance"].as_str().unwrap().to_owned();
+    let metrics = String::from_utf8(http("GET", &metrics_url, &[], b"").body).unwrap();
+    let series = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(series("appliance_keystone_cache_hits_total") >= 100.0, "{metrics}");
+    assert!(series("appliance_keystone_validations_total{result=\"valid\"}") >= 1.0, "{metrics}");
+    assert!(series("appliance_keystone_request_duration_seconds_count") >= 1.0, "{metrics}");
     // The appliance says as much when it stops: one validation, then hits.
     let log = f.stop_appliance();
     let line = log

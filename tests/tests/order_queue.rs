@@ -53,6 +53,8 @@ allow_noauth = true
 lease_ms = 2000
 poll_ms = 200
 inline_wait_ms = 0
+[metrics]
+listen = "127.0.0.1:0"
 "#,
             proxy = info["proxy"]["address"].as_str().unwrap(),
             ca = info["pki"]["ca"].as_str().unwrap(),

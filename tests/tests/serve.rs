@@ -47,6 +47,9 @@ allow_noauth = true
 
 [policy]
 file = "policy.yaml"
+
+[metrics]
+listen = "127.0.0.1:0"
 "#,
             db = dir.path().join("serve.db").display(),
             live = info["proxy"]["address"].as_str().unwrap(),

@@ -259,8 +259,12 @@ async fn keystone(report: &mut Report, config: &Config) {
         report.warn("keystone", "[keystone] is set but [identity] source is not \"keystone\"");
     }
     let checked = match crate::keystone_settings(k) {
-        Ok(settings) => match crate::identity::Keystone::new(settings) {
-            Ok(keystone) => keystone.authenticate().await,
+        Ok(settings) => match crate::metrics::KeystoneMetrics::new() {
+            // Counted nowhere: the doctor serves no metrics.
+            Ok(metrics) => match crate::identity::Keystone::new(settings, metrics) {
+                Ok(keystone) => keystone.authenticate().await,
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         },
         Err(e) => Err(e.to_string()),

@@ -121,8 +121,7 @@ impl Coalescer {
     }
 
     /// Operations waiting for a frame.
-    #[cfg(test)]
-    fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.limits.max_queued.max(1).saturating_sub(self.queue.capacity())
     }
 }

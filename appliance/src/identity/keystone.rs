@@ -8,7 +8,6 @@
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -26,6 +25,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Identity, IdentityError, header};
+use crate::metrics::KeystoneMetrics;
 use crate::timefmt::{now_micros, parse_iso8601};
 
 /// Refresh the service token this long before it expires.
@@ -139,8 +139,8 @@ pub(crate) struct Keystone {
     service_token: tokio::sync::Mutex<Option<(SecretString, i64)>>,
     /// Validated tokens by their SHA-256, least recently used dropped first when full.
     cache: Mutex<LruCache<[u8; 32], Cached>>,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Validations, cache hits and misses, and requests to Keystone.
+    metrics: KeystoneMetrics,
 }
 
 impl std::fmt::Debug for Keystone {
@@ -151,7 +151,10 @@ impl std::fmt::Debug for Keystone {
 
 impl Keystone {
     /// A client; nothing is sent until the first token arrives.
-    pub(crate) fn new(settings: KeystoneSettings) -> std::io::Result<Keystone> {
+    pub(crate) fn new(
+        settings: KeystoneSettings,
+        metrics: KeystoneMetrics,
+    ) -> std::io::Result<Keystone> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()?
             .https_or_http()
@@ -164,8 +167,7 @@ impl Keystone {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(settings.cache_entries).unwrap_or(NonZeroUsize::MIN),
             )),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            metrics,
             settings,
         })
     }
@@ -213,7 +215,7 @@ impl Keystone {
 
     /// Cache hits and misses since start.
     pub(crate) fn cache_counts(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (self.metrics.cache_hits.get(), self.metrics.cache_misses.get())
     }
 
     /// The identity behind a token: project, user, roles and scope.
@@ -222,14 +224,30 @@ impl Keystone {
         let now = now_micros();
         let hit = self.lock_cache().get(&key).filter(|c| c.valid_until > now).cloned();
         if let Some(hit) = hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hits.inc();
             return Ok(hit.identity);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cache_misses.inc();
+        let validated = self.validate_with_keystone(token, &key, now).await;
+        match &validated {
+            Ok(_) => self.metrics.valid.inc(),
+            Err(TokenError::Invalid) => self.metrics.invalid.inc(),
+            Err(TokenError::Unavailable(_)) => self.metrics.unavailable.inc(),
+        }
+        validated
+    }
+
+    /// Asks Keystone about a token not in the cache, and caches it when valid.
+    async fn validate_with_keystone(
+        &self,
+        token: &str,
+        key: &[u8; 32],
+        now: i64,
+    ) -> Result<Identity, TokenError> {
         let body = match self.check(token).await? {
             Some(body) => body,
             None => {
-                self.lock_cache().pop(&key);
+                self.lock_cache().pop(key);
                 return Err(TokenError::Invalid);
             }
         };
@@ -242,7 +260,7 @@ impl Keystone {
         let entry = Cached { identity: identity.clone(), valid_until: expires.min(now + ttl) };
         // Full, the least recently used token goes: an expired one is not used again, so it
         // goes before any token in use, without a scan under the lock every request takes.
-        self.lock_cache().put(key, entry);
+        self.lock_cache().put(*key, entry);
         Ok(identity)
     }
 
@@ -322,8 +340,14 @@ impl Keystone {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), TokenError> {
-        let response = tokio::time::timeout(self.settings.timeout, self.http.request(request))
-            .await
+        let started = std::time::Instant::now();
+        let answered =
+            tokio::time::timeout(self.settings.timeout, self.http.request(request)).await;
+        self.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+        if !matches!(answered, Ok(Ok(_))) {
+            self.metrics.request_failures.inc();
+        }
+        let response = answered
             .map_err(|_| TokenError::Unavailable("keystone timed out".into()))?
             .map_err(|e| TokenError::Unavailable(format!("keystone: {e}")))?;
         let (parts, body) = response.into_parts();

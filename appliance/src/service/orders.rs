@@ -28,6 +28,7 @@ use super::secrets::{normalize_content_type, pem};
 use super::{App, project_target};
 use crate::hsm::{HsmError, order_passphrase_aad, payload_aad};
 use crate::identity::Identity;
+use crate::metrics::OrderOutcome;
 use crate::timefmt::now_micros;
 use appliance_store::{ContainerRow, ContainerSecret, Counted, OrderRow, OrderStatus, SecretRow};
 
@@ -340,15 +341,18 @@ async fn process(app: &Arc<App>, order: OrderRow) {
     };
     renewal.abort();
     let store = &app.store;
+    let mut counted = OrderOutcome::Postponed;
     let outcome = match result {
         Ok((secrets, container)) => {
             match store.complete_order(&order.id, owner, &secrets, container.as_ref()).await {
                 Ok(true) => {
                     tracing::info!(order = %order.id, ms = started.elapsed().as_millis(), "order ACTIVE");
+                    counted = OrderOutcome::Active;
                     Ok(())
                 }
                 Ok(false) => {
                     tracing::warn!(order = %order.id, "order lease lost to another appliance; its result is discarded");
+                    counted = OrderOutcome::Lost;
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),
@@ -356,11 +360,13 @@ async fn process(app: &Arc<App>, order: OrderRow) {
         }
         Err(Failure::Permanent(code, reason)) => {
             tracing::info!(order = %order.id, code, reason = %reason, "order ERROR");
-            store
-                .fail_order(&order.id, owner, code, &reason)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            match store.fail_order(&order.id, owner, code, &reason).await {
+                Ok(held) => {
+                    counted = if held { OrderOutcome::Error } else { OrderOutcome::Lost };
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
         }
         Err(Failure::Transient(why)) => Err(why),
     };
@@ -368,6 +374,9 @@ async fn process(app: &Arc<App>, order: OrderRow) {
         let retry = now_micros() + i64::try_from(RETRY_AFTER.as_micros()).unwrap_or(0);
         tracing::warn!(order = %order.id, reason = %why, "order postponed; will be retried");
         let _ = store.release_order(&order.id, owner, retry).await;
+    }
+    if let Some(metrics) = app.metrics() {
+        metrics.orders.processed(counted);
     }
 }
 

@@ -46,9 +46,17 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address for appliance connections (mutual TLS).
     pub listen: SocketAddr,
-    /// Plain-HTTP address for `/metrics`; none disables the endpoint.
-    #[serde(default)]
+    /// Address of the metrics listener (`/metrics`, `/healthz`, `/readyz`): loopback by
+    /// default; `"off"` disables it.
+    #[serde(default = "defaults::metrics_listen", deserialize_with = "listen_or_off")]
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM file: the metrics listener's certificate chain; with `metrics_tls_key`, the listener
+    /// speaks HTTPS (TLS 1.2 and 1.3, no client certificate) instead of plain HTTP.
+    #[serde(default)]
+    pub metrics_tls_cert: Option<PathBuf>,
+    /// PEM file: the key of `metrics_tls_cert`.
+    #[serde(default)]
+    pub metrics_tls_key: Option<PathBuf>,
     /// Largest frame body accepted, in bytes.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: u32,
@@ -266,11 +274,32 @@ pub struct HealthConfig {
     /// How long a `Health` answer is reused before the HSM is asked again.
     #[serde(default = "defaults::health_cache_ms")]
     pub cache_ms: u64,
+    /// Time `/readyz` gives a worker session to run `Health` (when no answer is cached).
+    #[serde(default = "defaults::ready_timeout_ms")]
+    pub ready_timeout_ms: u64,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { cache_ms: defaults::health_cache_ms() }
+        Self {
+            cache_ms: defaults::health_cache_ms(),
+            ready_timeout_ms: defaults::ready_timeout_ms(),
+        }
+    }
+}
+
+/// An address, or `"off"` (also `"none"`) for none.
+fn listen_or_off<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "off" | "none" | "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{text:?} is neither an address (host:port) nor \"off\""
+            ))
+        }),
     }
 }
 
@@ -400,6 +429,14 @@ mod defaults {
     pub(super) fn health_cache_ms() -> u64 {
         1_000
     }
+    /// Below a load balancer's or kubelet's usual probe timeout.
+    pub(super) fn ready_timeout_ms() -> u64 {
+        2_000
+    }
+    /// Loopback: metrics tell an observer about the traffic.
+    pub(super) fn metrics_listen() -> Option<std::net::SocketAddr> {
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464)))
+    }
     pub(super) fn yes() -> bool {
         true
     }
@@ -429,10 +466,17 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = self.pkcs11.pin_file.as_mut()
-            && p.is_relative()
+        for p in [
+            self.pkcs11.pin_file.as_mut(),
+            self.server.metrics_tls_cert.as_mut(),
+            self.server.metrics_tls_key.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
-            *p = base.join(&*p);
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
     }
 
@@ -472,6 +516,12 @@ impl Config {
         }
         if self.server.max_handshakes == 0 || self.server.metrics_max_connections == 0 {
             return bad("[server] max_handshakes and metrics_max_connections must be positive");
+        }
+        if self.server.metrics_tls_cert.is_some() != self.server.metrics_tls_key.is_some() {
+            return bad("[server] set both metrics_tls_cert and metrics_tls_key, or neither");
+        }
+        if self.health.ready_timeout_ms == 0 {
+            return bad("[health] ready_timeout_ms must be positive");
         }
         if self.server.handshake_timeout_ms == 0
             || self.server.frame_timeout_ms == 0
@@ -590,6 +640,7 @@ mod tests {
         assert_eq!(c.pool.max_deadline_ms, defaults.pool.max_deadline_ms);
         assert_eq!(c.keys.kek_cache_capacity, defaults.keys.kek_cache_capacity);
         assert_eq!(c.health.cache_ms, defaults.health.cache_ms);
+        assert_eq!(c.health.ready_timeout_ms, defaults.health.ready_timeout_ms);
         assert_eq!(c.hardening.lock_memory, defaults.hardening.lock_memory);
         assert_eq!(c.hardening.disable_core_dumps, defaults.hardening.disable_core_dumps);
         assert_eq!(c.pkcs11.mkek_label, defaults.pkcs11.mkek_label);
@@ -605,7 +656,12 @@ mod tests {
         assert_eq!(c.server.max_handshakes, 1024);
         assert_eq!(c.server.frame_timeout_ms, 10_000);
         assert_eq!(c.server.idle_timeout_ms, 600_000);
-        assert_eq!(c.server.metrics_listen, None, "no metrics endpoint unless asked for");
+        assert_eq!(
+            c.server.metrics_listen,
+            Some(([127, 0, 0, 1], 9464).into()),
+            "the metrics listener is on loopback unless told otherwise"
+        );
+        assert_eq!(c.server.metrics_tls_cert, None);
         assert_eq!(c.server.metrics_max_connections, 16);
         let with = |line: &str| {
             let text = MINIMAL.replace("[server]\n", &format!("[server]\n{line}\n"));
@@ -624,6 +680,24 @@ mod tests {
             let key = zero.split(' ').next().unwrap();
             assert!(err.contains(key), "{zero}: {err}");
         }
+    }
+
+    #[test]
+    fn the_metrics_listener_can_be_turned_off_and_needs_both_tls_files() {
+        let with = |line: &str| {
+            let text = MINIMAL.replace("[server]\n", &format!("[server]\n{line}\n"));
+            toml::from_str::<Config>(&text)
+        };
+        assert_eq!(with("metrics_listen = \"off\"").unwrap().server.metrics_listen, None);
+        let e = with("metrics_listen = \"localhost\"").unwrap_err().to_string();
+        assert!(e.contains("neither an address"), "{e}");
+        let c = with("metrics_tls_cert = \"m.pem\"").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("metrics_tls_key"), "{e}");
+        with("metrics_tls_cert = \"m.pem\"\nmetrics_tls_key = \"m.key\"")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     settings: ServerSettings,
     metrics_limits: HttpLimits,
+    /// The metrics listener's TLS, when it has some.
+    metrics_tls: Option<Arc<rustls::ServerConfig>>,
     summary: String,
 }
 
@@ -101,12 +103,25 @@ impl Proxy {
             default_deadline: Duration::from_millis(u64::from(config.pool.default_deadline_ms)),
             max_deadline: Duration::from_millis(u64::from(config.pool.max_deadline_ms)),
         };
+        let metrics_tls = match (&server.metrics_tls_cert, &server.metrics_tls_key) {
+            (Some(cert), Some(key)) => Some(tls::metrics_server_config(cert, key)?),
+            _ => None,
+        };
         let metrics_limits = HttpLimits {
+            ready_timeout: Duration::from_millis(config.health.ready_timeout_ms),
             max_connections: server.metrics_max_connections,
             header_timeout: Duration::from_millis(server.metrics_header_timeout_ms),
             idle_timeout: Duration::from_millis(server.metrics_idle_timeout_ms),
         };
-        Ok(Proxy { pool: Arc::new(pool), tls, metrics, settings, metrics_limits, summary })
+        Ok(Proxy {
+            pool: Arc::new(pool),
+            tls,
+            metrics,
+            settings,
+            metrics_limits,
+            metrics_tls,
+            summary,
+        })
     }
 
     /// One line saying which token and how many sessions, for the start-up log.
@@ -117,6 +132,11 @@ impl Proxy {
     /// The metrics registry.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// Whether the metrics listener speaks HTTPS.
+    pub fn metrics_tls(&self) -> bool {
+        self.metrics_tls.is_some()
     }
 
     /// Number of worker sessions.
@@ -133,8 +153,13 @@ impl Proxy {
     ) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         if let Some(listener) = metrics_listener {
-            let limits = self.metrics_limits;
-            tokio::spawn(metrics::serve(listener, self.metrics.clone(), limits, stop_rx.clone()));
+            let served = metrics::Listener {
+                metrics: self.metrics.clone(),
+                pool: self.pool.clone(),
+                tls: self.metrics_tls.clone().map(TlsAcceptor::from),
+                limits: self.metrics_limits,
+            };
+            tokio::spawn(metrics::serve(listener, served, stop_rx.clone()));
         }
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let server = server::serve(

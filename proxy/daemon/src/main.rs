@@ -139,8 +139,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             println!("{}: valid", config.display());
             println!("  listen            {}", cfg.server.listen);
+            let scheme = if cfg.server.metrics_tls_cert.is_some() { "https" } else { "http" };
             match cfg.server.metrics_listen {
-                Some(addr) => println!("  metrics           http://{addr}/metrics"),
+                Some(addr) => println!("  metrics           {scheme}://{addr}/metrics"),
                 None => println!("  metrics           off"),
             }
             let server = &cfg.server;
@@ -184,6 +185,16 @@ async fn serve(
         }
         None => None,
     };
+    if let Some(addr) = info_addr(&metrics_listener)
+        && !addr.ip().is_loopback()
+        && cfg.server.metrics_tls_cert.is_none()
+    {
+        tracing::warn!(
+            metrics = %addr,
+            "the metrics listener is on a non-loopback address in plain HTTP: set \
+             metrics_tls_cert and metrics_tls_key, or keep it on a management network"
+        );
+    }
     let info = ReadyInfo {
         listen: listener.local_addr()?,
         metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
@@ -207,6 +218,10 @@ async fn serve(
     };
     proxy.serve(listener, metrics_listener, shutdown).await?;
     Ok(())
+}
+
+fn info_addr(listener: &Option<TcpListener>) -> Option<std::net::SocketAddr> {
+    listener.as_ref().and_then(|l| l.local_addr().ok())
 }
 
 /// Completes once the process `pid` is no longer this one's parent; never without a pid.

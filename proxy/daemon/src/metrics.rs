@@ -1,4 +1,6 @@
-//! Prometheus metrics, and the plain-HTTP `/metrics` endpoint that serves them, with its own
+//! Prometheus metrics, and the listener that serves them (`/metrics`) with liveness
+//! (`/healthz`: the process serves) and readiness (`/readyz`: a worker session can run an
+//! operation on the token now), in plain HTTP or, configured so, HTTPS; with its own
 //! connection limit and header and idle timeouts.
 
 use std::convert::Infallible;
@@ -8,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hsm_proxy_proto::OpCode;
+use hsm_proxy_proto::op::Health;
+use hsm_proxy_proto::{OpCode, Reply, Request as Operation};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,7 +23,9 @@ use prometheus::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
+use crate::pool::Pool;
 use crate::server::RefusalLog;
 
 /// Latency buckets from 10 µs (a local token) to 5 s (a stalled network HSM).
@@ -197,6 +202,8 @@ impl Metrics {
 /// Limits of the metrics endpoint.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HttpLimits {
+    /// Time `/readyz` gives a worker session.
+    pub(crate) ready_timeout: Duration,
     /// Connections served at once.
     pub(crate) max_connections: usize,
     /// Time for a request's header, from its first byte.
@@ -209,13 +216,24 @@ pub(crate) struct HttpLimits {
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
     content-length: 32\r\nconnection: close\r\n\r\ntoo many connections to /metrics\n";
 
-/// Serves `GET /metrics` until `shutdown` fires.
+/// What the listener's requests need.
+#[derive(Clone)]
+pub(crate) struct Listener {
+    pub(crate) metrics: Arc<Metrics>,
+    /// For `/readyz`.
+    pub(crate) pool: Arc<Pool>,
+    /// HTTPS when set.
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) limits: HttpLimits,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` fires.
 pub(crate) async fn serve(
     listener: TcpListener,
-    metrics: Arc<Metrics>,
-    limits: HttpLimits,
+    served: Listener,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (metrics, limits) = (served.metrics.clone(), served.limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(RefusalLog::new("metrics"));
     loop {
@@ -237,9 +255,28 @@ pub(crate) async fn serve(
             refuse(stream);
             continue;
         };
-        let metrics = metrics.clone();
+        let served = served.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, metrics, limits).await;
+            match served.tls.clone() {
+                None => serve_connection(stream, peer, served).await,
+                Some(tls) => {
+                    // A peer that never finishes its handshake is cut off like a slow header.
+                    let timeout = served.limits.header_timeout;
+                    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, served).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "metrics TLS handshake failed");
+                        }
+                        Err(_) => {
+                            let m = &served.metrics;
+                            m.connections_timed_out
+                                .with_label_values(&["metrics", "handshake"])
+                                .inc();
+                            tracing::debug!(%peer, "metrics TLS handshake timed out");
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -259,20 +296,19 @@ fn refuse(stream: TcpStream) {
 }
 
 /// Serves one connection until it closes, stalls inside a request's header, or stays idle.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    metrics: Arc<Metrics>,
-    limits: HttpLimits,
-) {
+async fn serve_connection<S>(stream: S, peer: SocketAddr, served: Listener)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (metrics, limits) = (served.metrics.clone(), served.limits);
     let watch = Arc::new(Mutex::new(Activity { last: Instant::now(), head_since: None }));
     let io = Watched { inner: stream, watch: watch.clone() };
     let service = {
-        let (metrics, watch) = (metrics.clone(), watch.clone());
+        let watch = watch.clone();
         hyper::service::service_fn(move |req| {
             // The head is in: the header timeout stops here.
             lock(&watch).head_since = None;
-            respond(req, metrics.clone())
+            respond(req, served.clone())
         })
     };
     let conn =
@@ -323,12 +359,12 @@ fn lock(m: &Mutex<Activity>) -> std::sync::MutexGuard<'_, Activity> {
 }
 
 /// A stream that records when bytes pass, for the header and idle timeouts.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     watch: Arc<Mutex<Activity>>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -346,7 +382,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -373,14 +409,17 @@ impl AsyncWrite for Watched {
 
 async fn respond(
     req: Request<Incoming>,
-    metrics: Arc<Metrics>,
+    served: Listener,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            (StatusCode::OK, "text/plain; version=0.0.4", metrics.render())
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" if get => (StatusCode::OK, "text/plain; version=0.0.4", served.metrics.render()),
+        "/healthz" if get => (StatusCode::OK, "text/plain", "OK\n".to_owned()),
+        "/readyz" if get => readiness(&served).await,
+        "/metrics" | "/healthz" | "/readyz" => {
+            (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into())
         }
-        (_, "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics, /healthz or /readyz\n".into()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -388,4 +427,34 @@ async fn respond(
         response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
     }
     Ok(response)
+}
+
+/// `/readyz`: the `Health` operation through the pool, as an appliance sends it (answered from
+/// the cache while a recent answer is there, else by a worker session on the token).
+async fn readiness(served: &Listener) -> (StatusCode, &'static str, String) {
+    let deadline = Instant::now() + served.limits.ready_timeout;
+    let mut outcomes = served.pool.run(vec![Ok(Operation::Health(Health))], deadline).await;
+    let (status, body) = match outcomes.pop() {
+        Some(Ok(Reply::Health(report))) => (
+            StatusCode::OK,
+            serde_json::json!({
+                "status": "ok",
+                "token_label": report.token_label,
+                "sessions": report.sessions,
+                "kek_cache_entries": report.kek_cache_entries,
+                "kek_cache_capacity": report.kek_cache_capacity,
+                "reinitializations": report.reinitializations,
+                "report_age_ms": report.age_ms,
+            }),
+        ),
+        Some(Err(status)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unavailable", "error": status.name()}),
+        ),
+        Some(Ok(_)) | None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "unavailable", "error": "internal"}),
+        ),
+    };
+    (status, "application/json", body.to_string())
 }

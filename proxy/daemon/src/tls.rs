@@ -42,6 +42,21 @@ pub(crate) fn server_config(config: &TlsConfig) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(server))
 }
 
+/// The metrics listener's TLS: TLS 1.2 and 1.3 (scrapers and load balancers speak either), the
+/// given certificate chain and key, no client certificate.
+pub(crate) fn metrics_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = read_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("metrics certificate and key: {e}")))?;
+    Ok(Arc::new(server))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| tls_err(path, &e))?

@@ -114,6 +114,25 @@ pub struct ClientConfig {
     /// How long a caller keeps its thread busy waiting for its answer before parking it (see
     /// [`crate::io::busy_poll`]); zero parks at once.
     pub busy_poll: Duration,
+    /// Told of every frame and failed connection, for metrics; `None` tells nobody.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// What the client tells of its traffic, per endpoint (an index into
+/// [`ClientConfig::endpoints`]): for metrics. Called on the caller's task, so it must be quick.
+pub trait Observer: Send + Sync {
+    /// A frame of `ops` operations sent to `endpoint` ended `round_trip` after it was handed
+    /// to the connection: answered (with one outcome per operation) or failed. A frame whose
+    /// caller gave up at its deadline ends as [`Error::Timeout`].
+    fn frame(
+        &self,
+        endpoint: usize,
+        ops: usize,
+        round_trip: Duration,
+        result: &Result<Vec<Outcome<Reply>>, Error>,
+    );
+    /// A connection to `endpoint` could not be opened (refused, unreachable, handshake failed).
+    fn connect_failed(&self, endpoint: usize);
 }
 
 impl fmt::Debug for ClientConfig {
@@ -128,6 +147,7 @@ impl fmt::Debug for ClientConfig {
             .field("reconnect_backoff", &self.reconnect_backoff)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .field("busy_poll", &self.busy_poll)
+            .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -154,6 +174,7 @@ impl ClientConfig {
             reconnect_backoff_max: Duration::from_secs(1),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             busy_poll: Duration::ZERO,
+            observer: None,
         })
     }
 }
@@ -241,6 +262,8 @@ type Writer = tokio::sync::Mutex<WriteHalf<TlsStream<TcpStream>>>;
 
 struct Connection {
     endpoint: String,
+    /// `endpoint`'s place in [`ClientConfig::endpoints`].
+    endpoint_index: usize,
     frames: mpsc::Sender<Zeroizing<Vec<u8>>>,
     writer: Arc<Writer>,
     pending: Mutex<HashMap<u64, Waiter>>,
@@ -316,6 +339,12 @@ impl Client {
             .sum()
     }
 
+    /// The endpoint new connections try first (an index into [`ClientConfig::endpoints`]): the
+    /// last one that accepted a connection.
+    pub fn active_endpoint(&self) -> usize {
+        self.inner.preferred_endpoint.load(Ordering::Relaxed)
+    }
+
     /// Runs one operation and returns its typed reply.
     pub async fn call<O: Op>(&self, op: O) -> Result<O::Reply, Error> {
         let mut results = self.call_batch(vec![op.into()]).await?;
@@ -366,25 +395,34 @@ impl Client {
             let timeout_ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX).max(1);
             // The frame holds plaintexts: it is wiped once written.
             let frame = Zeroizing::new(RequestBatch::encode_frame(id, timeout_ms, &ops));
-            match self.send(id, frame).await {
-                Ok(body) => {
-                    let (status, replies) =
-                        ResponseBatch::decode_replies(&body, &codes).map_err(Error::Protocol)?;
-                    if status != Status::Ok {
-                        return Err(Error::Refused(status));
-                    }
-                    return Ok(replies);
-                }
+            let mut watch = Watch::new(self.inner.config.observer.as_deref(), ops.len());
+            let result = match self.send(id, frame, &mut watch.endpoint).await {
+                Ok(body) => match ResponseBatch::decode_replies(&body, &codes) {
+                    Ok((Status::Ok, replies)) => Ok(replies),
+                    Ok((status, _)) => Err(Error::Refused(status)),
+                    Err(status) => Err(Error::Protocol(status)),
+                },
+                Err(e) => Err(e),
+            };
+            watch.ended(&result);
+            match result {
                 // Our operations leave nothing behind in the HSM when their answer is lost, so
                 // sending them again on a new connection is safe.
                 Err(Error::ConnectionLost) if attempt < 2 => continue,
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }
 
-    async fn send(&self, id: u64, frame: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, Error> {
+    /// Sends a frame and waits for its answer; `endpoint` is set once a connection is found.
+    async fn send(
+        &self,
+        id: u64,
+        frame: Zeroizing<Vec<u8>>,
+        endpoint: &mut Option<usize>,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let conn = self.connection().await?;
+        *endpoint = Some(conn.endpoint_index);
         let (tx, rx) = oneshot::channel();
         lock_pending(&conn.pending).insert(id, tx);
         // However the call ends (answered, failed, timed out, or dropped), its waiter goes.
@@ -461,20 +499,24 @@ impl Client {
                 last_err = Some(Error::Connect { endpoint: endpoint.clone(), source });
                 continue;
             }
-            let source = match tokio::time::timeout(config.connect_timeout, self.open(endpoint))
-                .await
-            {
-                Ok(Ok(stream)) => {
-                    let was_down = std::mem::take(&mut *lock_backoff(backoff)).failures > 0;
-                    if was_down {
-                        tracing::info!(%endpoint, "hsm-proxy reachable again");
+            let source =
+                match tokio::time::timeout(config.connect_timeout, self.open(endpoint)).await {
+                    Ok(Ok(stream)) => {
+                        let was_down = std::mem::take(&mut *lock_backoff(backoff)).failures > 0;
+                        if was_down {
+                            tracing::info!(%endpoint, "hsm-proxy reachable again");
+                        }
+                        self.inner.preferred_endpoint.store(index, Ordering::Relaxed);
+                        return Ok(spawn_connection(
+                            endpoint.clone(),
+                            index,
+                            stream,
+                            config.max_body_bytes,
+                        ));
                     }
-                    self.inner.preferred_endpoint.store(index, Ordering::Relaxed);
-                    return Ok(spawn_connection(endpoint.clone(), stream, config.max_body_bytes));
-                }
-                Ok(Err(source)) => source,
-                Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
-            };
+                    Ok(Err(source)) => source,
+                    Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+                };
             let mut state = lock_backoff(backoff);
             // The first failure in a row is worth a warning; the retries after it are not.
             if state.failures == 0 {
@@ -484,6 +526,9 @@ impl Client {
             }
             state.failed(&source, config);
             drop(state);
+            if let Some(observer) = &config.observer {
+                observer.connect_failed(index);
+            }
             last_err = Some(Error::Connect { endpoint: endpoint.clone(), source });
         }
         Err(last_err.unwrap_or(Error::Config("no proxy endpoints configured".into())))
@@ -507,6 +552,37 @@ struct Unwait<'a> {
 impl Drop for Unwait<'_> {
     fn drop(&mut self) {
         self.conn.take_waiter(self.id);
+    }
+}
+
+/// Tells the observer how a frame ended, once it has an endpoint: when its result is in, or,
+/// for a caller that gave up at its deadline (its future dropped), as a timeout.
+struct Watch<'a> {
+    observer: Option<&'a dyn Observer>,
+    ops: usize,
+    started: Instant,
+    endpoint: Option<usize>,
+    told: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(observer: Option<&'a dyn Observer>, ops: usize) -> Watch<'a> {
+        Watch { observer, ops, started: Instant::now(), endpoint: None, told: false }
+    }
+
+    fn ended(&mut self, result: &Result<Vec<Outcome<Reply>>, Error>) {
+        self.told = true;
+        if let (Some(observer), Some(endpoint)) = (self.observer, self.endpoint) {
+            observer.frame(endpoint, self.ops, self.started.elapsed(), result);
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if !self.told {
+            self.ended(&Err(Error::Timeout));
+        }
     }
 }
 
@@ -541,6 +617,7 @@ impl Drop for CutOff<'_> {
 
 fn spawn_connection(
     endpoint: String,
+    endpoint_index: usize,
     stream: TlsStream<TcpStream>,
     max_body: u32,
 ) -> Arc<Connection> {
@@ -550,6 +627,7 @@ fn spawn_connection(
     let writer = Arc::new(tokio::sync::Mutex::new(write_half));
     let conn = Arc::new(Connection {
         endpoint,
+        endpoint_index,
         frames: frames_tx,
         writer: writer.clone(),
         pending: Mutex::new(HashMap::new()),

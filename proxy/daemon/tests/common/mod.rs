@@ -71,6 +71,12 @@ impl Token {
         }
     }
 
+    /// The simulator's fault file (the simulator is the HSM, in this process).
+    pub fn fault_file(&self) -> PathBuf {
+        let hsm = self.hsm.as_ref().expect("the token of this process");
+        hsm.simulator_fault_file().expect("the simulator is the HSM").to_owned()
+    }
+
     /// The user PIN.
     pub fn pin(&self) -> String {
         std::fs::read_to_string(&self.pin_file).unwrap().trim().to_owned()
