@@ -75,11 +75,11 @@ async fn open_store(
     statements: Option<Arc<dyn appliance_store::Observer>>,
 ) -> Result<Store> {
     let store = Store::connect_observed(&config.url, config.max_connections, statements).await?;
-    if config.migrate == Migrate::Auto {
-        if let Err(e) = store.migrate().await {
-            store.close().await;
-            return Err(e.into());
-        }
+    if config.migrate == Migrate::Auto
+        && let Err(e) = store.migrate().await
+    {
+        store.close().await;
+        return Err(e.into());
     }
     let status = store.schema().await?;
     if status.is_current() {
@@ -118,7 +118,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     let store = open_store(&config.database, statements).await?;
     let mut policy = policy::Policy::barbican(config.policy.enforce_new_defaults)?;
     if let Some(file) = &config.policy.file {
-        let text = std::fs::read_to_string(file).map_err(Error::io(&file))?;
+        let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
         let n = policy.apply_overrides(&text)?;
         tracing::info!(file = %file.display(), rules = n, "policy overrides loaded");
     }
