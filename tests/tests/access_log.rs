@@ -51,6 +51,9 @@ connect_timeout_ms = 1000
 source = "noauth"
 allow_noauth = true
 
+[metrics]
+listen = "127.0.0.1:0"
+
 [logging]
 {logging}
 "#,

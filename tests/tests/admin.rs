@@ -71,6 +71,9 @@ request_timeout_ms = 5000
 [identity]
 source = "noauth"
 allow_noauth = true
+
+[metrics]
+listen = "127.0.0.1:0"
 "#,
         port = free_port(),
         endpoints = endpoints.join(", "),

@@ -529,6 +529,9 @@ key = "{key}"
 [identity]
 source = "noauth"
 allow_noauth = true
+
+[metrics]
+listen = "127.0.0.1:0"
 "#,
             db = dir.join("serve.db").display(),
             proxy = info["proxy"]["address"].as_str().unwrap(),
