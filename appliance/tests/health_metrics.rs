@@ -61,38 +61,6 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
-/// Runs `promtool check metrics` on `text` when promtool is installed; required when
-/// `REQUIRE_PROMTOOL` is set (as CI does).
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let spawned = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("REQUIRE_PROMTOOL").is_some() => {
-            panic!("promtool is required (REQUIRE_PROMTOOL) but cannot run: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n*** WARNING: promtool cannot run ({e}): the metrics lint is SKIPPED ***\n"
-            );
-            return;
-        }
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_answers_as_oslo_without_credentials_and_obeys_its_disable_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,7 +197,7 @@ async fn metrics_count_requests_by_route_template_and_pass_promtool() {
     assert_eq!(value(&text, "appliance_orders_pending"), 0.0);
     assert!(value(&text, "process_resident_memory_bytes") > 0.0, "{text}");
     assert!(value(&text, "process_open_fds") > 0.0, "{text}");
-    promtool_accepts(&text);
+    devstack::testing::promtool_accepts("appliance", &text);
 
     // Counts go up with the traffic.
     assert_eq!(http(served.addr, "GET", &payload, &member).await.status, 200);

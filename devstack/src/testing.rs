@@ -555,3 +555,42 @@ pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
 }
+
+/// Runs `promtool check metrics` on `what`'s scrape `text` when promtool is installed; required when
+/// `REQUIRE_PROMTOOL` is set (as CI does).
+pub fn promtool_accepts(what: &str, text: &str) {
+    use std::io::Write;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("REQUIRE_PROMTOOL").is_some() => {
+            panic!("promtool is required (REQUIRE_PROMTOOL) but cannot run: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n*** WARNING: promtool cannot run ({e}): the metrics lint is SKIPPED ***\n"
+            );
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take()
+        && let Err(e) = stdin.write_all(text.as_bytes())
+    {
+        panic!("cannot write to promtool: {e}");
+    }
+    let out = match child.wait_with_output() {
+        Ok(out) => out,
+        Err(e) => panic!("promtool did not finish: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed on the {what}'s scrape:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -31,38 +31,6 @@ fn until_status(url: &str, status: u16) -> HttpResponse {
     }
 }
 
-/// Runs `promtool check metrics` on a scrape when promtool is installed; required when
-/// `REQUIRE_PROMTOOL` is set (as CI does).
-fn promtool_accepts(what: &str, text: &str) {
-    use std::io::Write;
-    let spawned = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("REQUIRE_PROMTOOL").is_some() => {
-            panic!("promtool is required (REQUIRE_PROMTOOL) but cannot run: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "\n*** WARNING: promtool cannot run ({e}): the metrics lint is SKIPPED ***\n"
-            );
-            return;
-        }
-    };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed on the {what}'s scrape:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The metric families a scrape has (from its `# TYPE` lines).
 fn families(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -164,8 +132,8 @@ fn health_metrics_and_the_dashboard_on_the_dev_stack() {
     // Both scrapes lint clean, and hold every series the dashboard queries.
     let appliance_text = String::from_utf8(http("GET", appliance_metrics, &[], b"").body).unwrap();
     let proxy_text = String::from_utf8(http("GET", proxy_metrics, &[], b"").body).unwrap();
-    promtool_accepts("appliance", &appliance_text);
-    promtool_accepts("proxy", &proxy_text);
+    devstack::testing::promtool_accepts("appliance", &appliance_text);
+    devstack::testing::promtool_accepts("proxy", &proxy_text);
     assert!(appliance_text.contains("appliance_hsm_errors_total{"), "{appliance_text}");
     let exported: BTreeSet<String> =
         families(&appliance_text).into_iter().chain(families(&proxy_text)).collect();
