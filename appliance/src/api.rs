@@ -249,8 +249,7 @@ fn is_authority(value: &str) -> bool {
 }
 
 async fn route(app: &App, req: &Request, minor: u8) -> Response {
-    let path = req.path.trim_end_matches('/');
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let route = Route::of(&req.path);
     let query = req
         .query
         .as_deref()
@@ -269,18 +268,18 @@ async fn route(app: &App, req: &Request, minor: u8) -> Response {
         minor,
         identity: None,
     };
-    let outcome = match segments.as_slice() {
-        [] => versions::root(&call),
+    let outcome = match route.template {
+        Template::Root => versions::root(&call),
         // oslo.middleware answers before Barbican's pipeline: no identity, no microversion.
-        ["healthcheck"] => return health::healthcheck(&call).await,
-        ["v1", rest @ ..] => match app.settings.identity.identify(&req.headers).await {
+        Template::Healthcheck => return health::healthcheck(&call).await,
+        Template::Other => Err(ApiError::not_found("The resource could not be found.")),
+        _ => match app.settings.identity.identify(&req.headers).await {
             Ok(identity) => {
                 call.identity = Some(identity);
-                v1(&call, rest).await
+                v1(&call, route).await
             }
             Err(refused) => return unidentified(&refused, &req.headers),
         },
-        _ => Err(ApiError::not_found("The resource could not be found.")),
     };
     match outcome {
         Ok((reply, extra)) => {
@@ -310,9 +309,9 @@ async fn route(app: &App, req: &Request, minor: u8) -> Response {
     }
 }
 
-/// The route templates requests are counted under in the metrics, numbered as
-/// [`route_template`] numbers them; the last stands for every path no route matches, so that no
-/// id (or anything else a client sends) becomes a label.
+/// The route templates requests are counted under in the metrics, in [`Template`]'s order; the
+/// last stands for every path no route takes, so that no id (or anything else a client sends)
+/// becomes a label.
 pub(crate) const ROUTES: &[&str] = &[
     "/",
     "/healthcheck",
@@ -346,76 +345,169 @@ pub(crate) const ROUTES: &[&str] = &[
     "other",
 ];
 
-/// The index in [`ROUTES`] of the route `path` takes (as [`route`] and [`v1`] match it),
-/// without allocating.
-pub(crate) fn route_template(path: &str) -> usize {
-    let mut segments = path.split('/').filter(|s| !s.is_empty());
-    let s: [Option<&str>; 5] = std::array::from_fn(|_| segments.next());
-    match s {
-        [None, ..] => 0,
-        [Some("healthcheck"), None, ..] => 1,
-        [Some("v1"), rest @ ..] => match rest {
-            [None, ..] => 2,
-            [Some("secrets"), None, ..] => 3,
-            [Some("secrets"), Some(_), None, ..] => 4,
-            [Some("secrets"), Some(_), Some("payload"), None] => 5,
-            [Some("secrets"), Some(_), Some("metadata"), None] => 6,
-            [Some("secrets"), Some(_), Some("metadata"), Some(_)] => 7,
-            [Some("secrets"), Some(_), Some("consumers"), None] => 8,
-            [Some("secrets"), Some(_), Some("consumers"), Some(_)] => 9,
-            [Some("secrets"), Some(_), Some("acl"), None] => 10,
-            [Some("containers"), None, ..] => 11,
-            [Some("containers"), Some(_), None, ..] => 12,
-            [Some("containers"), Some(_), Some("secrets"), None] => 13,
-            [Some("containers"), Some(_), Some("consumers"), None] => 14,
-            [Some("containers"), Some(_), Some("consumers"), Some(_)] => 15,
-            [Some("containers"), Some(_), Some("acl"), None] => 16,
-            [Some("orders"), None, ..] => 17,
-            [Some("orders"), Some(_), None, ..] => 18,
-            [Some("quotas"), None, ..] => 19,
-            [Some("project-quotas"), None, ..] => 20,
-            [Some("project-quotas"), Some(_), None, ..] => 21,
-            [Some("secret-stores"), None, ..] => 22,
-            [Some("secret-stores"), Some("global-default"), None, ..] => 23,
-            [Some("secret-stores"), Some("preferred"), None, ..] => 24,
-            [Some("secret-stores"), Some(_), None, ..] => 25,
-            [Some("secret-stores"), Some(_), Some("preferred"), None] => 26,
-            [Some("transport_keys"), None, ..] => 27,
-            [Some("transport_keys"), Some(_), None, ..] => 28,
-            _ => ROUTES.len() - 1,
-        },
-        _ => ROUTES.len() - 1,
+/// Which route a path takes. Up to `Other`, one per entry of [`ROUTES`], in its order; the rest
+/// are paths no route takes that are still answered past the identity check or a lookup, as
+/// Barbican answers them, and count as `other`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Template {
+    Root,
+    Healthcheck,
+    V1,
+    Secrets,
+    Secret,
+    SecretPayload,
+    SecretMetadata,
+    SecretMetadatum,
+    SecretConsumers,
+    SecretConsumer,
+    SecretAcl,
+    Containers,
+    Container,
+    ContainerSecrets,
+    ContainerConsumers,
+    ContainerConsumer,
+    ContainerAcl,
+    Orders,
+    Order,
+    Quotas,
+    ProjectQuotas,
+    ProjectQuota,
+    SecretStores,
+    GlobalDefaultStore,
+    PreferredStore,
+    SecretStore,
+    SecretStorePreferred,
+    TransportKeys,
+    TransportKey,
+    /// Outside `/v1`: 404 at once.
+    Other,
+    /// Under `/v1`: 404 once the caller is identified.
+    V1Other,
+    /// Below a secret, a container or an order: 404 once it is found (its own 404 if not).
+    UnderSecret,
+    UnderContainer,
+    UnderOrder,
+    /// Below `/v1/secret-stores`: the secret-store API's own refusal.
+    UnderSecretStores,
+}
+
+impl Template {
+    /// The index of the template in [`ROUTES`].
+    pub(crate) fn index(self) -> usize {
+        (self as usize).min(Template::Other as usize)
     }
 }
 
-async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
-    match rest {
-        [] => versions::v1(call),
-        ["secrets"] => match *call.method {
+/// A path's route: its template, and the ids the path holds in the template's places (`""`
+/// where it has none). The one place paths are matched, for the router and for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Route<'p> {
+    pub(crate) template: Template,
+    /// The first `{...}` of the template.
+    pub(crate) id: &'p str,
+    /// The second: a metadata key or a consumer id.
+    pub(crate) sub_id: &'p str,
+}
+
+impl<'p> Route<'p> {
+    /// Matches `path` (without its query; empty segments and a trailing `/` do not count),
+    /// without allocating.
+    pub(crate) fn of(path: &'p str) -> Route<'p> {
+        use Template as T;
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
+        // One more than the longest route, so that a longer path is never taken for it.
+        let s: [Option<&str>; 6] = std::array::from_fn(|_| segments.next());
+        let (template, id, sub_id) = match s {
+            [None, ..] => (T::Root, "", ""),
+            [Some("healthcheck"), None, ..] => (T::Healthcheck, "", ""),
+            [Some("v1"), rest @ ..] => match rest {
+                [None, ..] => (T::V1, "", ""),
+                [Some("secrets"), None, ..] => (T::Secrets, "", ""),
+                [Some("secrets"), Some(id), rest @ ..] => match rest {
+                    [None, ..] => (T::Secret, id, ""),
+                    [Some("payload"), None, ..] => (T::SecretPayload, id, ""),
+                    [Some("metadata"), None, ..] => (T::SecretMetadata, id, ""),
+                    [Some("metadata"), Some(key), None] => (T::SecretMetadatum, id, key),
+                    [Some("consumers"), None, ..] => (T::SecretConsumers, id, ""),
+                    [Some("consumers"), Some(c), None] => (T::SecretConsumer, id, c),
+                    [Some("acl"), None, ..] => (T::SecretAcl, id, ""),
+                    _ => (T::UnderSecret, id, ""),
+                },
+                [Some("containers"), None, ..] => (T::Containers, "", ""),
+                [Some("containers"), Some(id), rest @ ..] => match rest {
+                    [None, ..] => (T::Container, id, ""),
+                    [Some("secrets"), None, ..] => (T::ContainerSecrets, id, ""),
+                    [Some("consumers"), None, ..] => (T::ContainerConsumers, id, ""),
+                    [Some("consumers"), Some(c), None] => (T::ContainerConsumer, id, c),
+                    [Some("acl"), None, ..] => (T::ContainerAcl, id, ""),
+                    _ => (T::UnderContainer, id, ""),
+                },
+                [Some("orders"), None, ..] => (T::Orders, "", ""),
+                [Some("orders"), Some(id), None, ..] => (T::Order, id, ""),
+                [Some("orders"), Some(id), ..] => (T::UnderOrder, id, ""),
+                [Some("quotas"), None, ..] => (T::Quotas, "", ""),
+                [Some("project-quotas"), None, ..] => (T::ProjectQuotas, "", ""),
+                [Some("project-quotas"), Some(id), None, ..] => (T::ProjectQuota, id, ""),
+                [Some("secret-stores"), rest @ ..] => match rest {
+                    [None, ..] => (T::SecretStores, "", ""),
+                    [Some("global-default"), None, ..] => (T::GlobalDefaultStore, "", ""),
+                    [Some("preferred"), None, ..] => (T::PreferredStore, "", ""),
+                    [Some(id), None, ..] => (T::SecretStore, id, ""),
+                    [Some(id), Some("preferred"), None, ..] => (T::SecretStorePreferred, id, ""),
+                    _ => (T::UnderSecretStores, "", ""),
+                },
+                [Some("transport_keys"), None, ..] => (T::TransportKeys, "", ""),
+                [Some("transport_keys"), Some(id), None, ..] => (T::TransportKey, id, ""),
+                _ => (T::V1Other, "", ""),
+            },
+            _ => (T::Other, "", ""),
+        };
+        Route { template, id, sub_id }
+    }
+}
+
+/// The index in [`ROUTES`] of the route `path` takes.
+pub(crate) fn route_template(path: &str) -> usize {
+    Route::of(path).template.index()
+}
+
+async fn v1(call: &Call<'_>, route: Route<'_>) -> Outcome {
+    use Template as T;
+    let Route { template, id, sub_id } = route;
+    match template {
+        T::V1 => versions::v1(call),
+        T::Secrets => match *call.method {
             Method::GET => secrets::list(call).await,
             Method::POST => secrets::create(call).await,
             _ => Err(ApiError::method_not_allowed("GET, POST")),
         },
-        ["secrets", id, sub @ ..] => {
+        T::Secret
+        | T::SecretPayload
+        | T::SecretMetadata
+        | T::SecretMetadatum
+        | T::SecretConsumers
+        | T::SecretConsumer
+        | T::SecretAcl
+        | T::UnderSecret => {
             let secret = secrets::lookup(call, id).await?;
-            match sub {
-                [] => match *call.method {
+            match template {
+                T::Secret => match *call.method {
                     Method::GET => secrets::get(call, &secret).await,
                     Method::PUT => secrets::put(call, &secret).await,
                     Method::DELETE => secrets::delete(call, &secret).await,
                     _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
                 },
-                ["payload"] => match *call.method {
+                T::SecretPayload => match *call.method {
                     Method::GET => secrets::payload(call, &secret, call.header("accept")).await,
                     _ => Err(ApiError::method_not_allowed("GET")),
                 },
-                ["metadata"] => secretmeta::collection(call, &secret).await,
-                ["metadata", key] => secretmeta::item(call, &secret, key).await,
-                ["consumers"] => consumers::collection(call, &secret).await,
-                ["consumers", consumer_id] => {
-                    consumers::single(call, consumer_id, "SecretConsumer retrieval").await
+                T::SecretMetadata => secretmeta::collection(call, &secret).await,
+                T::SecretMetadatum => secretmeta::item(call, &secret, sub_id).await,
+                T::SecretConsumers => consumers::collection(call, &secret).await,
+                T::SecretConsumer => {
+                    consumers::single(call, sub_id, "SecretConsumer retrieval").await
                 }
-                ["acl"] => {
+                T::SecretAcl => {
                     let entity = acls::Entity {
                         of: crate::service::Entity {
                             kind: EntityKind::Secret,
@@ -431,20 +523,32 @@ async fn v1(call: &Call<'_>, rest: &[&str]) -> Outcome {
                 _ => Err(ApiError::not_found("The resource could not be found.")),
             }
         }
-        ["containers"] => containers::collection(call).await,
-        ["containers", id, sub @ ..] => {
+        T::Containers => containers::collection(call).await,
+        T::Container
+        | T::ContainerSecrets
+        | T::ContainerConsumers
+        | T::ContainerConsumer
+        | T::ContainerAcl
+        | T::UnderContainer => {
             let container = containers::lookup(call, id).await?;
-            containers::item(call, &container, sub).await
+            containers::item(call, &container, template, sub_id).await
         }
-        ["orders"] => orders::collection(call).await,
-        ["orders", id, rest @ ..] => orders::item(call, id, rest).await,
-        ["quotas"] => quotas::effective(call).await,
-        ["project-quotas"] => quotas::project(call, None).await,
-        ["project-quotas", id] => quotas::project(call, Some(id)).await,
-        ["secret-stores", rest @ ..] => secretstores::route(call, rest).await,
-        ["transport_keys"] => transportkeys::route(call, None).await,
-        ["transport_keys", id] => transportkeys::route(call, Some(id)).await,
-        _ => Err(ApiError::not_found("The resource could not be found.")),
+        T::Orders => orders::collection(call).await,
+        T::Order | T::UnderOrder => orders::item(call, id, template == T::UnderOrder).await,
+        T::Quotas => quotas::effective(call).await,
+        T::ProjectQuotas => quotas::project(call, None).await,
+        T::ProjectQuota => quotas::project(call, Some(id)).await,
+        T::SecretStores
+        | T::GlobalDefaultStore
+        | T::PreferredStore
+        | T::SecretStore
+        | T::SecretStorePreferred
+        | T::UnderSecretStores => secretstores::route(call, template, id).await,
+        T::TransportKeys => transportkeys::route(call, None).await,
+        T::TransportKey => transportkeys::route(call, Some(id)).await,
+        T::Root | T::Healthcheck | T::Other | T::V1Other => {
+            Err(ApiError::not_found("The resource could not be found."))
+        }
     }
 }
 
@@ -545,9 +649,40 @@ mod tests {
             assert_eq!(route_template(&path), index, "{path}");
             assert_eq!(route_template(&format!("{path}/")), index, "{path}/");
         }
-        for unknown in ["/v2", "/v1/secrets/x/payload/more", "/v1/orders/x/y", "/favicon.ico"] {
+        for unknown in [
+            "/v2",
+            "/v1/secrets/x/payload/more",
+            "/v1/secrets/x/consumers/y/z",
+            "/v1/secrets/x/metadata/k/a/b/c",
+            "/v1/orders/x/y",
+            "/v1/nothing",
+            "/favicon.ico",
+        ] {
             assert_eq!(ROUTES[route_template(unknown)], "other", "{unknown}");
         }
+    }
+
+    #[test]
+    fn a_route_holds_the_ids_and_says_what_answers_a_path_it_does_not_take() {
+        let route = Route::of("//v1/secrets/s-1/metadata/colour/");
+        assert_eq!(
+            route,
+            Route { template: Template::SecretMetadatum, id: "s-1", sub_id: "colour" }
+        );
+        let route = Route::of("/v1/containers/c-1/consumers/k-2");
+        assert_eq!(
+            (route.template, route.id, route.sub_id),
+            (Template::ContainerConsumer, "c-1", "k-2")
+        );
+        // Barbican looks the resource up before it refuses the rest of the path.
+        assert_eq!(Route::of("/v1/secrets/s-1/payload/x").template, Template::UnderSecret);
+        assert_eq!(Route::of("/v1/secrets/s-1/payload/x").id, "s-1");
+        assert_eq!(Route::of("/v1/containers/c-1/x").template, Template::UnderContainer);
+        assert_eq!(Route::of("/v1/orders/o-1/x/y").template, Template::UnderOrder);
+        assert_eq!(Route::of("/v1/secret-stores/a/b").template, Template::UnderSecretStores);
+        assert_eq!(Route::of("/v1/secret-stores/global-default/preferred").id, "global-default");
+        assert_eq!(Route::of("/v1/transport_keys/a/b").template, Template::V1Other);
+        assert_eq!(Route::of("/v2/secrets").template, Template::Other);
     }
 
     #[test]

@@ -503,16 +503,7 @@ impl Default for LoggingConfig {
 }
 
 /// `[logging] format`
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
-    /// fields.
-    Json,
-}
+pub use ops::LogFormat;
 
 /// `[logging] access_log`
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -102,7 +102,7 @@ pub(crate) async fn run(
     };
     let api = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let appliance_metrics = match appliance::scrape::start(&config.metrics, &app).await {
+    let appliance_metrics = match appliance::server::start_metrics(&config.metrics, &app).await {
         Ok(addr) => addr.map(|a| format!("http://{a}/metrics")),
         Err(e) => {
             stack.stop().await;

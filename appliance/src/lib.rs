@@ -9,7 +9,8 @@
 //! Identity (no-auth or Keystone, `identity`) is asked by the HTTP layer who calls. The
 //! operator's commands ([`admin`]: `db check`, `db upgrade`, `doctor`) sit beside the HTTP
 //! layer, over the same parts; [`logging`] sets up the log output and the access log. Every
-//! layer records into `metrics`, which [`scrape`] serves on a listener of its own.
+//! layer records into `metrics`, which `scrape` renders for the metrics listener that
+//! [`server::start_metrics`] runs.
 
 #![forbid(unsafe_code)]
 
@@ -21,7 +22,7 @@ mod hsm;
 mod identity;
 pub mod logging;
 mod metrics;
-pub mod scrape;
+mod scrape;
 pub mod server;
 mod service;
 mod timefmt;

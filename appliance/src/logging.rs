@@ -5,27 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::{AccessLogLevel, LogFormat, LoggingConfig};
+use crate::config::{AccessLogLevel, LoggingConfig};
 
-/// Installs the process's subscriber: `format` lines on standard error, filtered by `RUST_LOG`
-/// when set, else by `level` (a level or a tracing directive; `info` when it does not parse).
-pub fn init(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => {
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            builder.with_ansi(ansi).init();
-        }
-        // One object per line with the event's fields beside `message`, as log pipelines
-        // index them; spans carry nothing here that the fields do not.
-        LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init()
-        }
-    }
-}
+pub use ops::logging::init;
 
 /// The access log: one line per request answered (method, path, status, milliseconds), at the
 /// configured level, for one request in `access_log_sample`; an answer 5xx is always logged, at

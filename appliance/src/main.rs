@@ -211,7 +211,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let tls = appliance::server::Tls::from_config(&cfg.server)?;
                 let app = appliance::build(&cfg).await?;
-                appliance::scrape::start(&cfg.metrics, &app).await?;
+                appliance::server::start_metrics(&cfg.metrics, &app).await?;
                 let listener =
                     appliance::server::bind(cfg.server.listen, cfg.server.listen_backlog)
                         .with_context(|| format!("binding {}", cfg.server.listen))?;

@@ -1,5 +1,6 @@
 //! The HTTP server: hyper HTTP/1.1 in front of [`api::handle`], with the listener's timeouts
-//! and connection limit.
+//! and connection limit; and the metrics listener ([`start_metrics`]), in front of
+//! `scrape::respond` under limits of its own.
 //!
 //! Bodies are read into a wiped buffer, at most `max_request_bytes` of them: a longer body is
 //! not read further, the handler answers 413, and the connection is closed. A body that does not
@@ -43,8 +44,10 @@ use tokio_rustls::TlsAcceptor;
 use zeroize::Zeroizing;
 
 use crate::api::{self, App};
-use crate::config::{Cidr, ServerConfig};
+use crate::config::{Cidr, MetricsConfig, ServerConfig};
+use crate::error::{Error, Result};
 use crate::metrics::HttpMetrics;
+use crate::scrape;
 pub use crate::tls::Tls;
 
 /// Time allowed on shutdown for requests in flight.
@@ -58,6 +61,22 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// Files the process needs besides its API connections (database, proxies, logs).
 const FILES_BESIDES_CONNECTIONS: u64 = 256;
+
+/// The metrics listener's limits: a Prometheus server or two, and an operator's curl; a
+/// scraper's kept connection outlives its scrape interval (15-60 s), an abandoned one does not
+/// hold its place for long.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+const METRICS_HEADER_TIMEOUT_MS: u64 = 5_000;
+const METRICS_IDLE_TIMEOUT_MS: u64 = 120_000;
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Serves {
+    /// The Barbican API.
+    Api,
+    /// `GET /metrics`.
+    Metrics,
+}
 
 /// Where a connection's current request stands, as its handler tells its I/O.
 const BETWEEN_REQUESTS: u8 = 0;
@@ -91,6 +110,53 @@ pub async fn serve_with(
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    listen(listener, app, config, tls, Serves::Api, shutdown).await;
+}
+
+/// Binds `[metrics] listen` and serves `GET /metrics` there in the background for as long as
+/// the runtime runs; the address bound, or `None` when metrics are off.
+pub async fn start_metrics(config: &MetricsConfig, app: &Arc<App>) -> Result<Option<SocketAddr>> {
+    let Some(addr) = config.listen.address() else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await.map_err(Error::Network)?;
+    let bound = listener.local_addr().map_err(Error::Network)?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            listen = %bound,
+            "the metrics listener is not on loopback: anyone who reaches it reads the traffic \
+             figures; keep it on a management network or behind a proxy with TLS"
+        );
+    }
+    tokio::spawn(serve_metrics(listener, app.clone(), std::future::pending()));
+    tracing::info!(listen = %bound, "serving metrics at /metrics");
+    Ok(Some(bound))
+}
+
+/// Serves `GET /metrics` over plain HTTP on `listener` until `shutdown` completes: connections
+/// as the API's are handled, under the metrics listener's own limits.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let config = ServerConfig {
+        max_connections: METRICS_MAX_CONNECTIONS,
+        header_timeout_ms: METRICS_HEADER_TIMEOUT_MS,
+        idle_timeout_ms: METRICS_IDLE_TIMEOUT_MS,
+        ..ServerConfig::default()
+    };
+    listen(listener, app, &config, None, Serves::Metrics, shutdown).await;
+}
+
+/// The accept loop of both listeners: `config`'s limits and timeouts on every connection,
+/// connections past the limit answered 503, and a graceful drain once `shutdown` completes.
+async fn listen(
+    listener: TcpListener,
+    app: Arc<App>,
+    config: &ServerConfig,
+    tls: Option<Arc<Tls>>,
+    serves: Serves,
+    shutdown: impl Future<Output = ()>,
+) {
     let timeouts = Timeouts {
         header: Duration::from_millis(config.header_timeout_ms),
         body: Duration::from_millis(config.body_timeout_ms),
@@ -98,7 +164,9 @@ pub async fn serve_with(
     };
     let max_connections = config.max_connections.max(1);
     let trusted: &[Cidr] = &config.trusted_proxies;
-    warn_if_files_are_short(max_connections);
+    if serves == Serves::Api {
+        warn_if_files_are_short(max_connections);
+    }
     let open = Arc::new(AtomicUsize::new(0));
     let refusing = Arc::new(AtomicUsize::new(0));
     let refusal = Bytes::from(refusal_bytes());
@@ -107,7 +175,10 @@ pub async fn serve_with(
     // [`TimedIo`] keeps the header timeout (and the idle one, which hyper's would cut short).
     builder.header_read_timeout(None);
     let graceful = GracefulShutdown::new();
-    let reloader = announce_scheme(&listener, tls.as_ref());
+    let reloader = match serves {
+        Serves::Api => announce_scheme(&listener, tls.as_ref()),
+        Serves::Metrics => None,
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::pin!(shutdown);
     loop {
@@ -115,7 +186,8 @@ pub async fn serve_with(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, ?serves, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -126,7 +198,9 @@ pub async fn serve_with(
         // check and the increment.
         if open.load(Relaxed) >= max_connections {
             refused += 1;
-            if warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_EVERY) {
+            if serves == Serves::Metrics {
+                tracing::debug!(%peer, "metrics connection refused: too many open");
+            } else if warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_EVERY) {
                 tracing::warn!(
                     max_connections,
                     refused,
@@ -142,6 +216,7 @@ pub async fn serve_with(
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(Connection {
             app: app.clone(),
+            serves,
             trust_forwarded: trusted.iter().any(|c| c.contains(peer.ip())),
             scheme,
             stage: AtomicU8::new(BETWEEN_REQUESTS),
@@ -183,8 +258,11 @@ pub async fn serve_with(
         reloader.abort();
     }
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all API connections closed"),
-        () = tokio::time::sleep(DRAIN) => tracing::warn!("drain timeout: closing API connections"),
+        () = graceful.shutdown() => tracing::info!(?serves, "all connections closed"),
+        () = tokio::time::sleep(DRAIN) => tracing::warn!(?serves, "drain timeout: closing connections"),
+    }
+    if serves == Serves::Metrics {
+        return;
     }
     if let crate::identity::IdentitySource::Keystone(k) = &app.settings.identity {
         let (hits, misses) = k.cache_counts();
@@ -258,6 +336,7 @@ struct Timeouts {
 /// connection's place in the count.
 struct Connection {
     app: Arc<App>,
+    serves: Serves,
     /// The peer is a trusted proxy: its X-Forwarded-* are believed.
     trust_forwarded: bool,
     /// `https` or `http`, as the connection was accepted.
@@ -536,8 +615,10 @@ async fn read_body(
 
 async fn answer(conn: &Connection, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
     conn.stage.store(IN_HANDLER, Relaxed);
-    let response = match conn.app.metrics() {
-        Some(metrics) => {
+    let response = match (conn.serves, conn.app.metrics()) {
+        // The metrics listener's own requests are not counted.
+        (Serves::Metrics, _) => scrape::respond(&conn.app, &req).await,
+        (Serves::Api, Some(metrics)) => {
             let started = std::time::Instant::now();
             let route = api::route_template(req.uri().path());
             let method = HttpMetrics::method(req.method());
@@ -546,7 +627,7 @@ async fn answer(conn: &Connection, req: hyper::Request<Incoming>) -> hyper::Resp
             metrics.http.observe(route, method, response.status(), started.elapsed());
             response
         }
-        None => respond(conn, req).await,
+        (Serves::Api, None) => respond(conn, req).await,
     };
     conn.stage.store(ANSWERED, Relaxed);
     response

@@ -49,7 +49,11 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
 async fn serve_metrics(env: &Env) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(appliance::scrape::serve(listener, env.app.clone(), std::future::pending()));
+    tokio::spawn(appliance::server::serve_metrics(
+        listener,
+        env.app.clone(),
+        std::future::pending(),
+    ));
     addr
 }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use devstack::testing::{Daemon, OnDrop, PgCluster, free_port, fwsim};
+use devstack::testing::{Daemon, OnDrop, PgCluster, fwsim};
 
 use crate::{DevStack, HttpResponse, bin_dir, keystone_venv};
 
@@ -802,36 +802,10 @@ pub struct Serve {
 impl Serve {
     /// Writes a configuration under `dir` and starts the appliance.
     pub fn start(dir: &Path, dev: &DevStack, database_url: &str) -> Serve {
-        let info = &dev.info;
-        let port = free_port();
-        let config = dir.join("serve.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:{port}"
-[database]
-url = "{database_url}"
-max_connections = 4
-[hsm]
-endpoints = ["{proxy}"]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-[identity]
-source = "noauth"
-allow_noauth = true
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-                proxy = info["proxy"]["address"].as_str().unwrap(),
-                ca = info["pki"]["ca"].as_str().unwrap(),
-                cert = info["pki"]["client_cert"].as_str().unwrap(),
-                key = info["pki"]["client_key"].as_str().unwrap(),
-            ),
-        )
-        .unwrap();
+        let mut settings = crate::ServeConfig::on(dev, database_url);
+        settings.database_extra = "max_connections = 4".into();
+        let config = settings.write(&dir.join("serve.toml"));
+        let port = settings.port;
         let mut serve = Serve { daemon: None, config, log: dir.join("serve.log"), port, starts: 0 };
         serve.restart();
         serve

@@ -15,11 +15,96 @@ use std::time::{Duration, Instant};
 use devstack::testing::{
     APPLIANCE, Daemon, FWSIM, HSM_BENCH, HSM_PROXY, OnDrop, SIM_MODULE, ensure_built,
 };
-pub use devstack::testing::{TestDatabase, profile_dir as bin_dir, psql};
+pub use devstack::testing::{TestDatabase, free_port, profile_dir as bin_dir, psql};
 
 /// Builds the workspace binaries if this test run did not.
 pub fn ensure_binaries() {
     ensure_built(&[APPLIANCE, HSM_PROXY, FWSIM, SIM_MODULE, HSM_BENCH]);
+}
+
+/// An `appliance serve` configuration for a test: the API on a free loopback port, no
+/// authentication, the metrics listener on a free port (appliances side by side would contend
+/// for the default 9465), and what the case adds to each section.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The API's port on loopback: `[server] listen`, unless [`ServeConfig::server`] sets it.
+    pub port: u16,
+    /// More `[server]` lines.
+    pub server: String,
+    /// `[database] url`.
+    pub database: String,
+    /// More `[database]` lines.
+    pub database_extra: String,
+    /// `[hsm] endpoints`.
+    pub endpoints: Vec<String>,
+    /// `[hsm] ca`, `cert` and `key`: the appliance's side of the proxy's PKI.
+    pub pki: [String; 3],
+    /// More `[hsm]` lines.
+    pub hsm: String,
+    /// More sections, as TOML.
+    pub sections: String,
+}
+
+impl ServeConfig {
+    /// On `stack`'s proxy and PKI, with the database at `database`.
+    pub fn on(stack: &DevStack, database: &str) -> ServeConfig {
+        let pki = |key: &str| stack.info["pki"][key].as_str().unwrap().to_owned();
+        let proxy = stack.info["proxy"]["address"].as_str().unwrap().to_owned();
+        ServeConfig::with_pki(
+            database,
+            vec![proxy],
+            [pki("ca"), pki("client_cert"), pki("client_key")],
+        )
+    }
+
+    /// On the proxies at `endpoints`, with the PKI files `[ca, cert, key]` (relative paths
+    /// are read from the configuration's directory).
+    pub fn with_pki(database: &str, endpoints: Vec<String>, pki: [String; 3]) -> ServeConfig {
+        ServeConfig {
+            port: free_port(),
+            server: String::new(),
+            database: database.to_owned(),
+            database_extra: String::new(),
+            endpoints,
+            pki,
+            hsm: String::new(),
+            sections: String::new(),
+        }
+    }
+
+    /// The configuration as TOML.
+    pub fn text(&self) -> String {
+        let listen = if self.server.lines().any(|l| l.trim_start().starts_with("listen")) {
+            String::new()
+        } else {
+            format!("listen = \"127.0.0.1:{}\"\n", self.port)
+        };
+        let endpoints: Vec<String> = self.endpoints.iter().map(|e| format!("{e:?}")).collect();
+        let [ca, cert, key] = &self.pki;
+        format!(
+            "[server]\n{listen}{server}\n\n[database]\nurl = {database:?}\n{database_extra}\n\n\
+             [hsm]\nendpoints = [{endpoints}]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n{hsm}\n\n\
+             [identity]\nsource = \"noauth\"\nallow_noauth = true\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n{sections}\n",
+            server = self.server,
+            database = self.database,
+            database_extra = self.database_extra,
+            endpoints = endpoints.join(", "),
+            hsm = self.hsm,
+            sections = self.sections,
+        )
+    }
+
+    /// Writes the configuration to `path`; `path`.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.text()).unwrap();
+        path.to_owned()
+    }
+
+    /// The API's base URL over plain HTTP.
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
 }
 
 /// `appliance dev` running in a child process.

@@ -8,11 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{bin_dir, http};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use e2e::{ServeConfig, bin_dir, free_port, http};
 
 /// Runs `appliance serve` with `logging` as its `[logging]` section and `args` before `serve`,
 /// its proxy down (so that storing a secret answers 503), sends `gets` listings (200) and
@@ -28,40 +24,14 @@ fn serve(dir: &Path, args: &[&str], logging: &str, gets: usize, posts: usize) ->
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let port = free_port();
-    let config = dir.join(format!("appliance-{port}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[database]
-url = "sqlite://{db}"
-
-[hsm]
-endpoints = ["127.0.0.1:{dead}"]
-ca = "pki/ca.pem"
-cert = "pki/appliance.pem"
-key = "pki/appliance-key.pem"
-connect_timeout_ms = 1000
-
-[identity]
-source = "noauth"
-allow_noauth = true
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[logging]
-{logging}
-"#,
-            db = dir.join(format!("{port}.db")).display(),
-            dead = free_port(),
-        ),
-    )
-    .unwrap();
+    let pki = ["pki/ca.pem", "pki/appliance.pem", "pki/appliance-key.pem"].map(String::from);
+    let dead = vec![format!("127.0.0.1:{}", free_port())];
+    let mut settings = ServeConfig::with_pki("", dead, pki);
+    let port = settings.port;
+    settings.database = format!("sqlite://{}", dir.join(format!("{port}.db")).display());
+    settings.hsm = "connect_timeout_ms = 1000".into();
+    settings.sections = format!("[logging]\n{logging}");
+    let config = settings.write(&dir.join(format!("appliance-{port}.toml")));
     let log = dir.join(format!("serve-{port}.log"));
     let mut child = Command::new(bin_dir().join("appliance"))
         .args(args)

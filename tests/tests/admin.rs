@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use e2e::{DevStack, TestDatabase, bin_dir};
+use e2e::{DevStack, ServeConfig, TestDatabase, bin_dir, free_port};
 
 /// `appliance ARGS...`, run to completion with no log filter from the environment.
 fn appliance(args: &[&str], config: &Path) -> Output {
@@ -38,11 +38,8 @@ fn line<'a>(report: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name:?} line in:\n{report}"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An appliance configuration on `database`, with proxies and PKI files given.
+/// An appliance configuration on `database`, with proxies and PKI files given, and `extra`
+/// lines in its `[database]` section.
 fn write_config(
     dir: &Path,
     database: &str,
@@ -50,40 +47,12 @@ fn write_config(
     pki: &Pki,
     extra: &str,
 ) -> PathBuf {
-    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[database]
-url = "{database}"
-{extra}
-
-[hsm]
-endpoints = [{endpoints}]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-connect_timeout_ms = 1000
-request_timeout_ms = 5000
-
-[identity]
-source = "noauth"
-allow_noauth = true
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-        port = free_port(),
-        endpoints = endpoints.join(", "),
-        ca = pki.ca.display(),
-        cert = pki.cert.display(),
-        key = pki.key.display(),
-    );
-    let path = dir.join(format!("appliance-{}.toml", free_port()));
-    std::fs::write(&path, text).unwrap();
-    path
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let files = [path(&pki.ca), path(&pki.cert), path(&pki.key)];
+    let mut settings = ServeConfig::with_pki(database, endpoints.to_vec(), files);
+    settings.database_extra = extra.to_owned();
+    settings.hsm = "connect_timeout_ms = 1000\nrequest_timeout_ms = 5000".into();
+    settings.write(&dir.join(format!("appliance-{}.toml", free_port())))
 }
 
 /// The appliance's side of a PKI.

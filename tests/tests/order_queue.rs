@@ -7,11 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, TestDatabase, bin_dir, http, psql};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use e2e::{DevStack, ServeConfig, TestDatabase, bin_dir, http, psql};
 
 /// An appliance process, killed when dropped: a failed assertion leaves none running.
 struct Appliance(Child);
@@ -23,46 +19,13 @@ impl Drop for Appliance {
     }
 }
 
-fn appliance(
-    dir: &std::path::Path,
-    name: &str,
-    db: &str,
-    info: &serde_json::Value,
-) -> (Appliance, String) {
-    let port = free_port();
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-[database]
-url = "{db}"
-max_connections = 4
-[hsm]
-endpoints = ["{proxy}"]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-request_timeout_ms = 60000
-[identity]
-source = "noauth"
-allow_noauth = true
-[orders]
-lease_ms = 2000
-poll_ms = 200
-inline_wait_ms = 0
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            proxy = info["proxy"]["address"].as_str().unwrap(),
-            ca = info["pki"]["ca"].as_str().unwrap(),
-            cert = info["pki"]["client_cert"].as_str().unwrap(),
-            key = info["pki"]["client_key"].as_str().unwrap(),
-        ),
-    )
-    .unwrap();
+fn appliance(dir: &std::path::Path, name: &str, db: &str, stack: &DevStack) -> (Appliance, String) {
+    let mut settings = ServeConfig::on(stack, db);
+    settings.database_extra = "max_connections = 4".into();
+    settings.hsm = "request_timeout_ms = 60000".into();
+    settings.sections = "[orders]\nlease_ms = 2000\npoll_ms = 200\ninline_wait_ms = 0".into();
+    let config = settings.write(&dir.join(format!("{name}.toml")));
+    let port = settings.port;
     let child = Appliance(
         Command::new(bin_dir().join("appliance"))
             .args(["serve", "--config"])
@@ -77,7 +40,7 @@ listen = "127.0.0.1:0"
         assert!(Instant::now() < deadline, "{name} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, format!("http://127.0.0.1:{port}"))
+    (child, settings.api())
 }
 
 const MEMBER: &[(&str, &str)] = &[
@@ -97,8 +60,8 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
     let db = database.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let stack = DevStack::start(&dir.path().join("dev"));
-    let (mut a, api_a) = appliance(dir.path(), "a", &db, &stack.info);
-    let (b, api_b) = appliance(dir.path(), "b", &db, &stack.info);
+    let (mut a, api_a) = appliance(dir.path(), "a", &db, &stack);
+    let (b, api_b) = appliance(dir.path(), "b", &db, &stack);
 
     // A receives slow orders (RSA-3072 key pairs) and key orders; B key orders only.
     let key = r#"{"type": "key", "meta": {"algorithm": "aes", "bit_length": 256}}"#;

@@ -6,59 +6,24 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, bin_dir, http};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use e2e::{DevStack, ServeConfig, bin_dir, free_port, http};
 
 #[test]
 fn serve_reads_its_config_fails_over_and_applies_the_policy_file() {
     let dir = tempfile::tempdir().unwrap();
     // The dev stack provides a token, a proxy and a PKI to point a second appliance at.
     let stack = DevStack::start(&dir.path().join("dev"));
-    let info = stack.info.clone();
     let dead = format!("127.0.0.1:{}", free_port());
-    let port = free_port();
     let policy = dir.path().join("policy.yaml");
     // Operators' files look like oslo's samples: comments, quoted names.
     std::fs::write(&policy, "# only admins may list\n\"secrets:get\": \"role:admin\"\n").unwrap();
-    let config = dir.path().join("appliance.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[database]
-url = "sqlite://{db}"
-
-[hsm]
-endpoints = ["{dead}", "{live}"]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-connect_timeout_ms = 1000
-
-[identity]
-source = "noauth"
-allow_noauth = true
-
-[policy]
-file = "policy.yaml"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            db = dir.path().join("serve.db").display(),
-            live = info["proxy"]["address"].as_str().unwrap(),
-            ca = info["pki"]["ca"].as_str().unwrap(),
-            cert = info["pki"]["client_cert"].as_str().unwrap(),
-            key = info["pki"]["client_key"].as_str().unwrap(),
-        ),
-    )
-    .unwrap();
+    let mut settings =
+        ServeConfig::on(&stack, &format!("sqlite://{}", dir.path().join("serve.db").display()));
+    settings.endpoints.insert(0, dead.clone());
+    settings.hsm = "connect_timeout_ms = 1000".into();
+    settings.sections = "[policy]\nfile = \"policy.yaml\"".into();
+    let config = settings.write(&dir.path().join("appliance.toml"));
+    let port = settings.port;
 
     let log = dir.path().join("serve.log");
     let mut child = Command::new(bin_dir().join("appliance"))
@@ -68,7 +33,7 @@ listen = "127.0.0.1:0"
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let api = format!("http://127.0.0.1:{port}");
+    let api = settings.api();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

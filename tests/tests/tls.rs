@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use devstack::testing::{Daemon, OnDrop, free_port, signal};
-use e2e::{DevStack, HttpResponse, barbican_venv, bin_dir, http, keystone_venv, member_of};
+use e2e::{
+    DevStack, HttpResponse, ServeConfig, barbican_venv, bin_dir, http, keystone_venv, member_of,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, ProtocolVersion, StreamOwned};
@@ -507,41 +509,12 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
 /// `appliance serve` on the dev stack's proxy and PKI, with `server` in its `[server]`
 /// section; its configuration file.
 fn serve_config(dir: &Path, stack: &DevStack, server: &str) -> PathBuf {
-    let info = &stack.info;
     static FILES: AtomicUsize = AtomicUsize::new(0);
     let config = dir.join(format!("appliance-{}.toml", FILES.fetch_add(1, Ordering::Relaxed)));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-{server}
-
-[database]
-url = "sqlite://{db}"
-
-[hsm]
-endpoints = ["{proxy}"]
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-
-[identity]
-source = "noauth"
-allow_noauth = true
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            db = dir.join("serve.db").display(),
-            proxy = info["proxy"]["address"].as_str().unwrap(),
-            ca = info["pki"]["ca"].as_str().unwrap(),
-            cert = info["pki"]["client_cert"].as_str().unwrap(),
-            key = info["pki"]["client_key"].as_str().unwrap(),
-        ),
-    )
-    .unwrap();
-    config
+    let mut settings =
+        ServeConfig::on(stack, &format!("sqlite://{}", dir.join("serve.db").display()));
+    settings.server = server.to_owned();
+    settings.write(&config)
 }
 
 /// Runs `appliance serve --config config` until it says it serves.

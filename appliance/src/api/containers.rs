@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::body::{Kind, check_field, repr, string};
 use super::secrets::{paged, paging};
-use super::{ApiError, Call, Outcome, Reply, is_uuid4, parse_json};
+use super::{ApiError, Call, Outcome, Reply, Template, is_uuid4, parse_json};
 use crate::service::consumers::Change;
 use crate::service::containers::{NewContainer, container_entity};
 use crate::service::error::ServiceError;
@@ -193,11 +193,17 @@ async fn list(call: &Call<'_>) -> Outcome {
     paged(call, "containers", "containers", items, page, total)
 }
 
-/// `/v1/containers/{id}` and its sub-resources.
-pub(crate) async fn item(call: &Call<'_>, c: &ContainerRow, sub: &[&str]) -> Outcome {
+/// `/v1/containers/{id}` and its sub-resources, once the container is found: `template` is one
+/// of the `Container*` templates or `UnderContainer`.
+pub(crate) async fn item(
+    call: &Call<'_>,
+    c: &ContainerRow,
+    template: Template,
+    consumer_id: &str,
+) -> Outcome {
     let caller = call.identity();
-    match sub {
-        [] => match *call.method {
+    match template {
+        Template::Container => match *call.method {
             Method::GET => {
                 const OP: &str = "Container retrieval";
                 call.app
@@ -213,12 +219,12 @@ pub(crate) async fn item(call: &Call<'_>, c: &ContainerRow, sub: &[&str]) -> Out
             }
             _ => Err(ApiError::method_not_allowed("GET, DELETE")),
         },
-        ["secrets"] => container_secrets(call, c).await,
-        ["consumers"] => consumers(call, c).await,
-        ["consumers", consumer_id] => {
+        Template::ContainerSecrets => container_secrets(call, c).await,
+        Template::ContainerConsumers => consumers(call, c).await,
+        Template::ContainerConsumer => {
             super::consumers::single(call, consumer_id, "ContainerConsumer retrieval").await
         }
-        ["acl"] => {
+        Template::ContainerAcl => {
             let entity = super::acls::Entity {
                 of: container_entity(c),
                 reference: container_ref(call, &c.id),

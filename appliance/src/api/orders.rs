@@ -226,11 +226,12 @@ fn validate_meta(kind: &str, meta: &Map<String, Value>) -> Result<Map<String, Va
 }
 
 /// `/v1/orders/{id}`: looked up in the caller's project only (others' orders are 404).
-pub(crate) async fn item(call: &Call<'_>, id: &str, rest: &[&str]) -> Outcome {
+/// `/v1/orders/{id}`, or (`below`) a path under it, refused once the order is found.
+pub(crate) async fn item(call: &Call<'_>, id: &str, below: bool) -> Outcome {
     let caller = call.identity();
     let order =
         call.app.order(caller, id).await.map_err(|e| ApiError::service("Order retrieval", e))?;
-    if !rest.is_empty() {
+    if below {
         return Err(ApiError::not_found("The resource could not be found."));
     }
     match *call.method {

@@ -5,7 +5,7 @@
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{ApiError, Call, Outcome, Reply};
+use super::{ApiError, Call, Outcome, Reply, Template};
 use crate::service::secretstores::{NOT_ENABLED, SecretStore};
 use crate::timefmt::format_micros;
 
@@ -24,7 +24,9 @@ fn representation(call: &Call<'_>, s: &SecretStore) -> Value {
 }
 
 /// `/v1/secret-stores[/...]`.
-pub(crate) async fn route(call: &Call<'_>, rest: &[&str]) -> Outcome {
+///
+/// `template` is one of the secret-store templates; `id` the store's, where it has one.
+pub(crate) async fn route(call: &Call<'_>, template: Template, id: &str) -> Outcome {
     let app = call.app;
     let caller = call.identity();
     // With multiple stores not enabled Barbican answers 404 whatever the method, except on
@@ -34,36 +36,36 @@ pub(crate) async fn route(call: &Call<'_>, rest: &[&str]) -> Outcome {
         if *call.method != Method::GET { Err(ApiError::method_not_allowed("GET")) } else { Ok(()) }
     };
     let show = |s: &SecretStore| super::json(StatusCode::OK, representation(call, s));
-    match rest {
-        [] => {
+    match template {
+        Template::SecretStores => {
             const OP: &str = "List available secret stores";
             get()?;
             let stores = app.secret_stores(caller).map_err(|e| ApiError::service(OP, e))?;
             let stores: Vec<Value> = stores.iter().map(|s| representation(call, s)).collect();
             super::json(StatusCode::OK, json!({"secret_stores": stores}))
         }
-        ["global-default"] => {
+        Template::GlobalDefaultStore => {
             const OP: &str = "Retrieve global default secret store";
             if enabled {
                 get()?;
             }
             show(app.global_default_store(caller).map_err(|e| ApiError::service(OP, e))?)
         }
-        ["preferred"] => {
+        Template::PreferredStore => {
             const OP: &str = "Retrieve project preferred store";
             if enabled {
                 get()?;
             }
             show(app.preferred_store(caller).await.map_err(|e| ApiError::service(OP, e))?)
         }
-        [id] => {
+        Template::SecretStore => {
             const OP: &str = "Secret store retrieval";
             if enabled {
                 get()?;
             }
             show(app.secret_store(caller, id).map_err(|e| ApiError::service(OP, e))?)
         }
-        [id, "preferred"] => match *call.method {
+        Template::SecretStorePreferred => match *call.method {
             Method::POST => {
                 const OP: &str = "Setting preferred secret store";
                 app.set_preferred_store(caller, id).await.map_err(|e| ApiError::service(OP, e))?;

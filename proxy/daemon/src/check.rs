@@ -2,11 +2,10 @@
 //! TLS files load and are in date, the secret files are private, and the token opens as
 //! `serve` opens it, up to its master key. One line per check; nothing is changed.
 
-use std::fmt;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use ops::{Outcome, Report};
 use pki::inspect::Standing;
 
 use crate::config::Config;
@@ -14,45 +13,10 @@ use crate::config::Config;
 /// A certificate expiring within this many days is a warning.
 const EXPIRY_MARGIN_DAYS: i64 = 30;
 
-/// How one check came out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
-    /// As it should be.
-    Ok,
-    /// Working, but something needs an operator soon.
-    Warn,
-    /// `serve` would fail, or run without what it needs.
-    Fail,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `pad`, so that a width in the format aligns the columns.
-        f.pad(match self {
-            Outcome::Ok => "ok",
-            Outcome::Warn => "warn",
-            Outcome::Fail => "FAIL",
-        })
-    }
-}
-
-/// One line: what was checked, how it came out, what was found. Never a secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// How it came out.
-    pub outcome: Outcome,
-    /// What was found, or what to do.
-    pub detail: String,
-}
-
 /// Runs every check of `config`; `now` is in seconds since the epoch.
-pub fn run(config: &Config, now: i64) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let mut add = |name: &str, outcome, detail: String| {
-        checks.push(Check { name: name.to_owned(), outcome, detail });
-    };
+pub fn run(config: &Config, now: i64) -> Report {
+    let mut checks = Report::default();
+    let mut add = |name: &str, outcome, detail: String| checks.add(name, outcome, detail);
     match crate::tls::server_config(&config.tls) {
         Ok(_) => add(
             "tls",
@@ -129,23 +93,4 @@ fn private_file(path: &Path) -> (Outcome, String) {
         Ok(_) => (Outcome::Ok, format!("{} is private to its owner", path.display())),
         Err(e) => (Outcome::Fail, format!("{}: {e}", path.display())),
     }
-}
-
-/// Writes one line per check, names aligned, then a line counting failures and warnings.
-pub fn print(checks: &[Check], out: &mut impl Write) -> std::io::Result<()> {
-    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-    for c in checks {
-        writeln!(out, "{:<4}  {:<width$}  {}", c.outcome, c.name, c.detail)?;
-    }
-    let count = |o| checks.iter().filter(|c| c.outcome == o).count();
-    let plural = |n: usize| if n == 1 { "" } else { "s" };
-    let (failures, warnings) = (count(Outcome::Fail), count(Outcome::Warn));
-    writeln!(
-        out,
-        "{} check{}: {failures} failure{}, {warnings} warning{}",
-        checks.len(),
-        plural(checks.len()),
-        plural(failures),
-        plural(warnings)
-    )
 }

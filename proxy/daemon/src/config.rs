@@ -348,16 +348,7 @@ pub struct LoggingConfig {
 }
 
 /// `[logging] format`
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
-    /// fields.
-    Json,
-}
+pub use ops::LogFormat;
 
 mod defaults {
     pub(super) fn max_body_bytes() -> u32 {

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hsm_proxy::config::LogFormat;
 use hsm_proxy::{Config, MkekPolicy, Proxy, ReadyInfo};
+use ops::LogFormat;
 use tokio::net::TcpListener;
 
 /// The HSM proxy: a PKCS#11 session pool behind mutual TLS.
@@ -78,31 +78,13 @@ fn main() -> ExitCode {
     let format = cli.log_format.unwrap_or_else(|| {
         Config::load(cli.command.config()).map(|c| c.logging.format).unwrap_or_default()
     });
-    init_logging(format, &cli.log_level);
+    ops::logging::init(format, &cli.log_level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("hsm-proxy: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => {
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            builder.with_ansi(ansi).init();
-        }
-        // One object per line with the event's fields beside `message`, as log pipelines
-        // index them.
-        LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init()
         }
     }
 }
@@ -160,9 +142,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
             let checks = hsm_proxy::check::run(&cfg, now);
-            hsm_proxy::check::print(&checks, &mut std::io::stdout().lock())
-                .context("writing the report")?;
-            if checks.iter().any(|c| c.outcome == hsm_proxy::check::Outcome::Fail) {
+            checks.print(&mut std::io::stdout().lock()).context("writing the report")?;
+            if checks.failed() {
                 anyhow::bail!("{}: some checks failed", config.display());
             }
             Ok(())
