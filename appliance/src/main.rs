@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use appliance::config::{Config, LogFormat};
+use appliance::config::Config;
 use clap::{Parser, Subcommand};
 
 /// Request handling allocates and frees small buffers on every runtime thread at once, where
@@ -21,12 +21,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
-    /// Log lines as text or JSON; default: the configuration's [logging] format, else text.
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    log: ops::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,14 +151,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The configuration may ask for JSON lines: read before the first line is logged (a file
     // that does not load is reported by the command itself).
-    let format = cli.log_format.unwrap_or_else(|| {
-        cli.command
-            .config()
-            .and_then(|path| Config::load(path).ok())
-            .map(|c| c.logging.format)
-            .unwrap_or_default()
+    cli.log.init(|| {
+        cli.command.config().and_then(|path| Config::load(path).ok()).map(|c| c.logging.format)
     });
-    appliance::logging::init(format, &cli.log_level);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,5 +7,5 @@
 pub mod logging;
 pub mod report;
 
-pub use logging::LogFormat;
+pub use logging::{LogArgs, LogFormat};
 pub use report::{Check, Outcome, Report};

@@ -15,6 +15,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log options of both daemons' command lines.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log lines as text or JSON; default: the configuration's [logging] format, else text.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl LogArgs {
+    /// Installs the subscriber these options ask for; without `--log-format`, in the format
+    /// `configured` reads from the configuration file (text when it gives none).
+    pub fn init(&self, configured: impl FnOnce() -> Option<LogFormat>) {
+        init(self.log_format.or_else(configured).unwrap_or_default(), &self.log_level);
+    }
+}
+
 /// Installs the process's subscriber: `format` lines on standard error, filtered by `RUST_LOG`
 /// when set, else by `level` (a level or a tracing directive; `info` when it does not parse).
 pub fn init(format: LogFormat, level: &str) {

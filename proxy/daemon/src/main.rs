@@ -8,19 +8,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hsm_proxy::{Config, MkekPolicy, Proxy, ReadyInfo};
-use ops::LogFormat;
 use tokio::net::TcpListener;
 
 /// The HSM proxy: a PKCS#11 session pool behind mutual TLS.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
-    /// Log lines as text or JSON; default: the configuration's [logging] format, else text.
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    log: ops::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,10 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The configuration may ask for JSON lines: read before the first line is logged (a file
     // that does not load is reported by the command itself).
-    let format = cli.log_format.unwrap_or_else(|| {
-        Config::load(cli.command.config()).map(|c| c.logging.format).unwrap_or_default()
-    });
-    ops::logging::init(format, &cli.log_level);
+    cli.log.init(|| Config::load(cli.command.config()).ok().map(|c| c.logging.format));
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
