@@ -21,7 +21,7 @@ pub struct LogArgs {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
-    /// Log lines as text or JSON; default: the configuration's [logging] format, else text.
+    /// Log lines as text or JSON; default: the configuration's `[logging] format`, else text.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 }
