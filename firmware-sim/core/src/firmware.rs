@@ -33,6 +33,25 @@ impl Default for Limits {
     }
 }
 
+/// What the token enforces beyond PKCS#11's own rules: a device setting, as FIPS mode is on a
+/// real HSM, not part of the token's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// PKCS#11 as SoftHSM2 implements it.
+    #[default]
+    Standard,
+    /// What FIPS 140-3 validated HSMs enforce in their approved mode: GCM encryption IVs drawn
+    /// by the device (a caller's is `CKR_MECHANISM_PARAM_INVALID`); secret and private keys
+    /// always sensitive, never imported in the clear, and exported only by wrapping under a key
+    /// that cannot leave the device itself; one purpose per key (encryption, wrapping, signing
+    /// or derivation), with no usage unless the template names it; approved sizes only.
+    Fips,
+}
+
+/// The smallest generic secret (an HMAC key) in FIPS mode: 112 bits of strength.
+const FIPS_MIN_SECRET_BYTES: usize = 14;
+
 /// What survives a restart: the token's label, PINs and token objects.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenImage {
@@ -59,6 +78,7 @@ pub struct Firmware<R, const N: usize = DEFAULT_OBJECTS> {
     sessions: heapless::Vec<Session, MAX_SESSIONS>,
     logins: heapless::Vec<Login, MAX_APPLICATIONS>,
     limits: Limits,
+    policy: Policy,
     next_session: u32,
     dirty: bool,
 }
@@ -91,9 +111,21 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
                 sessions: limits.sessions.min(MAX_SESSIONS),
                 objects: limits.objects.min(N),
             },
+            policy: Policy::Standard,
             next_session: 1,
             dirty: false,
         }
+    }
+
+    /// The same firmware enforcing `policy`.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy enforced.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// A token restored from its image.
@@ -276,11 +308,7 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
                 self.generate_key_pair(cx, &mechanism, &public, &private)
             }
             Command::Encrypt { mechanism, key, data, .. } => {
-                let (iv, aad, tag_bits) = gcm(&mechanism)?;
-                let key = self.key(cx, key, Flags::ENCRYPT)?;
-                let value = key.secret(ckk::AES, Error::KeyTypeInconsistent)?;
-                let out = mechanism::aes::gcm_encrypt(value, iv, aad, tag_bits, data.expose())?;
-                Ok(Response::Data(SecretBytes::new(out)))
+                self.encrypt(cx, &mechanism, key, data.expose())
             }
             Command::Decrypt { mechanism, key, data, .. } => {
                 let (iv, aad, tag_bits) = gcm(&mechanism)?;
@@ -331,6 +359,106 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             | Command::OpenSession { .. }
             | Command::CloseAllSessions => Err(Error::ArgumentsBad),
         }
+    }
+
+    /// AES-GCM encryption, under the caller's IV (refused in FIPS mode) or under one the
+    /// device draws, which then leads the output.
+    fn encrypt(
+        &mut self,
+        cx: Ctx,
+        mechanism: &Mechanism,
+        key: u32,
+        data: &[u8],
+    ) -> Result<Response> {
+        let (iv, aad, tag_bits, drawn) = match (&mechanism.kind, &mechanism.param) {
+            (&ckm::AES_GCM, mechanism::Param::GcmGenerated { fixed, aad, tag_bits }) => {
+                let mut iv = [0u8; mechanism::aes::IV_BYTES];
+                let (head, tail) =
+                    iv.split_at_mut_checked(fixed.len()).ok_or(Error::MechanismParamInvalid)?;
+                head.copy_from_slice(fixed);
+                self.rng.fill_bytes(tail);
+                (iv.to_vec(), aad.as_slice(), *tag_bits, true)
+            }
+            (&ckm::AES_GCM, mechanism::Param::Gcm { .. }) if self.policy == Policy::Fips => {
+                return Err(Error::MechanismParamInvalid);
+            }
+            _ => {
+                let (iv, aad, tag_bits) = gcm(mechanism)?;
+                (iv.to_vec(), aad, tag_bits, false)
+            }
+        };
+        let value =
+            self.key(cx, key, Flags::ENCRYPT)?.secret(ckk::AES, Error::KeyTypeInconsistent)?;
+        let sealed = mechanism::aes::gcm_encrypt(value, &iv, aad, tag_bits, data)?;
+        if !drawn {
+            return Ok(Response::Data(SecretBytes::new(sealed)));
+        }
+        let mut out = Vec::with_capacity(iv.len() + sealed.len());
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&sealed);
+        Ok(Response::Data(SecretBytes::new(out)))
+    }
+
+    /// Whether the policy lets `object` be stored (made, unwrapped, imported or changed).
+    fn admit(&self, object: &Object) -> Result<()> {
+        if self.policy != Policy::Fips {
+            return Ok(());
+        }
+        let class = object.class();
+        if matches!(class, cko::SECRET_KEY | cko::PRIVATE_KEY)
+            && !object.flags.contains(Flags::SENSITIVE)
+        {
+            return Err(Error::TemplateInconsistent);
+        }
+        let purposes = [
+            Flags::ENCRYPT,
+            Flags::DECRYPT,
+            Flags::WRAP,
+            Flags::UNWRAP,
+            Flags::SIGN,
+            Flags::VERIFY,
+            Flags::DERIVE,
+        ];
+        let used = |pair: &[Flags]| pair.iter().any(|f| object.flags.contains(*f));
+        let count = [
+            used(&purposes[0..2]),
+            used(&purposes[2..4]),
+            used(&purposes[4..6]),
+            used(&purposes[6..7]),
+        ]
+        .into_iter()
+        .filter(|u| *u)
+        .count();
+        if count > 1 {
+            return Err(Error::TemplateInconsistent);
+        }
+        if let (Material::Secret(value), Some(ckk::GENERIC_SECRET)) =
+            (&object.material, object.key_type)
+            && value.expose().len() < FIPS_MIN_SECRET_BYTES
+        {
+            return Err(Error::KeySizeRange);
+        }
+        Ok(())
+    }
+
+    /// The class defaults under the policy: in FIPS mode a key has no usage its template does
+    /// not name, so that its one purpose is chosen, never defaulted.
+    fn defaults(&self, class: u64, generated: bool) -> Defaults {
+        let mut defaults = Defaults::for_class(class, generated);
+        if self.policy == Policy::Fips {
+            for f in [
+                Flags::ENCRYPT,
+                Flags::DECRYPT,
+                Flags::WRAP,
+                Flags::UNWRAP,
+                Flags::SIGN,
+                Flags::VERIFY,
+                Flags::DERIVE,
+            ] {
+                defaults.flags.set(f, false);
+            }
+        }
+        defaults
     }
 
     fn salt(&mut self) -> [u8; 16] {
@@ -549,9 +677,14 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             }
             _ => return Err(Error::AttributeValueInvalid),
         };
-        let defaults = Defaults::for_class(class, false);
+        // Keys in the clear never enter a FIPS-mode device: they come in wrapped.
+        if self.policy == Policy::Fips && matches!(class, cko::SECRET_KEY | cko::PRIVATE_KEY) {
+            return Err(Error::ActionProhibited);
+        }
+        let defaults = self.defaults(class, false);
         let mut object = build(&t, key_type, material, defaults, None)?;
         object.flags.set(Flags::LOCAL, false);
+        self.admit(&object)?;
         object.owner = self.creatable(cx, object.flags)?;
         let handle = self.insert(object)?;
         Ok(Response::Object(handle))
@@ -616,6 +749,7 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
                 _ => return Err(Error::AttributeTypeInvalid),
             }
         }
+        self.admit(&updated)?;
         let token = updated.is_token();
         if let Some(slot) = self.objects.get_mut(handle) {
             *slot = updated;
@@ -651,8 +785,9 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
         let mut value = alloc::vec![0u8; len];
         self.rng.fill_bytes(&mut value);
         let material = Material::Secret(SecretBytes::new(value));
-        let defaults = Defaults::for_class(cko::SECRET_KEY, true);
+        let defaults = self.defaults(cko::SECRET_KEY, true);
         let mut object = build(&t, Some(key_type), material, defaults, Some(mechanism.kind))?;
+        self.admit(&object)?;
         object.owner = self.creatable(cx, object.flags)?;
         let handle = self.insert(object)?;
         Ok(Response::Object(handle))
@@ -697,16 +832,18 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             &pt,
             Some(key_type),
             public_material,
-            Defaults::for_class(cko::PUBLIC_KEY, true),
+            self.defaults(cko::PUBLIC_KEY, true),
             Some(mechanism.kind),
         )?;
         let mut private = build(
             &st,
             Some(key_type),
             private_material,
-            Defaults::for_class(cko::PRIVATE_KEY, true),
+            self.defaults(cko::PRIVATE_KEY, true),
             Some(mechanism.kind),
         )?;
+        self.admit(&public)?;
+        self.admit(&private)?;
         public.owner = self.creatable(cx, public.flags)?;
         private.owner = self.creatable(cx, private.flags)?;
         if self.objects.len() + 2 > self.objects.capacity() {
@@ -745,6 +882,10 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
     ) -> Result<Response> {
         let padded = padded_wrap(mechanism)?;
         let kek = self.kek(cx, wrapping, Flags::WRAP)?;
+        if self.policy == Policy::Fips && !self.kept_inside(wrapping) {
+            // A key leaves only under one that cannot follow it out.
+            return Err(Error::WrappingKeyTypeInconsistent);
+        }
         let key =
             self.objects.get(key).filter(|o| self.may_see(cx, o)).ok_or(Error::KeyHandleInvalid)?;
         key.permits(Flags::EXTRACTABLE, Error::KeyUnextractable)?;
@@ -762,6 +903,13 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             mechanism::kwp::wrap_unpadded(kek, plain.expose())?
         };
         Ok(Response::Data(SecretBytes::new(out)))
+    }
+
+    /// Whether the key `handle` can never leave the device: sensitive and not extractable.
+    fn kept_inside(&self, handle: u32) -> bool {
+        self.objects.get(handle).is_some_and(|o| {
+            o.flags.contains(Flags::SENSITIVE) && !o.flags.contains(Flags::EXTRACTABLE)
+        })
     }
 
     /// The value of an AES key wrapping (`usage` WRAP) or unwrapping keys, with the error
@@ -811,12 +959,12 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             }
             _ => return Err(Error::TemplateInconsistent),
         };
-        let mut object =
-            build(&t, Some(key_type), material, Defaults::for_class(class, false), None)?;
+        let mut object = build(&t, Some(key_type), material, self.defaults(class, false), None)?;
         // An unwrapped key was outside the device: it was never always-sensitive.
         object.flags.set(Flags::LOCAL, false);
         object.flags.set(Flags::ALWAYS_SENSITIVE, false);
         object.flags.set(Flags::NEVER_EXTRACTABLE, false);
+        self.admit(&object)?;
         object.owner = self.creatable(cx, object.flags)?;
         let handle = self.insert(object)?;
         Ok(Response::Object(handle))

@@ -25,7 +25,7 @@ pub mod session;
 
 pub use command::{Command, Response};
 pub use error::{Error, Result};
-pub use firmware::{Firmware, Limits, TokenImage};
+pub use firmware::{Firmware, Limits, Policy, TokenImage};
 
 /// Encodes a command or response as a postcard frame body.
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<alloc::vec::Vec<u8>> {

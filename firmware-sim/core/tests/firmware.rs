@@ -7,7 +7,7 @@ use firmware_sim_core::attribute::{Attribute, Value, cka, ckk, cko};
 use firmware_sim_core::command::{LABEL_BYTES, UserType, token_flags};
 use firmware_sim_core::mechanism::{Mechanism, Param, ckg, ckm};
 use firmware_sim_core::object::{OID_P256, OID_P384, SecretBytes};
-use firmware_sim_core::{Command, Error, Firmware, Limits, Response};
+use firmware_sim_core::{Command, Error, Firmware, Limits, Policy, Response};
 use rand_core::OsRng;
 
 const APP: u64 = 1;
@@ -28,7 +28,12 @@ fn label(text: &str) -> [u8; LABEL_BYTES] {
 
 /// An initialised token with a user PIN, and a logged-in read-write session.
 fn token(limits: Limits) -> (Fw, u32) {
-    let mut fw = Fw::new(OsRng, limits);
+    token_under(limits, Policy::Standard)
+}
+
+/// [`token`] enforcing `policy`.
+fn token_under(limits: Limits, policy: Policy) -> (Fw, u32) {
+    let mut fw = Fw::new(OsRng, limits).with_policy(policy);
     fw.execute(APP, Command::InitToken { so_pin: secret(SO_PIN), label: label("test") }).unwrap();
     let s = session(&mut fw, APP, true);
     fw.execute(APP, Command::Login { session: s, user: UserType::So, pin: secret(SO_PIN) })
@@ -726,4 +731,158 @@ mod properties {
             prop_assert_eq!(attrs(&mut fw, s, back, &[cka::VALUE]), vec![Value::Present(value)]);
         }
     }
+}
+
+/// Encryption under an IV the device draws after `fixed`.
+fn gcm_drawn(fixed: &[u8], aad: &[u8]) -> Mechanism {
+    Mechanism {
+        kind: ckm::AES_GCM,
+        param: Param::GcmGenerated { fixed: fixed.to_vec(), aad: aad.to_vec(), tag_bits: 128 },
+    }
+}
+
+#[test]
+fn fips_mode_draws_gcm_ivs_inside_and_refuses_the_callers() {
+    let plaintext = b"a volume key".to_vec();
+    for policy in [Policy::Standard, Policy::Fips] {
+        let (mut fw, s) = token_under(Limits::default(), policy);
+        let key = aes_key(
+            &mut fw,
+            s,
+            &[Attribute::bool(cka::ENCRYPT, true), Attribute::bool(cka::DECRYPT, true)],
+        );
+        let encrypt = |fw: &mut Fw, mechanism| {
+            fw.execute(
+                APP,
+                Command::Encrypt { session: s, mechanism, key, data: secret(&plaintext) },
+            )
+        };
+        let callers = encrypt(&mut fw, gcm(7, b"aad"));
+        match policy {
+            Policy::Fips => assert_eq!(callers.unwrap_err(), Error::MechanismParamInvalid),
+            Policy::Standard => assert_eq!(data(callers).len(), plaintext.len() + 16),
+        }
+        // The drawn IV leads the output, differs each time, and keeps the caller's fixed part.
+        let first = data(encrypt(&mut fw, gcm_drawn(&[], b"aad")));
+        let second = data(encrypt(&mut fw, gcm_drawn(&[], b"aad")));
+        assert_eq!(first.len(), 12 + plaintext.len() + 16);
+        assert_ne!(first[..12], second[..12], "{policy:?}");
+        let fixed = data(encrypt(&mut fw, gcm_drawn(&[0xA5; 4], b"aad")));
+        assert_eq!(fixed[..4], [0xA5; 4]);
+        assert_eq!(
+            encrypt(&mut fw, gcm_drawn(&[0; 13], b"aad")).unwrap_err(),
+            Error::MechanismParamInvalid
+        );
+        for sealed in [&first, &second, &fixed] {
+            let (iv, body) = sealed.split_at(12);
+            let mechanism = Mechanism {
+                kind: ckm::AES_GCM,
+                param: Param::Gcm { iv: iv.to_vec(), aad: b"aad".to_vec(), tag_bits: 128 },
+            };
+            let opened = data(fw.execute(
+                APP,
+                Command::Decrypt { session: s, mechanism, key, data: body.to_vec() },
+            ));
+            assert_eq!(opened, plaintext, "{policy:?}");
+        }
+    }
+}
+
+#[test]
+fn fips_mode_keeps_keys_sensitive_single_purpose_and_inside() {
+    let (mut std_fw, std_s) = token(Limits::default());
+    let (mut fw, s) = token_under(Limits::default(), Policy::Fips);
+    let generate = |fw: &mut Fw, s, template| {
+        fw.execute(
+            APP,
+            Command::GenerateKey {
+                session: s,
+                mechanism: Mechanism::plain(ckm::AES_KEY_GEN),
+                template,
+            },
+        )
+    };
+    // Two purposes, or a secret key in the clear: the standard token allows both.
+    let both =
+        aes_template(&[Attribute::bool(cka::ENCRYPT, true), Attribute::bool(cka::WRAP, true)]);
+    let open = aes_template(&[Attribute::bool(cka::SENSITIVE, false)]);
+    for template in [both.clone(), open.clone()] {
+        object(generate(&mut std_fw, std_s, template.clone()));
+        assert_eq!(generate(&mut fw, s, template).unwrap_err(), Error::TemplateInconsistent);
+    }
+    // A purpose is named, never defaulted.
+    let bare = object(generate(&mut fw, s, aes_template(&[])));
+    let usage = [cka::ENCRYPT, cka::DECRYPT, cka::WRAP, cka::UNWRAP, cka::SIGN, cka::VERIFY];
+    assert!(attrs(&mut fw, s, bare, &usage).iter().all(|v| *v == Value::Present(vec![0])));
+    // Nor is a second purpose added later.
+    let data_key = aes_key(&mut fw, s, &[Attribute::bool(cka::ENCRYPT, true)]);
+    assert_eq!(
+        fw.execute(
+            APP,
+            Command::SetAttributes {
+                session: s,
+                object: data_key,
+                template: vec![Attribute::bool(cka::UNWRAP, true)],
+            },
+        )
+        .unwrap_err(),
+        Error::TemplateInconsistent
+    );
+    // No key comes in in the clear, and a generic secret has 112 bits at least.
+    let import = fw.execute(
+        APP,
+        Command::CreateObject {
+            session: s,
+            template: vec![
+                Attribute::ulong(cka::CLASS, cko::SECRET_KEY),
+                Attribute::ulong(cka::KEY_TYPE, ckk::AES),
+                Attribute::bytes(cka::VALUE, &[7; 32]),
+            ],
+        },
+    );
+    assert_eq!(import.unwrap_err(), Error::ActionProhibited);
+    let short = fw.execute(
+        APP,
+        Command::GenerateKey {
+            session: s,
+            mechanism: Mechanism::plain(ckm::GENERIC_SECRET_KEY_GEN),
+            template: vec![
+                Attribute::ulong(cka::CLASS, cko::SECRET_KEY),
+                Attribute::ulong(cka::KEY_TYPE, ckk::GENERIC_SECRET),
+                Attribute::ulong(cka::VALUE_LEN, 8),
+                Attribute::bool(cka::SIGN, true),
+            ],
+        },
+    );
+    assert_eq!(short.unwrap_err(), Error::KeySizeRange);
+    // A key leaves only wrapped under a key that cannot leave itself.
+    let leaving = aes_key(
+        &mut fw,
+        s,
+        &[Attribute::bool(cka::EXTRACTABLE, true), Attribute::bool(cka::ENCRYPT, true)],
+    );
+    let loose = aes_key(
+        &mut fw,
+        s,
+        &[Attribute::bool(cka::EXTRACTABLE, true), Attribute::bool(cka::WRAP, true)],
+    );
+    let kept = aes_key(
+        &mut fw,
+        s,
+        &[Attribute::bool(cka::EXTRACTABLE, false), Attribute::bool(cka::WRAP, true)],
+    );
+    let wrap = |fw: &mut Fw, wrapping_key| {
+        fw.execute(
+            APP,
+            Command::WrapKey {
+                session: s,
+                mechanism: Mechanism::plain(ckm::AES_KEY_WRAP_PAD),
+                wrapping_key,
+                key: leaving,
+            },
+        )
+    };
+    assert_eq!(wrap(&mut fw, loose).unwrap_err(), Error::WrappingKeyTypeInconsistent);
+    assert_eq!(data(wrap(&mut fw, kept)).len(), 40);
+    assert_eq!(attrs(&mut fw, s, leaving, &[cka::VALUE]), vec![Value::Sensitive]);
 }

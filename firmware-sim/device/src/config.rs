@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use firmware_sim_core::Policy;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, file_error};
@@ -34,6 +35,9 @@ pub struct DaemonConfig {
     /// A fault file, re-read whenever it changes.
     #[serde(default)]
     pub fault_file: Option<PathBuf>,
+    /// `standard`, or `fips`: what FIPS-mode HSMs enforce.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 impl DaemonConfig {
@@ -72,6 +76,9 @@ pub struct InProcess {
     /// Where token objects persist; absent keeps them in memory for the process's life.
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// `standard`, or `fips`: what FIPS-mode HSMs enforce.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// Where a module's device is.

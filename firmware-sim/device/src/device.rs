@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use firmware_sim_core::{Command, Error as Ckr, Firmware, Response};
+use firmware_sim_core::{Command, Error as Ckr, Firmware, Policy, Response};
 use rand_core::OsRng;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,8 @@ pub struct DeviceOptions {
     pub profile: Profile,
     /// Where token objects persist; `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
+    /// What the firmware enforces beyond PKCS#11 (`fips`: what FIPS-mode HSMs enforce).
+    pub policy: Policy,
 }
 
 /// An operator's request to the device, outside PKCS#11.
@@ -48,6 +50,8 @@ pub enum Admin {
 pub struct Status {
     /// The profile's name.
     pub profile: String,
+    /// The policy the firmware enforces.
+    pub policy: Policy,
     /// Crypto engines.
     pub engines: usize,
     /// Link round trip in microseconds.
@@ -116,7 +120,8 @@ impl Device {
         let firmware = match state.as_ref().map(StateFile::load).transpose()?.flatten() {
             Some(image) => Firmware::restore(OsRng, limits, image)?,
             None => Firmware::new(OsRng, limits),
-        };
+        }
+        .with_policy(options.policy);
         let now = Instant::now();
         Ok(Arc::new(Device {
             firmware: Mutex::new(firmware),
@@ -278,12 +283,13 @@ impl Device {
 
     /// The device's state.
     pub fn status(&self) -> Status {
-        let (sessions, objects) = {
+        let (sessions, objects, policy) = {
             let firmware = lock(&self.firmware);
-            (firmware.session_count(), firmware.object_count())
+            (firmware.session_count(), firmware.object_count(), firmware.policy())
         };
         Status {
             profile: self.profile.name.clone(),
+            policy,
             engines: self.profile.engines,
             link_rtt_us: self.profile.link_rtt_us,
             sessions,

@@ -18,7 +18,7 @@ use firmware_sim_core::attribute::{Attribute, cka, ckk, cko};
 use firmware_sim_core::command::{LABEL_BYTES, UserType};
 use firmware_sim_core::mechanism::{Mechanism, Param, ckm};
 use firmware_sim_core::object::SecretBytes;
-use firmware_sim_core::{Command, Response};
+use firmware_sim_core::{Command, Policy, Response};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,10 @@ struct ServeArgs {
     /// A fault file, re-read whenever it changes.
     #[arg(long)]
     fault_file: Option<PathBuf>,
+    /// What the firmware enforces beyond PKCS#11: `standard`, or `fips` (what FIPS-mode HSMs
+    /// enforce: IVs drawn inside, keys sensitive and single-purpose, export only by wrapping).
+    #[arg(long, value_parser = parse_policy)]
+    policy: Option<Policy>,
     /// Write the bound endpoints here as JSON once listening.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -221,6 +225,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             profile: "ideal".into(),
             state_file: None,
             fault_file: None,
+            policy: Policy::Standard,
         },
     };
     if !args.listen.is_empty() {
@@ -235,6 +240,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.fault_file.is_some() {
         config.fault_file = args.fault_file;
     }
+    if let Some(policy) = args.policy {
+        config.policy = policy;
+    }
     if config.listen.is_empty() {
         bail!(
             "nothing to listen on: give --listen unix:/path or tcp:host:port (or `listen` in --config)"
@@ -247,6 +255,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let device = Device::open(DeviceOptions {
         profile: profile.clone(),
         state_file: config.state_file.clone(),
+        policy: config.policy,
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut bound = Vec::new();
@@ -292,6 +301,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         engines = profile.engines,
         link_rtt_us = profile.link_rtt_us,
         max_sessions = profile.max_sessions,
+        policy = ?config.policy,
         listen = ?bound,
         state = ?config.state_file,
         "fwsim serving"
@@ -362,7 +372,11 @@ fn init_token(args: InitTokenArgs) -> anyhow::Result<()> {
         (Some(device), _) => Box::new(connect(device, app)?),
         (None, Some(state)) => {
             let profile = Profile::built_in("ideal").context("the ideal profile")?;
-            let device = Device::open(DeviceOptions { profile, state_file: Some(state.clone()) })?;
+            let device = Device::open(DeviceOptions {
+                profile,
+                state_file: Some(state.clone()),
+                policy: Policy::Standard,
+            })?;
             device.attach(app);
             Box::new(Local(device, app))
         }
@@ -409,8 +423,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         None => {
             let profile = Profile::load(&args.profile)?;
-            let device =
-                Device::open(DeviceOptions { profile: profile.clone(), state_file: None })?;
+            let device = Device::open(DeviceOptions {
+                profile: profile.clone(),
+                state_file: None,
+                policy: Policy::Standard,
+            })?;
             let app = random_app();
             device.attach(app);
             let mut setup = Local(Arc::clone(&device), app);
@@ -597,4 +614,13 @@ fn bench_cell(
     }
     first.run(Command::CloseSession { session: login_session })?;
     Ok(cell)
+}
+
+/// `--policy`: `standard` or `fips`.
+fn parse_policy(name: &str) -> Result<Policy, String> {
+    match name {
+        "standard" => Ok(Policy::Standard),
+        "fips" => Ok(Policy::Fips),
+        other => Err(format!("unknown policy {other:?}: standard or fips")),
+    }
 }

@@ -13,8 +13,9 @@ use firmware_sim::transport::{self, Connection, Endpoint, Message, Reply};
 use firmware_sim::{Admin, Device, DeviceOptions, Error, Profile};
 use firmware_sim_core::attribute::{Attribute, cka, ckk, cko};
 use firmware_sim_core::command::{LABEL_BYTES, UserType};
+use firmware_sim_core::mechanism::{Mechanism, ckm};
 use firmware_sim_core::object::SecretBytes;
-use firmware_sim_core::{Command, Error as Ckr, Response};
+use firmware_sim_core::{Command, Error as Ckr, Policy, Response};
 
 const APP: u64 = 7;
 const MARKER: &[u8; 32] = b"MARKER-key-value-0123456789abcde";
@@ -27,6 +28,7 @@ fn open(state: Option<&std::path::Path>) -> Arc<Device> {
     Device::open(DeviceOptions {
         profile: Profile::built_in("ideal").unwrap(),
         state_file: state.map(Into::into),
+        policy: Policy::Standard,
     })
     .unwrap()
 }
@@ -110,6 +112,7 @@ fn the_state_file_keeps_token_objects_and_holds_no_key_in_clear() {
     let err = Device::open(DeviceOptions {
         profile: Profile::built_in("ideal").unwrap(),
         state_file: Some(state.clone()),
+        policy: Policy::Standard,
     })
     .unwrap_err();
     assert!(matches!(err, Error::State(_)), "{err}");
@@ -117,6 +120,7 @@ fn the_state_file_keeps_token_objects_and_holds_no_key_in_clear() {
     let err = Device::open(DeviceOptions {
         profile: Profile::built_in("ideal").unwrap(),
         state_file: Some(state.clone()),
+        policy: Policy::Standard,
     })
     .unwrap_err();
     assert!(err.to_string().contains("device key"), "{err}");
@@ -263,4 +267,46 @@ fn the_transport_serves_clients_and_survives_hostile_ones() {
     assert!(transport::bind_unix(&path).unwrap_err().to_string().contains("in use"));
     assert!("tcp:nonsense".parse::<Endpoint>().is_err());
     assert!("/no/scheme".parse::<Endpoint>().unwrap_err().to_string().contains("unix:"));
+}
+
+/// The policy is the device's setting, not the token's state: the same token, opened again under
+/// another policy, is held to that one.
+#[test]
+fn the_policy_is_the_devices_and_holds_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("token.state");
+    let two_purposes = |device: &Device, s| {
+        device.execute(
+            APP,
+            Command::GenerateKey {
+                session: s,
+                mechanism: Mechanism::plain(ckm::AES_KEY_GEN),
+                template: vec![
+                    Attribute::ulong(cka::CLASS, cko::SECRET_KEY),
+                    Attribute::ulong(cka::KEY_TYPE, ckk::AES),
+                    Attribute::ulong(cka::VALUE_LEN, 32),
+                    Attribute::bool(cka::ENCRYPT, true),
+                    Attribute::bool(cka::WRAP, true),
+                ],
+            },
+        )
+    };
+    let open_under = |policy| {
+        Device::open(DeviceOptions {
+            profile: Profile::built_in("ideal").unwrap(),
+            state_file: Some(state.clone()),
+            policy,
+        })
+        .unwrap()
+    };
+    let device = open_under(Policy::Fips);
+    assert_eq!(device.status().policy, Policy::Fips);
+    let s = provision(&device);
+    assert_eq!(two_purposes(&device, s).unwrap_err(), Ckr::TemplateInconsistent);
+    drop(device);
+    let device = open_under(Policy::Standard);
+    assert_eq!(device.status().policy, Policy::Standard);
+    device.attach(APP);
+    let s = login(&device, b"user-pin-1", UserType::User);
+    assert!(matches!(two_purposes(&device, s).unwrap(), Response::Object(_)));
 }

@@ -99,6 +99,7 @@ impl Library {
                         let device = Device::open(DeviceOptions {
                             profile,
                             state_file: local.state_file.clone(),
+                            policy: local.policy,
                         })
                         .map_err(|e| e.to_string())?;
                         devices.push((config.clone(), Arc::clone(&device)));

@@ -906,7 +906,8 @@ unsafe fn message_init(
     begin(session_handle(session)?, m.mechanism, object_handle(key, Error::KeyHandleInvalid)?)
 }
 
-/// One message's `CK_GCM_MESSAGE_PARAMS`: the IV, and where the tag is (read or written).
+/// One message's `CK_GCM_MESSAGE_PARAMS`: the IV (the caller's, or drawn by the device into
+/// the caller's buffer), and where the tag is (read or written).
 unsafe fn gcm_message<'a>(
     param: *mut std::ffi::c_void,
     param_len: CK_ULONG,
@@ -916,12 +917,23 @@ unsafe fn gcm_message<'a>(
     }
     // SAFETY: non-null and exactly the size of CK_GCM_MESSAGE_PARAMS.
     let p = unsafe { ptr::read_unaligned(param as *const CK_GCM_MESSAGE_PARAMS) };
-    if p.ivGenerator != CKG_NO_GENERATE || p.pTag.is_null() {
-        // This device takes the caller's IV; it generates none.
+    if p.pTag.is_null() || p.pIv.is_null() {
         return Err(Error::MechanismParamInvalid);
     }
-    // SAFETY: the IV is `ulIvLen` bytes at `pIv`.
-    let iv = unsafe { input(p.pIv, p.ulIvLen) }.map_err(|_| Error::MechanismParamInvalid)?;
+    let iv = match p.ivGenerator {
+        // SAFETY: the IV is `ulIvLen` bytes at `pIv`.
+        CKG_NO_GENERATE => api::encrypt::Iv::Given(
+            unsafe { input(p.pIv, p.ulIvLen) }.map_err(|_| Error::MechanismParamInvalid)?,
+        ),
+        // Whole bytes of fixed field only.
+        CKG_GENERATE_RANDOM if p.ulIvFixedBits % 8 == 0 => api::encrypt::Iv::Drawn {
+            fixed: len(p.ulIvFixedBits / 8)?,
+            // SAFETY: the caller's IV buffer, `ulIvLen` bytes at `pIv`, which PKCS#11 has the
+            // token write the generated IV into.
+            into: unsafe { std::slice::from_raw_parts_mut(p.pIv, len(p.ulIvLen)?) },
+        },
+        _ => return Err(Error::MechanismParamInvalid),
+    };
     let tag_len = len(p.ulTagBits / 8)?;
     Ok((api::encrypt::GcmMessage { iv, tag_bits: p.ulTagBits }, p.pTag, tag_len))
 }
@@ -948,7 +960,7 @@ pkcs11_fn! {
         out_len: *mut CK_ULONG,
     ) {
         // SAFETY: the parameter, buffers and lengths are the caller's, as PKCS#11 defines them.
-        let (params, tag_ptr, tag_len) = unsafe { gcm_message(param, param_len) }?;
+        let (mut params, tag_ptr, tag_len) = unsafe { gcm_message(param, param_len) }?;
         // SAFETY: as above.
         let (aad, plaintext, buf) = unsafe {
             (input(aad, aad_len)?, input(plaintext, plaintext_len)?, output(out, out_len)?)
@@ -957,7 +969,7 @@ pkcs11_fn! {
         let tag = unsafe { std::slice::from_raw_parts_mut(tag_ptr, tag_len) };
         let result = api::encrypt::encrypt_message(
             session_handle(session)?,
-            &params,
+            &mut params,
             tag,
             aad,
             plaintext,

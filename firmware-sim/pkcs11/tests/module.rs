@@ -195,15 +195,43 @@ fn gcm_messages(ctx: &Pkcs11, session: &Session, key: ObjectHandle) {
         rv(session.decrypt_message(&param, &[b'a', 0], &sealed[0].0)),
         RvError::OperationNotInitialized
     );
-    // IVs made by the device are not offered.
+    // IVs drawn by the device (CKG_GENERATE_RANDOM) land in the caller's IV buffer, after the
+    // fixed bytes the caller keeps, and open with the single-part function.
     let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
     session.message_encrypt_init(&init_param(&mut iv, &mut tag), key).unwrap();
+    let mut drawn = Vec::new();
+    for fixed_bits in [0u64, 32] {
+        let (mut iv, mut tag) = ([0xEEu8; 12], [0u8; 16]);
+        let ct = {
+            let param = MessageParam::AesGcmMessage(
+                GcmMessageParams::new(
+                    &mut iv,
+                    fixed_bits.into(),
+                    GeneratorFunction::GenerateRandom,
+                    &mut tag,
+                )
+                .unwrap(),
+            );
+            session.encrypt_message(&param, b"drawn", b"secret").unwrap()
+        };
+        assert_ne!(iv, [0xEEu8; 12]);
+        assert_eq!(iv[..(fixed_bits / 8) as usize], [0xEEu8; 12][..(fixed_bits / 8) as usize]);
+        let params = GcmParams::new(&mut iv, b"drawn", 128.into()).unwrap();
+        let whole = [ct.as_slice(), tag.as_slice()].concat();
+        assert_eq!(session.decrypt(&Mechanism::AesGcm(params), key, &whole).unwrap(), b"secret");
+        drawn.push(iv);
+    }
+    assert_ne!(drawn[0][4..], drawn[1][4..]);
+    session.message_encrypt_final().unwrap();
+    // Decryption takes the IV it is given; it draws none.
+    session.message_decrypt_init(&init_param(&mut iv, &mut tag), key).unwrap();
+    let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
     let param = MessageParam::AesGcmMessage(
         GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::GenerateRandom, &mut tag)
             .unwrap(),
     );
-    assert_eq!(rv(session.encrypt_message(&param, b"", b"x")), RvError::MechanismParamInvalid);
-    session.message_encrypt_final().unwrap();
+    assert_eq!(rv(session.decrypt_message(&param, b"", b"x")), RvError::MechanismParamInvalid);
+    session.message_decrypt_final().unwrap();
 }
 
 #[test]
@@ -351,6 +379,79 @@ fn an_in_process_device_through_cryptoki() {
         rv(session.login(UserType::User, Some(&AuthPin::from("wrong-pin")))),
         RvError::PinIncorrect
     );
+}
+
+/// `policy = "fips"`: a caller's GCM IV is refused, the device's is the way to encrypt, keys
+/// keep to one purpose, and a key leaves only wrapped under one that stays.
+#[test]
+fn a_fips_device_through_cryptoki() {
+    use cryptoki::mechanism::MessageParam;
+    use cryptoki::mechanism::aead::{GcmMessageParams, GeneratorFunction};
+    if !in_child("a_fips_device_through_cryptoki", "[in_process]\npolicy = \"fips\"\n") {
+        return;
+    }
+    let ctx = load();
+    let slot = provision(&ctx);
+    let session = user_session(&ctx, slot);
+    let key = |usage: &[Attribute]| {
+        let mut template = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Extractable(true),
+        ];
+        template.extend_from_slice(usage);
+        session.generate_key(&Mechanism::AesKeyGen, &template)
+    };
+    let data_key = key(&[Attribute::Encrypt(true), Attribute::Decrypt(true)]).unwrap();
+    assert_eq!(
+        rv(key(&[Attribute::Encrypt(true), Attribute::Wrap(true)])),
+        RvError::TemplateInconsistent
+    );
+    assert_eq!(rv(key(&[Attribute::Sensitive(false)])), RvError::TemplateInconsistent);
+
+    let mut iv = [3u8; 12];
+    let params = GcmParams::new(&mut iv, b"aad", 128.into()).unwrap();
+    assert_eq!(
+        rv(session.encrypt(&Mechanism::AesGcm(params), data_key, b"x")),
+        RvError::MechanismParamInvalid
+    );
+    let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
+    let init = Mechanism::AesGcmMessage(
+        GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::NoGenerate, &mut tag).unwrap(),
+    );
+    session.message_encrypt_init(&init, data_key).unwrap();
+    let (mut iv, mut tag) = ([0u8; 12], [0u8; 16]);
+    let ct = {
+        let param = MessageParam::AesGcmMessage(
+            GcmMessageParams::new(&mut iv, 0.into(), GeneratorFunction::GenerateRandom, &mut tag)
+                .unwrap(),
+        );
+        session.encrypt_message(&param, b"aad", b"fips").unwrap()
+    };
+    session.message_encrypt_final().unwrap();
+    let params = GcmParams::new(&mut iv, b"aad", 128.into()).unwrap();
+    let whole = [ct.as_slice(), tag.as_slice()].concat();
+    assert_eq!(session.decrypt(&Mechanism::AesGcm(params), data_key, &whole).unwrap(), b"fips");
+
+    let loose = key(&[Attribute::Wrap(true)]).unwrap();
+    let kept = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Extractable(false),
+                Attribute::Wrap(true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        rv(session.wrap_key(&Mechanism::AesKeyWrapPad, loose, data_key)),
+        RvError::WrappingKeyTypeInconsistent
+    );
+    assert_eq!(session.wrap_key(&Mechanism::AesKeyWrapPad, kept, data_key).unwrap().len(), 40);
 }
 
 #[test]

@@ -73,6 +73,16 @@ pub enum Param {
         /// Tag length in bits.
         tag_bits: u64,
     },
+    /// `CK_GCM_MESSAGE_PARAMS` with `CKG_GENERATE_RANDOM`, for encryption: the device draws
+    /// the IV after the caller's fixed leading bytes and returns it before the ciphertext.
+    GcmGenerated {
+        /// The IV's leading bytes the caller fixes (none, usually).
+        fixed: Vec<u8>,
+        /// Additional authenticated data.
+        aad: Vec<u8>,
+        /// Tag length in bits.
+        tag_bits: u64,
+    },
     /// `CK_RSA_PKCS_PSS_PARAMS`.
     Pss {
         /// The hash mechanism (`CKM_SHA256`...).

@@ -70,12 +70,21 @@ fn message_decrypting(s: &mut SessionState) -> &mut Option<Operation> {
 const MESSAGE_ENCRYPT: Slot = message_encrypting;
 const MESSAGE_DECRYPT: Slot = message_decrypting;
 
-/// One message's AES-GCM parameters (`CK_GCM_MESSAGE_PARAMS`): the caller's IV (this device
-/// generates none), and the tag's length.
+/// One message's AES-GCM parameters (`CK_GCM_MESSAGE_PARAMS`): its IV, and the tag's length.
 #[derive(Debug)]
 pub(crate) struct GcmMessage<'a> {
-    pub(crate) iv: &'a [u8],
+    pub(crate) iv: Iv<'a>,
     pub(crate) tag_bits: u64,
+}
+
+/// Where a message's IV comes from.
+#[derive(Debug)]
+pub(crate) enum Iv<'a> {
+    /// The caller's (`CKG_NO_GENERATE`).
+    Given(&'a [u8]),
+    /// The device's (`CKG_GENERATE_RANDOM`), after the caller's `fixed` leading bytes, written
+    /// back into the caller's IV buffer `into`.
+    Drawn { fixed: usize, into: &'a mut [u8] },
 }
 
 impl GcmMessage<'_> {
@@ -86,11 +95,16 @@ impl GcmMessage<'_> {
         usize::try_from(self.tag_bits / 8).map_err(|_| Error::MechanismParamInvalid)
     }
 
-    fn mechanism(&self, aad: &[u8]) -> Mechanism {
-        Mechanism {
-            kind: ckm::AES_GCM,
-            param: Param::Gcm { iv: self.iv.to_vec(), aad: aad.to_vec(), tag_bits: self.tag_bits },
-        }
+    fn mechanism(&self, aad: &[u8]) -> Result<Mechanism, Error> {
+        let (aad, tag_bits) = (aad.to_vec(), self.tag_bits);
+        let param = match &self.iv {
+            Iv::Given(iv) => Param::Gcm { iv: iv.to_vec(), aad, tag_bits },
+            Iv::Drawn { fixed, into } => {
+                let fixed = into.get(..*fixed).ok_or(Error::MechanismParamInvalid)?.to_vec();
+                Param::GcmGenerated { fixed, aad, tag_bits }
+            }
+        };
+        Ok(Mechanism { kind: ckm::AES_GCM, param })
     }
 }
 
@@ -134,10 +148,11 @@ pub(crate) fn message_encrypt_init(session: u32, kind: u64, key: u32) -> Result<
     message_begin(session, MESSAGE_ENCRYPT, kind, key)
 }
 
-/// C_EncryptMessage: the ciphertext into `out`, the tag into `tag`.
+/// C_EncryptMessage: the ciphertext into `out`, the tag into `tag`, and a drawn IV into the
+/// caller's IV buffer.
 pub(crate) fn encrypt_message(
     session: u32,
-    params: &GcmMessage<'_>,
+    params: &mut GcmMessage<'_>,
     tag: &mut [u8],
     aad: &[u8],
     plaintext: &[u8],
@@ -153,7 +168,7 @@ pub(crate) fn encrypt_message(
     }
     let command = Command::Encrypt {
         session,
-        mechanism: params.mechanism(aad),
+        mechanism: params.mechanism(aad)?,
         key,
         data: secret(plaintext.to_vec()),
     };
@@ -161,7 +176,13 @@ pub(crate) fn encrypt_message(
         Response::Data(bytes) => bytes,
         other => return Err(unexpected(other)),
     };
-    let sealed = sealed.expose();
+    let mut sealed = sealed.expose();
+    if let Iv::Drawn { into, .. } = &mut params.iv {
+        // The device put the IV it drew first.
+        let (iv, rest) = sealed.split_at_checked(into.len()).ok_or(Error::DeviceError)?;
+        into.copy_from_slice(iv);
+        sealed = rest;
+    }
     let (ciphertext, computed) = sealed
         .split_at_checked(plaintext.len())
         .filter(|(_, t)| t.len() == tag_len)
@@ -199,7 +220,11 @@ pub(crate) fn decrypt_message(
     let mut input = Vec::with_capacity(ciphertext.len() + tag.len());
     input.extend_from_slice(ciphertext);
     input.extend_from_slice(tag);
-    let command = Command::Decrypt { session, mechanism: params.mechanism(aad), key, data: input };
+    if matches!(params.iv, Iv::Drawn { .. }) {
+        // Only encryption draws an IV.
+        return Err(Error::MechanismParamInvalid);
+    }
+    let command = Command::Decrypt { session, mechanism: params.mechanism(aad)?, key, data: input };
     match library()?.execute(command)? {
         Response::Data(plaintext) => Ok(deliver(out, plaintext.expose())),
         other => Err(unexpected(other)),
