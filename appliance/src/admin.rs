@@ -1,9 +1,10 @@
 //! The operator's commands beside `serve`: `appliance db check` and `db upgrade` ([`db`]), and
 //! `appliance doctor` ([`doctor`]), each printing a report of checks ([`Report`]) and ending
-//! with an exit status from it.
+//! with an exit status from it; `appliance kek status` and `kek rotate` ([`keks`]).
 
 pub mod db;
 pub mod doctor;
+pub mod keks;
 
 pub use ops::{Check, Outcome, Report};
 

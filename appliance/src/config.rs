@@ -35,6 +35,9 @@ pub struct Config {
     /// The order queue.
     #[serde(default)]
     pub orders: OrdersConfig,
+    /// Project KEK rotation and the rewrap job.
+    #[serde(default)]
+    pub keys: KeysConfig,
     /// The secret-store API.
     #[serde(default)]
     pub secretstore: SecretStoreConfig,
@@ -207,6 +210,89 @@ impl Default for OrdersConfig {
             poll_ms: defaults::poll_ms(),
             inline_wait_ms: defaults::inline_wait_ms(),
         }
+    }
+}
+
+/// `[keys]`: when project KEKs rotate, and how the rewrap job moves data off retired ones.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// A project's KEK is replaced once it is this many days old (fractions allowed); 0: never
+    /// by age.
+    #[serde(default = "defaults::max_age_days")]
+    pub max_age_days: f64,
+    /// A project's KEK is replaced once this many encryptions have been charged to it. Each
+    /// draws a random 96-bit GCM IV, which NIST SP 800-38D (8.3) allows 2^32 times per key;
+    /// the default stays a quarter below.
+    #[serde(default = "defaults::max_encryptions")]
+    pub max_encryptions: u64,
+    /// Encryptions an appliance reserves on a KEK's durable counter at a time: a crash loses
+    /// at most this many (the count only ever overstates).
+    #[serde(default = "defaults::reserve_block")]
+    pub reserve_block: u64,
+    /// Longest an appliance keeps writing under a project KEK another appliance has rotated.
+    #[serde(default = "defaults::refresh_ms")]
+    pub refresh_ms: u64,
+    /// A retired KEK is destroyed no sooner than this after its retirement, once nothing is
+    /// sealed under it: longer than `refresh_ms`, so that no appliance still writes under it.
+    #[serde(default = "defaults::retired_grace_ms")]
+    pub retired_grace_ms: u64,
+    /// Payloads each appliance's rewrap job moves a second, at most (0: the job is off).
+    #[serde(default = "defaults::rewrap_per_second")]
+    pub rewrap_per_second: u32,
+    /// Payloads moved per transaction.
+    #[serde(default = "defaults::rewrap_batch")]
+    pub rewrap_batch: u32,
+    /// How often each appliance looks for a rewrap job and for KEKs past `max_age_days`; also
+    /// how long it holds a job it works on before renewing its lease (a third of the lease).
+    #[serde(default = "defaults::rewrap_poll_ms")]
+    pub poll_ms: u64,
+    /// How long an appliance holds a rewrap job between renewals; another one takes it over
+    /// once it expires.
+    #[serde(default = "defaults::lease_ms")]
+    pub lease_ms: u64,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            max_age_days: defaults::max_age_days(),
+            max_encryptions: defaults::max_encryptions(),
+            reserve_block: defaults::reserve_block(),
+            refresh_ms: defaults::refresh_ms(),
+            retired_grace_ms: defaults::retired_grace_ms(),
+            rewrap_per_second: defaults::rewrap_per_second(),
+            rewrap_batch: defaults::rewrap_batch(),
+            poll_ms: defaults::rewrap_poll_ms(),
+            lease_ms: defaults::lease_ms(),
+        }
+    }
+}
+
+impl KeysConfig {
+    fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Config(format!("[keys] {what}")));
+        if !(self.max_age_days.is_finite() && self.max_age_days >= 0.0) {
+            return bad(format!("max_age_days = {}: must be 0 or more", self.max_age_days));
+        }
+        if self.max_encryptions == 0 || self.max_encryptions > 1 << 32 {
+            return bad(format!(
+                "max_encryptions = {}: must be between 1 and 2^32 (NIST SP 800-38D's limit \
+                 for random IVs)",
+                self.max_encryptions
+            ));
+        }
+        if self.reserve_block == 0 || self.rewrap_batch == 0 {
+            return bad("reserve_block and rewrap_batch must be at least 1".into());
+        }
+        if self.retired_grace_ms <= self.refresh_ms {
+            return bad(format!(
+                "retired_grace_ms = {} must exceed refresh_ms = {}: an appliance may write \
+                 under a retired KEK for refresh_ms",
+                self.retired_grace_ms, self.refresh_ms
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -702,6 +788,33 @@ mod defaults {
     pub(super) fn inline_wait_ms() -> u64 {
         1_000
     }
+    pub(super) fn max_age_days() -> f64 {
+        90.0
+    }
+    /// 3 × 2^30: a quarter below SP 800-38D's 2^32 for random 96-bit IVs.
+    pub(super) fn max_encryptions() -> u64 {
+        3 << 30
+    }
+    pub(super) fn reserve_block() -> u64 {
+        1_024
+    }
+    pub(super) fn refresh_ms() -> u64 {
+        1_000
+    }
+    pub(super) fn retired_grace_ms() -> u64 {
+        60_000
+    }
+    /// A fraction of what one proxy does (tens of thousands of operations a second), so that
+    /// the job never crowds out the traffic.
+    pub(super) fn rewrap_per_second() -> u32 {
+        1_000
+    }
+    pub(super) fn rewrap_batch() -> u32 {
+        100
+    }
+    pub(super) fn rewrap_poll_ms() -> u64 {
+        5_000
+    }
 }
 
 impl Config {
@@ -740,6 +853,7 @@ impl Config {
             policy: PolicyConfig::default(),
             quotas: QuotasConfig::default(),
             orders: OrdersConfig::default(),
+            keys: KeysConfig::default(),
             secretstore: SecretStoreConfig::default(),
             keystone: None,
             logging: LoggingConfig::default(),
@@ -818,7 +932,7 @@ impl Config {
         if self.health.timeout_ms == 0 {
             return Err(Error::Config("[health] timeout_ms must be positive".into()));
         }
-        Ok(())
+        self.keys.validate()
     }
 }
 
@@ -854,6 +968,33 @@ mod tests {
         assert_eq!(c.metrics.listen, defaults::metrics_listen());
         assert_eq!(c.health.timeout_ms, defaults::health_timeout_ms());
         assert_eq!(c.health.disable_file, None);
+        let k = &c.keys;
+        assert_eq!(k.max_age_days, defaults::max_age_days());
+        assert_eq!(k.max_encryptions, defaults::max_encryptions());
+        assert_eq!(k.reserve_block, defaults::reserve_block());
+        assert_eq!(k.refresh_ms, defaults::refresh_ms());
+        assert_eq!(k.retired_grace_ms, defaults::retired_grace_ms());
+        assert_eq!(k.rewrap_per_second, defaults::rewrap_per_second());
+        assert_eq!(k.rewrap_batch, defaults::rewrap_batch());
+        assert_eq!(k.poll_ms, defaults::rewrap_poll_ms());
+        assert_eq!(k.lease_ms, defaults::lease_ms());
+    }
+
+    #[test]
+    fn key_rotation_settings_that_cannot_work_are_refused() {
+        for (text, says) in [
+            ("max_encryptions = 0", "max_encryptions"),
+            ("max_encryptions = 4294967297", "2^32"),
+            ("max_age_days = -1.0", "max_age_days"),
+            ("refresh_ms = 5000\nretired_grace_ms = 5000", "must exceed refresh_ms"),
+            ("rewrap_batch = 0", "rewrap_batch"),
+        ] {
+            let keys: KeysConfig = toml::from_str(text).unwrap();
+            let e = keys.validate().unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let keys: KeysConfig = toml::from_str("max_age_days = 0.5").unwrap();
+        keys.validate().unwrap();
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum Error {
     /// The HSM proxy client could not be configured.
     #[error("HSM proxy client: {0}")]
     Hsm(#[from] hsm_proxy_proto::client::Error),
+    /// An operation on keys through the proxies failed.
+    #[error("HSM: {0}")]
+    KeyOperation(String),
     /// The metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

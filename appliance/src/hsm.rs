@@ -1,20 +1,20 @@
 //! The appliance's side of the key hierarchy: project KEKs (created on first use, stored only
 //! wrapped) and sealing payloads through the HSM proxies.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hsm_proxy_proto::client::{Client, Error as ClientError};
-use hsm_proxy_proto::op::{
-    Decrypt, Encrypt, GenerateKek, Health, HealthReport, Kek, KekId, Sealed,
-};
+use hsm_proxy_proto::op::{Decrypt, Encrypt, Health, HealthReport, Kek, KekId, Sealed};
 use hsm_proxy_proto::{SecretBytes, Status};
 
 use crate::config::HsmConfig;
-use appliance_store::{KekRow, Store, StoreError, StoredPayload};
+use appliance_store::{KekRow, StoreError, StoredPayload};
 
 mod coalesce;
+mod keks;
+
+pub(crate) use keks::{KekPolicy, Keks};
 
 /// A payload the HSM sealed under KEK `kek_id`, as it is stored.
 pub(crate) fn stored(
@@ -73,9 +73,8 @@ pub(crate) struct Hsm {
     /// One client per proxy, for the readiness check: each proxy is asked on its own, whichever
     /// the traffic goes to.
     probes: Vec<(String, Client)>,
-    /// Wrapped KEKs already read, by project and by id (wrapped blobs are not secret).
-    by_project: Mutex<HashMap<String, Kek>>,
-    by_id: Mutex<HashMap<String, Kek>>,
+    /// Project KEKs: the active one of each project, and any by id.
+    keks: Keks,
 }
 
 /// The additional authenticated data binding a payload to its secret and project: a
@@ -94,64 +93,18 @@ impl Hsm {
     /// Wraps a connected (or lazily connecting) proxy client. Starts the coalescing
     /// dispatcher, so it must be called inside the tokio runtime.
     /// `probes` holds a client of its own for each proxy, for [`Hsm::probe`].
-    pub(crate) fn new(client: Client, probes: Vec<(String, Client)>, config: &HsmConfig) -> Hsm {
+    pub(crate) fn new(
+        client: Client,
+        probes: Vec<(String, Client)>,
+        config: &HsmConfig,
+        keks: Keks,
+    ) -> Hsm {
         let limits = coalesce::Limits {
             frames_in_flight: config.frames_in_flight,
             max_queued: config.max_queued_operations,
             timeout: Duration::from_millis(config.request_timeout_ms),
         };
-        Hsm {
-            coalescer: Coalescer::start(client.clone(), limits),
-            client,
-            probes,
-            by_project: Mutex::new(HashMap::new()),
-            by_id: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The project's KEK, generated in the HSM and stored (wrapped) on first use.
-    pub(crate) async fn project_kek(
-        &self,
-        store: &Store,
-        project_id: &str,
-    ) -> Result<(String, Kek), HsmError> {
-        if let Some(kek) = lock(&self.by_project).get(project_id) {
-            return Ok((hex(&kek.id), kek.clone()));
-        }
-        let row = match store.active_kek(project_id).await? {
-            Some(row) => row,
-            None => {
-                let kek = self.call(GenerateKek).await?;
-                let row = KekRow { id: hex(&kek.id), wrapped: kek.wrapped };
-                if store.insert_kek(project_id, &row).await? {
-                    tracing::info!(kek = %row.id, "new project KEK created in the HSM");
-                    row
-                } else {
-                    // Another request created the project's KEK at the same time: use that one.
-                    store.active_kek(project_id).await?.ok_or_else(|| {
-                        HsmError::Failed("project KEK vanished while being created".into())
-                    })?
-                }
-            }
-        };
-        let kek = to_kek(&row)?;
-        lock(&self.by_project).insert(project_id.to_owned(), kek.clone());
-        lock(&self.by_id).insert(row.id.clone(), kek.clone());
-        Ok((row.id, kek))
-    }
-
-    /// A KEK by its stored id.
-    pub(crate) async fn kek(&self, store: &Store, id: &str) -> Result<Kek, HsmError> {
-        if let Some(kek) = lock(&self.by_id).get(id) {
-            return Ok(kek.clone());
-        }
-        let row = store
-            .kek(id)
-            .await?
-            .ok_or_else(|| HsmError::Failed(format!("KEK {id} is not in the database")))?;
-        let kek = to_kek(&row)?;
-        lock(&self.by_id).insert(id.to_owned(), kek.clone());
-        Ok(kek)
+        Hsm { coalescer: Coalescer::start(client.clone(), limits), client, probes, keks }
     }
 
     /// Encrypts `plaintext` under `kek` in the HSM.

@@ -102,27 +102,9 @@ async fn open_store(
     Ok(store)
 }
 
-/// Builds the API from a configuration: opens the database (applying pending migrations
-/// unless `[database] migrate = "never"`), reads the policy, configures the proxy client.
-pub async fn build(config: &Config) -> Result<Arc<App>> {
-    // Exported with no-auth too (as zeros), so that a dashboard finds every series.
-    let keystone_metrics = crate::metrics::KeystoneMetrics::new()?;
-    let metrics = match config.metrics.listen {
-        Listen::Off => None,
-        Listen::At(_) => Some(Arc::new(Metrics::new(
-            api::ROUTES,
-            &config.hsm.endpoints,
-            Some(&keystone_metrics),
-        )?)),
-    };
-    let statements = metrics.as_ref().map(|m| m.db.clone() as Arc<dyn appliance_store::Observer>);
-    let store = open_store(&config.database, statements).await?;
-    let mut policy = policy::Policy::barbican(config.policy.enforce_new_defaults)?;
-    if let Some(file) = &config.policy.file {
-        let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
-        let n = policy.apply_overrides(&text)?;
-        tracing::info!(file = %file.display(), rules = n, "policy overrides loaded");
-    }
+/// The client of the proxies `[hsm]` names, with the KEK policy of `[keys]`; it records into
+/// `metrics` when given. Must be called inside the tokio runtime.
+pub(crate) fn connect_hsm(config: &Config, metrics: Option<&Metrics>) -> Result<Hsm> {
     let tls = tls_config_from_pem_files(&config.hsm.ca, &config.hsm.cert, &config.hsm.key)?;
     let mut client_config =
         ClientConfig::new(config.hsm.endpoints.clone(), &config.hsm.server_name, tls.clone())?;
@@ -146,14 +128,42 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
         probes.push((endpoint.clone(), Client::new(probe)?));
     }
     client_config.observer =
-        metrics.as_ref().map(|m| m.hsm.clone() as Arc<dyn hsm_proxy_proto::client::Observer>);
+        metrics.map(|m| m.hsm.clone() as Arc<dyn hsm_proxy_proto::client::Observer>);
     if config.hsm.busy_poll_us > 0 {
         tracing::info!(
             busy_poll_us = config.hsm.busy_poll_us,
             "busy polling: a request spins this long for the proxy's answer before parking"
         );
     }
-    let hsm = Hsm::new(Client::new(client_config)?, probes, &config.hsm);
+    let keks = crate::hsm::Keks::new(
+        crate::hsm::KekPolicy::from_config(&config.keys),
+        metrics.map(|m| m.keks.clone()),
+    );
+    Ok(Hsm::new(Client::new(client_config)?, probes, &config.hsm, keks))
+}
+
+/// Builds the API from a configuration: opens the database (applying pending migrations
+/// unless `[database] migrate = "never"`), reads the policy, configures the proxy client.
+pub async fn build(config: &Config) -> Result<Arc<App>> {
+    // Exported with no-auth too (as zeros), so that a dashboard finds every series.
+    let keystone_metrics = crate::metrics::KeystoneMetrics::new()?;
+    let metrics = match config.metrics.listen {
+        Listen::Off => None,
+        Listen::At(_) => Some(Arc::new(Metrics::new(
+            api::ROUTES,
+            &config.hsm.endpoints,
+            Some(&keystone_metrics),
+        )?)),
+    };
+    let statements = metrics.as_ref().map(|m| m.db.clone() as Arc<dyn appliance_store::Observer>);
+    let store = open_store(&config.database, statements).await?;
+    let mut policy = policy::Policy::barbican(config.policy.enforce_new_defaults)?;
+    if let Some(file) = &config.policy.file {
+        let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
+        let n = policy.apply_overrides(&text)?;
+        tracing::info!(file = %file.display(), rules = n, "policy overrides loaded");
+    }
+    let hsm = connect_hsm(config, metrics.as_deref())?;
     let identity = match config.identity.source {
         IdentitySourceName::Keystone => {
             let k = config.keystone.as_ref().ok_or_else(|| {
@@ -192,7 +202,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
         access_log: crate::logging::AccessLog::new(&config.logging),
         health: service::health::HealthSettings {
             disable_file: config.health.disable_file.clone(),
-            timeout: health_timeout,
+            timeout: Duration::from_millis(config.health.timeout_ms),
         },
     };
     let (queue, submitted) = crate::service::orders::OrderQueue::new(
@@ -203,5 +213,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
     let app = Arc::new(App::new(store, hsm, policy, settings, queue, metrics));
     // The worker holds only a weak reference: it stops when the API is dropped.
     tokio::spawn(crate::service::orders::run(Arc::downgrade(&app), submitted));
+    let jobs = crate::service::keks::KekJobs::from_config(&config.keys);
+    tokio::spawn(crate::service::keks::run(Arc::downgrade(&app), jobs));
     Ok(app)
 }

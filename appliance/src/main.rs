@@ -51,6 +51,37 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Project KEKs: where each stands, and rotating them on demand.
+    #[command(subcommand)]
+    Kek(Kek),
+}
+
+#[derive(Debug, Subcommand)]
+enum Kek {
+    /// List every project KEK (or one project's): active or retired, its age, the encryptions
+    /// charged to it, the payloads still sealed under it, and its rewrap job.
+    Status {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this project's KEKs.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Replace projects' active KEKs by new ones generated in the HSM. New data is sealed
+    /// under the new KEK at once; the serving appliances' rewrap job moves the old data over
+    /// and then destroys the retired KEK (follow it with `kek status`).
+    Rotate {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A project to rotate; repeat for several.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        project: Vec<String>,
+        /// Every project that has a KEK.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +107,8 @@ impl Command {
         match self {
             Command::Serve { config }
             | Command::Doctor { config }
-            | Command::Db(Db::Check { config } | Db::Upgrade { config }) => Some(config),
+            | Command::Db(Db::Check { config } | Db::Upgrade { config })
+            | Command::Kek(Kek::Status { config, .. } | Kek::Rotate { config, .. }) => Some(config),
             Command::Dev(_) | Command::Pki(_) => None,
         }
     }
@@ -196,6 +228,25 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Doctor { config } => {
             let report = runtime()?.block_on(appliance::admin::doctor::run(&config));
             finish(&report, "some checks failed")
+        }
+        Command::Kek(Kek::Status { config, project }) => {
+            let cfg = Config::load(&config)?;
+            let table =
+                runtime()?.block_on(appliance::admin::keks::status(&cfg, project.as_deref()))?;
+            print!("{table}");
+            Ok(())
+        }
+        Command::Kek(Kek::Rotate { config, project, all }) => {
+            let cfg = Config::load(&config)?;
+            let target = if all {
+                appliance::admin::keks::Target::All
+            } else {
+                appliance::admin::keks::Target::Projects(project)
+            };
+            for line in runtime()?.block_on(appliance::admin::keks::rotate(&cfg, target))? {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Serve { config } => {
             let cfg = appliance::config::Config::load(&config)?;

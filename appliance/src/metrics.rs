@@ -39,6 +39,8 @@ pub(crate) struct Metrics {
     pub(crate) hsm: Arc<HsmMetrics>,
     /// The order queue.
     pub(crate) orders: OrderMetrics,
+    /// Project KEK rotation and the rewrap job.
+    pub(crate) keks: Arc<KekMetrics>,
     /// The database, told by the store.
     pub(crate) db: Arc<DbMetrics>,
     process: ProcessMetrics,
@@ -57,6 +59,7 @@ impl Metrics {
             http: HttpMetrics::new(&registry, routes)?,
             hsm: Arc::new(HsmMetrics::new(&registry, endpoints)?),
             orders: OrderMetrics::new(&registry)?,
+            keks: Arc::new(KekMetrics::new(&registry)?),
             db: Arc::new(DbMetrics::new(&registry)?),
             process: ProcessMetrics::new(&registry)?,
             registry,
@@ -400,6 +403,95 @@ impl OrderMetrics {
             OrderOutcome::Lost => &self.lost,
         }
         .inc();
+    }
+}
+
+/// `appliance_kek_*`: project KEK rotations and the rewrap job.
+#[derive(Debug)]
+pub(crate) struct KekMetrics {
+    rotations: IntCounterVec,
+    /// Payloads this appliance's rewrap job moved to their project's active KEK.
+    pub(crate) rewrapped: IntCounter,
+    /// Payloads it could not move (the HSM refused them); they stay under their KEK.
+    pub(crate) rewrap_failures: IntCounter,
+    /// Retired KEKs it destroyed once nothing was sealed under them.
+    pub(crate) destroyed: IntCounter,
+    /// Retired KEKs not yet destroyed (every appliance's).
+    pub(crate) retired: IntGauge,
+    /// Payloads still sealed under them.
+    pub(crate) retired_payloads: IntGauge,
+}
+
+/// Why a project KEK was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RotationReason {
+    /// An operator asked (`appliance kek rotate`).
+    Requested,
+    /// It reached `[keys] max_age_days`.
+    Age,
+    /// It reached `[keys] max_encryptions`.
+    Encryptions,
+}
+
+impl RotationReason {
+    /// As logged and labelled.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RotationReason::Requested => "requested",
+            RotationReason::Age => "age",
+            RotationReason::Encryptions => "encryptions",
+        }
+    }
+}
+
+impl KekMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str| registered(registry, IntCounter::new(name, help)?);
+        let gauge = |name: &str, help: &str| registered(registry, IntGauge::new(name, help)?);
+        let rotations = registered(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "appliance_kek_rotations_total",
+                    "Project KEKs this appliance replaced, by reason (requested, age, encryptions)",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        for reason in [RotationReason::Requested, RotationReason::Age, RotationReason::Encryptions]
+        {
+            rotations.get_metric_with_label_values(&[reason.as_str()])?;
+        }
+        Ok(KekMetrics {
+            rotations,
+            rewrapped: counter(
+                "appliance_kek_rewrapped_total",
+                "Payloads this appliance's rewrap job moved to their project's active KEK",
+            )?,
+            rewrap_failures: counter(
+                "appliance_kek_rewrap_failures_total",
+                "Payloads the rewrap job could not move (the HSM refused them)",
+            )?,
+            destroyed: counter(
+                "appliance_kek_destroyed_total",
+                "Retired KEKs this appliance destroyed once nothing was sealed under them",
+            )?,
+            retired: gauge(
+                "appliance_kek_retired",
+                "Retired project KEKs not yet destroyed, as of the last scrape",
+            )?,
+            retired_payloads: gauge(
+                "appliance_kek_retired_payloads",
+                "Payloads still sealed under retired KEKs, as of the last scrape",
+            )?,
+        })
+    }
+
+    /// Counts a rotation done here.
+    pub(crate) fn rotated(&self, reason: RotationReason) {
+        if let Ok(c) = self.rotations.get_metric_with_label_values(&[reason.as_str()]) {
+            c.inc();
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod consumers;
 pub(crate) mod containers;
 pub(crate) mod error;
 pub(crate) mod health;
+pub(crate) mod keks;
 pub(crate) mod metadata;
 pub(crate) mod orders;
 pub(crate) mod quotas;

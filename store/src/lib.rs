@@ -21,6 +21,7 @@ use self::grouped::{GroupRead, GroupReader, Kept, push_in_list, push_parameters}
 use self::sqlite_reads::{SqliteReader, lookup_one};
 
 mod grouped;
+mod keks;
 mod observe;
 mod orders;
 mod quotas;
@@ -28,6 +29,7 @@ mod relations;
 mod schema;
 mod sqlite_reads;
 
+pub use keks::{ActiveKek, KekStatus, RetiredKek, Rewrapped, SealedUnder};
 pub use observe::{Observer, PoolStats, Statement};
 pub use orders::{OrderRow, OrderStatus, PendingOrders};
 pub use quotas::{Counted, PerResource, QuotaResource, QuotaRow};
@@ -307,48 +309,6 @@ impl Store {
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// The project's active KEK, if it has one.
-    pub async fn active_kek(&self, project_id: &str) -> Result<Option<KekRow>> {
-        let _timed = self.time(Statement::ActiveKek);
-        let row = sqlx::query(
-            "SELECT id, wrapped FROM project_keks WHERE project_id = $1 AND active = 1",
-        )
-        .bind(project_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok(KekRow { id: r.try_get(0)?, wrapped: r.try_get(1)? })).transpose()
-    }
-
-    /// A KEK by id (active or retired).
-    pub async fn kek(&self, id: &str) -> Result<Option<KekRow>> {
-        let _timed = self.time(Statement::Kek);
-        let row = sqlx::query("SELECT id, wrapped FROM project_keks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok(KekRow { id: r.try_get(0)?, wrapped: r.try_get(1)? })).transpose()
-    }
-
-    /// Records a new active KEK for the project. `false` when another one became active first
-    /// (two first secrets at once); the caller then uses that one.
-    pub async fn insert_kek(&self, project_id: &str, kek: &KekRow) -> Result<bool> {
-        let _timed = self.time(Statement::InsertKek);
-        let result = sqlx::query(
-            "INSERT INTO project_keks (id, project_id, wrapped, active, created) VALUES ($1, $2, $3, 1, $4)",
-        )
-        .bind(&kek.id)
-        .bind(project_id)
-        .bind(&kek.wrapped)
-        .bind(now_micros())
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Inserts a secret, through the group writer: concurrent inserts share a commit.

@@ -43,6 +43,11 @@ const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "sealed_order_passphrase",
         sql: include_str!("../migrations/sqlite/0003_sealed_order_passphrase.sql"),
     },
+    Migration {
+        version: 4,
+        name: "kek_lifecycle",
+        sql: include_str!("../migrations/sqlite/0004_kek_lifecycle.sql"),
+    },
 ];
 const POSTGRES_MIGRATIONS: &[Migration] = &[
     Migration {
@@ -59,6 +64,11 @@ const POSTGRES_MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "sealed_order_passphrase",
         sql: include_str!("../migrations/postgres/0003_sealed_order_passphrase.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "kek_lifecycle",
+        sql: include_str!("../migrations/postgres/0004_kek_lifecycle.sql"),
     },
 ];
 

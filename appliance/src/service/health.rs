@@ -120,6 +120,13 @@ impl App {
             }
             Err(e) => tracing::debug!(error = %e, "the order queue could not be read for metrics"),
         }
+        match self.store.retired_keks().await {
+            Ok((keks, payloads)) => {
+                metrics.keks.retired.set(keks);
+                metrics.keks.retired_payloads.set(payloads);
+            }
+            Err(e) => tracing::debug!(error = %e, "retired KEKs could not be counted for metrics"),
+        }
         Some(metrics.render())
     }
 }

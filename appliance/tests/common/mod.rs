@@ -32,6 +32,8 @@ pub enum Db {
 /// The API in-process, with its HSM stack.
 pub struct Env {
     pub app: Arc<App>,
+    /// The configuration it was built from.
+    pub config: Config,
     pub stack: HsmStack,
     pub db: Db,
     pub dir: tempfile::TempDir,
@@ -53,9 +55,16 @@ impl Env {
     /// PostgreSQL in a fresh database; `None` (said loudly) when no server answers, unless
     /// `APPLIANCE_REQUIRE_POSTGRES` is set, which CI does.
     pub async fn postgres() -> Option<Env> {
+        Env::postgres_configured(|_| {}).await
+    }
+
+    /// PostgreSQL, with the appliance's configuration changed by `change` before it is built.
+    pub async fn postgres_configured(
+        change: impl FnOnce(&mut appliance::config::Config),
+    ) -> Option<Env> {
         let db = TestDatabase::create("appliance_test")?;
         let dir = tempfile::tempdir().unwrap();
-        Some(Env::with(dir, db.url.clone(), Db::Postgres(db), |_| {}).await)
+        Some(Env::with(dir, db.url.clone(), Db::Postgres(db), change).await)
     }
 
     async fn with(
@@ -71,7 +80,7 @@ impl Env {
             Config::development("127.0.0.1:0".parse().unwrap(), url, proxy, &stack.pki, 0);
         change(&mut config);
         let app = appliance::build(&config).await.unwrap();
-        Env { app, stack, db, dir }
+        Env { app, config, stack, db, dir }
     }
 
     /// Serves this API over TCP on a free loopback port, with `listener`'s settings, until the

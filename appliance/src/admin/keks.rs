@@ -1,0 +1,123 @@
+//! `appliance kek status` and `kek rotate`: where each project's KEKs stand (the active one,
+//! retired ones and their rewrap jobs), and replacing projects' active KEKs on demand. The
+//! serving appliances' rewrap jobs then move the data over.
+
+use std::fmt::Write as _;
+
+use appliance_store::{KekStatus, Store};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::RotationReason;
+use crate::timefmt::format_micros;
+
+/// Which projects `kek rotate` replaces the KEK of.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// These projects.
+    Projects(Vec<String>),
+    /// Every project with a KEK.
+    All,
+}
+
+/// Opens the database, refusing one whose schema is not this build's.
+async fn open(config: &Config) -> Result<Store> {
+    let store = Store::connect(&config.database.url, 2).await?;
+    let status = store.schema().await?;
+    if !status.is_current() {
+        store.close().await;
+        return Err(Error::Schema(format!(
+            "not current ({}); apply the migrations with `appliance db upgrade --config FILE`",
+            super::db::problems(&status)
+        )));
+    }
+    Ok(store)
+}
+
+/// `appliance kek status`: every KEK (or one project's) as a table, then totals.
+pub async fn status(config: &Config, project: Option<&str>) -> Result<String> {
+    let store = open(config).await?;
+    let keks = store.kek_status(project).await;
+    store.close().await;
+    Ok(table(&keks?))
+}
+
+fn table(keks: &[KekStatus]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<32} {:<8} {:<26} {:>12} {:>8} {:>9}  JOB",
+        "PROJECT", "KEK", "STATE", "CREATED", "ENCRYPTIONS", "SEALED", "REWRAPPED"
+    );
+    for k in keks {
+        let state = if k.active { "active" } else { "retired" };
+        let job = match (&k.retired, &k.lease) {
+            (None, _) => "-".to_owned(),
+            (Some(_), Some((owner, until))) => {
+                format!("leased by {owner} until {}Z", format_micros(*until))
+            }
+            (Some(retired), None) => format!("waiting since {}Z", format_micros(*retired)),
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<32} {:<8} {:<26} {:>12} {:>8} {:>9}  {job}",
+            k.project_id,
+            k.id,
+            state,
+            format!("{}Z", format_micros(k.created)),
+            k.encryptions,
+            k.sealed,
+            k.rewrapped,
+        );
+    }
+    let projects: std::collections::BTreeSet<&str> =
+        keks.iter().map(|k| k.project_id.as_str()).collect();
+    let retired: Vec<&KekStatus> = keks.iter().filter(|k| !k.active).collect();
+    let _ = writeln!(
+        out,
+        "{} project(s); {} retired KEK(s) still holding {} payload(s)",
+        projects.len(),
+        retired.len(),
+        retired.iter().map(|k| k.sealed).sum::<i64>()
+    );
+    out
+}
+
+/// `appliance kek rotate`: replaces the active KEK of each target project by a new one
+/// generated in the HSM; one line per project says what happened.
+pub async fn rotate(config: &Config, target: Target) -> Result<Vec<String>> {
+    let store = open(config).await?;
+    let result = rotate_on(config, &store, target).await;
+    store.close().await;
+    result
+}
+
+async fn rotate_on(config: &Config, store: &Store, target: Target) -> Result<Vec<String>> {
+    let projects = match target {
+        Target::Projects(projects) => projects,
+        Target::All => {
+            let keks = store.kek_status(None).await?;
+            keks.into_iter().filter(|k| k.active).map(|k| k.project_id).collect()
+        }
+    };
+    let hsm = crate::connect_hsm(config, None)?;
+    let mut lines = Vec::with_capacity(projects.len());
+    for project in projects {
+        let Some(active) = store.active_kek(&project).await? else {
+            lines.push(format!("{project}: no KEK yet (one is made at its first secret)"));
+            continue;
+        };
+        let old = active.row.id;
+        let rotated = hsm
+            .rotate_kek(store, &project, &old, RotationReason::Requested)
+            .await
+            .map_err(|e| Error::KeyOperation(format!("project {project}: {e}")))?;
+        let now = store.active_kek(&project).await?.map(|a| a.row.id).unwrap_or_default();
+        lines.push(if rotated {
+            format!("{project}: KEK {old} retired; new KEK {now} active")
+        } else {
+            format!("{project}: KEK {old} was rotated meanwhile by another appliance; {now} active")
+        });
+    }
+    Ok(lines)
+}
