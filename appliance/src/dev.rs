@@ -65,7 +65,7 @@ pub(crate) async fn run(
             IdentityConfig { source: IdentitySourceName::Keystone, allow_noauth: false };
         config.keystone = Some(keystone);
     }
-    let tls = if options.tls {
+    if options.tls {
         match api_certificate(&stack.pki, options.listen) {
             Ok((cert, key)) => {
                 config.server.tls_cert = Some(cert);
@@ -76,15 +76,23 @@ pub(crate) async fn run(
                 return Err(e);
             }
         }
-        match appliance::server::Tls::from_config(&config.server) {
-            Ok(tls) => tls,
-            Err(e) => {
-                stack.stop().await;
-                return Err(e.into());
-            }
+    }
+    // The stack runs on the file it writes, which the operator's commands then take as it is
+    // (`appliance kek status --config <data>/appliance.toml`).
+    let config_path = dir.join("appliance.toml");
+    let config = match write_config(&config, &config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            stack.stop().await;
+            return Err(e);
         }
-    } else {
-        None
+    };
+    let tls = match appliance::server::Tls::from_config(&config.server) {
+        Ok(tls) => tls,
+        Err(e) => {
+            stack.stop().await;
+            return Err(e.into());
+        }
     };
     let app = match appliance::build(&config).await {
         Ok(app) => app,
@@ -117,6 +125,7 @@ pub(crate) async fn run(
         extra.insert("api_key".into(), json!(key));
     }
     extra.insert("database".into(), json!(config.database.url));
+    extra.insert("config".into(), json!(config_path));
     // Beside the proxy's, which the stack gives.
     extra.insert("metrics_urls".into(), json!({"appliance": appliance_metrics}));
     let dev_json = DevJson { path: dir.join("dev.json"), extra };
@@ -170,6 +179,74 @@ pub(crate) async fn run(
     }
     let _ = std::fs::remove_file(&dev_json_path);
     Ok(())
+}
+
+/// Writes `config` as a configuration file at `path` (only what differs from the defaults, and
+/// where it comes from), then reads it back as `serve` would: what runs is what the file says.
+fn write_config(config: &Config, path: &Path) -> anyhow::Result<Config> {
+    let text = config_text(config);
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Config::load(path).with_context(|| format!("reading back {}", path.display()))
+}
+
+fn config_text(c: &Config) -> String {
+    // JSON's string escapes are all TOML basic-string escapes.
+    let quoted = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let file = |p: &Path| quoted(&p.display().to_string());
+    let mut out = String::from(
+        "# The configuration `appliance dev` runs with, written at each start: the operator's\n\
+         # commands take it as it is (`appliance kek status --config <this file>`).\n\n[server]\n",
+    );
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    line("listen", quoted(&c.server.listen.to_string()));
+    if let (Some(cert), Some(key)) = (&c.server.tls_cert, &c.server.tls_key) {
+        line("tls_cert", file(cert));
+        line("tls_key", file(key));
+    }
+    out.push_str("\n[database]\n");
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    line("url", quoted(&c.database.url));
+    line("max_connections", c.database.max_connections.to_string());
+    out.push_str("\n[hsm]\n");
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    let endpoints: Vec<String> = c.hsm.endpoints.iter().map(|e| quoted(e)).collect();
+    line("endpoints", format!("[{}]", endpoints.join(", ")));
+    line("server_name", quoted(&c.hsm.server_name));
+    line("ca", file(&c.hsm.ca));
+    line("cert", file(&c.hsm.cert));
+    line("key", file(&c.hsm.key));
+    line("busy_poll_us", c.hsm.busy_poll_us.to_string());
+    out.push_str("\n[identity]\n");
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+    let source = match c.identity.source {
+        IdentitySourceName::Keystone => "keystone",
+        IdentitySourceName::Noauth => "noauth",
+    };
+    line("source", quoted(source));
+    line("allow_noauth", c.identity.allow_noauth.to_string());
+    if let Some(k) = &c.keystone {
+        out.push_str("\n[keystone]\n");
+        let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
+        line("auth_url", quoted(&k.auth_url));
+        line("username", quoted(&k.username));
+        line("user_domain_id", quoted(&k.user_domain_id));
+        line("project", quoted(&k.project));
+        line("project_domain_id", quoted(&k.project_domain_id));
+        line("password_file", file(&k.password_file));
+        if let Some(uri) = &k.www_authenticate_uri {
+            line("www_authenticate_uri", quoted(uri));
+        }
+        line("cache_ttl_ms", k.cache_ttl_ms.to_string());
+        line("cache_entries", k.cache_entries.to_string());
+        line("timeout_ms", k.timeout_ms.to_string());
+    }
+    out.push_str("\n[metrics]\n");
+    let listen = match c.metrics.listen.address() {
+        Some(addr) => addr.to_string(),
+        None => "off".to_owned(),
+    };
+    out.push_str(&format!("listen = {}\n", quoted(&listen)));
+    out
 }
 
 /// Issues the API's certificate from the dev CA, for loopback by name and address and for the

@@ -90,7 +90,7 @@ fn db_commands(dir: &Path, url: &str, fresh_url: &str, tamper: impl Fn(&str)) {
     assert!(
         schema.starts_with("FAIL")
             && schema.contains(
-                "pending: 1 secrets, 2 orders_containers_acls, 3 sealed_order_passphrase"
+                "pending: 1 secrets, 2 orders_containers_acls, 3 sealed_order_passphrase, 4 kek_lifecycle"
             )
             && schema.contains("appliance db upgrade --config"),
         "{report}"
@@ -102,7 +102,7 @@ fn db_commands(dir: &Path, url: &str, fresh_url: &str, tamper: impl Fn(&str)) {
     let report = stdout(&out);
     assert!(
         line(&report, "upgrade")
-            .contains("applied 1 secrets, 2 orders_containers_acls, 3 sealed_order_passphrase"),
+            .contains("applied 1 secrets, 2 orders_containers_acls, 3 sealed_order_passphrase, 4 kek_lifecycle"),
         "{report}"
     );
     assert!(line(&report, "schema").starts_with("ok"), "{report}");
@@ -111,7 +111,7 @@ fn db_commands(dir: &Path, url: &str, fresh_url: &str, tamper: impl Fn(&str)) {
     assert!(out.status.success(), "{}", both(&out));
     let report = stdout(&out);
     assert!(line(&report, "database").starts_with("ok"), "{report}");
-    assert!(line(&report, "schema").contains("version 3 of 3, nothing pending"), "{report}");
+    assert!(line(&report, "schema").contains("version 4 of 4, nothing pending"), "{report}");
     assert!(line(&report, "checksum").starts_with("ok"), "{report}");
     assert!(report.contains("0 failures"), "{report}");
 
@@ -210,7 +210,7 @@ fn db_check_and_upgrade_on_postgres() {
     // `db upgrade` records this build's checksums for them.
     let out = appliance(&["db", "upgrade"], &config);
     assert!(out.status.success(), "{}", both(&out));
-    assert!(line(&stdout(&out), "checksums recorded").contains("1, 2, 3"), "{}", both(&out));
+    assert!(line(&stdout(&out), "checksums recorded").contains("1, 2, 3, 4"), "{}", both(&out));
     assert!(line(&stdout(&out), "checksum").starts_with("ok"), "{}", both(&out));
     db.drop_database();
     fresh.drop_database();

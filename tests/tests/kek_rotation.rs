@@ -1,0 +1,211 @@
+//! Project KEK rotation through the operator's commands: `appliance kek status` and `kek
+//! rotate` on the configuration `appliance dev` writes, and a rewrap job that survives the
+//! appliance running it being killed (SIGKILL), finished by another appliance sharing the
+//! PostgreSQL job queue.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{DevStack, ServeConfig, TestDatabase, bin_dir, http, psql};
+
+fn appliance(args: &[&str], config: &Path) -> Output {
+    let mut command = Command::new(bin_dir().join("appliance"));
+    command.args(args).arg("--config").arg(config);
+    command.output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn both(out: &Output) -> String {
+    format!("{}{}", stdout(out), String::from_utf8_lossy(&out.stderr))
+}
+
+fn headers(project: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-Project-Id", project.to_owned()),
+        ("X-Roles", "member,reader".to_owned()),
+        ("Content-Type", "application/json".to_owned()),
+        ("Accept", "text/plain".to_owned()),
+    ]
+}
+
+fn store(api: &str, project: &str, text: &str) -> String {
+    let h = headers(project);
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = format!(r#"{{"payload": "{text}", "payload_content_type": "text/plain"}}"#);
+    let r = http("POST", &format!("{api}/v1/secrets"), &h, body.as_bytes());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let reference = r.json()["secret_ref"].as_str().unwrap().to_owned();
+    reference.rsplit('/').next().unwrap().to_owned()
+}
+
+fn read(api: &str, project: &str, id: &str) -> (u16, String) {
+    let h = headers(project);
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = http("GET", &format!("{api}/v1/secrets/{id}/payload"), &h, b"");
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// The status table's rows for `project`: (KEK, state, sealed).
+fn rows(table: &str, project: &str) -> Vec<(String, String, i64)> {
+    table
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(project))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[1].to_owned(), cols[2].to_owned(), cols[5].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn kek_commands_on_the_dev_stacks_own_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("dev"));
+    let api = stack.api_url();
+    let config = stack.info["config"].as_str().unwrap().to_owned();
+    let config = Path::new(&config);
+    assert!(config.starts_with(dir.path().join("dev")), "{}", config.display());
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains(stack.info["database"].as_str().unwrap()), "{text}");
+
+    let ids: Vec<String> = (0..12).map(|i| store(&api, "ops", &format!("v{i}"))).collect();
+    let out = appliance(&["kek", "status"], config);
+    assert!(out.status.success(), "{}", both(&out));
+    let before = rows(&stdout(&out), "ops");
+    assert_eq!(before.len(), 1, "{}", stdout(&out));
+    let (old, state, sealed) = &before[0];
+    assert_eq!((state.as_str(), *sealed), ("active", 12), "{}", stdout(&out));
+
+    // Neither or both: a project, or --all.
+    let out = Command::new(bin_dir().join("appliance"))
+        .args(["kek", "rotate", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(both(&out).contains("--project"), "{}", both(&out));
+
+    let out = appliance(&["kek", "rotate", "--project", "ops"], config);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(stdout(&out).contains(&format!("ops: KEK {old} retired; new KEK ")), "{}", both(&out));
+
+    // The dev appliance's job moves the payloads over (it destroys the KEK after the grace
+    // period, a minute by default).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = appliance(&["kek", "status", "--project", "ops"], config);
+        assert!(out.status.success(), "{}", both(&out));
+        let now = rows(&stdout(&out), "ops");
+        let retired = now.iter().find(|(id, _, _)| id == old);
+        let active = now.iter().find(|(_, state, _)| state == "active").unwrap();
+        if retired.is_none_or(|(_, _, sealed)| *sealed == 0) && active.2 == 12 {
+            assert_ne!(&active.0, old);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the payloads were never moved: {}", stdout(&out));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(read(&api, "ops", id), (200, format!("v{i}")));
+    }
+}
+
+/// An appliance process, killed when dropped: a failed assertion leaves none running.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(
+    dir: &Path,
+    name: &str,
+    db: &str,
+    stack: &DevStack,
+) -> (Serving, String, std::path::PathBuf) {
+    let mut settings = ServeConfig::on(stack, db);
+    settings.database_extra = "max_connections = 4".into();
+    settings.sections = "[keys]\nrewrap_per_second = 20\nrewrap_batch = 4\npoll_ms = 200\n\
+                         lease_ms = 1500\nrefresh_ms = 100\nretired_grace_ms = 500"
+        .into();
+    let config = settings.write(&dir.join(format!("{name}.toml")));
+    let port = settings.port;
+    let child = Serving(
+        Command::new(bin_dir().join("appliance"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, settings.api(), config)
+}
+
+#[test]
+fn a_rewrap_job_outlives_the_appliance_that_ran_it() {
+    let Some(database) = TestDatabase::create("kek_e2e") else { return };
+    let db = database.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("dev"));
+    let (mut a, api_a, config_a) = serve(dir.path(), "a", &db, &stack);
+    let ids: Vec<String> = (0..80).map(|i| store(&api_a, "moved", &format!("m{i}"))).collect();
+    let old = psql(&db, "SELECT id FROM project_keks WHERE project_id = 'moved' AND active = 1");
+
+    let out = appliance(&["kek", "rotate", "--project", "moved"], &config_a);
+    assert!(out.status.success(), "{}", both(&out));
+    // A leases the job and moves payloads at 20 a second; it dies partway.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let moved_by_a = loop {
+        let moved: i64 =
+            psql(&db, &format!("SELECT rewrapped FROM project_keks WHERE id = '{old}'"))
+                .parse()
+                .unwrap();
+        if moved >= 12 {
+            break moved;
+        }
+        assert!(Instant::now() < deadline, "A never started the job");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(a.0.id()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    a.0.wait().unwrap();
+    let left: i64 =
+        psql(&db, &format!("SELECT COUNT(*) FROM secrets WHERE kek_id = '{old}'")).parse().unwrap();
+    assert!(left > 0, "A finished before it was killed ({moved_by_a} moved)");
+
+    // B takes the job over once A's lease expires, finishes it and destroys the KEK.
+    let (_b, api_b, _) = serve(dir.path(), "b", &db, &stack);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql(&db, &format!("SELECT COUNT(*) FROM project_keks WHERE id = '{old}'")) != "0" {
+        let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "B never finished the job:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log_b = std::fs::read_to_string(dir.path().join("b.log")).unwrap();
+    assert!(log_b.contains("retired KEK destroyed"), "{log_b}");
+    let new = psql(&db, "SELECT id FROM project_keks WHERE project_id = 'moved' AND active = 1");
+    assert_eq!(psql(&db, &format!("SELECT COUNT(*) FROM secrets WHERE kek_id = '{new}'")), "80");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(read(&api_b, "moved", id), (200, format!("m{i}")));
+    }
+    drop(stack);
+    database.drop_database();
+}
