@@ -644,6 +644,12 @@ pub struct HsmConfig {
     /// the price of that CPU time. 0 (the default) parks at once.
     #[serde(default)]
     pub busy_poll_us: u32,
+    /// The HSM runs in FIPS mode: orders ask it only for approved algorithms and sizes (AES
+    /// keys of 128, 192 or 256 bits, or 256 and 512 for XTS; HMAC keys of 112 bits or more;
+    /// RSA of 2048 bits or more; EC P-256 and P-384). Any other fails as Barbican fails an
+    /// algorithm its backend lacks.
+    #[serde(default)]
+    pub fips: bool,
 }
 
 /// `[identity]`
@@ -848,6 +854,7 @@ impl Config {
                 max_queued_operations: 4096,
                 reconnect_backoff_max_ms: 1_000,
                 busy_poll_us,
+                fips: false,
             },
             identity: IdentityConfig { source: IdentitySourceName::Noauth, allow_noauth: true },
             policy: PolicyConfig::default(),

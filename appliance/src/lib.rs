@@ -204,6 +204,7 @@ pub async fn build(config: &Config) -> Result<Arc<App>> {
             disable_file: config.health.disable_file.clone(),
             timeout: Duration::from_millis(config.health.timeout_ms),
         },
+        fips: config.hsm.fips,
     };
     let (queue, submitted) = crate::service::orders::OrderQueue::new(
         Duration::from_millis(config.orders.lease_ms),

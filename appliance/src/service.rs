@@ -65,6 +65,8 @@ pub(crate) struct Settings {
     pub access_log: crate::logging::AccessLog,
     /// `/healthcheck`.
     pub health: HealthSettings,
+    /// `[hsm] fips`: orders only of approved algorithms and sizes.
+    pub fips: bool,
 }
 
 /// A secret or container, as far as policy rules about it are concerned.

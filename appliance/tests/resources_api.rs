@@ -949,6 +949,57 @@ async fn secret_store_routes_answer_404_with_multiple_stores_disabled() {
     env.finish().await;
 }
 
+/// With `[hsm] fips = true` orders ask the HSM for approved algorithms and sizes only: DES,
+/// 3DES, short AES and short HMAC keys fail as Barbican fails an algorithm its backend lacks;
+/// approved ones, key pairs included, are generated as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fips_mode_refuses_orders_for_non_approved_algorithms() {
+    let env = Env::sqlite_configured(|c| c.hsm.fips = true).await;
+    let order = |meta: Value| {
+        let env = &env;
+        async move {
+            let r = post_json(&env.app, "/v1/orders", MEMBER, json!({"type": "key", "meta": meta}))
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", String::from_utf8_lossy(&r.body));
+            settle(env, r.json()["order_ref"].as_str().unwrap(), MEMBER).await
+        }
+    };
+    for meta in [
+        json!({"algorithm": "des", "bit_length": 64}),
+        json!({"algorithm": "3des", "bit_length": 192}),
+        json!({"algorithm": "aes", "bit_length": 64}),
+        json!({"algorithm": "aes", "bit_length": 128, "mode": "xts"}),
+        json!({"algorithm": "hmacsha1", "bit_length": 64}),
+    ] {
+        let o = order(meta.clone()).await;
+        assert_eq!(o["status"], "ERROR", "{meta}: {o}");
+        assert_eq!(o["error_status_code"], "400", "{meta}: {o}");
+        assert_eq!(
+            o["error_reason"],
+            "Process TypeOrder issue seen - Secret generate supported plugin not found..",
+            "{meta}: {o}"
+        );
+    }
+    for meta in [
+        json!({"algorithm": "aes", "bit_length": 256}),
+        json!({"algorithm": "aes", "bit_length": 512, "mode": "xts"}),
+        json!({"algorithm": "hmacsha256", "bit_length": 256}),
+    ] {
+        let o = order(meta.clone()).await;
+        assert_eq!(o["status"], "ACTIVE", "{meta}: {o}");
+    }
+    let r = post_json(
+        &env.app,
+        "/v1/orders",
+        MEMBER,
+        json!({"type": "asymmetric", "meta": {"algorithm": "ec", "bit_length": 256}}),
+    )
+    .await;
+    let o = settle(&env, r.json()["order_ref"].as_str().unwrap(), MEMBER).await;
+    assert_eq!(o["status"], "ACTIVE", "{o}");
+    env.finish().await;
+}
+
 /// The named secrets of the container an asymmetric order made, by name: (id, payload).
 async fn ordered_pair(env: &Env, meta: Value) -> Vec<(String, String, Vec<u8>)> {
     let r = post_json(&env.app, "/v1/orders", MEMBER, json!({"type": "asymmetric", "meta": meta}))

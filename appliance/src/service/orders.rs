@@ -428,9 +428,12 @@ async fn key_order(app: &App, order: &OrderRow) -> Result<SecretRow, Failure> {
     let meta: Value = serde_json::from_str(&order.meta).unwrap_or(Value::Null);
     let algorithm = meta_str(&meta, "algorithm").unwrap_or_default().to_ascii_lowercase();
     let bits = meta.get("bit_length").and_then(Value::as_u64).unwrap_or(0);
-    let Some(bits) =
-        u16::try_from(bits).ok().filter(|b| SYMMETRIC.contains(&algorithm.as_str()) && *b > 0)
-    else {
+    let mode = meta_str(&meta, "mode").unwrap_or_default().to_ascii_lowercase();
+    let Some(bits) = u16::try_from(bits).ok().filter(|b| {
+        SYMMETRIC.contains(&algorithm.as_str())
+            && *b > 0
+            && (!app.settings.fips || fips_approved(&algorithm, &mode, *b))
+    }) else {
         return Err(issue("Secret generate supported plugin not found."));
     };
     let mut secret = base_secret(order, &meta, "symmetric");
@@ -439,6 +442,18 @@ async fn key_order(app: &App, order: &OrderRow) -> Result<SecretRow, Failure> {
     let sealed = app.hsm.call(GenerateSymmetric { kek, bits, aad }).await?;
     secret.payload = Some(crate::hsm::stored(content_type(&meta), None, kek_id, sealed));
     Ok(secret)
+}
+
+/// Whether a FIPS-mode HSM may generate a symmetric key of `algorithm` and `bits` (the
+/// asymmetric kinds served are all approved): AES of 128, 192 or 256 bits, or the double
+/// lengths of XTS (SP 800-38E); HMAC keys of at least 112 bits (SP 800-131A); no DES or 3DES.
+fn fips_approved(algorithm: &str, mode: &str, bits: u16) -> bool {
+    match algorithm {
+        "aes" if mode == "xts" => matches!(bits, 256 | 512),
+        "aes" => matches!(bits, 128 | 192 | 256),
+        "hmacsha1" | "hmacsha256" | "hmacsha384" | "hmacsha512" => bits >= 112,
+        _ => false,
+    }
 }
 
 async fn asymmetric_order(
@@ -554,6 +569,24 @@ mod tests {
     #![allow(clippy::unwrap_used)] // tests report failures by panicking
 
     use super::*;
+
+    #[test]
+    fn fips_mode_approves_aes_hmac_and_nothing_weaker() {
+        for (algorithm, mode, bits) in
+            [("aes", "", 128), ("aes", "cbc", 256), ("aes", "xts", 512), ("hmacsha256", "", 112)]
+        {
+            assert!(fips_approved(algorithm, mode, bits), "{algorithm} {mode} {bits}");
+        }
+        for (algorithm, mode, bits) in [
+            ("aes", "", 64),
+            ("aes", "xts", 128),
+            ("des", "", 64),
+            ("3des", "", 192),
+            ("hmacsha1", "", 64),
+        ] {
+            assert!(!fips_approved(algorithm, mode, bits), "{algorithm} {mode} {bits}");
+        }
+    }
 
     #[test]
     fn a_held_passphrase_reads_back_as_written_and_nothing_else_reads() {

@@ -49,6 +49,15 @@ pub enum Policy {
     Fips,
 }
 
+/// The usages of each purpose a key may serve, one only in FIPS mode (SP 800-57 5.2):
+/// encryption, key wrapping, signature, derivation.
+const PURPOSES: [&[Flags]; 4] = [
+    &[Flags::ENCRYPT, Flags::DECRYPT],
+    &[Flags::WRAP, Flags::UNWRAP],
+    &[Flags::SIGN, Flags::VERIFY],
+    &[Flags::DERIVE],
+];
+
 /// The smallest generic secret (an HMAC key) in FIPS mode: 112 bits of strength.
 const FIPS_MIN_SECRET_BYTES: usize = 14;
 
@@ -410,25 +419,8 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
         {
             return Err(Error::TemplateInconsistent);
         }
-        let purposes = [
-            Flags::ENCRYPT,
-            Flags::DECRYPT,
-            Flags::WRAP,
-            Flags::UNWRAP,
-            Flags::SIGN,
-            Flags::VERIFY,
-            Flags::DERIVE,
-        ];
-        let used = |pair: &[Flags]| pair.iter().any(|f| object.flags.contains(*f));
-        let count = [
-            used(&purposes[0..2]),
-            used(&purposes[2..4]),
-            used(&purposes[4..6]),
-            used(&purposes[6..7]),
-        ]
-        .into_iter()
-        .filter(|u| *u)
-        .count();
+        let used = |purpose: &[Flags]| purpose.iter().any(|f| object.flags.contains(*f));
+        let count = PURPOSES.iter().filter(|p| used(p)).count();
         if count > 1 {
             return Err(Error::TemplateInconsistent);
         }
@@ -446,16 +438,8 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
     fn defaults(&self, class: u64, generated: bool) -> Defaults {
         let mut defaults = Defaults::for_class(class, generated);
         if self.policy == Policy::Fips {
-            for f in [
-                Flags::ENCRYPT,
-                Flags::DECRYPT,
-                Flags::WRAP,
-                Flags::UNWRAP,
-                Flags::SIGN,
-                Flags::VERIFY,
-                Flags::DERIVE,
-            ] {
-                defaults.flags.set(f, false);
+            for f in PURPOSES.iter().flat_map(|p| p.iter()) {
+                defaults.flags.set(*f, false);
             }
         }
         defaults
