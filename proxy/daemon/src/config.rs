@@ -144,6 +144,10 @@ pub struct Pkcs11Config {
     /// session instead of one per operation); otherwise, or when false, single-part calls.
     #[serde(default = "defaults::yes")]
     pub message_aead: bool,
+    /// The token runs in FIPS mode: GCM IVs must be drawn inside it, so the proxy refuses to
+    /// start on a token without message-based AES-GCM.
+    #[serde(default)]
+    pub fips: bool,
 }
 
 impl fmt::Debug for Pkcs11Config {
@@ -157,6 +161,7 @@ impl fmt::Debug for Pkcs11Config {
             .field("pin_env", &self.pin_env)
             .field("mkek_label", &self.mkek_label)
             .field("message_aead", &self.message_aead)
+            .field("fips", &self.fips)
             .finish()
     }
 }
@@ -624,6 +629,7 @@ mod tests {
         assert_eq!(c.server.drain_timeout_ms, defaults.server.drain_timeout_ms);
         assert_eq!(c.pool.pipeline_depth, defaults.pool.pipeline_depth);
         assert_eq!(c.pkcs11.message_aead, defaults.pkcs11.message_aead);
+        assert_eq!(c.pkcs11.fips, defaults.pkcs11.fips);
         assert_eq!(c.pool.hsm.pipeline_depth(), defaults.pool.hsm.pipeline_depth());
         assert_eq!(c.pool.max_sessions, defaults.pool.max_sessions);
         assert_eq!(c.pool.queue_depth, defaults.pool.queue_depth);

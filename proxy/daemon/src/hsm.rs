@@ -45,7 +45,8 @@ const REINIT_TRIES: usize = 6;
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Capabilities {
     /// PKCS#11 3.0 message-based AES-GCM (`C_MessageEncryptInit`, `C_EncryptMessage`, ...),
-    /// offered by the token and not turned off in the configuration.
+    /// offered by the token and not turned off in the configuration; with it the token draws
+    /// every GCM IV itself (`CKG_GENERATE_RANDOM`).
     pub(crate) message_aead: bool,
     /// `CKM_ECDSA_SHA256` (otherwise the proxy hashes and uses `CKM_ECDSA`).
     pub(crate) ecdsa_sha256: bool,
@@ -189,7 +190,7 @@ impl Token {
     /// Loads the module, initialises it, logs in and finds (or creates) the MKEK.
     pub(crate) fn open(config: &Pkcs11Config, pin: AuthPin, mkek: MkekPolicy) -> Result<Token> {
         let ctx = load(&config.module)?;
-        let message_aead = config.message_aead;
+        let (message_aead, fips) = (config.message_aead, config.fips);
         let config = TokenConfig {
             label: config.token_label.clone(),
             slot: config.slot,
@@ -231,6 +232,15 @@ impl Token {
             ecdsa_sha256: supports(MechanismType::ECDSA_SHA256),
             ecdsa_sha384: supports(MechanismType::ECDSA_SHA384),
         };
+        if fips && !caps.message_aead {
+            return Err(Error::Token(format!(
+                "[pkcs11] fips = true needs GCM IVs drawn inside the token (PKCS#11 3.0 \
+                 message-based AES-GCM with CKG_GENERATE_RANDOM), which token {:?} does not \
+                 offer{}",
+                summary.label,
+                if message_aead { "" } else { " ([pkcs11] message_aead = false turns it off)" }
+            )));
+        }
         let (epoch, created_mkek) = open_epoch(&ctx, &config, slot, 0, mkek)?;
         Ok(Token {
             ctx,

@@ -556,3 +556,47 @@ async fn message_based_aes_gcm_where_offered_interchangeable_with_single_part() 
     proxy.assert_healthy();
     single.assert_healthy();
 }
+
+/// `[pkcs11] fips = true` needs GCM IVs drawn inside the token: a token without the
+/// message-based functions (SoftHSM2 2.6, or the simulator with them turned off) is refused at
+/// start with the reason; on the simulator each seal carries an IV the token drew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fips_mode_needs_ivs_drawn_inside_the_token() {
+    let token = Token::new().await;
+    // Both commands that open the token refuse, before touching the master key.
+    let refused = |pkcs11_extra: &str| {
+        let settings = Settings { pkcs11_extra: pkcs11_extra.into(), ..Settings::default() };
+        let (config, _) = common::write_config(&token, &settings);
+        let mut said = String::new();
+        for command in ["init-token", "serve"] {
+            let out =
+                common::proxy_command(&token).args([command, "--config"]).arg(&config).output();
+            let out = out.unwrap();
+            assert!(!out.status.success(), "{command} went on with {pkcs11_extra:?}");
+            said.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        said
+    };
+    let off = refused("fips = true\nmessage_aead = false\n");
+    assert!(off.contains("GCM IVs drawn inside the token"), "{off}");
+    assert!(off.contains("message_aead = false turns it off"), "{off}");
+    if !common::is_simulator() {
+        let stderr = refused("fips = true\n");
+        assert!(stderr.contains("message-based AES-GCM with CKG_GENERATE_RANDOM"), "{stderr}");
+        return;
+    }
+    let settings = Settings { pkcs11_extra: "fips = true\n".into(), ..Settings::default() };
+    let mut proxy = Proxy::start(&token, &settings);
+    assert!(proxy.log().contains("AES-GCM message-based"), "{}", proxy.log());
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let mut ivs = std::collections::HashSet::new();
+    for _ in 0..16 {
+        let sealed = encrypt(&client, &kek, b"same plaintext", b"aad").await;
+        assert_ne!(sealed.iv, [0u8; 12]);
+        assert!(ivs.insert(sealed.iv), "an IV came twice");
+        let opened = decrypt(&client, &kek, &sealed, b"aad").await.unwrap();
+        assert_eq!(opened.expose_secret(), b"same plaintext");
+    }
+    proxy.assert_healthy();
+}

@@ -66,8 +66,12 @@ impl MessageAead {
         }
         // The per-message parameters come with each message; these only name the mechanism.
         let (mut iv, mut tag) = ([0u8; GCM_IV_BYTES], [0u8; GCM_TAG_BYTES]);
-        init(session, &Mechanism::AesGcmMessage(gcm_message(&mut iv, &mut tag)?), kek.handle)
-            .at(step)?;
+        init(
+            session,
+            &Mechanism::AesGcmMessage(gcm_message(&mut iv, &mut tag, false)?),
+            kek.handle,
+        )
+        .at(step)?;
         *bound = Some(kek.clone());
         Ok(())
     }
@@ -81,10 +85,16 @@ impl MessageAead {
     }
 }
 
-/// One message's GCM parameters: the caller's IV (never one the token generates) and the tag,
-/// written by encryption and read by decryption.
-fn gcm_message<'a>(iv: &'a mut [u8], tag: &'a mut [u8]) -> Result<GcmMessageParams<'a>, Failure> {
-    GcmMessageParams::new(iv, 0.into(), GeneratorFunction::NoGenerate, tag)
+/// One message's GCM parameters: the IV (the token draws it when `drawn`, else the one given)
+/// and the tag, written by encryption and read by decryption.
+fn gcm_message<'a>(
+    iv: &'a mut [u8],
+    tag: &'a mut [u8],
+    drawn: bool,
+) -> Result<GcmMessageParams<'a>, Failure> {
+    let generator =
+        if drawn { GeneratorFunction::GenerateRandom } else { GeneratorFunction::NoGenerate };
+    GcmMessageParams::new(iv, 0.into(), generator, tag)
         .map_err(|_| Failure::Status(Status::Internal))
 }
 
@@ -438,7 +448,9 @@ fn random(cx: &OpContext<'_>, op: &Random) -> Result<SecretBytes, Failure> {
     Ok(SecretBytes::new(cx.session.generate_random_vec(op.len).at(Step::Other)?))
 }
 
-/// AES-256-GCM with a fresh random 96-bit IV.
+/// AES-256-GCM with a fresh random 96-bit IV (NIST SP 800-38D 8.2.2; the appliance rotates a
+/// KEK long before 2^32 encryptions). Through the message-based functions the token draws the
+/// IV itself, as FIPS 140-3 requires of a module; single-part calls take one from the OS.
 fn seal(
     cx: &OpContext<'_>,
     kek: &Arc<KekEntry>,
@@ -446,24 +458,22 @@ fn seal(
     aad: &[u8],
 ) -> Result<Sealed, Failure> {
     let session = cx.session;
-    let mut iv = [0u8; GCM_IV_BYTES];
-    // 96-bit random IVs from the OS generator: NIST SP 800-38D 8.2.2; project KEKs are rotated
-    // long before 2^32 encryptions.
-    getrandom::fill(&mut iv).map_err(|_| Failure::Status(Status::Internal))?;
     if let Some(aead) = cx.aead {
         MessageAead::bind(&aead.encrypt, session, kek, ENCRYPTING, Step::Other)?;
-        let mut tag = [0u8; GCM_TAG_BYTES];
-        let mut iv_param = iv;
-        let params = MessageParam::AesGcmMessage(gcm_message(&mut iv_param, &mut tag)?);
+        let (mut iv, mut tag) = ([0u8; GCM_IV_BYTES], [0u8; GCM_TAG_BYTES]);
+        let params = MessageParam::AesGcmMessage(gcm_message(&mut iv, &mut tag, true)?);
         let result = session.encrypt_message(&params, aad, plaintext);
         let ciphertext =
             result.inspect_err(|_| MessageAead::reset(&aead.encrypt, session, ENCRYPTING.1));
         let ciphertext = ciphertext.at(Step::Other)?;
-        if ciphertext.len() != plaintext.len() {
+        // A token that ignored the generator left the IV as given: every message would share it.
+        if ciphertext.len() != plaintext.len() || iv == [0u8; GCM_IV_BYTES] {
             return Err(Failure::Status(Status::HsmFailure));
         }
         return Ok(Sealed { ciphertext, iv, tag });
     }
+    let mut iv = [0u8; GCM_IV_BYTES];
+    getrandom::fill(&mut iv).map_err(|_| Failure::Status(Status::Internal))?;
     let mut iv_param = iv;
     let params = GcmParams::new(&mut iv_param, aad, tag_bits())
         .map_err(|_| Failure::Status(Status::InvalidArgument))?;
@@ -488,7 +498,7 @@ fn open(
     if let Some(aead) = cx.aead {
         MessageAead::bind(&aead.decrypt, session, kek, DECRYPTING, Step::Decrypt)?;
         let mut tag = sealed.tag;
-        let params = MessageParam::AesGcmMessage(gcm_message(&mut iv, &mut tag)?);
+        let params = MessageParam::AesGcmMessage(gcm_message(&mut iv, &mut tag, false)?);
         let result = session.decrypt_message(&params, aad, &sealed.ciphertext);
         let plaintext = Zeroizing::new(
             result
