@@ -9,8 +9,8 @@ use anyhow::Context;
 use hsm_proxy_proto::SecretBytes;
 use hsm_proxy_proto::client::{Client, ClientConfig, tls_config_from_pem_files};
 use hsm_proxy_proto::op::{
-    Blob, Decrypt, Encrypt, GenerateKek, GenerateKeyPair, GenerateSymmetric, Kek, KeyPairSpec,
-    Random, Rewrap, Sealed, Sign, SignMechanism, WrappedKey,
+    Blob, Decrypt, Encrypt, GenerateKek, GenerateKeyPair, GenerateSymmetric, GenerateWrappingKek,
+    Kek, KeyPairSpec, Random, Rewrap, Sealed, Sign, SignMechanism, WrappedKey,
 };
 use hsm_proxy_proto::{Request, Status};
 
@@ -38,7 +38,10 @@ pub struct Target {
 /// A client with a KEK and the inputs every operation needs.
 pub struct ViaProxy {
     client: Client,
+    /// The KEK data is sealed under.
     kek: Kek,
+    /// The KEK private keys are wrapped under.
+    keys: Kek,
     sealed_32: Sealed,
     sealed_4096: Sealed,
     wrapped_ec: WrappedKey,
@@ -79,10 +82,19 @@ impl ViaProxy {
         };
         let sealed_32 = client.call(seal(32)).await?;
         let sealed_4096 = client.call(seal(4096)).await?;
-        let pair = |spec| GenerateKeyPair { kek: kek.clone(), spec };
+        let keys = client.call(GenerateWrappingKek).await.context("GenerateWrappingKek")?;
+        let pair = |spec| GenerateKeyPair { kek: keys.clone(), spec };
         let wrapped_ec = client.call(pair(KeyPairSpec::EcP256)).await?.private_key;
         let wrapped_rsa = client.call(pair(KeyPairSpec::Rsa2048)).await?.private_key;
-        Ok(Arc::new(ViaProxy { client, kek, sealed_32, sealed_4096, wrapped_ec, wrapped_rsa }))
+        Ok(Arc::new(ViaProxy {
+            client,
+            kek,
+            keys,
+            sealed_32,
+            sealed_4096,
+            wrapped_ec,
+            wrapped_rsa,
+        }))
     }
 
     /// The request for `op`.
@@ -99,20 +111,22 @@ impl ViaProxy {
             Op::Decrypt4096 => {
                 Decrypt { kek, sealed: self.sealed_4096.clone(), aad: AAD.to_vec() }.into()
             }
-            Op::Rewrap => {
-                Rewrap { old: kek.clone(), new: kek, blob: Blob::Wrapped(self.wrapped_ec.clone()) }
-                    .into()
+            Op::Rewrap => Rewrap {
+                old: self.keys.clone(),
+                new: self.keys.clone(),
+                blob: Blob::Wrapped(self.wrapped_ec.clone()),
             }
+            .into(),
             Op::GenerateSymmetric => GenerateSymmetric { kek, bits: 256, aad: AAD.to_vec() }.into(),
             Op::SignEcdsaP256 => Sign {
-                kek,
+                kek: self.keys.clone(),
                 key: self.wrapped_ec.clone(),
                 mechanism: SignMechanism::EcdsaSha256,
                 data: b"hsm-bench message".to_vec(),
             }
             .into(),
             Op::SignRsa2048 => Sign {
-                kek,
+                kek: self.keys.clone(),
                 key: self.wrapped_rsa.clone(),
                 mechanism: SignMechanism::RsaPkcs1v15Sha256,
                 data: b"hsm-bench message".to_vec(),

@@ -146,6 +146,8 @@ pub(crate) struct Token {
     reinitializations: AtomicU64,
     pub(crate) summary: TokenSummary,
     pub(crate) caps: Capabilities,
+    /// `[pkcs11] fips`: the token runs in FIPS mode.
+    pub(crate) fips: bool,
     /// Whether opening the token created the MKEK.
     pub(crate) created_mkek: bool,
 }
@@ -249,6 +251,7 @@ impl Token {
             reinitializations: AtomicU64::new(0),
             summary,
             caps,
+            fips,
             created_mkek,
         })
     }

@@ -6,6 +6,9 @@
 //! still holds it: the last reference moves its handle to a graveyard that the next miss empties,
 //! so no handle is destroyed under a running operation. Each entry carries the stamp of the
 //! key-holder session that owns its object; a key-holder the token dropped took its KEKs with it.
+//!
+//! A KEK serves one purpose, named in its blob's header ([`KekBlob`]): data (encrypt and
+//! decrypt) or keys (wrap and unwrap), and is unwrapped with that purpose's usages only.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,14 +23,84 @@ use crate::hsm::failure::{At, Failure, Step};
 use crate::hsm::{Epoch, Stamp, Token};
 use crate::metrics::Metrics;
 
+/// What a project KEK is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// AES-GCM encryption and decryption of data (payloads, generated keys' bytes).
+    Data,
+    /// Wrapping and unwrapping keys (key pairs' private keys).
+    Wrapping,
+    /// A blob from before purposes were named: both, except on a FIPS-mode token, where one
+    /// key serves one purpose and such blobs are data KEKs (the appliance never wrapped keys
+    /// under them).
+    Unnamed,
+}
+
+/// The stored form of a project KEK: a three-byte header, `K`, format 1 and the purpose (1
+/// data, 2 wrapping), then the key wrapped under the MKEK (RFC 5649). Wrapped keys are a
+/// multiple of 8 bytes long, so a blob without the header is told apart by its length.
+#[derive(Debug)]
+pub(crate) struct KekBlob<'a> {
+    pub(crate) purpose: Purpose,
+    pub(crate) wrapped: &'a [u8],
+}
+
+const BLOB_MAGIC: u8 = b'K';
+const BLOB_FORMAT: u8 = 1;
+
+impl<'a> KekBlob<'a> {
+    /// Reads a stored blob; `None` for one that is neither form.
+    pub(crate) fn parse(blob: &'a [u8]) -> Option<KekBlob<'a>> {
+        match blob {
+            [BLOB_MAGIC, BLOB_FORMAT, purpose, wrapped @ ..] if wrapped.len() % 8 == 0 => {
+                let purpose = match purpose {
+                    1 => Purpose::Data,
+                    2 => Purpose::Wrapping,
+                    _ => return None,
+                };
+                Some(KekBlob { purpose, wrapped })
+            }
+            wrapped if wrapped.len() % 8 == 0 => {
+                Some(KekBlob { purpose: Purpose::Unnamed, wrapped })
+            }
+            _ => None,
+        }
+    }
+
+    /// The stored form of `wrapped`, a new KEK of `purpose`.
+    pub(crate) fn encode(purpose: Purpose, wrapped: &[u8]) -> Vec<u8> {
+        let code = match purpose {
+            Purpose::Wrapping => 2,
+            Purpose::Data | Purpose::Unnamed => 1,
+        };
+        let mut blob = Vec::with_capacity(3 + wrapped.len());
+        blob.extend_from_slice(&[BLOB_MAGIC, BLOB_FORMAT, code]);
+        blob.extend_from_slice(wrapped);
+        blob
+    }
+}
+
 /// A KEK unwrapped in the HSM.
 #[derive(Debug)]
 pub(crate) struct KekEntry {
     pub(crate) handle: ObjectHandle,
+    /// What it may be used for: its object has that purpose's usages only.
+    purpose: Purpose,
     stamp: Stamp,
     /// The blob it came from: a request naming this id with another blob is refused.
     wrapped: Vec<u8>,
     graveyard: Arc<Mutex<Vec<(Stamp, ObjectHandle)>>>,
+}
+
+impl KekEntry {
+    /// Refuses an operation of `needed` under a KEK of another purpose.
+    pub(crate) fn serves(&self, needed: Purpose) -> Result<(), Failure> {
+        match (self.purpose, needed) {
+            (Purpose::Unnamed, _) | (Purpose::Data, Purpose::Data) => Ok(()),
+            (Purpose::Wrapping, Purpose::Wrapping) => Ok(()),
+            _ => Err(Failure::Status(Status::InvalidArgument)),
+        }
+    }
 }
 
 impl Drop for KekEntry {
@@ -85,6 +158,15 @@ impl KekCache {
             return Ok(entry);
         }
         self.metrics.kek_cache_misses.inc();
+        let Some(blob) = KekBlob::parse(&kek.wrapped) else {
+            return Err(Failure::Status(Status::KekInvalid));
+        };
+        let purpose = match blob.purpose {
+            Purpose::Unnamed if token.fips => Purpose::Data,
+            other => other,
+        };
+        let data = matches!(purpose, Purpose::Data | Purpose::Unnamed);
+        let keys = matches!(purpose, Purpose::Wrapping | Purpose::Unnamed);
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
@@ -92,14 +174,14 @@ impl KekCache {
             Attribute::Private(true),
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(true),
-            Attribute::Unwrap(true),
+            Attribute::Encrypt(data),
+            Attribute::Decrypt(data),
+            Attribute::Wrap(keys),
+            Attribute::Unwrap(keys),
         ];
         let unwrapped = holder
             .session
-            .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, &kek.wrapped, &template)
+            .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, blob.wrapped, &template)
             .at(Step::KekUnwrap);
         let handle = match unwrapped {
             Ok(handle) => handle,
@@ -116,6 +198,7 @@ impl KekCache {
         };
         let entry = Arc::new(KekEntry {
             handle,
+            purpose,
             stamp,
             wrapped: kek.wrapped.clone(),
             graveyard: self.graveyard.clone(),

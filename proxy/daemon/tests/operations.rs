@@ -6,8 +6,9 @@ mod common;
 
 use hsm_proxy_proto::client::{Client, Error};
 use hsm_proxy_proto::op::{
-    Blob, Decrypt, Encrypt, GenerateKek, GenerateKeyPair, GenerateSymmetric, Health, Kek, KekId,
-    KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, Sealed, Sign, SignMechanism, WrappedKey,
+    Blob, Decrypt, Encrypt, GenerateKek, GenerateKeyPair, GenerateSymmetric, GenerateWrappingKek,
+    Health, Kek, KekId, KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, Sealed, Sign, SignMechanism,
+    WrappedKey,
 };
 use hsm_proxy_proto::{Reply, Request, SecretBytes, Status};
 use rsa::pkcs8::DecodePublicKey;
@@ -103,6 +104,9 @@ struct Fixture {
     client: Client,
     kek: Kek,
     other: Kek,
+    /// Two KEKs for keys (wrapping), as `kek` and `other` are for data.
+    keys: Kek,
+    other_keys: Kek,
     token: Token,
 }
 
@@ -112,7 +116,9 @@ async fn fixture() -> Fixture {
     let client = proxy.client();
     let kek = client.call(GenerateKek).await.unwrap();
     let other = client.call(GenerateKek).await.unwrap();
-    Fixture { proxy, client, kek, other, token }
+    let keys = client.call(GenerateWrappingKek).await.unwrap();
+    let other_keys = client.call(GenerateWrappingKek).await.unwrap();
+    Fixture { proxy, client, kek, other, keys, other_keys, token }
 }
 
 /// `sealed` opened with another AAD, and with its tag, ciphertext or IV altered.
@@ -147,20 +153,56 @@ async fn health_is_a_real_operation_on_the_token() {
     proxy.assert_healthy();
 }
 
-/// KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct.
+/// KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct, after a
+/// header naming their purpose: `K`, format 1, then 1 for data or 2 for keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keks_come_back_wrapped_and_distinct() {
-    let Fixture { token: _token, mut proxy, client: _, kek, other } = fixture().await;
-    assert_eq!(kek.wrapped.len(), 40);
+    let Fixture { token: _token, mut proxy, client: _, kek, other, keys, .. } = fixture().await;
+    assert_eq!(kek.wrapped.len(), 43);
+    assert_eq!(kek.wrapped[..3], [b'K', 1, 1]);
+    assert_eq!(keys.wrapped[..3], [b'K', 1, 2]);
     assert_ne!(kek.id, other.id);
     assert_ne!(kek.wrapped, other.wrapped);
+    proxy.assert_healthy();
+}
+
+/// A KEK serves one purpose: a data KEK wraps no key and a key KEK seals no data, each refused
+/// as an invalid argument. A blob from before purposes were named (no header) serves both on
+/// a token in normal mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kek_serves_the_one_purpose_its_blob_names() {
+    let Fixture { token: _token, mut proxy, client, kek, keys, .. } = fixture().await;
+    let pair = GenerateKeyPair { kek: kek.clone(), spec: KeyPairSpec::EcP256 };
+    assert_eq!(status(client.call(pair).await), Status::InvalidArgument);
+    let seal = |kek: &Kek| Encrypt {
+        kek: kek.clone(),
+        plaintext: SecretBytes::copy_from(b"data"),
+        aad: AAD.to_vec(),
+    };
+    assert_eq!(status(client.call(seal(&keys)).await), Status::InvalidArgument);
+    let generate = GenerateSymmetric { kek: keys.clone(), bits: 256, aad: vec![] };
+    assert_eq!(status(client.call(generate).await), Status::InvalidArgument);
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    let across =
+        Rewrap { old: kek.clone(), new: keys.clone(), blob: Blob::Sealed { sealed, aad: vec![] } };
+    assert_eq!(status(client.call(across).await), Status::InvalidArgument);
+
+    let unnamed = Kek { id: KekId([0x5a; 16]), wrapped: kek.wrapped[3..].to_vec() };
+    let sealed = encrypt(&client, &unnamed, PLAINTEXT, AAD).await;
+    let opened = decrypt(&client, &unnamed, &sealed, AAD).await.unwrap();
+    assert_eq!(opened.expose_secret(), PLAINTEXT);
+    let pair = GenerateKeyPair { kek: unnamed.clone(), spec: KeyPairSpec::EcP256 };
+    assert!(client.call(pair).await.is_ok());
+    // Neither form: refused before the HSM is asked.
+    let odd = Kek { id: KekId([0x5b; 16]), wrapped: kek.wrapped[..42].to_vec() };
+    assert_eq!(status(client.call(seal(&odd)).await), Status::KekInvalid);
     proxy.assert_healthy();
 }
 
 /// Encrypt and decrypt, with AAD and fresh IVs; every tampering, and another KEK, rejected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_data_opens_only_unaltered_under_its_kek_and_aad() {
-    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
+    let Fixture { token: _token, mut proxy, client, kek, other, .. } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     assert_eq!(sealed.ciphertext.len(), PLAINTEXT.len());
     assert_ne!(sealed.ciphertext, PLAINTEXT);
@@ -186,7 +228,7 @@ async fn sealed_data_opens_only_unaltered_under_its_kek_and_aad() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_blobs_not_wrapped_here_or_swapped_are_refused() {
-    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
+    let Fixture { token: _token, mut proxy, client, kek, other, .. } = fixture().await;
     // A KEK blob that was not wrapped under this token's MKEK.
     let r = client
         .call(Encrypt { kek: forged(&kek), plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
@@ -225,7 +267,8 @@ const MESSAGE: &[u8] = b"to be signed by a key that never leaves the HSM in clea
 /// Key pairs: generated, signing in the HSM, verified outside with the public key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_pairs_sign_in_the_hsm_and_verify_outside() {
-    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
+    let Fixture { token: _token, mut proxy, client, keys: kek, other_keys: other, .. } =
+        fixture().await;
     let cases = [
         (
             KeyPairSpec::Rsa2048,
@@ -280,7 +323,8 @@ async fn key_pairs_sign_in_the_hsm_and_verify_outside() {
 /// Rewrap: sealed data and a wrapped private key move to another KEK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
-    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
+    let Fixture { token: _token, mut proxy, client, kek, other, keys, other_keys } =
+        fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     let moved = client
         .call(Rewrap {
@@ -298,13 +342,13 @@ async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
     assert_eq!(status(decrypt(&client, &kek, &moved, AAD).await), Status::AuthenticationFailed);
 
     let pair = client
-        .call(GenerateKeyPair { kek: kek.clone(), spec: KeyPairSpec::Rsa2048 })
+        .call(GenerateKeyPair { kek: keys.clone(), spec: KeyPairSpec::Rsa2048 })
         .await
         .unwrap();
     let moved = client
         .call(Rewrap {
-            old: kek.clone(),
-            new: other.clone(),
+            old: keys.clone(),
+            new: other_keys.clone(),
             blob: Blob::Wrapped(pair.private_key.clone()),
         })
         .await
@@ -313,7 +357,7 @@ async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
     assert_ne!(moved_key.blob, pair.private_key.blob);
     let sig = client
         .call(Sign {
-            kek: other.clone(),
+            kek: other_keys.clone(),
             key: moved_key.clone(),
             mechanism: SignMechanism::RsaPssSha256,
             data: MESSAGE.to_vec(),
@@ -329,7 +373,7 @@ async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
     );
     let r = client
         .call(Sign {
-            kek: kek.clone(),
+            kek: keys.clone(),
             key: moved_key,
             mechanism: SignMechanism::RsaPssSha256,
             data: MESSAGE.to_vec(),
@@ -338,7 +382,7 @@ async fn rewrap_moves_sealed_data_and_wrapped_keys_to_another_kek() {
     assert_eq!(status(r), Status::WrappedKeyInvalid);
     let garbage = WrappedKey { kind: pair.private_key.kind, blob: vec![0u8; 48] };
     let r = client
-        .call(Rewrap { old: kek.clone(), new: other.clone(), blob: Blob::Wrapped(garbage) })
+        .call(Rewrap { old: keys.clone(), new: other_keys.clone(), blob: Blob::Wrapped(garbage) })
         .await;
     assert_eq!(status(r), Status::WrappedKeyInvalid);
     proxy.assert_healthy();
@@ -386,7 +430,7 @@ async fn a_batch_answers_in_order_and_fails_alone() {
 /// Every KEK is unwrapped into the HSM once, then used by handle, failed operations included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kek_is_unwrapped_once_then_used_by_handle() {
-    let Fixture { token: _token, mut proxy, client, kek, other } = fixture().await;
+    let Fixture { token: _token, mut proxy, client, kek, other, .. } = fixture().await;
     let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
     for _ in 0..32 {
         assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);

@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use hsm_proxy_proto::frame::{HEADER_BYTES, Header};
-use hsm_proxy_proto::op::{GenerateKek, GenerateKeyPair, Health, KeyPairSpec, OpCode, Random};
+use hsm_proxy_proto::op::{
+    GenerateKek, GenerateKeyPair, GenerateWrappingKek, Health, KeyPairSpec, OpCode, Random,
+};
 use hsm_proxy_proto::{Request, RequestBatch, ResponseBatch, Status};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,7 +49,7 @@ async fn deadlines_and_back_pressure() {
         ..Settings::default()
     };
     let mut proxy = Proxy::start(&token, &settings);
-    let kek = proxy.client().call(GenerateKek).await.unwrap();
+    let kek = proxy.client().call(GenerateWrappingKek).await.unwrap();
     // RSA-3072 generation takes the token tens of milliseconds or more per key.
     let slow: Vec<Request> = (0..12)
         .map(|_| GenerateKeyPair { kek: kek.clone(), spec: KeyPairSpec::Rsa3072 }.into())

@@ -131,7 +131,8 @@ macro_rules! operations {
 operations! {
     /// A deep health check: a real operation on the HSM (answer cached briefly).
     Health = 1 => HealthReport,
-    /// A new project KEK, generated in the HSM and returned only wrapped under the MKEK.
+    /// A new project KEK for data (AES-GCM encryption and decryption only), generated in the
+    /// HSM and returned only wrapped under the MKEK.
     GenerateKek = 2 => Kek,
     /// AES-256-GCM encryption under a project KEK, with a fresh IV.
     Encrypt = 3 => Sealed,
@@ -151,6 +152,10 @@ operations! {
     /// under a project KEK: for key pairs whose private key clients retrieve (Barbican
     /// asymmetric orders).
     GenerateKeyPairSealed = 10 => SealedKeyPair,
+    /// A new project KEK for keys (wrapping and unwrapping only: the private keys of
+    /// [`OpCode::GenerateKeyPair`], [`OpCode::Sign`]), generated in the HSM and returned only
+    /// wrapped under the MKEK. Data and keys never share a KEK.
+    GenerateWrappingKek = 11 => Kek,
 }
 
 macro_rules! reply_conversions {
@@ -169,7 +174,8 @@ macro_rules! reply_conversions {
     };
 }
 
-// `Decrypt` and `Random` share `SecretBytes`; `Encrypt` and `GenerateSymmetric` share `Sealed`.
+// `Decrypt` and `Random` share `SecretBytes`; `Encrypt` and `GenerateSymmetric` share `Sealed`;
+// both KEK generations share `Kek`.
 impl TryFrom<Reply> for SecretBytes {
     type Error = Status;
     fn try_from(reply: Reply) -> Result<Self, Status> {
@@ -190,9 +196,18 @@ impl TryFrom<Reply> for Sealed {
     }
 }
 
+impl TryFrom<Reply> for Kek {
+    type Error = Status;
+    fn try_from(reply: Reply) -> Result<Self, Status> {
+        match reply {
+            Reply::GenerateKek(r) | Reply::GenerateWrappingKek(r) => Ok(r),
+            _ => Err(Status::MalformedOperation),
+        }
+    }
+}
+
 reply_conversions! {
     Health => HealthReport,
-    GenerateKek => Kek,
     GenerateKeyPair => KeyPair,
     GenerateKeyPairSealed => SealedKeyPair,
     Sign => Signature,
@@ -279,6 +294,11 @@ pub struct HealthReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct GenerateKek;
+
+/// Parameters of [`OpCode::GenerateWrappingKek`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct GenerateWrappingKek;
 
 /// AES-256-GCM output: the ciphertext with its IV and tag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -505,7 +525,7 @@ mod tests {
 
     #[test]
     fn op_codes_are_pinned() {
-        let pinned: [(OpCode, u16); 10] = [
+        let pinned: [(OpCode, u16); 11] = [
             (OpCode::Health, 1),
             (OpCode::GenerateKek, 2),
             (OpCode::Encrypt, 3),
@@ -516,6 +536,7 @@ mod tests {
             (OpCode::Rewrap, 8),
             (OpCode::Random, 9),
             (OpCode::GenerateKeyPairSealed, 10),
+            (OpCode::GenerateWrappingKek, 11),
         ];
         assert_eq!(OpCode::ALL.len(), pinned.len());
         for (op, code) in pinned {
@@ -523,7 +544,7 @@ mod tests {
             assert_eq!(OpCode::from_code(code), Some(op));
         }
         assert_eq!(OpCode::from_code(0), None);
-        assert_eq!(OpCode::from_code(11), None);
+        assert_eq!(OpCode::from_code(12), None);
     }
 
     #[test]

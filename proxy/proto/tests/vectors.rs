@@ -65,6 +65,7 @@ fn requests() -> Vec<(&'static str, Request)> {
             GenerateKeyPairSealed { kek: kek(), spec: KeyPairSpec::Rsa2048, aad: b"aad".to_vec() }
                 .into(),
         ),
+        ("generate_wrapping_kek", GenerateWrappingKek.into()),
     ]
 }
 
@@ -110,6 +111,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 public_key_der: vec![0x30, 0x00],
             }),
         ),
+        ("generate_wrapping_kek", Reply::GenerateWrappingKek(kek())),
     ]
 }
 

@@ -14,8 +14,9 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use hsm_proxy_proto::op::{
     Blob, Decrypt, Encrypt, GCM_IV_BYTES, GCM_TAG_BYTES, GenerateKeyPair, GenerateKeyPairSealed,
-    GenerateSymmetric, HealthReport, Kek, KekId, KeyPair, KeyPairSpec, MAX_RANDOM_BYTES, Random,
-    Rewrap, Sealed, SealedKeyPair, Sign, SignMechanism, Signature, WrappedKey, WrappedKeyKind,
+    GenerateSymmetric, GenerateWrappingKek, HealthReport, Kek, KekId, KeyPair, KeyPairSpec,
+    MAX_RANDOM_BYTES, Random, Rewrap, Sealed, SealedKeyPair, Sign, SignMechanism, Signature,
+    WrappedKey, WrappedKeyKind,
 };
 use hsm_proxy_proto::{Reply, Request, SecretBytes, Status};
 use sha2::Digest;
@@ -23,7 +24,7 @@ use zeroize::Zeroizing;
 
 use super::failure::{At, Failure, Step};
 use super::{Epoch, Token, der};
-use crate::keys::{KekCache, KekEntry};
+use crate::keys::{KekBlob, KekCache, KekEntry, Purpose};
 
 /// Everything an operation may use.
 pub(crate) struct OpContext<'a> {
@@ -121,7 +122,10 @@ pub(crate) fn keks(op: &Request) -> Vec<KekId> {
 pub(crate) fn execute(cx: &OpContext<'_>, op: &Request) -> Result<Reply, Failure> {
     match op {
         Request::Health(_) => health(cx).map(Reply::Health),
-        Request::GenerateKek(_) => generate_kek(cx).map(Reply::GenerateKek),
+        Request::GenerateKek(_) => generate_kek(cx, Purpose::Data).map(Reply::GenerateKek),
+        Request::GenerateWrappingKek(GenerateWrappingKek) => {
+            generate_kek(cx, Purpose::Wrapping).map(Reply::GenerateWrappingKek)
+        }
         Request::Encrypt(o) => encrypt(cx, o).map(Reply::Encrypt),
         Request::Decrypt(o) => decrypt(cx, o).map(Reply::Decrypt),
         Request::GenerateSymmetric(o) => generate_symmetric(cx, o).map(Reply::GenerateSymmetric),
@@ -169,7 +173,9 @@ fn health(cx: &OpContext<'_>) -> Result<HealthReport, Failure> {
     })
 }
 
-fn generate_kek(cx: &OpContext<'_>) -> Result<Kek, Failure> {
+/// A new project KEK of `purpose`, returned only wrapped under the MKEK, in the blob form that
+/// names its purpose.
+fn generate_kek(cx: &OpContext<'_>, purpose: Purpose) -> Result<Kek, Failure> {
     let template = [
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -189,16 +195,18 @@ fn generate_kek(cx: &OpContext<'_>) -> Result<Kek, Failure> {
         .at(Step::MkekWrap)?;
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Failure::Status(Status::Internal))?;
-    Ok(Kek { id: KekId(id), wrapped })
+    Ok(Kek { id: KekId(id), wrapped: KekBlob::encode(purpose, &wrapped) })
 }
 
 fn encrypt(cx: &OpContext<'_>, op: &Encrypt) -> Result<Sealed, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
+    kek.serves(Purpose::Data)?;
     seal(cx, &kek, op.plaintext.expose_secret(), &op.aad)
 }
 
 fn decrypt(cx: &OpContext<'_>, op: &Decrypt) -> Result<SecretBytes, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
+    kek.serves(Purpose::Data)?;
     open(cx, &kek, &op.sealed, &op.aad)
 }
 
@@ -209,6 +217,7 @@ fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Seal
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     };
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
+    kek.serves(Purpose::Data)?;
     // Key bytes from the HSM's approved generator (SP 800-133 direct DRBG output), sealed in
     // the same GCM form as every stored secret so that payload retrieval is uniform.
     let key = Zeroizing::new(cx.session.generate_random_vec(bytes).at(Step::Other)?);
@@ -272,6 +281,7 @@ fn ec_point_of(cx: &OpContext<'_>, public: &TempObject<'_>) -> Result<Vec<u8>, F
 
 fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
+    kek.serves(Purpose::Wrapping)?;
     let (public, private, pair) = generate_pair(cx, op.spec, false)?;
     let blob = cx
         .session
@@ -314,6 +324,7 @@ fn generate_key_pair_sealed(
     op: &GenerateKeyPairSealed,
 ) -> Result<SealedKeyPair, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
+    kek.serves(Purpose::Data)?;
     let (public, private, pair) = generate_pair(cx, op.spec, true)?;
     let (pkcs8, public_key_der) = match pair {
         PairKind::Rsa => {
@@ -375,6 +386,7 @@ fn sign(cx: &OpContext<'_>, op: &Sign) -> Result<Signature, Failure> {
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     }
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
+    kek.serves(Purpose::Wrapping)?;
     let key = unwrap_key(cx.session, kek.handle, &op.key, false)?;
     let pss = |hash_alg, mgf, s_len: u64| PkcsPssParams { hash_alg, mgf, s_len: s_len.into() };
     let caps = cx.token.caps;
@@ -420,6 +432,10 @@ fn sign_with(
 fn rewrap(cx: &OpContext<'_>, op: &Rewrap) -> Result<Blob, Failure> {
     let old = cx.keys.resolve(&op.old, cx.token, cx.epoch)?;
     let new = cx.keys.resolve(&op.new, cx.token, cx.epoch)?;
+    let purpose =
+        if matches!(op.blob, Blob::Wrapped(_)) { Purpose::Wrapping } else { Purpose::Data };
+    old.serves(purpose)?;
+    new.serves(purpose)?;
     match &op.blob {
         Blob::Wrapped(wrapped) => {
             // Unwrapped into the HSM and wrapped out again: the key never leaves it in clear.
