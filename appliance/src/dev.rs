@@ -60,6 +60,7 @@ pub(crate) async fn run(
     let proxy = stack.proxy_addr.to_string();
     let mut config =
         Config::development(options.listen, database, proxy, &stack.pki, stack.busy_poll_us());
+    config.hsm.fips = options.hsm.fips();
     if let Some(keystone) = options.keystone {
         config.identity =
             IdentityConfig { source: IdentitySourceName::Keystone, allow_noauth: false };
@@ -216,6 +217,7 @@ fn config_text(c: &Config) -> String {
     line("cert", file(&c.hsm.cert));
     line("key", file(&c.hsm.key));
     line("busy_poll_us", c.hsm.busy_poll_us.to_string());
+    line("fips", c.hsm.fips.to_string());
     out.push_str("\n[identity]\n");
     let mut line = |key: &str, value: String| out.push_str(&format!("{key} = {value}\n"));
     let source = match c.identity.source {

@@ -125,6 +125,11 @@ struct DevArgs {
     /// profile file.
     #[arg(long, default_value = "ideal")]
     sim_profile: String,
+    /// FIPS mode: the simulator under its `fips` policy (or, with --hsm pkcs11:..., a token
+    /// already in FIPS mode), the proxy with `[pkcs11] fips` and the appliance with `[hsm]
+    /// fips`, which orders only approved algorithms and sizes.
+    #[arg(long)]
+    fips: bool,
     /// The token label, with --hsm pkcs11:...
     #[arg(long)]
     token_label: Option<String>,
@@ -279,6 +284,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let DevArgs {
                 hsm,
                 sim_profile,
+                fips,
                 token_label,
                 pin_file,
                 data_dir,
@@ -309,13 +315,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 _ => None,
             };
             let hsm = match hsm.as_str() {
-                "sim" => devstack::HsmChoice::Sim { profile: sim_profile },
+                "sim" => devstack::HsmChoice::Sim { profile: sim_profile, fips },
+                "softhsm2" if fips => {
+                    anyhow::bail!(
+                        "--fips: SoftHSM2 has no FIPS mode; use --hsm sim or a FIPS token"
+                    )
+                }
                 "softhsm2" => devstack::HsmChoice::SoftHsm2,
                 other => match other.strip_prefix("pkcs11:") {
                     Some(module) => devstack::HsmChoice::Pkcs11 {
                         module: module.into(),
                         token_label: token_label.context("--hsm pkcs11:... needs --token-label")?,
                         pin_file: pin_file.context("--hsm pkcs11:... needs --pin-file")?,
+                        fips,
                     },
                     None => anyhow::bail!(
                         "--hsm {other:?}: expected sim, softhsm2 or pkcs11:/path/to/module.so"

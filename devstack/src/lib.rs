@@ -288,6 +288,9 @@ pub enum HsmChoice {
     Sim {
         /// A built-in profile name or a profile file.
         profile: String,
+        /// Under the `fips` policy (`fwsim serve --policy fips`), with the proxy's `[pkcs11]
+        /// fips` on.
+        fips: bool,
     },
     /// A SoftHSM2 token initialised under the data directory.
     SoftHsm2,
@@ -299,12 +302,24 @@ pub enum HsmChoice {
         token_label: String,
         /// A file holding the user PIN.
         pin_file: PathBuf,
+        /// The token runs in FIPS mode: the proxy's `[pkcs11] fips` is on.
+        fips: bool,
     },
+}
+
+impl HsmChoice {
+    /// Whether the HSM runs in FIPS mode.
+    pub fn fips(&self) -> bool {
+        match self {
+            HsmChoice::Sim { fips, .. } | HsmChoice::Pkcs11 { fips, .. } => *fips,
+            HsmChoice::SoftHsm2 => false,
+        }
+    }
 }
 
 impl Default for HsmChoice {
     fn default() -> Self {
-        HsmChoice::Sim { profile: "ideal".into() }
+        HsmChoice::Sim { profile: "ideal".into(), fips: false }
     }
 }
 
@@ -324,6 +339,8 @@ struct Token {
     /// The token was initialised by this start: whatever master key marker the data
     /// directory holds belonged to the token before it.
     fresh: bool,
+    /// The token runs in FIPS mode.
+    fips: bool,
 }
 
 /// A `fwsim serve` child process.
@@ -339,6 +356,8 @@ struct SimSpec {
     bin: PathBuf,
     endpoint: String,
     profile: String,
+    /// Under the `fips` policy.
+    fips: bool,
     /// The token's objects, PINs and label (encrypted under `<state>.key` beside it), saved
     /// on every change: a restarted simulator has the token it had.
     state: PathBuf,
@@ -381,7 +400,8 @@ impl SimSpec {
         let _ = std::fs::remove_file(&self.ready);
         let (log_file, offset) = open_log(&self.log, mode)?;
         let mut child = Command::new(&self.bin)
-            .args(["serve", "--listen", &self.endpoint, "--profile", &self.profile, "--state"])
+            .args(["serve", "--listen", &self.endpoint, "--profile", &self.profile])
+            .args(["--policy", if self.fips { "fips" } else { "standard" }, "--state"])
             .arg(&self.state)
             .arg("--fault-file")
             .arg(&self.fault_file)
@@ -414,9 +434,11 @@ impl SimSpec {
 impl Token {
     async fn prepare(dir: &Path, choice: &HsmChoice) -> Result<Token> {
         match choice {
-            HsmChoice::Sim { profile } => Token::simulator(&dir.join("fwsim"), profile).await,
+            HsmChoice::Sim { profile, fips } => {
+                Token::simulator(&dir.join("fwsim"), profile, *fips).await
+            }
             HsmChoice::SoftHsm2 => Token::softhsm(&dir.join("softhsm")).await,
-            HsmChoice::Pkcs11 { module, token_label, pin_file } => {
+            HsmChoice::Pkcs11 { module, token_label, pin_file, fips } => {
                 if !module.exists() {
                     return Err(Error::Dev(format!("no PKCS#11 module at {}", module.display())));
                 }
@@ -432,6 +454,7 @@ impl Token {
                     device: None,
                     pool_hsm: None,
                     fresh: false,
+                    fips: *fips,
                 })
             }
         }
@@ -443,7 +466,7 @@ impl Token {
         }
     }
 
-    async fn simulator(dir: &Path, profile: &str) -> Result<Token> {
+    async fn simulator(dir: &Path, profile: &str, fips: bool) -> Result<Token> {
         let io = Error::io;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let fwsim = find_binary("fwsim", None)?;
@@ -459,6 +482,7 @@ impl Token {
             bin: fwsim.clone(),
             endpoint: format!("unix:{}", socket.display()),
             profile: profile.to_owned(),
+            fips,
             state: dir.join("state"),
             fault_file: dir.join("faults.toml"),
             log: dir.join("fwsim.log"),
@@ -513,6 +537,7 @@ impl Token {
             device: Some(SimDevice { child, spec }),
             pool_hsm,
             fresh,
+            fips,
         })
     }
 
@@ -575,6 +600,7 @@ impl Token {
             // so a second worker only adds contention.
             pool_hsm: Some("engines = 1\n".into()),
             fresh,
+            fips: false,
         })
     }
 
@@ -586,6 +612,7 @@ impl Token {
             json!({
                 "endpoint": d.spec.endpoint,
                 "profile": d.spec.profile,
+                "policy": if d.spec.fips { "fips" } else { "standard" },
                 "state_file": d.spec.state,
                 "fault_file": d.spec.fault_file,
                 "log": d.spec.log,
@@ -595,6 +622,7 @@ impl Token {
         });
         json!({
             "kind": self.kind,
+            "fips": self.fips,
             "pkcs11_module": self.module,
             "env": env,
             "token_label": self.label,
@@ -689,6 +717,7 @@ allowed_clients = ["appliance"]
 module = "{module}"
 token_label = "{label}"
 pin_file = "{pin}"
+fips = {fips}
 
 [hardening]
 lock_memory = "preferred"
@@ -699,6 +728,7 @@ lock_memory = "preferred"
         module = token.module.display(),
         label = token.label,
         pin = token.pin_file.display(),
+        fips = token.fips,
     );
     let path = dir.join("proxy.toml");
     std::fs::write(&path, text).map_err(Error::io(&path))?;

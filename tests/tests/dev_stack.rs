@@ -149,6 +149,60 @@ fn dev_stack_runs_on_softhsm2_when_asked() {
     assert!(status.success(), "{log}");
 }
 
+/// `appliance dev --fips`: the simulator under its `fips` policy, which refuses GCM IVs from
+/// outside, keys that are not sensitive and keys of two purposes; the proxy draws IVs in the
+/// token and unwraps each KEK for its one purpose, and the appliance orders approved
+/// algorithms only. SoftHSM2 has no FIPS mode.
+#[test]
+fn dev_stack_runs_a_fips_mode_simulator_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start_with(&dir.path().join("data"), &["--fips"]);
+    let info = &stack.info;
+    assert_eq!(info["hsm"]["fips"], true, "{info}");
+    assert_eq!(info["hsm"]["device"]["policy"], "fips", "{info}");
+    let config = std::fs::read_to_string(info["config"].as_str().unwrap()).unwrap();
+    assert!(config.contains("fips = true"), "{config}");
+    let api = stack.api_url();
+    let json = with(&[("Content-Type", "application/json")]);
+    let body = br#"{"payload": "under a FIPS-mode token", "payload_content_type": "text/plain"}"#;
+    let r = http("POST", &format!("{api}/v1/secrets"), &json, body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let secret_ref = r.json()["secret_ref"].as_str().unwrap().to_owned();
+    let r = http("GET", &format!("{secret_ref}/payload"), &with(&[("Accept", "text/plain")]), b"");
+    assert_eq!(r.body, b"under a FIPS-mode token");
+    let order = |meta: &str| {
+        let body = format!(r#"{{"type": "key", "meta": {meta}}}"#);
+        let r = http("POST", &format!("{api}/v1/orders"), &json, body.as_bytes());
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let order_ref = r.json()["order_ref"].as_str().unwrap().to_owned();
+        for _ in 0..200 {
+            let o = http("GET", &order_ref, &with(&[]), b"").json();
+            if o["status"] != "PENDING" {
+                return o;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("order {order_ref} stayed PENDING");
+    };
+    let aes = order(r#"{"algorithm": "aes", "bit_length": 256}"#);
+    assert_eq!(aes["status"], "ACTIVE", "{aes}");
+    let des = order(r#"{"algorithm": "des", "bit_length": 64}"#);
+    assert_eq!((&des["status"], &des["error_status_code"]), (&"ERROR".into(), &"400".into()));
+    let proxy_log = std::fs::read_to_string(info["proxy"]["log"].as_str().unwrap()).unwrap();
+    assert!(proxy_log.contains("AES-GCM message-based"), "{proxy_log}");
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+
+    let out = std::process::Command::new(e2e::bin_dir().join("appliance"))
+        .args(["dev", "--hsm", "softhsm2", "--fips", "--data-dir"])
+        .arg(dir.path().join("soft"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SoftHSM2 has no FIPS mode"), "{err}");
+}
+
 #[test]
 fn a_bad_hsm_choice_is_a_clear_error() {
     let out = std::process::Command::new(e2e::bin_dir().join("appliance"))
