@@ -170,8 +170,8 @@ fn dev_stack_runs_a_fips_mode_simulator_when_asked() {
     let secret_ref = r.json()["secret_ref"].as_str().unwrap().to_owned();
     let r = http("GET", &format!("{secret_ref}/payload"), &with(&[("Accept", "text/plain")]), b"");
     assert_eq!(r.body, b"under a FIPS-mode token");
-    let order = |meta: &str| {
-        let body = format!(r#"{{"type": "key", "meta": {meta}}}"#);
+    let order = |kind: &str, meta: &str| {
+        let body = format!(r#"{{"type": "{kind}", "meta": {meta}}}"#);
         let r = http("POST", &format!("{api}/v1/orders"), &json, body.as_bytes());
         assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
         let order_ref = r.json()["order_ref"].as_str().unwrap().to_owned();
@@ -184,10 +184,36 @@ fn dev_stack_runs_a_fips_mode_simulator_when_asked() {
         }
         panic!("order {order_ref} stayed PENDING");
     };
-    let aes = order(r#"{"algorithm": "aes", "bit_length": 256}"#);
+    let aes = order("key", r#"{"algorithm": "aes", "bit_length": 256}"#);
     assert_eq!(aes["status"], "ACTIVE", "{aes}");
-    let des = order(r#"{"algorithm": "des", "bit_length": 64}"#);
+    let des = order("key", r#"{"algorithm": "des", "bit_length": 64}"#);
     assert_eq!((&des["status"], &des["error_status_code"]), (&"ERROR".into(), &"400".into()));
+    // A key pair's private key leaves the token only wrapped, yet reads back as PEM.
+    for meta in
+        [r#"{"algorithm": "rsa", "bit_length": 2048}"#, r#"{"algorithm": "ec", "bit_length": 384}"#]
+    {
+        let pair = order("asymmetric", meta);
+        assert_eq!(pair["status"], "ACTIVE", "{meta}: {pair}");
+        let container =
+            http("GET", pair["container_ref"].as_str().unwrap(), &with(&[]), b"").json();
+        let private = container["secret_refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "private_key")
+            .unwrap()["secret_ref"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let pem = http(
+            "GET",
+            &format!("{private}/payload"),
+            &with(&[("Accept", "application/octet-stream")]),
+            b"",
+        );
+        let pem = String::from_utf8_lossy(&pem.body).into_owned();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{meta}: {pem}");
+    }
     let proxy_log = std::fs::read_to_string(info["proxy"]["log"].as_str().unwrap()).unwrap();
     assert!(proxy_log.contains("AES-GCM message-based"), "{proxy_log}");
     let (status, log) = stack.stop();

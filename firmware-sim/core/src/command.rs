@@ -130,6 +130,12 @@ pub enum Command {
         wrapped: Vec<u8>,
         template: Vec<Attribute>,
     },
+    DeriveKey {
+        session: u32,
+        mechanism: Mechanism,
+        base: u32,
+        template: Vec<Attribute>,
+    },
     Random {
         session: u32,
         len: u32,
@@ -147,7 +153,8 @@ impl Command {
             | Command::Sign { mechanism, .. }
             | Command::Verify { mechanism, .. }
             | Command::WrapKey { mechanism, .. }
-            | Command::UnwrapKey { mechanism, .. } => Some(mechanism.kind),
+            | Command::UnwrapKey { mechanism, .. }
+            | Command::DeriveKey { mechanism, .. } => Some(mechanism.kind),
             _ => None,
         }
     }
@@ -178,6 +185,7 @@ impl Command {
             | Command::Verify { session, .. }
             | Command::WrapKey { session, .. }
             | Command::UnwrapKey { session, .. }
+            | Command::DeriveKey { session, .. }
             | Command::Random { session, .. } => Some(*session),
         }
     }

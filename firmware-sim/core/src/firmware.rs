@@ -355,6 +355,9 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             Command::UnwrapKey { mechanism, unwrapping_key, wrapped, template, .. } => {
                 self.unwrap(cx, &mechanism, unwrapping_key, &wrapped, &template)
             }
+            Command::DeriveKey { mechanism, base, template, .. } => {
+                self.derive(cx, &mechanism, base, &template)
+            }
             Command::Random { len, .. } => {
                 if len > 1 << 20 {
                     return Err(Error::DataLenRange);
@@ -948,6 +951,57 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
         object.flags.set(Flags::LOCAL, false);
         object.flags.set(Flags::ALWAYS_SENSITIVE, false);
         object.flags.set(Flags::NEVER_EXTRACTABLE, false);
+        self.admit(&object)?;
+        object.owner = self.creatable(cx, object.flags)?;
+        let handle = self.insert(object)?;
+        Ok(Response::Object(handle))
+    }
+}
+
+impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
+    /// ECDH (`CKM_ECDH1_DERIVE` with `CKD_NULL`): a secret key whose value is the leading
+    /// `CKA_VALUE_LEN` bytes of the shared secret's x-coordinate.
+    fn derive(
+        &mut self,
+        cx: Ctx,
+        mechanism: &Mechanism,
+        base: u32,
+        template: &[Attribute],
+    ) -> Result<Response> {
+        let (kdf, public) = match (&mechanism.kind, &mechanism.param) {
+            (&ckm::ECDH1_DERIVE, mechanism::Param::Ecdh { kdf, public }) => (*kdf, public),
+            (&ckm::ECDH1_DERIVE, _) => return Err(Error::MechanismParamInvalid),
+            _ => return Err(Error::MechanismInvalid),
+        };
+        if kdf != mechanism::ckd::NULL {
+            return Err(Error::MechanismParamInvalid);
+        }
+        let t = Template::checked(template)?;
+        let key_type = t.ulong(cka::KEY_TYPE)?.ok_or(Error::TemplateIncomplete)?;
+        if t.ulong(cka::CLASS)?.is_some_and(|c| c != cko::SECRET_KEY) {
+            return Err(Error::TemplateInconsistent);
+        }
+        let len = t.ulong(cka::VALUE_LEN)?.ok_or(Error::TemplateIncomplete)?;
+        let len = usize::try_from(len).map_err(|_| Error::AttributeValueInvalid)?;
+        match key_type {
+            ckk::AES if matches!(len, 16 | 32) => {}
+            ckk::GENERIC_SECRET if len > 0 => {}
+            ckk::AES | ckk::GENERIC_SECRET => return Err(Error::AttributeValueInvalid),
+            _ => return Err(Error::TemplateInconsistent),
+        }
+        let shared = {
+            let key = self.key(cx, base, Flags::DERIVE)?;
+            let Material::EcPrivate { curve, scalar } = &key.material else {
+                return Err(Error::KeyTypeInconsistent);
+            };
+            let point = der_octet_string(public);
+            mechanism::ec::verify_point(*curve, point).map_err(|_| Error::MechanismParamInvalid)?;
+            mechanism::ec::shared_x(*curve, scalar.expose(), point)?
+        };
+        let value = shared.expose().get(..len).ok_or(Error::AttributeValueInvalid)?;
+        let material = Material::Secret(SecretBytes::new(value.to_vec()));
+        let defaults = self.defaults(cko::SECRET_KEY, false);
+        let mut object = build(&t, Some(key_type), material, defaults, Some(mechanism.kind))?;
         self.admit(&object)?;
         object.owner = self.creatable(cx, object.flags)?;
         let handle = self.insert(object)?;

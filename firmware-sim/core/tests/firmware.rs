@@ -886,3 +886,75 @@ fn fips_mode_keeps_keys_sensitive_single_purpose_and_inside() {
     assert_eq!(data(wrap(&mut fw, kept)).len(), 40);
     assert_eq!(attrs(&mut fw, s, leaving, &[cka::VALUE]), vec![Value::Sensitive]);
 }
+
+/// ECDH: the derived key is the shared secret's x-coordinate, as the other party computes it;
+/// a key of the agreement wraps, a key without CKA_DERIVE, another KDF and a point off the
+/// curve are refused.
+#[test]
+fn ecdh_derives_the_key_the_other_party_computes() {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    let (mut fw, s) = token(Limits::default());
+    let pair = |fw: &mut Fw, derive: bool| {
+        let Response::Pair { public, private } = fw
+            .execute(
+                APP,
+                Command::GenerateKeyPair {
+                    session: s,
+                    mechanism: Mechanism::plain(ckm::EC_KEY_PAIR_GEN),
+                    public: vec![Attribute::bytes(cka::EC_PARAMS, OID_P256)],
+                    private: vec![Attribute::bool(cka::DERIVE, derive)],
+                },
+            )
+            .unwrap()
+        else {
+            panic!()
+        };
+        (public, private)
+    };
+    let (public, private) = pair(&mut fw, true);
+    let values = attrs(&mut fw, s, public, &[cka::EC_POINT]);
+    let Some(Value::Present(point)) = values.first() else { panic!() };
+    let point = &point[2..]; // the DER OCTET STRING's header
+    let ours = p256::SecretKey::random(&mut OsRng);
+    let our_point = ours.public_key().to_encoded_point(false).as_bytes().to_vec();
+    let ecdh = |kdf, public: Vec<u8>| Mechanism {
+        kind: ckm::ECDH1_DERIVE,
+        param: Param::Ecdh { kdf, public },
+    };
+    let template = vec![
+        Attribute::ulong(cka::CLASS, cko::SECRET_KEY),
+        Attribute::ulong(cka::KEY_TYPE, ckk::AES),
+        Attribute::ulong(cka::VALUE_LEN, 32),
+        Attribute::bool(cka::SENSITIVE, false),
+        Attribute::bool(cka::EXTRACTABLE, true),
+    ];
+    let derive = |fw: &mut Fw, mechanism, base| {
+        fw.execute(
+            APP,
+            Command::DeriveKey { session: s, mechanism, base, template: template.clone() },
+        )
+    };
+    let key = object(derive(&mut fw, ecdh(1, our_point.clone()), private));
+    let their_public = p256::PublicKey::from_sec1_bytes(point).unwrap();
+    let shared = p256::ecdh::diffie_hellman(ours.to_nonzero_scalar(), their_public.as_affine());
+    assert_eq!(
+        attrs(&mut fw, s, key, &[cka::VALUE]),
+        vec![Value::Present(shared.raw_secret_bytes().to_vec())]
+    );
+
+    assert_eq!(
+        derive(&mut fw, ecdh(2, our_point.clone()), private).unwrap_err(),
+        Error::MechanismParamInvalid
+    );
+    let mut off_curve = our_point.clone();
+    off_curve[40] ^= 1;
+    assert_eq!(
+        derive(&mut fw, ecdh(1, off_curve), private).unwrap_err(),
+        Error::MechanismParamInvalid
+    );
+    let (_, no_derive) = pair(&mut fw, false);
+    assert_eq!(
+        derive(&mut fw, ecdh(1, our_point), no_derive).unwrap_err(),
+        Error::KeyFunctionNotPermitted
+    );
+}

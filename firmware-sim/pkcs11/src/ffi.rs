@@ -213,6 +213,22 @@ unsafe fn mechanism(m: *const CK_MECHANISM) -> Result<Mechanism> {
             let p = unsafe { ptr::read_unaligned(m.pParameter as *const CK_RSA_PKCS_PSS_PARAMS) };
             Param::Pss { hash: p.hashAlg, mgf: p.mgf, salt_len: p.sLen }
         }
+        ckm::ECDH1_DERIVE => {
+            if m.pParameter.is_null()
+                || len(m.ulParameterLen)? != size_of::<CK_ECDH1_DERIVE_PARAMS>()
+            {
+                return Err(Error::MechanismParamInvalid);
+            }
+            // SAFETY: non-null and exactly the size of CK_ECDH1_DERIVE_PARAMS.
+            let p = unsafe { ptr::read_unaligned(m.pParameter as *const CK_ECDH1_DERIVE_PARAMS) };
+            if p.ulSharedDataLen != 0 {
+                return Err(Error::MechanismParamInvalid);
+            }
+            // SAFETY: the point is `ulPublicDataLen` bytes at `pPublicData`.
+            let public = unsafe { input(p.pPublicData, p.ulPublicDataLen) }
+                .map_err(|_| Error::MechanismParamInvalid)?;
+            Param::Ecdh { kdf: p.kdf, public: public.to_vec() }
+        }
         _ if m.pParameter.is_null() || m.ulParameterLen == 0 => Param::None,
         _ => {
             // SAFETY: the parameter is `ulParameterLen` bytes at `pParameter`.
@@ -1176,6 +1192,31 @@ pkcs11_fn! {
 }
 
 pkcs11_fn! {
+    fn C_DeriveKey(
+        session: CK_SESSION_HANDLE,
+        m: *mut CK_MECHANISM,
+        base: CK_OBJECT_HANDLE,
+        attrs: *mut CK_ATTRIBUTE,
+        count: CK_ULONG,
+        key: *mut CK_OBJECT_HANDLE,
+    ) {
+        if key.is_null() {
+            return Err(Error::ArgumentsBad);
+        }
+        // SAFETY: forwarded from the caller.
+        let (m, template) = unsafe { (mechanism(m)?, template(attrs, count)?) };
+        let handle = api::keys::derive(
+            session_handle(session)?,
+            m,
+            object_handle(base, Error::KeyHandleInvalid)?,
+            template,
+        )?;
+        // SAFETY: checked non-null above.
+        unsafe { write(key, CK_OBJECT_HANDLE::from(handle)) }
+    }
+}
+
+pkcs11_fn! {
     fn C_UnwrapKey(
         session: CK_SESSION_HANDLE,
         m: *mut CK_MECHANISM,
@@ -1260,7 +1301,6 @@ not_supported! {
     C_DecryptDigestUpdate(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG);
     C_SignEncryptUpdate(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG);
     C_DecryptVerifyUpdate(CK_SESSION_HANDLE, *mut CK_BYTE, CK_ULONG, *mut CK_BYTE, *mut CK_ULONG);
-    C_DeriveKey(CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE, *mut CK_ATTRIBUTE, CK_ULONG, *mut CK_OBJECT_HANDLE);
     C_WaitForSlotEvent(CK_FLAGS, *mut CK_SLOT_ID, CK_VOID_PTR);
 }
 

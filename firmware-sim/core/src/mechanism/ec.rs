@@ -1,4 +1,5 @@
-//! ECDSA over P-256 and P-384: key pair generation, signing and verification.
+//! ECDSA over P-256 and P-384: key pair generation, signing and verification; and ECDH's
+//! shared secret.
 //!
 //! Signatures are `r || s`, each curve-sized, as PKCS#11 defines them. Private keys are
 //! wrapped as PKCS#8.
@@ -54,6 +55,29 @@ pub fn verify_point(curve: Curve, point: &[u8]) -> Result<()> {
         Curve::P384 => p384::PublicKey::from_sec1_bytes(point).is_ok(),
     };
     if ok && point.first() == Some(&0x04) { Ok(()) } else { Err(Error::AttributeValueInvalid) }
+}
+
+/// The x-coordinate of the ECDH shared secret of a private scalar and a peer's point.
+pub fn shared_x(curve: Curve, scalar: &[u8], point: &[u8]) -> Result<SecretBytes> {
+    let shared = match curve {
+        Curve::P256 => {
+            let secret =
+                p256::SecretKey::from_slice(scalar).map_err(|_| Error::KeyTypeInconsistent)?;
+            let public = p256::PublicKey::from_sec1_bytes(point)
+                .map_err(|_| Error::MechanismParamInvalid)?;
+            let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), public.as_affine());
+            shared.raw_secret_bytes().to_vec()
+        }
+        Curve::P384 => {
+            let secret =
+                p384::SecretKey::from_slice(scalar).map_err(|_| Error::KeyTypeInconsistent)?;
+            let public = p384::PublicKey::from_sec1_bytes(point)
+                .map_err(|_| Error::MechanismParamInvalid)?;
+            let shared = p384::ecdh::diffie_hellman(secret.to_nonzero_scalar(), public.as_affine());
+            shared.raw_secret_bytes().to_vec()
+        }
+    };
+    Ok(SecretBytes::new(shared))
 }
 
 /// PKCS#8 DER of a private key.

@@ -34,6 +34,12 @@ pub mod ckm {
     pub const AES_GCM: u64 = 0x1087;
     pub const AES_KEY_WRAP: u64 = 0x2109;
     pub const AES_KEY_WRAP_PAD: u64 = 0x210A;
+    pub const ECDH1_DERIVE: u64 = 0x1050;
+}
+
+#[allow(missing_docs)] // the CKD_ key derivation functions
+pub mod ckd {
+    pub const NULL: u64 = 0x1;
 }
 
 #[allow(missing_docs)] // the CKG_MGF1_ names
@@ -82,6 +88,14 @@ pub enum Param {
         aad: Vec<u8>,
         /// Tag length in bits.
         tag_bits: u64,
+    },
+    /// `CK_ECDH1_DERIVE_PARAMS`: the other party's public point and the derivation function
+    /// (`CKD_NULL` only, without shared data).
+    Ecdh {
+        /// The `CKD_*` function.
+        kdf: u64,
+        /// The other party's EC point, uncompressed (or as a DER OCTET STRING).
+        public: Vec<u8>,
     },
     /// `CK_RSA_PKCS_PSS_PARAMS`.
     Pss {
@@ -149,6 +163,7 @@ pub mod ckf {
     pub const VERIFY: u64 = 0x2000;
     pub const GENERATE: u64 = 0x8000;
     pub const GENERATE_KEY_PAIR: u64 = 0x10000;
+    pub const DERIVE: u64 = 0x80000;
     pub const WRAP: u64 = 0x20000;
     pub const UNWRAP: u64 = 0x40000;
     pub const EC_F_P: u64 = 0x100000;
@@ -192,6 +207,7 @@ pub const SUPPORTED: &[Info] = {
         info(ckm::ECDSA_SHA256, 256, 384, SIGN | VERIFY | EC),
         info(ckm::ECDSA_SHA384, 256, 384, SIGN | VERIFY | EC),
         info(ckm::ECDSA_SHA512, 256, 384, SIGN | VERIFY | EC),
+        info(ckm::ECDH1_DERIVE, 256, 384, DERIVE | EC),
         info(ckm::AES_KEY_GEN, 16, 32, GENERATE),
         info(ckm::AES_GCM, 16, 32, ENCRYPT | DECRYPT | MESSAGE_ENCRYPT | MESSAGE_DECRYPT),
         info(ckm::AES_KEY_WRAP, 16, 32, WRAP | UNWRAP),

@@ -1,4 +1,4 @@
-//! Key generation, wrapping and random numbers.
+//! Key generation, derivation, wrapping and random numbers.
 
 use firmware_sim_core::attribute::Attribute;
 use firmware_sim_core::mechanism::Mechanism;
@@ -77,6 +77,19 @@ pub(crate) fn unwrap(
         template,
     };
     match library()?.execute(command)? {
+        Response::Object(handle) => Ok(handle),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// C_DeriveKey.
+pub(crate) fn derive(
+    session: u32,
+    mechanism: Mechanism,
+    base: u32,
+    template: Vec<Attribute>,
+) -> Result<u32, Error> {
+    match library()?.execute(Command::DeriveKey { session, mechanism, base, template })? {
         Response::Object(handle) => Ok(handle),
         other => Err(unexpected(other)),
     }

@@ -1,7 +1,5 @@
-//! Just enough DER to turn PKCS#11 key attributes into SubjectPublicKeyInfo and (for keys
-//! that clients retrieve) PKCS#8. Private material is only ever assembled in zeroizing buffers.
-
-use zeroize::Zeroizing;
+//! Just enough DER to turn PKCS#11 public key attributes into SubjectPublicKeyInfo. Private
+//! keys never pass through here: they leave the HSM only wrapped, as PKCS#8.
 
 /// `rsaEncryption` (1.2.840.113549.1.1.1), as a full DER OID.
 const OID_RSA_ENCRYPTION: &[u8] =
@@ -47,58 +45,6 @@ pub(crate) fn ec_point(attribute: &[u8]) -> &[u8] {
     }
 }
 
-/// PKCS#8 PrivateKeyInfo of an RSA key from its PKCS#11 components (big-endian), in order:
-/// n, e, d, p, q, d mod (p-1), d mod (q-1), q^-1 mod p.
-pub(crate) fn rsa_pkcs8(components: [&[u8]; 8]) -> Zeroizing<Vec<u8>> {
-    let mut key = Zeroizing::new(integer(&[0]));
-    for c in components {
-        key.extend_from_slice(&secret_integer(c));
-    }
-    let rsa_private_key = secret_tlv(TAG_SEQUENCE, &key);
-    let mut algorithm = OID_RSA_ENCRYPTION.to_vec();
-    algorithm.extend(tlv(TAG_NULL, &[]));
-    pkcs8(&tlv(TAG_SEQUENCE, &algorithm), &rsa_private_key)
-}
-
-/// PKCS#8 PrivateKeyInfo of an EC key: curve OID (full DER), private scalar, public point.
-pub(crate) fn ec_pkcs8(
-    curve_oid: &[u8],
-    scalar_len: usize,
-    scalar: &[u8],
-    point: &[u8],
-) -> Zeroizing<Vec<u8>> {
-    // RFC 5915: the scalar is an OCTET STRING of the curve's order length, zero-padded.
-    let mut padded = Zeroizing::new(vec![0u8; scalar_len.saturating_sub(scalar.len())]);
-    padded.extend_from_slice(scalar);
-    let mut body = Zeroizing::new(integer(&[1]));
-    body.extend_from_slice(&secret_tlv(TAG_OCTET_STRING, &padded));
-    let mut bits = Vec::with_capacity(point.len() + 1);
-    bits.push(0);
-    bits.extend_from_slice(point);
-    body.extend(tlv(0xa1, &tlv(TAG_BIT_STRING, &bits)));
-    let ec_private_key = secret_tlv(TAG_SEQUENCE, &body);
-    let mut algorithm = OID_EC_PUBLIC_KEY.to_vec();
-    algorithm.extend_from_slice(curve_oid);
-    pkcs8(&tlv(TAG_SEQUENCE, &algorithm), &ec_private_key)
-}
-
-fn pkcs8(algorithm: &[u8], private_key: &[u8]) -> Zeroizing<Vec<u8>> {
-    let mut body = Zeroizing::new(integer(&[0]));
-    body.extend_from_slice(algorithm);
-    body.extend_from_slice(&secret_tlv(TAG_OCTET_STRING, private_key));
-    secret_tlv(TAG_SEQUENCE, &body)
-}
-
-/// [`integer`] for secret values: the copy is wiped.
-fn secret_integer(big_endian: &[u8]) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(integer(big_endian))
-}
-
-/// [`tlv`] for secret content: the copy is wiped.
-fn secret_tlv(tag: u8, content: &[u8]) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(tlv(tag, content))
-}
-
 fn spki(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
     let mut bits = Vec::with_capacity(key.len() + 1);
     bits.push(0); // no unused bits
@@ -137,6 +83,14 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The whole length (tag, length and content) of the DER element `bytes` starts with.
+pub(crate) fn element_len(bytes: &[u8]) -> Option<usize> {
+    let (_, rest) = bytes.split_first()?;
+    let (len, body) = read_len(rest)?;
+    let total = (bytes.len() - body.len()).checked_add(len)?;
+    (total <= bytes.len()).then_some(total)
+}
+
 fn read_len(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let (&first, rest) = bytes.split_first()?;
     if first < 0x80 {
@@ -168,6 +122,15 @@ mod tests {
         let out = tlv(TAG_SEQUENCE, &content);
         assert_eq!(&out[..4], &[0x30, 0x82, 0x01, 0x2c]);
         assert_eq!(out.len(), 304);
+    }
+
+    #[test]
+    fn element_lengths_count_tag_length_and_content() {
+        assert_eq!(element_len(&[0x30, 0x02, 0x05, 0x00, 0x00, 0x00]), Some(4));
+        let long = tlv(TAG_SEQUENCE, &[0xaa; 300]);
+        assert_eq!(element_len(&long), Some(304));
+        assert_eq!(element_len(&long[..303]), None);
+        assert_eq!(element_len(&[]), None);
     }
 
     #[test]

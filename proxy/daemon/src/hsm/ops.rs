@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType, MessageParam};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
@@ -227,39 +228,40 @@ fn generate_symmetric(cx: &OpContext<'_>, op: &GenerateSymmetric) -> Result<Seal
 /// The algorithm family of a generated pair; an EC pair carries its curve.
 enum PairKind {
     Rsa,
-    Ec { oid: &'static [u8], scalar_len: usize },
+    Ec { oid: &'static [u8] },
 }
 
-/// Generates a session key pair of `spec`. Its private key is sensitive unless `readable`:
-/// a sealed pair's private key is read out once, because the client is to receive it.
+/// Generates a session key pair of `spec`, its private key sensitive and for signing. One
+/// that is `exported` (a sealed pair's, whose client is to receive it) is also extractable,
+/// to leave the HSM once, wrapped ([`export_private`]).
 fn generate_pair<'s>(
     cx: &OpContext<'s>,
     spec: KeyPairSpec,
-    readable: bool,
+    exported: bool,
 ) -> Result<(TempObject<'s>, TempObject<'s>, PairKind), Failure> {
     let rsa = |bits: u64| {
         let template =
             vec![Attribute::ModulusBits(bits.into()), Attribute::PublicExponent(vec![1, 0, 1])];
         (Mechanism::RsaPkcsKeyPairGen, template, PairKind::Rsa)
     };
-    let ec = |oid: &'static [u8], scalar_len| {
+    let ec = |oid: &'static [u8]| {
         let template = vec![Attribute::EcParams(oid.to_vec())];
-        (Mechanism::EccKeyPairGen, template, PairKind::Ec { oid, scalar_len })
+        (Mechanism::EccKeyPairGen, template, PairKind::Ec { oid })
     };
     let (mechanism, mut public_template, kind) = match spec {
         KeyPairSpec::Rsa2048 => rsa(2048),
         KeyPairSpec::Rsa3072 => rsa(3072),
         KeyPairSpec::Rsa4096 => rsa(4096),
-        KeyPairSpec::EcP256 => ec(der::OID_P256, 32),
-        KeyPairSpec::EcP384 => ec(der::OID_P384, 48),
+        KeyPairSpec::EcP256 => ec(der::OID_P256),
+        KeyPairSpec::EcP384 => ec(der::OID_P384),
         _ => return Err(Failure::Status(Status::InvalidArgument)),
     };
     public_template.extend([Attribute::Token(false), Attribute::Verify(true)]);
     let private_template = [
         Attribute::Token(false),
         Attribute::Private(true),
-        Attribute::Sensitive(!readable),
-        Attribute::Extractable(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(exported || !cx.token.fips),
         Attribute::Sign(true),
     ];
     let (public, private) = cx
@@ -267,6 +269,82 @@ fn generate_pair<'s>(
         .generate_key_pair(&mechanism, &public_template, &private_template)
         .at(Step::Other)?;
     Ok((temp(cx.session, public), temp(cx.session, private), kind))
+}
+
+/// A private key out of the HSM as PKCS#8, never read as attributes and never in clear on
+/// the way: the token and this process agree on an AES key by ephemeral ECDH over P-256
+/// (`CKM_ECDH1_DERIVE`, SP 800-56A), which in the token is sensitive and for wrapping only;
+/// the token wraps the private key under it (AES key wrap with padding, RFC 5649) and this
+/// process unwraps the result in a zeroizing buffer. Both ephemeral keys die with the call.
+fn export_private(
+    cx: &OpContext<'_>,
+    private: &TempObject<'_>,
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let session = cx.session;
+    let public_template = [Attribute::Token(false), Attribute::EcParams(der::OID_P256.to_vec())];
+    let private_template = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Derive(true),
+    ];
+    let (theirs, agreeing) = session
+        .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
+        .at(Step::Other)?;
+    let (theirs, agreeing) = (temp(session, theirs), temp(session, agreeing));
+    let token_point = ec_point_of(cx, &theirs)?;
+    let token_public = p256::PublicKey::from_sec1_bytes(der::ec_point(&token_point))
+        .map_err(|_| Failure::Status(Status::HsmFailure))?;
+    let ours = ephemeral_p256()?;
+    let our_point =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&ours.public_key(), false);
+    let params = Ecdh1DeriveParams::new(EcKdf::null(), our_point.as_bytes());
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(32.into()),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+    ];
+    let wrapping = session
+        .derive_key(&Mechanism::Ecdh1Derive(params), agreeing.handle, &template)
+        .at(Step::Other)?;
+    let wrapping = temp(session, wrapping);
+    let wrapped = session
+        .wrap_key(&Mechanism::AesKeyWrapPad, wrapping.handle, private.handle)
+        .at(Step::Other)?;
+    let shared = p256::ecdh::diffie_hellman(ours.to_nonzero_scalar(), token_public.as_affine());
+    let key: [u8; 32] = (*shared.raw_secret_bytes()).into();
+    let key = Zeroizing::new(key);
+    let kek = aes_kw::KekAes256::from(*key);
+    let mut pkcs8 = Zeroizing::new(
+        kek.unwrap_with_padding_vec(&wrapped).map_err(|_| Failure::Status(Status::HsmFailure))?,
+    );
+    // SoftHSM2 zero-pads the key to a multiple of 8 bytes before RFC 5649 pads it again: what
+    // follows the PKCS#8 element must be zeros, and is dropped.
+    let len = der::element_len(&pkcs8).ok_or(Failure::Status(Status::HsmFailure))?;
+    if pkcs8.get(len..).is_some_and(|rest| rest.iter().any(|b| *b != 0)) {
+        return Err(Failure::Status(Status::HsmFailure));
+    }
+    pkcs8.truncate(len);
+    Ok(pkcs8)
+}
+
+/// A P-256 private key from the OS generator, for one agreement.
+fn ephemeral_p256() -> Result<p256::SecretKey, Failure> {
+    // A draw outside the curve's order (probability below 2^-32) is drawn again.
+    for _ in 0..8 {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        getrandom::fill(bytes.as_mut()).map_err(|_| Failure::Status(Status::Internal))?;
+        if let Ok(key) = p256::SecretKey::from_slice(bytes.as_ref()) {
+            return Ok(key);
+        }
+    }
+    Err(Failure::Status(Status::Internal))
 }
 
 /// An EC public key's CKA_EC_POINT, as the HSM returns it.
@@ -287,15 +365,24 @@ fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair
         .session
         .wrap_key(&Mechanism::AesKeyWrapPad, kek.handle, private.handle)
         .at(Step::Other)?;
-    let (kind, public_key_der) = match pair {
+    let kind = match pair {
+        PairKind::Rsa => WrappedKeyKind::RsaPrivate,
+        PairKind::Ec { .. } => WrappedKeyKind::EcPrivate,
+    };
+    let public_key_der = public_key_der(cx, &public, &pair)?;
+    Ok(KeyPair { private_key: WrappedKey { kind, blob }, public_key_der })
+}
+
+/// A public key as DER SubjectPublicKeyInfo, from its attributes.
+fn public_key_der(
+    cx: &OpContext<'_>,
+    public: &TempObject<'_>,
+    pair: &PairKind,
+) -> Result<Vec<u8>, Failure> {
+    match pair {
         PairKind::Rsa => {
-            let attrs = cx
-                .session
-                .get_attributes(
-                    public.handle,
-                    &[AttributeType::Modulus, AttributeType::PublicExponent],
-                )
-                .at(Step::Other)?;
+            let types = [AttributeType::Modulus, AttributeType::PublicExponent];
+            let attrs = cx.session.get_attributes(public.handle, &types).at(Step::Other)?;
             let (mut n, mut e) = (None, None);
             for a in attrs {
                 match a {
@@ -307,18 +394,17 @@ fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair
             let (Some(n), Some(e)) = (n, e) else {
                 return Err(Failure::Status(Status::HsmFailure));
             };
-            (WrappedKeyKind::RsaPrivate, der::rsa_spki(&n, &e))
+            Ok(der::rsa_spki(&n, &e))
         }
-        PairKind::Ec { oid, .. } => {
-            let point = ec_point_of(cx, &public)?;
-            (WrappedKeyKind::EcPrivate, der::ec_spki(oid, der::ec_point(&point)))
+        PairKind::Ec { oid } => {
+            let point = ec_point_of(cx, public)?;
+            Ok(der::ec_spki(oid, der::ec_point(&point)))
         }
-    };
-    Ok(KeyPair { private_key: WrappedKey { kind, blob }, public_key_der })
+    }
 }
 
-/// A key pair for a client to retrieve: generated in the HSM, its private key read out once as
-/// PKCS#8 (in zeroizing buffers) and sealed under the project KEK before it leaves the proxy.
+/// A key pair for a client to retrieve: generated in the HSM, its private key exported once,
+/// wrapped ([`export_private`]), and sealed under the project KEK before it leaves the proxy.
 fn generate_key_pair_sealed(
     cx: &OpContext<'_>,
     op: &GenerateKeyPairSealed,
@@ -326,55 +412,9 @@ fn generate_key_pair_sealed(
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     kek.serves(Purpose::Data)?;
     let (public, private, pair) = generate_pair(cx, op.spec, true)?;
-    let (pkcs8, public_key_der) = match pair {
-        PairKind::Rsa => {
-            let types = [
-                AttributeType::Modulus,
-                AttributeType::PublicExponent,
-                AttributeType::PrivateExponent,
-                AttributeType::Prime1,
-                AttributeType::Prime2,
-                AttributeType::Exponent1,
-                AttributeType::Exponent2,
-                AttributeType::Coefficient,
-            ];
-            let attrs = cx.session.get_attributes(private.handle, &types).at(Step::Other)?;
-            let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(8);
-            for attr in attrs {
-                let value = match attr {
-                    Attribute::Modulus(v)
-                    | Attribute::PublicExponent(v)
-                    | Attribute::PrivateExponent(v)
-                    | Attribute::Prime1(v)
-                    | Attribute::Prime2(v)
-                    | Attribute::Exponent1(v)
-                    | Attribute::Exponent2(v)
-                    | Attribute::Coefficient(v) => v,
-                    _ => return Err(Failure::Status(Status::HsmFailure)),
-                };
-                parts.push(Zeroizing::new(value));
-            }
-            let [n, e, d, p, q, dp, dq, qi] = parts.as_slice() else {
-                return Err(Failure::Status(Status::HsmFailure));
-            };
-            let pkcs8 = der::rsa_pkcs8([n, e, d, p, q, dp, dq, qi]);
-            (pkcs8, der::rsa_spki(n, e))
-        }
-        PairKind::Ec { oid, scalar_len } => {
-            let value = cx
-                .session
-                .get_attributes(private.handle, &[AttributeType::Value])
-                .at(Step::Other)?;
-            let Some(Attribute::Value(scalar)) = value.into_iter().next() else {
-                return Err(Failure::Status(Status::HsmFailure));
-            };
-            let scalar = Zeroizing::new(scalar);
-            let point = ec_point_of(cx, &public)?;
-            let point = der::ec_point(&point);
-            (der::ec_pkcs8(oid, scalar_len, &scalar, point), der::ec_spki(oid, point))
-        }
-    };
+    let pkcs8 = export_private(cx, &private)?;
     drop(private);
+    let public_key_der = public_key_der(cx, &public, &pair)?;
     let private_key_pkcs8 = seal(cx, &kek, &pkcs8, &op.aad)?;
     Ok(SealedKeyPair { private_key_pkcs8, public_key_der })
 }
