@@ -15,12 +15,19 @@ use hsm_proxy_proto::SecretBytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 
-/// The HSM the tests run on: SoftHSM2 unless `APPLIANCE_TEST_HSM=sim`.
+/// The HSM the tests run on: SoftHSM2 unless `APPLIANCE_TEST_HSM=sim`, or `sim-fips` for the
+/// simulator under its `fips` policy (and the proxy and the appliance in FIPS mode).
 pub fn test_hsm() -> devstack::HsmChoice {
     match std::env::var("APPLIANCE_TEST_HSM").as_deref() {
         Ok("sim") => devstack::HsmChoice::default(),
+        Ok("sim-fips") => devstack::HsmChoice::Sim { profile: "ideal".into(), fips: true },
         _ => devstack::HsmChoice::SoftHsm2,
     }
+}
+
+/// Whether the tests run in FIPS mode, where orders of non-approved algorithms fail.
+pub fn fips() -> bool {
+    test_hsm().fips()
 }
 
 /// Which database a test runs on.
@@ -78,6 +85,7 @@ impl Env {
         let proxy = stack.proxy_addr.to_string();
         let mut config =
             Config::development("127.0.0.1:0".parse().unwrap(), url, proxy, &stack.pki, 0);
+        config.hsm.fips = fips();
         change(&mut config);
         let app = appliance::build(&config).await.unwrap();
         Env { app, config, stack, db, dir }
