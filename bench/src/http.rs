@@ -66,6 +66,67 @@ impl std::fmt::Display for Scenario {
     }
 }
 
+/// How the fetch scenarios pick the project (and so the KEK) of each request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Access {
+    /// Every project as often.
+    Uniform,
+    /// Project of rank r (from 1) with probability proportional to 1 / r^s.
+    Zipf(f64),
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Uniform => f.write_str("uniform"),
+            Access::Zipf(s) => write!(f, "zipf s={s}"),
+        }
+    }
+}
+
+/// Draws project indices in `0..n` by an [`Access`] pattern, from a counter hashed by
+/// SplitMix64: workers share it without a lock.
+struct Picker {
+    /// Cumulative probabilities by rank, for Zipf; empty for uniform.
+    cdf: Vec<f64>,
+    n: usize,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl Picker {
+    fn new(n: usize, access: Access) -> Picker {
+        let cdf = match access {
+            Access::Uniform => Vec::new(),
+            Access::Zipf(exponent) => {
+                let weights: Vec<f64> =
+                    (1..=n).map(|rank| 1.0 / (rank as f64).powf(exponent)).collect();
+                let total: f64 = weights.iter().sum();
+                let mut sum = 0.0;
+                weights
+                    .iter()
+                    .map(|w| {
+                        sum += w / total;
+                        sum
+                    })
+                    .collect()
+            }
+        };
+        Picker { cdf, n: n.max(1), counter: std::sync::atomic::AtomicU64::new(0x9e37_79b9) }
+    }
+
+    fn next(&self) -> usize {
+        let mut z = self.counter.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        if self.cdf.is_empty() {
+            return usize::try_from(z % self.n as u64).unwrap_or(0);
+        }
+        let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|p| *p < u).min(self.n - 1)
+    }
+}
+
 /// Who the requests come from.
 #[derive(Clone)]
 pub enum Identity {
@@ -117,9 +178,13 @@ pub struct Barbican {
     /// For `https://`: the TLS client, and the name the server's certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     identity: Identity,
-    /// Paths of the secrets made beforehand, with their payloads: every fetch is checked.
-    pool: Vec<(String, [u8; 32])>,
+    /// Paths of the secrets made beforehand, with their payloads and the index of their
+    /// project: every fetch is checked.
+    pool: Vec<(String, [u8; 32], usize)>,
     next: AtomicUsize,
+    /// With no-auth identity, requests spread over this many projects (`{project}-{i}`).
+    projects: usize,
+    picker: Picker,
 }
 
 /// One worker's connection, made when first needed and again after the server closes it.
@@ -166,7 +231,36 @@ impl Barbican {
                 Some((TlsConnector::from(client_config(ca)?), name))
             }
         };
-        Ok(Barbican { base, authority, tls, identity, pool: Vec::new(), next: AtomicUsize::new(0) })
+        Ok(Barbican {
+            base,
+            authority,
+            tls,
+            identity,
+            pool: Vec::new(),
+            next: AtomicUsize::new(0),
+            projects: 1,
+            picker: Picker::new(1, Access::Uniform),
+        })
+    }
+
+    /// Spreads the fetch scenarios over `projects` projects (no-auth identity only), each
+    /// request's picked by `access`; secret-store and order requests go to the first.
+    pub fn spread(&mut self, projects: usize, access: Access) -> anyhow::Result<()> {
+        if projects > 1 && matches!(self.identity, Identity::Token(_)) {
+            bail!("--projects needs no-auth identity: a Keystone token names one project");
+        }
+        self.projects = projects.max(1);
+        self.picker = Picker::new(self.projects, access);
+        Ok(())
+    }
+
+    /// The no-auth project of index `i` when requests are spread; `None` for the identity's
+    /// own.
+    fn project(&self, i: usize) -> Option<String> {
+        match &self.identity {
+            Identity::NoAuth { project, .. } if self.projects > 1 => Some(format!("{project}-{i}")),
+            _ => None,
+        }
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
@@ -194,6 +288,19 @@ impl Barbican {
         accept: &str,
         body: Option<String>,
     ) -> anyhow::Result<Response> {
+        self.send_as(session, None, method, path, accept, body).await
+    }
+
+    /// [`Barbican::send`], in no-auth `project` when given.
+    async fn send_as(
+        &self,
+        session: &mut Session,
+        project: Option<&str>,
+        method: Method,
+        path: &str,
+        accept: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<Response> {
         let mut sender = match session.sender.take() {
             Some(sender) => sender,
             None => self.connect().await?,
@@ -209,8 +316,8 @@ impl Barbican {
             .header(HOST, &self.authority)
             .header(ACCEPT, accept);
         request = match &self.identity {
-            Identity::NoAuth { project, roles, user } => request
-                .header("X-Project-Id", project)
+            Identity::NoAuth { project: own, roles, user } => request
+                .header("X-Project-Id", project.unwrap_or(own))
                 .header("X-Roles", roles)
                 .header("X-User-Id", user),
             Identity::Token(token) => request.header("X-Auth-Token", token),
@@ -236,6 +343,15 @@ impl Barbican {
 
     /// Stores one 32-byte key; the path of its reference, and the key.
     async fn store(&self, session: &mut Session) -> Result<(String, [u8; 32]), String> {
+        self.store_in(session, None).await
+    }
+
+    /// [`Barbican::store`] in no-auth `project` when given.
+    async fn store_in(
+        &self,
+        session: &mut Session,
+        project: Option<&str>,
+    ) -> Result<(String, [u8; 32]), String> {
         let mut key = [0u8; 32];
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -248,8 +364,9 @@ impl Barbican {
             "bit_length": 256,
             "mode": "xts",
         });
+        let body = Some(body.to_string());
         let (status, body) = self
-            .send(session, Method::POST, "/v1/secrets", "application/json", Some(body.to_string()))
+            .send_as(session, project, Method::POST, "/v1/secrets", "application/json", body)
             .await
             .map_err(transport)?;
         if status != StatusCode::CREATED {
@@ -258,28 +375,43 @@ impl Barbican {
         Ok((reference(&body, "secret_ref")?, key))
     }
 
-    /// Makes the pool of secrets the fetch scenarios read.
+    /// Makes the pool of secrets the fetch scenarios read: at least one per project, secret
+    /// `i` in project `i % projects`.
     pub async fn fill_pool(&mut self, size: usize) -> anyhow::Result<()> {
+        let size = size.max(self.projects);
         let mut session = Session::default();
         let mut pool = Vec::with_capacity(size);
-        for _ in 0..size {
-            pool.push(
-                self.store(&mut session)
-                    .await
-                    .map_err(anyhow::Error::msg)
-                    .context("storing the pool of secrets")?,
-            );
+        for i in 0..size {
+            let project = i % self.projects;
+            let (path, key) = self
+                .store_in(&mut session, self.project(project).as_deref())
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("storing the pool of secrets")?;
+            pool.push((path, key, project));
         }
         self.pool = pool;
         Ok(())
     }
 
-    fn pick(&self) -> Result<&(String, [u8; 32]), String> {
+    /// The next secret to fetch: in turn with one project, else from a project drawn by the
+    /// access pattern.
+    fn pick(&self) -> Result<&(String, [u8; 32], usize), String> {
         if self.pool.is_empty() {
             return Err("no secrets in the pool".into());
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        Ok(&self.pool[i])
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let i = if self.projects > 1 {
+            // The project's secrets are project, project + projects, ...
+            let project = self.picker.next();
+            let per_project = self.pool.len().div_ceil(self.projects);
+            let k = turn % per_project;
+            let i = project + k * self.projects;
+            if i < self.pool.len() { i } else { project }
+        } else {
+            turn % self.pool.len()
+        };
+        self.pool.get(i).ok_or_else(|| "pool index out of range".to_owned())
     }
 
     /// Runs one request of `scenario` on the worker's `session`.
@@ -287,10 +419,18 @@ impl Barbican {
         match scenario {
             Scenario::SecretStore => self.store(session).await.map(|_| 1),
             Scenario::PayloadGet => {
-                let (secret, key) = self.pick()?;
+                let (secret, key, project) = self.pick()?;
                 let path = format!("{secret}/payload");
+                let project = self.project(*project);
                 let (status, body) = self
-                    .send(session, Method::GET, &path, "application/octet-stream", None)
+                    .send_as(
+                        session,
+                        project.as_deref(),
+                        Method::GET,
+                        &path,
+                        "application/octet-stream",
+                        None,
+                    )
                     .await
                     .map_err(transport)?;
                 match status {
@@ -301,9 +441,17 @@ impl Barbican {
                 }
             }
             Scenario::MetadataGet => {
-                let (path, _) = self.pick()?;
+                let (path, _, project) = self.pick()?;
+                let project = self.project(*project);
                 let (status, _) = self
-                    .send(session, Method::GET, path, "application/json", None)
+                    .send_as(
+                        session,
+                        project.as_deref(),
+                        Method::GET,
+                        path,
+                        "application/json",
+                        None,
+                    )
                     .await
                     .map_err(transport)?;
                 if status == StatusCode::OK {
@@ -419,6 +567,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn zipf_favours_low_ranks_as_its_exponent_says_and_uniform_does_not() {
+        let draws = 200_000;
+        let count = |picker: &Picker| {
+            let mut counts = vec![0usize; picker.n];
+            for _ in 0..draws {
+                counts[picker.next()] += 1;
+            }
+            counts
+        };
+        // s = 1 over 100 ranks: rank 1 has 1/H(100) = 19.3 % of draws, rank 2 half of that.
+        let zipf = count(&Picker::new(100, Access::Zipf(1.0)));
+        let first = zipf[0] as f64 / draws as f64;
+        assert!((first - 0.193).abs() < 0.01, "{first}");
+        let ratio = zipf[0] as f64 / zipf[1] as f64;
+        assert!((ratio - 2.0).abs() < 0.1, "{ratio}");
+        let uniform = count(&Picker::new(100, Access::Uniform));
+        assert!(uniform.iter().all(|c| (1_600..2_400).contains(c)), "{uniform:?}");
+    }
+
+    #[test]
     fn scenarios_parse() {
         for s in ["secret-store", "payload-get", "metadata-get", "order"] {
             assert_eq!(s.parse::<Scenario>().unwrap().to_string(), s);
@@ -504,7 +672,7 @@ mod tests {
         b.check().await.unwrap();
         b.fill_pool(5).await.unwrap();
         assert_eq!(b.pool.len(), 5);
-        assert!(b.pool.iter().all(|(path, _)| path == "/v1/secrets/x"), "{:?}", b.pool);
+        assert!(b.pool.iter().all(|(path, _, _)| path == "/v1/secrets/x"), "{:?}", b.pool);
         let mut session = Session::default();
         for _ in 0..5 {
             assert_eq!(b.run(&mut session, Scenario::SecretStore).await, Ok(1));

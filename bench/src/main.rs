@@ -97,9 +97,20 @@ enum Command {
         /// Secrets made beforehand for the fetch scenarios.
         #[arg(long, default_value_t = 100)]
         pool: usize,
-        /// No-auth X-Project-Id.
+        /// No-auth X-Project-Id (with --projects, the prefix of `{project}-{i}`).
         #[arg(long, default_value = "hsm-bench")]
         project: String,
+        /// Spread the fetch scenarios over this many projects, each with a KEK of its own
+        /// (no-auth identity); the pool holds at least one secret per project.
+        #[arg(long, default_value_t = 1)]
+        projects: usize,
+        /// How a fetch picks its project: `uniform`, or `zipf` (rank r drawn in proportion
+        /// to 1/r^s, --zipf-s).
+        #[arg(long, default_value = "uniform")]
+        access: String,
+        /// The exponent s of --access zipf.
+        #[arg(long, default_value_t = 1.0)]
+        zipf_s: f64,
         /// No-auth X-Roles.
         #[arg(long, default_value = "member,reader")]
         roles: String,
@@ -295,10 +306,19 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             pool,
             project,
+            projects,
+            access,
+            zipf_s,
             roles,
             token_file,
             run,
         } => {
+            let access = match access.as_str() {
+                "uniform" => http::Access::Uniform,
+                "zipf" if zipf_s.is_finite() && zipf_s > 0.0 => http::Access::Zipf(zipf_s),
+                "zipf" => anyhow::bail!("--zipf-s {zipf_s}: must be a positive number"),
+                other => anyhow::bail!("--access {other:?}: expected uniform or zipf"),
+            };
             let identity = match token_file {
                 Some(path) => http::Identity::Token(
                     std::fs::read_to_string(&path)
@@ -317,15 +337,21 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let mut barbican = http::Barbican::new(&base, identity, ca.as_deref())?;
                 barbican.check().await?;
+                barbican.spread(projects, access)?;
                 if scenarios
                     .iter()
                     .any(|s| matches!(s, http::Scenario::PayloadGet | http::Scenario::MetadataGet))
                 {
-                    eprintln!("storing {pool} secrets to fetch");
+                    eprintln!("storing {} secrets to fetch", pool.max(projects));
                     barbican.fill_pool(pool).await?;
                 }
                 let barbican = Arc::new(barbican);
-                let mut report = report_for("Barbican v1 API load", &base, &run);
+                let title = if projects > 1 {
+                    format!("Barbican v1 API load, {projects} projects, {access} access")
+                } else {
+                    "Barbican v1 API load".to_owned()
+                };
+                let mut report = report_for(&title, &base, &run);
                 for s in scenarios {
                     for &c in &levels {
                         let workers: Vec<AsyncOp> = (0..c)

@@ -185,6 +185,40 @@ fn http_load_on_the_api() {
     assert_eq!(report["cells"].as_array().unwrap().len(), 8);
 }
 
+/// Payload fetches spread over many projects, each with its KEK: every project gets its
+/// secret (and so its KEK), and every fetch, in its own project, reads the right payload.
+#[test]
+fn http_load_over_many_projects() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("data"));
+    let api = stack.api_url();
+    for access in ["uniform", "zipf"] {
+        let report = hsm_bench(
+            &["http", "--base", &api, "--scenario", "payload-get", "--concurrency", "4"]
+                .into_iter()
+                .chain(["--projects", "40", "--access", access, "--pool", "10"])
+                .collect::<Vec<_>>(),
+            &[],
+        );
+        let cells = report["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), 1);
+        assert!(report["title"].as_str().unwrap_or_default().contains("40 projects"), "{report}");
+    }
+    let database = stack.info["database"].as_str().unwrap().to_owned();
+    let file = database.trim_start_matches("sqlite://").to_owned();
+    let db = rusqlite::Connection::open(file).unwrap();
+    let projects: i64 = db
+        .query_row(
+            "SELECT COUNT(DISTINCT project_id) FROM project_keks WHERE project_id LIKE 'hsm-bench-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(projects, 40);
+    let (status, log) = stack.stop();
+    assert!(status.success(), "{log}");
+}
+
 /// The same load over HTTPS on `appliance dev --tls`, the certificate checked against the dev CA.
 #[test]
 fn http_load_over_https() {
@@ -232,6 +266,10 @@ fn bad_arguments_are_clear_errors() {
             .contains("payload-get")
     );
     assert!(run(&["http", "--base", "https://127.0.0.1:9"]).contains("needs --ca"));
+    assert!(
+        run(&["http", "--base", "http://127.0.0.1:9", "--access", "pareto"])
+            .contains("expected uniform or zipf")
+    );
     assert!(run(&["proxy", "--duration", "5h"]).contains("units are ms, s, m"));
     assert!(run(&["proxy", "--ops", "decrypt-32"]).contains("give --endpoint (or --dev-json)"));
     assert!(run(&["compare", "--batch", "0"]).contains("--batch must be at least 1"));

@@ -261,7 +261,8 @@ const HOST_SHARE: (u64, u64) = (6, 5);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
-    /// Unwrapped project KEKs kept in the HSM (least recently used go first).
+    /// The most unwrapped project KEKs kept in the HSM (least recently used go first); fewer
+    /// where the token runs out of room for objects, which the cache learns as it goes.
     #[serde(default = "defaults::kek_cache_capacity")]
     pub kek_cache_capacity: usize,
 }
@@ -419,8 +420,10 @@ mod defaults {
     pub(super) fn max_deadline_ms() -> u32 {
         60_000
     }
+    /// Every project of a large cloud, where the token has the room: a miss costs an unwrap
+    /// in the HSM, a held KEK one object.
     pub(super) fn kek_cache_capacity() -> usize {
-        1024
+        16_384
     }
     pub(super) fn health_cache_ms() -> u64 {
         1_000

@@ -1,5 +1,10 @@
 //! The KEK cache: project KEKs unwrapped into the HSM once and reused by handle.
 //!
+//! Its capacity is learned from the token: it starts at `[keys] kek_cache_capacity`, and when
+//! the token has no room for another object (`CKR_DEVICE_MEMORY` on an unwrap) it shrinks to
+//! seven eighths of what it holds and the unwrap is retried; after as many unwraps as it holds
+//! without running out, it grows back by an eighth, up to the configured capacity.
+//!
 //! Unwrapped KEKs are session objects owned by the key-holder session, so they survive the loss
 //! of any worker session and are visible to all of them. The cache is bounded (least recently
 //! used first out) because HSM object slots are. An evicted KEK is destroyed only once no worker
@@ -11,6 +16,7 @@
 //! decrypt) or keys (wrap and unwrap), and is unwrapped with that purpose's usages only.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cryptoki::mechanism::Mechanism;
@@ -114,23 +120,73 @@ impl Drop for KekEntry {
 pub(crate) struct KekCache {
     entries: Mutex<LruCache<KekId, Arc<KekEntry>>>,
     graveyard: Arc<Mutex<Vec<(Stamp, ObjectHandle)>>>,
-    capacity: usize,
+    /// The configured capacity: the most it ever holds.
+    ceiling: usize,
+    /// Unwraps since the token last ran out of room, towards growing back.
+    roomy_unwraps: AtomicUsize,
     metrics: Arc<Metrics>,
 }
+
+/// The fewest KEKs the cache shrinks to: below that, the token's room is taken by something
+/// else, and shrinking further would only turn hits into unwraps.
+const MIN_CAPACITY: usize = 16;
 
 impl KekCache {
     pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         let cap = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        metrics.kek_cache_capacity.set(gauge(cap.get()));
         Self {
             entries: Mutex::new(LruCache::new(cap)),
             graveyard: Arc::new(Mutex::new(Vec::new())),
-            capacity: cap.get(),
+            ceiling: cap.get(),
+            roomy_unwraps: AtomicUsize::new(0),
             metrics,
         }
     }
 
+    /// The most KEKs it holds now.
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        lock(&self.entries).cap().get()
+    }
+
+    /// The token had no room for another object: holds an eighth fewer KEKs (no fewer than
+    /// [`MIN_CAPACITY`]); `false` when it cannot shrink further.
+    fn shrink(&self) -> bool {
+        let mut entries = lock(&self.entries);
+        let before = entries.cap().get();
+        let target = (entries.len() * 7 / 8).max(MIN_CAPACITY);
+        let Some(cap) = NonZeroUsize::new(target).filter(|c| c.get() < before) else {
+            return false;
+        };
+        // Evicted entries go to the graveyard (or later, when their last user lets go).
+        entries.resize(cap);
+        self.metrics.kek_cache_entries.set(gauge(entries.len()));
+        self.metrics.kek_cache_capacity.set(gauge(cap.get()));
+        self.roomy_unwraps.store(0, Ordering::Relaxed);
+        drop(entries);
+        tracing::warn!(
+            from = before,
+            to = cap.get(),
+            "the token has no room for another object: the KEK cache holds fewer KEKs"
+        );
+        true
+    }
+
+    /// After an unwrap the token had room for: grows back by an eighth once it has had room for
+    /// as many unwraps as the cache holds.
+    fn had_room(&self) {
+        let roomy = self.roomy_unwraps.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut entries = lock(&self.entries);
+        let cap = entries.cap().get();
+        if cap >= self.ceiling || roomy < cap {
+            return;
+        }
+        let grown = (cap + cap.div_ceil(8)).min(self.ceiling);
+        if let Some(grown) = NonZeroUsize::new(grown) {
+            entries.resize(grown);
+            self.metrics.kek_cache_capacity.set(gauge(grown.get()));
+            self.roomy_unwraps.store(0, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -179,10 +235,20 @@ impl KekCache {
             Attribute::Wrap(keys),
             Attribute::Unwrap(keys),
         ];
-        let unwrapped = holder
-            .session
-            .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, blob.wrapped, &template)
-            .at(Step::KekUnwrap);
+        let unwrap = |session: &cryptoki::session::Session| {
+            session
+                .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, blob.wrapped, &template)
+                .at(Step::KekUnwrap)
+        };
+        let mut unwrapped = unwrap(&holder.session);
+        if unwrapped.as_ref().is_err_and(Failure::out_of_room) && self.shrink() {
+            // Make the room: destroy what the shrinking evicted, then try once more.
+            self.bury(&holder.session, stamp);
+            unwrapped = unwrap(&holder.session);
+        }
+        if unwrapped.is_ok() {
+            self.had_room();
+        }
         let handle = match unwrapped {
             Ok(handle) => handle,
             Err(failure) => {
@@ -215,15 +281,21 @@ impl KekCache {
         // Dropping the evicted entry (outside the cache lock) sends it to the graveyard if no
         // worker holds it; then the graveyard is emptied with the key-holder we hold.
         drop(evicted);
+        self.bury(&holder.session, stamp);
+        Ok(entry)
+    }
+
+    /// Destroys the graveyard's objects with the key-holder session of `stamp`, which the
+    /// caller holds.
+    fn bury(&self, keyholder: &cryptoki::session::Session, stamp: Stamp) {
         let dead: Vec<_> = lock(&self.graveyard).drain(..).collect();
         for (dead_stamp, handle) in dead {
             // Objects of an earlier epoch or key-holder died with it; their handle numbers may
             // have been reused since.
             if dead_stamp == stamp {
-                let _ = holder.session.destroy_object(handle);
+                let _ = keyholder.destroy_object(handle);
             }
         }
-        Ok(entry)
     }
 
     fn lookup(&self, kek: &Kek, stamp: Stamp) -> Result<Option<Arc<KekEntry>>, Failure> {

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub(crate) kek_cache_misses: IntCounter,
     pub(crate) kek_cache_evictions: IntCounter,
     pub(crate) kek_cache_entries: IntGauge,
+    pub(crate) kek_cache_capacity: IntGauge,
     /// Failed PKCS#11 calls, by function and CKR_* value.
     pub(crate) pkcs11_errors: IntCounterVec,
     /// Open client connections.
@@ -161,6 +162,11 @@ impl Metrics {
                 "Unwrapped project KEKs evicted to make room",
             ),
             kek_cache_entries: gauge("kek_cache_entries", "Unwrapped project KEKs in the HSM"),
+            kek_cache_capacity: gauge(
+                "kek_cache_capacity",
+                "Most unwrapped project KEKs kept: [keys] kek_cache_capacity, or less where the \
+                 token ran out of object room",
+            ),
             pkcs11_errors: counter_vec(
                 "pkcs11_errors_total",
                 "Failed PKCS#11 calls, by function and return value",

@@ -149,7 +149,7 @@ async fn health_is_a_real_operation_on_the_token() {
     let health = client.call(Health).await.unwrap();
     assert_eq!(health.token_label, token.label);
     assert!(health.sessions >= 1);
-    assert_eq!(health.kek_cache_capacity, 1024);
+    assert_eq!(health.kek_cache_capacity, 16_384);
     proxy.assert_healthy();
 }
 
@@ -642,5 +642,39 @@ async fn fips_mode_needs_ivs_drawn_inside_the_token() {
         let opened = decrypt(&client, &kek, &sealed, b"aad").await.unwrap();
         assert_eq!(opened.expose_secret(), b"same plaintext");
     }
+    proxy.assert_healthy();
+}
+
+/// A token with room for few objects: the KEK cache learns it. More project KEKs than the
+/// token can hold are used in turn; when an unwrap finds no room the cache holds fewer and
+/// retries, so no operation fails, and it settles below the token's capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kek_cache_learns_how_many_objects_the_token_holds() {
+    if !common::is_simulator() {
+        return; // SoftHSM2 has no object limit to learn.
+    }
+    let profile = "name = \"small\"\nengines = 4\nlink_rtt_us = 0.0\nmax_sessions = 64\n\
+                   object_capacity = 48\nqueue_limit = 0\n[service]\n[default_service]\n\
+                   kind = \"fixed\"\nus = 0.0\n";
+    let token = Token::simulator_with_profile(profile).await;
+    let settings = Settings { extra: "[pool]\npipeline_depth = 2\n".into(), ..Settings::default() };
+    let mut proxy = Proxy::start(&token, &settings);
+    let client = proxy.client();
+    let mut keks = Vec::new();
+    for _ in 0..80 {
+        keks.push(client.call(GenerateKek).await.unwrap());
+    }
+    for round in 0..3u8 {
+        for kek in &keks {
+            let sealed = encrypt(&client, kek, &[round; 16], b"aad").await;
+            let opened = decrypt(&client, kek, &sealed, b"aad").await.unwrap();
+            assert_eq!(opened.expose_secret(), &[round; 16]);
+        }
+    }
+    let metrics = proxy.metrics_text();
+    assert_eq!(common::failed_operations(&metrics), 0.0, "{metrics}");
+    let capacity = common::metric_value(&metrics, "hsm_proxy_kek_cache_capacity");
+    assert!((16.0..48.0).contains(&capacity), "capacity {capacity}");
+    assert!(proxy.log().contains("the KEK cache holds fewer KEKs"), "{}", proxy.log());
     proxy.assert_healthy();
 }

@@ -163,6 +163,11 @@ impl Failure {
         self.class() == Class::KeyholderLost
     }
 
+    /// Whether the token had no room for another object (`CKR_DEVICE_MEMORY`).
+    pub(crate) fn out_of_room(&self) -> bool {
+        matches!(self, Failure::Pkcs11 { rv: RvError::DeviceMemory, .. })
+    }
+
     /// The PKCS#11 function and return value, for logs and metrics.
     pub(crate) fn pkcs11(&self) -> Option<(Function, RvError)> {
         match self {

@@ -71,6 +71,26 @@ impl Token {
         }
     }
 
+    /// A simulator token under the latency profile of TOML `profile` (for the simulator's
+    /// module only).
+    pub async fn simulator_with_profile(profile: &str) -> Token {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let file = dir.join("profile.toml");
+        std::fs::write(&file, profile).unwrap();
+        let choice = devstack::HsmChoice::Sim { profile: file.display().to_string(), fips: false };
+        let hsm = TestToken::start(&dir.join("hsm"), &choice).await;
+        let (name, value) = hsm.module_env().expect("the token's module is configured");
+        Token {
+            env: (name.to_owned(), value.to_owned()),
+            label: hsm.label().to_owned(),
+            pin_file: hsm.pin_file().to_owned(),
+            dir,
+            _tmp: Some(tmp),
+            hsm: Some(hsm),
+        }
+    }
+
     /// The simulator's fault file (the simulator is the HSM, in this process).
     pub fn fault_file(&self) -> PathBuf {
         let hsm = self.hsm.as_ref().expect("the token of this process");
