@@ -1,9 +1,10 @@
 //! The KEK cache: project KEKs unwrapped into the HSM once and reused by handle.
 //!
 //! Its capacity is learned from the token: it starts at `[keys] kek_cache_capacity`, and when
-//! the token has no room for another object (`CKR_DEVICE_MEMORY` on an unwrap) it shrinks to
-//! seven eighths of what it holds and the unwrap is retried; after as many unwraps as it holds
-//! without running out, it grows back by an eighth, up to the configured capacity.
+//! the token has no room for another object (`CKR_DEVICE_MEMORY` from an unwrap, or from any
+//! operation's call that makes an object) it shrinks to seven eighths of what it holds and the
+//! call is retried; after as many unwraps as it holds without running out, it grows back by an
+//! eighth, up to the configured capacity.
 //!
 //! Unwrapped KEKs are session objects owned by the key-holder session, so they survive the loss
 //! of any worker session and are visible to all of them. The cache is bounded (least recently
@@ -170,6 +171,15 @@ impl KekCache {
             "the token has no room for another object: the KEK cache holds fewer KEKs"
         );
         true
+    }
+
+    /// Another operation found no room for an object in the token: the cache holds an eighth
+    /// fewer KEKs, destroyed now with the key-holder of `epoch`, so that its retry finds room.
+    pub(crate) fn make_room(&self, epoch: &Epoch) {
+        let holder = lock(&epoch.keyholder);
+        if self.shrink() {
+            self.bury(&holder.session, (epoch.number, holder.generation));
+        }
     }
 
     /// After an unwrap the token had room for: grows back by an eighth once it has had room for

@@ -553,6 +553,12 @@ impl Worker {
                         self.keys.evict(&id);
                     }
                 }
+                Class::Busy if failure.out_of_room() => {
+                    // The token's objects are mostly cached KEKs: fewer of them make the room.
+                    if let Some(epoch) = self.token.read().epoch() {
+                        self.keys.make_room(epoch);
+                    }
+                }
                 Class::Busy => {
                     // A worker thread, not the runtime's: sleeping here holds up only this
                     // share, while the device drains its queue.

@@ -646,8 +646,9 @@ async fn fips_mode_needs_ivs_drawn_inside_the_token() {
 }
 
 /// A token with room for few objects: the KEK cache learns it. More project KEKs than the
-/// token can hold are used in turn; when an unwrap finds no room the cache holds fewer and
-/// retries, so no operation fails, and it settles below the token's capacity.
+/// token can hold are used in turn; when an unwrap, or another operation making an object,
+/// finds no room the cache holds fewer and the call is retried, so no operation fails, and the
+/// cache settles below the token's capacity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kek_cache_learns_how_many_objects_the_token_holds() {
     if !common::is_simulator() {
@@ -671,10 +672,54 @@ async fn the_kek_cache_learns_how_many_objects_the_token_holds() {
             assert_eq!(opened.expose_secret(), &[round; 16]);
         }
     }
+    // With the cache full, operations that make objects of their own find room too.
+    let keys = client.call(GenerateWrappingKek).await.unwrap();
+    for _ in 0..20 {
+        client.call(GenerateKek).await.unwrap();
+        let pair = GenerateKeyPair { kek: keys.clone(), spec: KeyPairSpec::EcP256 };
+        client.call(pair).await.unwrap();
+        let sealed = encrypt(&client, &keks[0], b"x", b"aad").await;
+        decrypt(&client, &keks[0], &sealed, b"aad").await.unwrap();
+    }
     let metrics = proxy.metrics_text();
     assert_eq!(common::failed_operations(&metrics), 0.0, "{metrics}");
     let capacity = common::metric_value(&metrics, "hsm_proxy_kek_cache_capacity");
     assert!((16.0..48.0).contains(&capacity), "capacity {capacity}");
     assert!(proxy.log().contains("the KEK cache holds fewer KEKs"), "{}", proxy.log());
+    proxy.assert_healthy();
+}
+
+/// The cache fills the token to its last object; an operation that makes an object of its own
+/// (`GenerateKek`'s key) finds no room, the cache gives up an eighth of its KEKs, and the
+/// operation's retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_out_of_room_is_made_room_for() {
+    if !common::is_simulator() {
+        return; // SoftHSM2 has no object limit.
+    }
+    let profile = "name = \"small\"\nengines = 4\nlink_rtt_us = 0.0\nmax_sessions = 64\n\
+                   object_capacity = 48\nqueue_limit = 0\n[service]\n[default_service]\n\
+                   kind = \"fixed\"\nus = 0.0\n";
+    let token = Token::simulator_with_profile(profile).await;
+    // The master key and 47 KEKs: every object the token holds.
+    let settings = Settings {
+        extra: "[pool]\npipeline_depth = 1\n[keys]\nkek_cache_capacity = 47\n".into(),
+        ..Settings::default()
+    };
+    let mut proxy = Proxy::start(&token, &settings);
+    let client = proxy.client();
+    let mut keks = Vec::new();
+    for _ in 0..47 {
+        keks.push(client.call(GenerateKek).await.unwrap());
+    }
+    for kek in &keks {
+        encrypt(&client, kek, b"fills the cache", b"").await;
+    }
+    assert_eq!(proxy.metric("hsm_proxy_kek_cache_entries"), 47.0);
+    client.call(GenerateKek).await.unwrap();
+    let metrics = proxy.metrics_text();
+    assert_eq!(common::failed_operations(&metrics), 0.0, "{metrics}");
+    assert_eq!(common::metric_value(&metrics, "hsm_proxy_kek_cache_capacity"), 41.0);
+    assert!(common::metric_value(&metrics, "hsm_proxy_retries_total") >= 1.0, "{metrics}");
     proxy.assert_healthy();
 }

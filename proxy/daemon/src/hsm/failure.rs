@@ -163,9 +163,21 @@ impl Failure {
         self.class() == Class::KeyholderLost
     }
 
-    /// Whether the token had no room for another object (`CKR_DEVICE_MEMORY`).
+    /// Whether the token had no room for another object: `CKR_DEVICE_MEMORY` from a call that
+    /// makes one.
     pub(crate) fn out_of_room(&self) -> bool {
-        matches!(self, Failure::Pkcs11 { rv: RvError::DeviceMemory, .. })
+        matches!(
+            self,
+            Failure::Pkcs11 {
+                rv: RvError::DeviceMemory,
+                function: Function::GenerateKey
+                    | Function::GenerateKeyPair
+                    | Function::UnwrapKey
+                    | Function::DeriveKey
+                    | Function::CreateObject,
+                ..
+            }
+        )
     }
 
     /// The PKCS#11 function and return value, for logs and metrics.
