@@ -723,3 +723,50 @@ async fn an_operation_out_of_room_is_made_room_for() {
     assert!(common::metric_value(&metrics, "hsm_proxy_retries_total") >= 1.0, "{metrics}");
     proxy.assert_healthy();
 }
+
+/// Every operation on a token under the simulator's `fips` policy, which refuses IVs from
+/// outside, keys that are not sensitive, keys of two purposes and export other than wrapped:
+/// data under a data KEK, key pairs under a key KEK, sealed pairs exported by ECDH and key
+/// wrap; a blob without a purpose header is a data KEK there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_works_on_a_fips_mode_token() {
+    use hsm_proxy_proto::op::GenerateKeyPairSealed;
+    if !common::is_simulator() {
+        return; // SoftHSM2 has no FIPS mode.
+    }
+    let token = Token::fips_simulator().await;
+    let settings = Settings { pkcs11_extra: "fips = true\n".into(), ..Settings::default() };
+    let mut proxy = Proxy::start(&token, &settings);
+    let client = proxy.client();
+    let kek = client.call(GenerateKek).await.unwrap();
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    let key = GenerateSymmetric { kek: kek.clone(), bits: 256, aad: vec![] };
+    client.call(key).await.unwrap();
+    let keys = client.call(GenerateWrappingKek).await.unwrap();
+    for (spec, mechanism) in [
+        (KeyPairSpec::Rsa2048, SignMechanism::RsaPssSha256),
+        (KeyPairSpec::EcP256, SignMechanism::EcdsaSha256),
+    ] {
+        let pair = client.call(GenerateKeyPair { kek: keys.clone(), spec }).await.unwrap();
+        let sign = Sign {
+            kek: keys.clone(),
+            key: pair.private_key.clone(),
+            mechanism,
+            data: MESSAGE.to_vec(),
+        };
+        let sig = client.call(sign).await.unwrap();
+        verify(spec, mechanism, &pair.public_key_der, MESSAGE, &sig.bytes);
+        let sealed_pair = GenerateKeyPairSealed { kek: kek.clone(), spec, aad: AAD.to_vec() };
+        let sealed_pair = client.call(sealed_pair).await.unwrap();
+        let pkcs8 = decrypt(&client, &kek, &sealed_pair.private_key_pkcs8, AAD).await.unwrap();
+        assert_eq!(pkcs8.expose_secret()[0], 0x30);
+    }
+    assert_eq!(common::failed_operations(&proxy.metrics_text()), 0.0);
+    let unnamed = Kek { id: KekId([0x5c; 16]), wrapped: kek.wrapped[3..].to_vec() };
+    let sealed = encrypt(&client, &unnamed, PLAINTEXT, AAD).await;
+    assert_eq!(decrypt(&client, &unnamed, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    let pair = GenerateKeyPair { kek: unnamed, spec: KeyPairSpec::EcP256 };
+    assert_eq!(status(client.call(pair).await), Status::InvalidArgument);
+    proxy.assert_healthy();
+}

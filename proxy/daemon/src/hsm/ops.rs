@@ -231,13 +231,12 @@ enum PairKind {
     Ec { oid: &'static [u8] },
 }
 
-/// Generates a session key pair of `spec`, its private key sensitive and for signing. One
-/// that is `exported` (a sealed pair's, whose client is to receive it) is also extractable,
-/// to leave the HSM once, wrapped ([`export_private`]).
+/// Generates a session key pair of `spec`, its private key sensitive and for signing, and
+/// extractable: it leaves the HSM once, wrapped, under the project KEK or under the key of
+/// [`export_private`].
 fn generate_pair<'s>(
     cx: &OpContext<'s>,
     spec: KeyPairSpec,
-    exported: bool,
 ) -> Result<(TempObject<'s>, TempObject<'s>, PairKind), Failure> {
     let rsa = |bits: u64| {
         let template =
@@ -261,7 +260,7 @@ fn generate_pair<'s>(
         Attribute::Token(false),
         Attribute::Private(true),
         Attribute::Sensitive(true),
-        Attribute::Extractable(exported || !cx.token.fips),
+        Attribute::Extractable(true),
         Attribute::Sign(true),
     ];
     let (public, private) = cx
@@ -360,7 +359,7 @@ fn ec_point_of(cx: &OpContext<'_>, public: &TempObject<'_>) -> Result<Vec<u8>, F
 fn generate_key_pair(cx: &OpContext<'_>, op: &GenerateKeyPair) -> Result<KeyPair, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     kek.serves(Purpose::Wrapping)?;
-    let (public, private, pair) = generate_pair(cx, op.spec, false)?;
+    let (public, private, pair) = generate_pair(cx, op.spec)?;
     let blob = cx
         .session
         .wrap_key(&Mechanism::AesKeyWrapPad, kek.handle, private.handle)
@@ -411,7 +410,7 @@ fn generate_key_pair_sealed(
 ) -> Result<SealedKeyPair, Failure> {
     let kek = cx.keys.resolve(&op.kek, cx.token, cx.epoch)?;
     kek.serves(Purpose::Data)?;
-    let (public, private, pair) = generate_pair(cx, op.spec, true)?;
+    let (public, private, pair) = generate_pair(cx, op.spec)?;
     let pkcs8 = export_private(cx, &private)?;
     drop(private);
     let public_key_der = public_key_der(cx, &public, &pair)?;

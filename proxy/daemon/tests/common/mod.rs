@@ -74,11 +74,26 @@ impl Token {
     /// A simulator token under the latency profile of TOML `profile` (for the simulator's
     /// module only).
     pub async fn simulator_with_profile(profile: &str) -> Token {
+        Token::simulator(Some(profile), false).await
+    }
+
+    /// A simulator token under its `fips` policy (for the simulator's module only).
+    pub async fn fips_simulator() -> Token {
+        Token::simulator(None, true).await
+    }
+
+    async fn simulator(profile: Option<&str>, fips: bool) -> Token {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
-        let file = dir.join("profile.toml");
-        std::fs::write(&file, profile).unwrap();
-        let choice = devstack::HsmChoice::Sim { profile: file.display().to_string(), fips: false };
+        let profile = match profile {
+            Some(text) => {
+                let file = dir.join("profile.toml");
+                std::fs::write(&file, text).unwrap();
+                file.display().to_string()
+            }
+            None => "ideal".to_owned(),
+        };
+        let choice = devstack::HsmChoice::Sim { profile, fips };
         let hsm = TestToken::start(&dir.join("hsm"), &choice).await;
         let (name, value) = hsm.module_env().expect("the token's module is configured");
         Token {
