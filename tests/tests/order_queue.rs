@@ -105,7 +105,18 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
             );
             let log = std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            panic!("{pending} orders never completed:\n{rows}\n{}", tail.join("\n"));
+            // Why an order failed is logged as a warning by whichever appliance ran it.
+            let mut warnings = String::new();
+            for name in ["a.log", "b.log"] {
+                let log = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+                for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+                    warnings.push_str(&format!("{name}: {line}\n"));
+                }
+            }
+            panic!(
+                "{pending} orders never completed:\n{rows}\n{}\nwarnings:\n{warnings}",
+                tail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
