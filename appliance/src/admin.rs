@@ -1,12 +1,34 @@
 //! The operator's commands beside `serve`: `appliance db check` and `db upgrade` ([`db`]), and
 //! `appliance doctor` ([`doctor`]), each printing a report of checks ([`Report`]) and ending
-//! with an exit status from it; `appliance kek status` and `kek rotate` ([`keks`]).
+//! with an exit status from it; `appliance kek status` and `kek rotate` ([`keks`]);
+//! `appliance project purge` ([`projects`]).
 
 pub mod db;
 pub mod doctor;
 pub mod keks;
+pub mod projects;
 
 pub use ops::{Check, Outcome, Report};
+
+use appliance_store::Store;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Opens the database for a command that changes it, refusing one whose schema is not this
+/// build's.
+async fn open_store(config: &Config) -> Result<Store> {
+    let store = Store::connect(&config.database.url, 2).await?;
+    let status = store.schema().await?;
+    if !status.is_current() {
+        store.close().await;
+        return Err(Error::Schema(format!(
+            "not current ({}); apply the migrations with `appliance db upgrade --config FILE`",
+            db::problems(&status)
+        )));
+    }
+    Ok(store)
+}
 
 /// A database URL with its password and parameters left out, fit to be printed.
 pub fn redacted_url(url: &str) -> String {

@@ -54,6 +54,27 @@ enum Command {
     /// Project KEKs: where each stands, and rotating them on demand.
     #[command(subcommand)]
     Kek(Kek),
+    /// Whole projects: purging one deleted in Keystone.
+    #[command(subcommand)]
+    Project(Project),
+}
+
+#[derive(Debug, Subcommand)]
+enum Project {
+    /// Delete every secret, container and order of a project, with their metadata, consumers
+    /// and ACLs, its quota and preferred store, and destroy its KEKs (crypto-shredding), in one
+    /// transaction. Without --yes, only say what would be deleted.
+    Purge {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The project (its Keystone id).
+        #[arg(long)]
+        project: String,
+        /// Do it: nothing deleted can be recovered.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,7 +129,8 @@ impl Command {
             Command::Serve { config }
             | Command::Doctor { config }
             | Command::Db(Db::Check { config } | Db::Upgrade { config })
-            | Command::Kek(Kek::Status { config, .. } | Kek::Rotate { config, .. }) => Some(config),
+            | Command::Kek(Kek::Status { config, .. } | Kek::Rotate { config, .. })
+            | Command::Project(Project::Purge { config, .. }) => Some(config),
             Command::Dev(_) | Command::Pki(_) => None,
         }
     }
@@ -250,6 +272,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             for line in runtime()?.block_on(appliance::admin::keks::rotate(&cfg, target))? {
                 println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Project(Project::Purge { config, project, yes }) => {
+            let cfg = Config::load(&config)?;
+            let purge =
+                runtime()?.block_on(appliance::admin::projects::purge(&cfg, &project, yes))?;
+            println!("{purge}");
+            if !yes {
+                println!("nothing was deleted; run again with --yes to purge the project");
             }
             Ok(())
         }

@@ -24,6 +24,7 @@ mod grouped;
 mod keks;
 mod observe;
 mod orders;
+mod projects;
 mod quotas;
 mod relations;
 mod schema;
@@ -32,6 +33,7 @@ mod sqlite_reads;
 pub use keks::{ActiveKek, KekStatus, RetiredKek, Rewrapped, SealedUnder};
 pub use observe::{Observer, PoolStats, Statement};
 pub use orders::{OrderRow, OrderStatus, PendingOrders};
+pub use projects::Purged;
 pub use quotas::{Counted, PerResource, QuotaResource, QuotaRow};
 pub use relations::{
     AclRow, ContainerConsumerRow, ContainerRow, ContainerSecret, EntityKind, SecretConsumerRow,

@@ -53,6 +53,7 @@ statements! {
     Rewrap = "rewrap",
     DestroyKek = "destroy_kek",
     KekStatus = "kek_status",
+    PurgeProject = "purge_project",
     InsertSecret = "insert_secret",
     Secret = "secret",
     SetPayload = "set_payload",

@@ -1,7 +1,8 @@
 //! Project KEK rotation through the operator's commands: `appliance kek status` and `kek
 //! rotate` on the configuration `appliance dev` writes, and a rewrap job that survives the
 //! appliance running it being killed (SIGKILL), finished by another appliance sharing the
-//! PostgreSQL job queue.
+//! PostgreSQL job queue; and `appliance project purge`, which destroys a project's KEKs with
+//! its data.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
@@ -114,6 +115,84 @@ fn kek_commands_on_the_dev_stacks_own_configuration() {
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(read(&api, "ops", id), (200, format!("v{i}")));
     }
+}
+
+/// A purge without --yes says what it would delete and deletes nothing; with it, the project's
+/// secrets, containers and orders are gone with its KEKs, another project is untouched, and the
+/// purged project starts again on a new KEK.
+#[test]
+fn a_purged_project_loses_its_data_and_its_keks() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("dev"));
+    let api = stack.api_url();
+    let config = stack.info["config"].as_str().unwrap().to_owned();
+    let config = Path::new(&config);
+
+    let doomed: Vec<String> = (0..3).map(|i| store(&api, "doomed", &format!("d{i}"))).collect();
+    let kept = store(&api, "kept", "k");
+    let h = headers("doomed");
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let container = format!(
+        r#"{{"type": "generic", "secret_refs": [{{"name": "a", "secret_ref": "{api}/v1/secrets/{}"}}]}}"#,
+        doomed[0]
+    );
+    let r = http("POST", &format!("{api}/v1/containers"), &h, container.as_bytes());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let container = r.json()["container_ref"].as_str().unwrap().to_owned();
+    let order = r#"{"type": "key", "meta": {"algorithm": "aes", "bit_length": 256}}"#;
+    let r = http("POST", &format!("{api}/v1/orders"), &h, order.as_bytes());
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let order = r.json()["order_ref"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http("GET", &order, &h, b"").json()["status"] != "ACTIVE" {
+        assert!(Instant::now() < deadline, "the order never completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = stdout(&appliance(&["kek", "status", "--project", "doomed"], config));
+    let keks = rows(&status, "doomed");
+    assert_eq!(keks.len(), 1, "{status}");
+    let destroyed = keks[0].0.clone();
+
+    let out = appliance(&["project", "purge", "--project", "doomed"], config);
+    assert!(out.status.success(), "{}", both(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("would delete 4 secret(s), 1 container(s), 1 order(s) and 1 KEK(s)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("KEK {destroyed} to destroy")), "{text}");
+    assert!(text.contains("nothing was deleted"), "{text}");
+    assert_eq!(read(&api, "doomed", &doomed[0]), (200, "d0".into()));
+
+    let out = appliance(&["project", "purge", "--project", "doomed", "--yes"], config);
+    assert!(out.status.success(), "{}", both(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("deleted 4 secret(s), 1 container(s), 1 order(s) and 1 KEK(s)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("KEK {destroyed} destroyed")), "{text}");
+
+    for id in &doomed {
+        assert_eq!(read(&api, "doomed", id).0, 404);
+    }
+    assert_eq!(http("GET", &container, &h, b"").status, 404);
+    assert_eq!(http("GET", &order, &h, b"").status, 404);
+    let r = http("GET", &format!("{api}/v1/secrets"), &h, b"");
+    assert_eq!(r.json()["total"], 0, "{}", String::from_utf8_lossy(&r.body));
+    let status = stdout(&appliance(&["kek", "status", "--project", "doomed"], config));
+    assert!(rows(&status, "doomed").is_empty(), "{status}");
+    assert_eq!(read(&api, "kept", &kept), (200, "k".into()));
+
+    // The project is usable again, under a KEK of its own that is not the destroyed one (the
+    // appliance re-reads the active KEK within a second).
+    std::thread::sleep(Duration::from_millis(1200));
+    let again = store(&api, "doomed", "anew");
+    assert_eq!(read(&api, "doomed", &again), (200, "anew".into()));
+    let status = stdout(&appliance(&["kek", "status", "--project", "doomed"], config));
+    let keks = rows(&status, "doomed");
+    assert_eq!(keks.len(), 1, "{status}");
+    assert_ne!(keks[0].0, destroyed);
 }
 
 /// An appliance process, killed when dropped: a failed assertion leaves none running.

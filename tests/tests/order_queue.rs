@@ -107,8 +107,14 @@ fn two_appliances_share_the_queue_and_survive_one_dying() {
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
             // Why an order failed is logged as a warning by whichever appliance ran it.
             let mut warnings = String::new();
-            for name in ["a.log", "b.log"] {
-                let log = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+            let dev = dir.path().join("dev");
+            let logs = std::fs::read_dir(&dev).into_iter().flatten().flatten().map(|e| e.path());
+            let logs = [dir.path().join("a.log"), dir.path().join("b.log")]
+                .into_iter()
+                .chain(logs.filter(|p| p.extension().is_some_and(|e| e == "log")));
+            for path in logs {
+                let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
                 for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
                     warnings.push_str(&format!("{name}: {line}\n"));
                 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use appliance_store::{KekStatus, Store};
 
+use super::open_store as open;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::RotationReason;
@@ -18,20 +19,6 @@ pub enum Target {
     Projects(Vec<String>),
     /// Every project with a KEK.
     All,
-}
-
-/// Opens the database, refusing one whose schema is not this build's.
-async fn open(config: &Config) -> Result<Store> {
-    let store = Store::connect(&config.database.url, 2).await?;
-    let status = store.schema().await?;
-    if !status.is_current() {
-        store.close().await;
-        return Err(Error::Schema(format!(
-            "not current ({}); apply the migrations with `appliance db upgrade --config FILE`",
-            super::db::problems(&status)
-        )));
-    }
-    Ok(store)
 }
 
 /// `appliance kek status`: every KEK (or one project's) as a table, then totals.

@@ -647,7 +647,7 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
                 let curve =
                     Curve::from_params(t.bytes(cka::EC_PARAMS).ok_or(Error::TemplateIncomplete)?)?;
                 let point =
-                    der_octet_string(t.bytes(cka::EC_POINT).ok_or(Error::TemplateIncomplete)?);
+                    ec_point(curve, t.bytes(cka::EC_POINT).ok_or(Error::TemplateIncomplete)?);
                 mechanism::ec::verify_point(curve, point)?;
                 Material::EcPublic { curve, point: point.to_vec() }
             }
@@ -994,7 +994,7 @@ impl<R: CryptoRngCore, const N: usize> Firmware<R, N> {
             let Material::EcPrivate { curve, scalar } = &key.material else {
                 return Err(Error::KeyTypeInconsistent);
             };
-            let point = der_octet_string(public);
+            let point = ec_point(*curve, public);
             mechanism::ec::verify_point(*curve, point).map_err(|_| Error::MechanismParamInvalid)?;
             mechanism::ec::shared_x(*curve, scalar.expose(), point)?
         };
@@ -1186,6 +1186,13 @@ fn matches(o: &Object, template: Template<'_>) -> bool {
 }
 
 /// A DER OCTET STRING's content (CKA_EC_POINT), or the input if it is a raw point.
+/// An EC point given either raw (SEC 1) or DER-wrapped in an OCTET STRING, as tokens accept
+/// both. Raw is tried first: a raw uncompressed P-256 point whose x-coordinate starts with 0x3f
+/// also reads as an OCTET STRING header (`04 3f`), and must not be cut.
+fn ec_point(curve: Curve, value: &[u8]) -> &[u8] {
+    if mechanism::ec::verify_point(curve, value).is_ok() { value } else { der_octet_string(value) }
+}
+
 fn der_octet_string(value: &[u8]) -> &[u8] {
     match value {
         [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && *len < 0x80 => rest,

@@ -952,6 +952,19 @@ fn ecdh_derives_the_key_the_other_party_computes() {
         derive(&mut fw, ecdh(1, off_curve), private).unwrap_err(),
         Error::MechanismParamInvalid
     );
+    // A raw point whose x-coordinate starts with 0x3f begins like a DER OCTET STRING of 63
+    // bytes (`04 3f`): it is still read as the point it is.
+    let ours = std::iter::repeat_with(|| p256::SecretKey::random(&mut OsRng))
+        .find(|k| k.public_key().to_encoded_point(false).as_bytes()[1] == 0x3f)
+        .unwrap();
+    let their_public = p256::PublicKey::from_sec1_bytes(point).unwrap();
+    let ambiguous = ours.public_key().to_encoded_point(false).as_bytes().to_vec();
+    let key = object(derive(&mut fw, ecdh(1, ambiguous), private));
+    let shared = p256::ecdh::diffie_hellman(ours.to_nonzero_scalar(), their_public.as_affine());
+    assert_eq!(
+        attrs(&mut fw, s, key, &[cka::VALUE]),
+        vec![Value::Present(shared.raw_secret_bytes().to_vec())]
+    );
     let (_, no_derive) = pair(&mut fw, false);
     assert_eq!(
         derive(&mut fw, ecdh(1, our_point), no_derive).unwrap_err(),

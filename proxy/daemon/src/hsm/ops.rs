@@ -335,11 +335,16 @@ fn export_private(
 
 /// A P-256 private key from the OS generator, for one agreement.
 fn ephemeral_p256() -> Result<p256::SecretKey, Failure> {
-    // A draw outside the curve's order (probability below 2^-32) is drawn again.
-    for _ in 0..8 {
+    // A draw outside the curve's order (probability below 2^-32) is drawn again, and so is one
+    // whose public point begins `04 3f`: tokens take the point raw or DER-wrapped, and a raw
+    // one of 65 bytes with that start also reads as a 63-byte OCTET STRING, which some cut.
+    for _ in 0..64 {
         let mut bytes = Zeroizing::new([0u8; 32]);
         getrandom::fill(bytes.as_mut()).map_err(|_| Failure::Status(Status::Internal))?;
-        if let Ok(key) = p256::SecretKey::from_slice(bytes.as_ref()) {
+        let Ok(key) = p256::SecretKey::from_slice(bytes.as_ref()) else { continue };
+        let point =
+            p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
+        if point.as_bytes().get(1) != Some(&0x3f) {
             return Ok(key);
         }
     }
