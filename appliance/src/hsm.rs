@@ -9,7 +9,7 @@ use hsm_proxy_proto::op::{Decrypt, Encrypt, Health, HealthReport, Kek, KekId, Se
 use hsm_proxy_proto::{SecretBytes, Status};
 
 use crate::config::HsmConfig;
-use appliance_store::{KekRow, StoreError, StoredPayload};
+use appliance_store::{KekRow, Store, StoreError, StoredPayload};
 
 mod coalesce;
 mod keks;
@@ -163,6 +163,42 @@ impl Hsm {
     /// Operations waiting for a frame.
     pub(crate) fn queued(&self) -> usize {
         self.coalescer.queued()
+    }
+
+    /// A stored KEK's blob wrapped again under the token's newest master key, inside the HSM
+    /// (the same blob when it already is).
+    pub(crate) async fn rewrap_under_newest_mkek(&self, row: &KekRow) -> Result<Vec<u8>, HsmError> {
+        let kek = to_kek(row)?;
+        Ok(self.call(hsm_proxy_proto::op::RewrapKek { kek }).await?.wrapped)
+    }
+
+    /// Decrypts, in the HSM, data sealed under the stored KEK `kek_id`. A KEK blob read
+    /// before its master key was rotated away is refused by the proxy (`KekInvalid`): the
+    /// stored row is read again, and if it now holds another blob, the data is opened once
+    /// more under that one.
+    pub(crate) async fn open_stored(
+        &self,
+        store: &Store,
+        kek_id: &str,
+        sealed: Sealed,
+        aad: Vec<u8>,
+    ) -> Result<SecretBytes, HsmError> {
+        let kek = self.kek(store, kek_id).await?;
+        match self.open(&kek, sealed.clone(), aad.clone()).await {
+            Err(HsmError::Corrupt(Status::KekInvalid)) => {
+                tracing::info!(
+                    kek = kek_id,
+                    "KEK blob refused; reading it again from the database"
+                );
+                self.forget_kek(kek_id);
+                let again = self.kek(store, kek_id).await?;
+                if again.wrapped == kek.wrapped {
+                    return Err(HsmError::Corrupt(Status::KekInvalid));
+                }
+                self.open(&again, sealed, aad).await
+            }
+            other => other,
+        }
     }
 
     /// Decrypts in the HSM.

@@ -103,6 +103,14 @@ enum Kek {
         #[arg(long)]
         all: bool,
     },
+    /// Wrap every stored KEK again, inside the HSM, under the token's newest master key (after
+    /// `hsm-proxy mkek rotate`), while serving goes on. Once it reports no failure, destroy
+    /// the older master key with `hsm-proxy mkek destroy`.
+    RewrapMaster {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +137,11 @@ impl Command {
             Command::Serve { config }
             | Command::Doctor { config }
             | Command::Db(Db::Check { config } | Db::Upgrade { config })
-            | Command::Kek(Kek::Status { config, .. } | Kek::Rotate { config, .. })
+            | Command::Kek(
+                Kek::Status { config, .. }
+                | Kek::Rotate { config, .. }
+                | Kek::RewrapMaster { config },
+            )
             | Command::Project(Project::Purge { config, .. }) => Some(config),
             Command::Dev(_) | Command::Pki(_) => None,
         }
@@ -273,6 +285,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             for line in runtime()?.block_on(appliance::admin::keks::rotate(&cfg, target))? {
                 println!("{line}");
             }
+            Ok(())
+        }
+        Command::Kek(Kek::RewrapMaster { config }) => {
+            let cfg = Config::load(&config)?;
+            let done = runtime()?.block_on(appliance::admin::keks::rewrap_master(&cfg))?;
+            println!("{done}");
             Ok(())
         }
         Command::Project(Project::Purge { config, project, yes }) => {

@@ -189,6 +189,32 @@ impl Store {
         Ok(true)
     }
 
+    /// Every KEK (active or retired) with an id after `after`, in id order, at most `limit`.
+    pub async fn keks_after(&self, after: &str, limit: i64) -> Result<Vec<KekRow>> {
+        let _timed = self.time(Statement::KeksAfter);
+        let rows =
+            sqlx::query("SELECT id, wrapped FROM project_keks WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(kek_row).collect()
+    }
+
+    /// Replaces KEK `id`'s blob `old` by `new` (the same key wrapped under another master
+    /// key); `false` when the row no longer holds `old` (or is gone): nothing is written.
+    pub async fn replace_kek_blob(&self, id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let _timed = self.time(Statement::ReplaceKekBlob);
+        let result =
+            sqlx::query("UPDATE project_keks SET wrapped = $1 WHERE id = $2 AND wrapped = $3")
+                .bind(new)
+                .bind(id)
+                .bind(old)
+                .execute(self.pool())
+                .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     /// Active KEKs created before `cutoff`, oldest first, at most `limit`: project and id.
     pub async fn aged_keks(&self, cutoff: i64, limit: i64) -> Result<Vec<(String, String)>> {
         let _timed = self.time(Statement::AgedKeks);

@@ -54,6 +54,8 @@ statements! {
     DestroyKek = "destroy_kek",
     KekStatus = "kek_status",
     PurgeProject = "purge_project",
+    KeksAfter = "keks_after",
+    ReplaceKekBlob = "replace_kek_blob",
     InsertSecret = "insert_secret",
     Secret = "secret",
     SetPayload = "set_payload",

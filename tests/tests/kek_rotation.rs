@@ -288,3 +288,83 @@ fn a_rewrap_job_outlives_the_appliance_that_ran_it() {
     drop(stack);
     database.drop_database();
 }
+
+/// `hsm-proxy mkek ARGS --config` on the dev stack's token and proxy configuration.
+fn mkek(stack: &DevStack, args: &[&str]) -> Output {
+    let mut command = Command::new(bin_dir().join("hsm-proxy"));
+    command
+        .arg("mkek")
+        .args(args)
+        .arg("--config")
+        .arg(stack.info["proxy"]["config"].as_str().unwrap());
+    for (name, value) in stack.info["hsm"]["env"].as_object().unwrap() {
+        command.env(name, value.as_str().unwrap());
+    }
+    command.output().unwrap()
+}
+
+/// Crypto-shredding reaches backups: a purged project's data is still readable from a backup
+/// taken before (`pg_dump`) until the master key is rotated, every stored KEK rewrapped under
+/// the new one while the appliance serves on, and the old master key destroyed; then the
+/// backup opens nothing, and the live data of other projects reads on.
+#[test]
+fn a_purge_reaches_backups_once_the_master_key_is_rotated_away() {
+    let Some(live) = TestDatabase::create("shred_e2e") else { return };
+    let Some(restored) = TestDatabase::create("shred_e2e") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let stack = DevStack::start(&dir.path().join("dev"));
+    let (_a, api, config) = serve(dir.path(), "a", &live.url, &stack);
+    let doomed: Vec<String> = (0..3).map(|i| store(&api, "doomed", &format!("d{i}"))).collect();
+    let kept: Vec<String> = (0..3).map(|i| store(&api, "kept", &format!("k{i}"))).collect();
+
+    let dump = dir.path().join("backup.sql");
+    let out = Command::new("pg_dump").arg(&live.url).arg("-f").arg(&dump).output().unwrap();
+    assert!(out.status.success(), "pg_dump: {}", both(&out));
+    let out = appliance(&["project", "purge", "--project", "doomed", "--yes"], &config);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(read(&api, "doomed", &doomed[0]).0, 404);
+
+    // The backup, restored, still holds the project and its KEK wrapped under the master key.
+    let out = Command::new("psql")
+        .arg(&restored.url)
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {}", both(&out));
+    let (_r, api_restored, _) = serve(dir.path(), "restored", &restored.url, &stack);
+    assert_eq!(read(&api_restored, "doomed", &doomed[1]), (200, "d1".into()));
+
+    let out = mkek(&stack, &["rotate"]);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(stdout(&out).contains("created master key generation 2"), "{}", both(&out));
+    // Proxies wrap under a new master key within a second of their next KEK.
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = appliance(&["kek", "rewrap-master"], &config);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(stdout(&out).starts_with("1 KEK(s) rewrapped"), "{}", both(&out));
+    let blob = psql(&live.url, "SELECT encode(wrapped, 'hex') FROM project_keks");
+    assert!(blob.starts_with("4b02010000000000000002"), "{blob}");
+    // The appliance serves on throughout, reading the KEK under either master key.
+    assert_eq!(read(&api, "kept", &kept[0]), (200, "k0".into()));
+
+    let out = mkek(&stack, &["destroy", "--generation", "1"]);
+    assert!(out.status.success(), "{}", both(&out));
+    // A second pass finds nothing left to move, and has the proxy read its master keys again
+    // (it drops what it had unwrapped under the destroyed one).
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = appliance(&["kek", "rewrap-master"], &config);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(stdout(&out).starts_with("0 KEK(s) rewrapped"), "{}", both(&out));
+    // The live appliance still holds the old blob: refused, it reads the row again.
+    for (i, id) in kept.iter().enumerate() {
+        assert_eq!(read(&api, "kept", id), (200, format!("k{i}")));
+    }
+    // The backup opens nothing: neither the purged project nor any other.
+    let (status, body) = read(&api_restored, "doomed", &doomed[2]);
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(read(&api_restored, "kept", &kept[1]).0, 500);
+    drop(stack);
+    live.drop_database();
+    restored.drop_database();
+}

@@ -1,6 +1,7 @@
 //! `appliance kek status` and `kek rotate`: where each project's KEKs stand (the active one,
 //! retired ones and their rewrap jobs), and replacing projects' active KEKs on demand. The
-//! serving appliances' rewrap jobs then move the data over.
+//! serving appliances' rewrap jobs then move the data over. `kek rewrap-master` wraps every
+//! stored KEK again under the token's newest master key, after `hsm-proxy mkek rotate`.
 
 use std::fmt::Write as _;
 
@@ -107,4 +108,93 @@ async fn rotate_on(config: &Config, store: &Store, target: Target) -> Result<Vec
         });
     }
     Ok(lines)
+}
+
+/// What `kek rewrap-master` did.
+#[derive(Debug, Default)]
+pub struct MasterRewrap {
+    /// KEKs whose blob was replaced by one under the newest master key.
+    pub rewrapped: u64,
+    /// KEKs read in the last pass, all of them then under the newest master key.
+    pub keks: u64,
+    /// Passes over the KEKs: another follows any pass that changed something, for KEKs made
+    /// meanwhile by a proxy that had not yet seen the new master key.
+    pub passes: u32,
+    /// The KEKs the proxy refused, with why.
+    pub failed: Vec<String>,
+}
+
+impl std::fmt::Display for MasterRewrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} KEK(s) rewrapped under the newest master key in {} pass(es); all {} KEK(s) are \
+             under it",
+            self.rewrapped, self.passes, self.keks
+        )?;
+        for failure in &self.failed {
+            write!(f, "\n  failed: {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows read at a time.
+const PAGE: i64 = 256;
+
+/// `appliance kek rewrap-master`: every stored KEK (active and retired) wrapped again, inside
+/// the HSM, under the token's newest master key, each row replaced only if it still holds the
+/// blob that was read. Serving goes on meanwhile: proxies unwrap both generations. Once it
+/// reports no failure, the older master key can be destroyed (`hsm-proxy mkek destroy`).
+pub async fn rewrap_master(config: &Config) -> Result<MasterRewrap> {
+    let store = open(config).await?;
+    let result = rewrap_master_on(config, &store).await;
+    store.close().await;
+    result
+}
+
+async fn rewrap_master_on(config: &Config, store: &Store) -> Result<MasterRewrap> {
+    let hsm = crate::connect_hsm(config, None)?;
+    let mut done = MasterRewrap::default();
+    loop {
+        let (mut after, mut changed, mut keks) = (String::new(), 0u64, 0u64);
+        done.failed.clear();
+        loop {
+            let page = store.keks_after(&after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after.clone_from(&last.id);
+            for row in &page {
+                keks += 1;
+                let new = match hsm.rewrap_under_newest_mkek(row).await {
+                    Ok(new) => new,
+                    Err(e) => {
+                        done.failed.push(format!("KEK {}: {e}", row.id));
+                        continue;
+                    }
+                };
+                if new != row.wrapped && store.replace_kek_blob(&row.id, &row.wrapped, &new).await?
+                {
+                    changed += 1;
+                }
+            }
+        }
+        done.passes += 1;
+        done.rewrapped += changed;
+        done.keks = keks;
+        if changed == 0 || done.passes >= 5 {
+            break;
+        }
+    }
+    if !done.failed.is_empty() {
+        return Err(Error::KeyOperation(format!(
+            "{done}\nthe KEKs that failed are still under an older master key: do not destroy \
+             it; run the command again once the cause is fixed"
+        )));
+    }
+    tracing::info!(
+        rewrapped = done.rewrapped,
+        keks = done.keks,
+        "KEKs rewrapped under the newest master key"
+    );
+    Ok(done)
 }

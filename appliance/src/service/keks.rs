@@ -176,6 +176,8 @@ async fn rewrap(app: &Arc<App>, jobs: &KekJobs, kek: RetiredKek) {
 /// One pass over the payloads sealed under `kek`, in id order, a batch at a time.
 async fn pass(app: &Arc<App>, jobs: &KekJobs, kek: &RetiredKek) -> Pass {
     let id = &kek.row.id;
+    // Read afresh each pass: the blob changes when the master key is rotated.
+    app.hsm.forget_kek(id);
     let old = match app.hsm.kek(&app.store, id).await {
         Ok(old) => old,
         Err(e) => {

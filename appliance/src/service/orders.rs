@@ -482,9 +482,8 @@ async fn asymmetric_order(
             return Err(issue("The passphrase must be a string"));
         }
         Some(Some(HeldPassphrase::Sealed { kek_id, sealed })) => {
-            let kek = app.hsm.kek(&app.store, &kek_id).await?;
             let aad = order_passphrase_aad(&order.project_id, &order.id);
-            Some(app.hsm.open(&kek, sealed, aad).await?.into_zeroizing())
+            Some(app.hsm.open_stored(&app.store, &kek_id, sealed, aad).await?.into_zeroizing())
         }
     };
     let (kek_id, kek) = app.hsm.project_kek(&app.store, &order.project_id).await?;

@@ -222,7 +222,6 @@ impl App {
         secret: &SecretRow,
         stored: &StoredPayload,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let kek = self.hsm.kek(&self.store, &stored.kek_id).await?;
         let malformed = |what: &str| HsmError::Failed(format!("stored {what} has a wrong length"));
         let sealed = Sealed {
             ciphertext: stored.ciphertext.clone(),
@@ -231,7 +230,12 @@ impl App {
         };
         let plaintext = self
             .hsm
-            .open(&kek, sealed, payload_aad(&secret.project_id, &secret.id))
+            .open_stored(
+                &self.store,
+                &stored.kek_id,
+                sealed,
+                payload_aad(&secret.project_id, &secret.id),
+            )
             .await?
             .into_zeroizing();
         Ok(match stored.format.as_deref().and_then(|f| f.strip_prefix("pem:")) {

@@ -13,6 +13,7 @@
 
 pub(crate) mod der;
 pub(crate) mod failure;
+pub(crate) mod mkek;
 pub(crate) mod ops;
 
 use std::path::Path;
@@ -22,13 +23,14 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
 use cryptoki::error::{Error as CryptokiError, RvError};
-use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::mechanism::MechanismType;
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Limit, Slot};
 use cryptoki::types::AuthPin;
 use hsm_proxy_proto::Status;
 
+use self::mkek::Mkeks;
 use crate::config::Pkcs11Config;
 use crate::error::{Error, Result};
 use crate::keys::KekCache;
@@ -65,12 +67,13 @@ pub(crate) struct TokenSummary {
     pub(crate) library: String,
 }
 
-/// One initialised library instance with its login and MKEK.
+/// One initialised library instance with its login and master keys.
 #[derive(Debug)]
 pub(crate) struct Epoch {
     pub(crate) number: u64,
     pub(crate) slot: Slot,
-    pub(crate) mkek: ObjectHandle,
+    /// The master keys, read again now and then ([`Epoch::rescan_mkeks`]).
+    mkeks: RwLock<Mkeks>,
     /// Logged in; owns the unwrapped KEKs.
     pub(crate) keyholder: Mutex<Keyholder>,
     /// The key-holder's generation, readable without its lock (see [`Keyholder::generation`]).
@@ -94,14 +97,76 @@ pub(crate) struct Keyholder {
 pub(crate) type Stamp = (u64, u64);
 
 impl Epoch {
-    fn new(number: u64, slot: Slot, mkek: ObjectHandle, keyholder: Session) -> Epoch {
+    fn new(number: u64, slot: Slot, mkeks: Mkeks, keyholder: Session) -> Epoch {
         Epoch {
             number,
             slot,
-            mkek,
+            mkeks: RwLock::new(mkeks),
             keyholder: Mutex::new(Keyholder { session: keyholder, generation: 0 }),
             generation: AtomicU64::new(0),
             held: AtomicUsize::new(0),
+        }
+    }
+
+    /// The newest master key: its generation and handle.
+    pub(crate) fn active_mkek(&self) -> (u64, ObjectHandle) {
+        read(&self.mkeks).active()
+    }
+
+    /// The master key of `generation`, if the token held it when last read.
+    pub(crate) fn mkek(&self, generation: u64) -> Option<ObjectHandle> {
+        read(&self.mkeks).get(generation)
+    }
+
+    /// The master key generations present when last read, oldest first.
+    pub(crate) fn mkek_generations(&self) -> Vec<u64> {
+        read(&self.mkeks).generations()
+    }
+
+    /// Reads the master keys again if the last read is older than `max_age`, so that one made
+    /// by `hsm-proxy mkek rotate` starts wrapping new KEKs and one destroyed stops unwrapping.
+    /// The generations that are gone are returned, for their KEKs to be dropped. A failed read
+    /// keeps the keys known: it is logged, and the next call tries again.
+    pub(crate) fn rescan_mkeks(
+        &self,
+        session: &Session,
+        label: &str,
+        max_age: Duration,
+    ) -> Vec<u64> {
+        if read(&self.mkeks).scanned.elapsed() < max_age {
+            return Vec::new();
+        }
+        let mut mkeks = self.mkeks.write().unwrap_or_else(|p| p.into_inner());
+        if mkeks.scanned.elapsed() < max_age {
+            return Vec::new();
+        }
+        match mkek::scan(session, label) {
+            Ok(Some(now)) => {
+                let before = mkeks.generations();
+                let after = now.generations();
+                let gone: Vec<u64> =
+                    before.iter().copied().filter(|g| !after.contains(g)).collect();
+                if before != after {
+                    tracing::info!(
+                        active = now.active().0,
+                        present = ?after,
+                        destroyed = ?gone,
+                        "the token's master keys changed"
+                    );
+                }
+                *mkeks = now;
+                gone
+            }
+            Ok(None) => {
+                mkeks.scanned = Instant::now();
+                tracing::warn!(label, "no master key found in the token any more");
+                Vec::new()
+            }
+            Err(e) => {
+                mkeks.scanned = Instant::now();
+                tracing::warn!(error = %e, "reading the token's master keys failed");
+                Vec::new()
+            }
         }
     }
 
@@ -256,6 +321,11 @@ impl Token {
         })
     }
 
+    /// The label every master key carries.
+    pub(crate) fn mkek_label(&self) -> &str {
+        &self.config.mkek_label
+    }
+
     pub(crate) fn context(&self) -> &Pkcs11 {
         &self.ctx
     }
@@ -386,6 +456,56 @@ impl Token {
     }
 
     /// Logs out, closes the key-holder session and finalises the library.
+    /// Generates the next master key generation in the token, which from now on wraps new
+    /// KEKs (running proxies notice within a second of their next KEK); its generation.
+    pub(crate) fn rotate_mkek(&self) -> Result<u64> {
+        let guard = self.read();
+        let epoch = guard.epoch().ok_or_else(|| Error::Token("the token is down".into()))?;
+        let holder = epoch.keyholder.lock().unwrap_or_else(|p| p.into_inner());
+        let label = &self.config.mkek_label;
+        let newest = mkek::scan(&holder.session, label)?.map_or(0, |m| m.active().0);
+        let generation = newest + 1;
+        mkek::create(&holder.session, label, generation)?;
+        epoch.rescan_mkeks(&holder.session, label, Duration::ZERO);
+        Ok(generation)
+    }
+
+    /// Destroys master key `generation`: every blob wrapped under it, in the database or in
+    /// any backup, can no longer be opened. The newest is refused: it wraps new KEKs.
+    pub(crate) fn destroy_mkek(&self, generation: u64) -> Result<()> {
+        let guard = self.read();
+        let epoch = guard.epoch().ok_or_else(|| Error::Token("the token is down".into()))?;
+        let holder = epoch.keyholder.lock().unwrap_or_else(|p| p.into_inner());
+        let label = &self.config.mkek_label;
+        let mkeks = mkek::scan(&holder.session, label)?
+            .ok_or_else(|| Error::Token(format!("no master key labelled {label:?}")))?;
+        if mkeks.active().0 == generation {
+            return Err(Error::Token(format!(
+                "master key generation {generation} is the newest, which wraps new KEKs; \
+                 `hsm-proxy mkek rotate` first, rewrap the KEKs (`appliance kek rewrap-master`), \
+                 then destroy it"
+            )));
+        }
+        let handle = mkeks.get(generation).ok_or_else(|| {
+            Error::Token(format!(
+                "no master key generation {generation}; present: {:?}",
+                mkeks.generations()
+            ))
+        })?;
+        holder.session.destroy_object(handle)?;
+        epoch.rescan_mkeks(&holder.session, label, Duration::ZERO);
+        Ok(())
+    }
+
+    /// The master key generations in the token, oldest first.
+    pub(crate) fn mkek_generations(&self) -> Result<Vec<u64>> {
+        let guard = self.read();
+        let epoch = guard.epoch().ok_or_else(|| Error::Token("the token is down".into()))?;
+        let holder = epoch.keyholder.lock().unwrap_or_else(|p| p.into_inner());
+        epoch.rescan_mkeks(&holder.session, &self.config.mkek_label, Duration::ZERO);
+        Ok(epoch.mkek_generations())
+    }
+
     pub(crate) fn shutdown(&self) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -501,10 +621,12 @@ fn check_token_steps(ctx: &Pkcs11, config: &TokenConfig, check: &mut TokenCheck)
         Err(e) => return fail(check, "login", e.to_string()),
     }
     let label = &config.mkek_label;
-    let found = match find_mkek(&session, label) {
-        Ok(Some(_)) => {
-            Ok(format!("{label:?}: a sensitive, non-extractable AES key that wraps and unwraps"))
-        }
+    let found = match mkek::scan(&session, label) {
+        Ok(Some(mkeks)) => Ok(format!(
+            "{label:?}: sensitive, non-extractable AES keys that wrap and unwrap; generation(s) \
+             {}, the newest wrapping new KEKs",
+            mkeks.generations().iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        )),
         Ok(None) => Err(format!(
             "no master key labelled {label:?} in the token; create it once with \
              `hsm-proxy init-token --config <file>`"
@@ -574,87 +696,33 @@ fn open_epoch(
             return Err(e.into());
         }
     }
-    let (mkek, created) = match find_mkek(&keyholder, &config.mkek_label) {
-        Ok(Some(handle)) => (handle, false),
-        Ok(None) if policy == MkekPolicy::Create => {
-            let handle = create_mkek(&keyholder, &config.mkek_label)?;
+    let found = mkek::scan(&keyholder, &config.mkek_label).and_then(|found| match found {
+        Some(mkeks) => Ok((mkeks, false)),
+        None if policy == MkekPolicy::Create => {
+            mkek::create(&keyholder, &config.mkek_label, 1)?;
             tracing::info!(label = %config.mkek_label, "created the master key (MKEK) in the token");
-            (handle, true)
+            let mkeks = mkek::scan(&keyholder, &config.mkek_label)?
+                .ok_or_else(|| Error::Token("the master key just created is not found".into()))?;
+            Ok((mkeks, true))
         }
-        Ok(None) => {
-            let _ = keyholder.close();
-            return Err(Error::Token(format!(
-                "no master key labelled {:?} in the token; create it once with \
-                 `hsm-proxy init-token --config <file>` (or `serve --create-mkek`)",
-                config.mkek_label
-            )));
-        }
+        None => Err(Error::Token(format!(
+            "no master key labelled {:?} in the token; create it once with \
+             `hsm-proxy init-token --config <file>` (or `serve --create-mkek`)",
+            config.mkek_label
+        ))),
+    });
+    let (mkeks, created) = match found {
+        Ok(found) => found,
         Err(e) => {
             let _ = keyholder.close();
             return Err(e);
         }
     };
-    Ok((Epoch::new(number, slot, mkek, keyholder), created))
+    Ok((Epoch::new(number, slot, mkeks, keyholder), created))
 }
 
-/// Finds the MKEK and checks that the token enforces what the design relies on.
-fn find_mkek(session: &Session, label: &str) -> Result<Option<ObjectHandle>> {
-    let found = session.find_objects(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Label(label.as_bytes().to_vec()),
-    ])?;
-    let handle = match found.as_slice() {
-        [] => return Ok(None),
-        [handle] => *handle,
-        _ => return Err(Error::Token(format!("{} keys are labelled {label:?}", found.len()))),
-    };
-    let attributes = session.get_attributes(
-        handle,
-        &[
-            AttributeType::KeyType,
-            AttributeType::Sensitive,
-            AttributeType::Extractable,
-            AttributeType::Wrap,
-            AttributeType::Unwrap,
-        ],
-    )?;
-    for attribute in attributes {
-        let ok = match attribute {
-            Attribute::KeyType(t) => t == KeyType::AES,
-            Attribute::Sensitive(v) | Attribute::Wrap(v) | Attribute::Unwrap(v) => v,
-            Attribute::Extractable(v) => !v,
-            _ => true,
-        };
-        if !ok {
-            return Err(Error::Token(format!(
-                "the key labelled {label:?} is not a sensitive, non-extractable AES wrapping key \
-                 ({attribute:?}); refusing to use it as the master key"
-            )));
-        }
-    }
-    Ok(Some(handle))
-}
-
-fn create_mkek(session: &Session, label: &str) -> Result<ObjectHandle> {
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| Error::Token(format!("random id: {e}")))?;
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::ValueLen(32.into()),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.to_vec()),
-    ];
-    Ok(session.generate_key(&Mechanism::AesKeyGen, &template)?)
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -43,45 +43,70 @@ pub(crate) enum Purpose {
     Unnamed,
 }
 
-/// The stored form of a project KEK: a three-byte header, `K`, format 1 and the purpose (1
-/// data, 2 wrapping), then the key wrapped under the MKEK (RFC 5649). Wrapped keys are a
-/// multiple of 8 bytes long, so a blob without the header is told apart by its length.
+/// The stored form of a project KEK: a header, then the key wrapped under a master key (RFC
+/// 5649).
+///
+/// - Format 2: `K`, 2, the purpose (0 unnamed, 1 data, 2 wrapping), the master key generation
+///   (8 bytes, big-endian), the wrapped key.
+/// - Format 1, under master key generation 0 only: `K`, 1, the purpose (1 or 2), the wrapped
+///   key.
+/// - No header: a blob from before purposes were named, under generation 0.
+///
+/// Wrapped keys are a multiple of 8 bytes long, so a blob without the header is told apart by
+/// its length. Blobs under generation 0 are still written in the older forms, which every
+/// proxy reads.
 #[derive(Debug)]
 pub(crate) struct KekBlob<'a> {
     pub(crate) purpose: Purpose,
+    /// The master key generation it is wrapped under.
+    pub(crate) mkek: u64,
     pub(crate) wrapped: &'a [u8],
 }
 
 const BLOB_MAGIC: u8 = b'K';
-const BLOB_FORMAT: u8 = 1;
 
 impl<'a> KekBlob<'a> {
-    /// Reads a stored blob; `None` for one that is neither form.
+    /// Reads a stored blob; `None` for one that is none of the forms.
     pub(crate) fn parse(blob: &'a [u8]) -> Option<KekBlob<'a>> {
+        let purpose = |code: u8| match code {
+            1 => Some(Purpose::Data),
+            2 => Some(Purpose::Wrapping),
+            _ => None,
+        };
         match blob {
-            [BLOB_MAGIC, BLOB_FORMAT, purpose, wrapped @ ..] if wrapped.len() % 8 == 0 => {
-                let purpose = match purpose {
-                    1 => Purpose::Data,
-                    2 => Purpose::Wrapping,
-                    _ => return None,
-                };
-                Some(KekBlob { purpose, wrapped })
+            [BLOB_MAGIC, 2, code, rest @ ..] if rest.len() >= 8 && (rest.len() - 8) % 8 == 0 => {
+                let (generation, wrapped) = rest.split_at(8);
+                let purpose = if *code == 0 { Purpose::Unnamed } else { purpose(*code)? };
+                let mkek = u64::from_be_bytes(generation.try_into().ok()?);
+                Some(KekBlob { purpose, mkek, wrapped })
+            }
+            [BLOB_MAGIC, 1, code, wrapped @ ..] if wrapped.len() % 8 == 0 => {
+                Some(KekBlob { purpose: purpose(*code)?, mkek: 0, wrapped })
             }
             wrapped if wrapped.len() % 8 == 0 => {
-                Some(KekBlob { purpose: Purpose::Unnamed, wrapped })
+                Some(KekBlob { purpose: Purpose::Unnamed, mkek: 0, wrapped })
             }
             _ => None,
         }
     }
 
-    /// The stored form of `wrapped`, a new KEK of `purpose`.
-    pub(crate) fn encode(purpose: Purpose, wrapped: &[u8]) -> Vec<u8> {
+    /// The stored form of `wrapped`, a KEK of `purpose` wrapped under master key generation
+    /// `mkek`.
+    pub(crate) fn encode(purpose: Purpose, mkek: u64, wrapped: &[u8]) -> Vec<u8> {
         let code = match purpose {
+            Purpose::Unnamed => 0,
+            Purpose::Data => 1,
             Purpose::Wrapping => 2,
-            Purpose::Data | Purpose::Unnamed => 1,
         };
-        let mut blob = Vec::with_capacity(3 + wrapped.len());
-        blob.extend_from_slice(&[BLOB_MAGIC, BLOB_FORMAT, code]);
+        let mut blob = Vec::with_capacity(11 + wrapped.len());
+        match (mkek, purpose) {
+            (0, Purpose::Unnamed) => {}
+            (0, _) => blob.extend_from_slice(&[BLOB_MAGIC, 1, code]),
+            _ => {
+                blob.extend_from_slice(&[BLOB_MAGIC, 2, code]);
+                blob.extend_from_slice(&mkek.to_be_bytes());
+            }
+        }
         blob.extend_from_slice(wrapped);
         blob
     }
@@ -94,8 +119,10 @@ pub(crate) struct KekEntry {
     /// What it may be used for: its object has that purpose's usages only.
     purpose: Purpose,
     stamp: Stamp,
-    /// The blob it came from: a request naming this id with another blob is refused.
+    /// The blob it came from: a request naming this id with another blob unwraps that one.
     wrapped: Vec<u8>,
+    /// The master key generation the blob is under: its entries go when that key is destroyed.
+    mkek: u64,
     graveyard: Arc<Mutex<Vec<(Stamp, ObjectHandle)>>>,
 }
 
@@ -127,6 +154,9 @@ pub(crate) struct KekCache {
     roomy_unwraps: AtomicUsize,
     metrics: Arc<Metrics>,
 }
+
+/// How often, at most, the token's master keys are read again on a KEK operation.
+pub(crate) const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The fewest KEKs the cache shrinks to: below that, the token's room is taken by something
 /// else, and shrinking further would only turn hits into unwraps.
@@ -245,9 +275,19 @@ impl KekCache {
             Attribute::Wrap(keys),
             Attribute::Unwrap(keys),
         ];
+        let mkek = match epoch.mkek(blob.mkek) {
+            Some(handle) => handle,
+            None => {
+                // Perhaps made since the token was last read (`hsm-proxy mkek rotate`).
+                for gone in epoch.rescan_mkeks(&holder.session, token.mkek_label(), RESCAN_EVERY) {
+                    self.evict_mkek(gone);
+                }
+                epoch.mkek(blob.mkek).ok_or(Failure::Status(Status::KekInvalid))?
+            }
+        };
         let unwrap = |session: &cryptoki::session::Session| {
             session
-                .unwrap_key(&Mechanism::AesKeyWrapPad, epoch.mkek, blob.wrapped, &template)
+                .unwrap_key(&Mechanism::AesKeyWrapPad, mkek, blob.wrapped, &template)
                 .at(Step::KekUnwrap)
         };
         let mut unwrapped = unwrap(&holder.session);
@@ -277,6 +317,7 @@ impl KekCache {
             purpose,
             stamp,
             wrapped: kek.wrapped.clone(),
+            mkek: blob.mkek,
             graveyard: self.graveyard.clone(),
         });
         let evicted = {
@@ -311,10 +352,9 @@ impl KekCache {
     fn lookup(&self, kek: &Kek, stamp: Stamp) -> Result<Option<Arc<KekEntry>>, Failure> {
         let mut entries = lock(&self.entries);
         match entries.get(&kek.id) {
-            Some(entry) if entry.wrapped != kek.wrapped => {
-                // Same id, different key: refusing is the only answer that cannot mix keys up.
-                Err(Failure::Status(Status::InvalidArgument))
-            }
+            // Another blob under the same id (the KEK rewrapped under a newer master key, or a
+            // forgery): a miss, so the entry is always the key of the blob presented.
+            Some(entry) if entry.wrapped != kek.wrapped => Ok(None),
             Some(entry) if entry.stamp == stamp => Ok(Some(entry.clone())),
             _ => Ok(None),
         }
@@ -324,6 +364,18 @@ impl KekCache {
     pub(crate) fn evict(&self, id: &KekId) {
         let mut entries = lock(&self.entries);
         entries.pop(id);
+        self.metrics.kek_cache_entries.set(gauge(entries.len()));
+    }
+
+    /// Forgets the KEKs unwrapped under a master key that is gone: a cached copy must not
+    /// outlive it.
+    pub(crate) fn evict_mkek(&self, generation: u64) {
+        let mut entries = lock(&self.entries);
+        let gone: Vec<KekId> =
+            entries.iter().filter(|(_, e)| e.mkek == generation).map(|(id, _)| *id).collect();
+        for id in &gone {
+            entries.pop(id);
+        }
         self.metrics.kek_cache_entries.set(gauge(entries.len()));
     }
 
@@ -346,4 +398,52 @@ fn gauge(n: usize) -> i64 {
 /// consistent (every critical section here is a single map or vector update).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRAPPED: [u8; 40] = [0xa5; 40];
+
+    fn parsed(blob: &[u8]) -> Option<(Purpose, u64, usize)> {
+        KekBlob::parse(blob).map(|b| (b.purpose, b.mkek, b.wrapped.len()))
+    }
+
+    /// Blobs under master key generation 0 keep the forms older proxies write and read; blobs
+    /// under a later generation name it.
+    #[test]
+    fn blobs_name_their_purpose_and_master_key() {
+        let data0 = KekBlob::encode(Purpose::Data, 0, &WRAPPED);
+        assert_eq!(data0[..3], [b'K', 1, 1]);
+        assert_eq!(parsed(&data0), Some((Purpose::Data, 0, 40)));
+        let unnamed0 = KekBlob::encode(Purpose::Unnamed, 0, &WRAPPED);
+        assert_eq!(unnamed0, WRAPPED);
+        assert_eq!(parsed(&unnamed0), Some((Purpose::Unnamed, 0, 40)));
+
+        let keys7 = KekBlob::encode(Purpose::Wrapping, 7, &WRAPPED);
+        assert_eq!(keys7[..11], [b'K', 2, 2, 0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(parsed(&keys7), Some((Purpose::Wrapping, 7, 40)));
+        let unnamed7 = KekBlob::encode(Purpose::Unnamed, 7, &WRAPPED);
+        assert_eq!(parsed(&unnamed7), Some((Purpose::Unnamed, 7, 40)));
+        let big = KekBlob::encode(Purpose::Data, u64::MAX, &WRAPPED);
+        assert_eq!(parsed(&big), Some((Purpose::Data, u64::MAX, 40)));
+    }
+
+    #[test]
+    fn malformed_blobs_are_none_of_the_forms() {
+        let blob = KekBlob::encode(Purpose::Data, 3, &WRAPPED);
+        // Cut inside the generation, or one byte short of the wrapped key.
+        assert_eq!(parsed(&blob[..9]), None);
+        assert_eq!(parsed(&blob[..blob.len() - 1]), None);
+        // An unknown purpose code, in either headed format.
+        let mut odd = blob.clone();
+        odd[2] = 3;
+        assert_eq!(parsed(&odd), None);
+        let mut odd = KekBlob::encode(Purpose::Data, 0, &WRAPPED);
+        odd[2] = 0;
+        assert_eq!(parsed(&odd), None);
+        // Neither headed nor a multiple of 8 bytes.
+        assert_eq!(parsed(&WRAPPED[..39]), None);
+    }
 }

@@ -196,6 +196,30 @@ pub fn init_token(config: &Config) -> Result<bool> {
     Ok(created)
 }
 
+/// Opens the token, which must hold a master key, runs `f` on it and closes it.
+fn with_token<T>(config: &Config, f: impl FnOnce(&Token) -> Result<T>) -> Result<T> {
+    let pin = config.pkcs11.read_pin()?;
+    let token = Token::open(&config.pkcs11, pin, MkekPolicy::Require)?;
+    let result = f(&token);
+    token.shutdown();
+    result
+}
+
+/// Generates the next master key generation, which wraps new KEKs from now on; its number.
+pub fn mkek_rotate(config: &Config) -> Result<u64> {
+    with_token(config, Token::rotate_mkek)
+}
+
+/// Destroys an older master key generation (never the newest).
+pub fn mkek_destroy(config: &Config, generation: u64) -> Result<()> {
+    with_token(config, |token| token.destroy_mkek(generation))
+}
+
+/// The master key generations in the token, oldest first; the last wraps new KEKs.
+pub fn mkek_generations(config: &Config) -> Result<Vec<u64>> {
+    with_token(config, Token::mkek_generations)
+}
+
 /// Sessions for workers and the inline lane: the session budget and the token's
 /// `ulMaxSessionCount`, less the key-holder's.
 fn session_limit(config: &Config, token_max: Option<u64>) -> Result<usize> {

@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The token's master keys: list their generations, make the next, destroy an older one.
+    #[command(subcommand)]
+    Mkek(Mkek),
     /// Check a configuration file and say what it would do, then check what `serve` needs:
     /// the TLS files and their expiry, the token, its PIN and its master key. Exit status 1 if
     /// a check failed.
@@ -55,12 +58,43 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum Mkek {
+    /// List the master key generations in the token; the newest wraps new KEKs.
+    List {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Generate the next master key generation. Running proxies wrap new KEKs under it within
+    /// a second; rewrap the stored KEKs with `appliance kek rewrap-master`, then destroy the
+    /// older generation.
+    Rotate {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Destroy an older master key generation (never the newest): every KEK blob still under
+    /// it, in the database or in any backup, can no longer be opened.
+    Destroy {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The generation to destroy (see `mkek list`).
+        #[arg(long)]
+        generation: u64,
+    },
+}
+
 impl Command {
     /// The configuration file the command reads.
     fn config(&self) -> &Path {
         match self {
             Command::Serve { config, .. }
             | Command::InitToken { config }
+            | Command::Mkek(
+                Mkek::List { config } | Mkek::Rotate { config } | Mkek::Destroy { config, .. },
+            )
             | Command::CheckConfig { config } => config,
         }
     }
@@ -107,6 +141,36 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 println!("master key {:?} already present; nothing to do", cfg.pkcs11.mkek_label);
             }
+            Ok(())
+        }
+        Command::Mkek(Mkek::List { config }) => {
+            let cfg = Config::load(&config)?;
+            let generations = hsm_proxy::mkek_generations(&cfg)?;
+            let newest = generations.last().copied();
+            for generation in generations {
+                let role = if Some(generation) == newest {
+                    "newest: wraps new KEKs"
+                } else {
+                    "older: unwraps its KEKs only"
+                };
+                println!("generation {generation}  {role}");
+            }
+            Ok(())
+        }
+        Command::Mkek(Mkek::Rotate { config }) => {
+            let cfg = Config::load(&config)?;
+            let generation = hsm_proxy::mkek_rotate(&cfg)?;
+            println!(
+                "created master key generation {generation}; it wraps new KEKs from now on. \
+                 Rewrap the stored KEKs under it with `appliance kek rewrap-master`, then \
+                 destroy the older generation with `hsm-proxy mkek destroy`."
+            );
+            Ok(())
+        }
+        Command::Mkek(Mkek::Destroy { config, generation }) => {
+            let cfg = Config::load(&config)?;
+            hsm_proxy::mkek_destroy(&cfg, generation)?;
+            println!("destroyed master key generation {generation}");
             Ok(())
         }
         Command::CheckConfig { config } => {

@@ -7,8 +7,8 @@ mod common;
 use hsm_proxy_proto::client::{Client, Error};
 use hsm_proxy_proto::op::{
     Blob, Decrypt, Encrypt, GenerateKek, GenerateKeyPair, GenerateSymmetric, GenerateWrappingKek,
-    Health, Kek, KekId, KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, Sealed, Sign, SignMechanism,
-    WrappedKey,
+    Health, Kek, KekId, KeyPairSpec, MAX_RANDOM_BYTES, Random, Rewrap, RewrapKek, Sealed, Sign,
+    SignMechanism, WrappedKey,
 };
 use hsm_proxy_proto::{Reply, Request, SecretBytes, Status};
 use rsa::pkcs8::DecodePublicKey;
@@ -136,8 +136,17 @@ fn tampered(sealed: &Sealed) -> Vec<(Sealed, &'static [u8])> {
 fn forged(kek: &Kek) -> Kek {
     let mut forged = kek.clone();
     forged.id = KekId([7; 16]);
-    forged.wrapped[3] ^= 0xff;
+    let last = forged.wrapped.len() - 1;
+    forged.wrapped[last] ^= 0xff;
     forged
+}
+
+/// `kek` in a blob that names no purpose (purpose code 0), as blobs from before purposes were
+/// named read.
+fn unnamed(kek: &Kek, id: KekId) -> Kek {
+    let mut wrapped = kek.wrapped.clone();
+    wrapped[2] = 0;
+    Kek { id, wrapped }
 }
 
 const AAD: &[u8] = b"secret=1b4e28ba;project=p1";
@@ -154,21 +163,22 @@ async fn health_is_a_real_operation_on_the_token() {
 }
 
 /// KEKs come back wrapped (RFC 5649: 32 bytes of key + 8 of integrity) and distinct, after a
-/// header naming their purpose: `K`, format 1, then 1 for data or 2 for keys.
+/// header naming their purpose and master key: `K`, format 2, 1 for data or 2 for keys, then
+/// the master key generation (1, which `init-token` makes) in 8 bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keks_come_back_wrapped_and_distinct() {
     let Fixture { token: _token, mut proxy, client: _, kek, other, keys, .. } = fixture().await;
-    assert_eq!(kek.wrapped.len(), 43);
-    assert_eq!(kek.wrapped[..3], [b'K', 1, 1]);
-    assert_eq!(keys.wrapped[..3], [b'K', 1, 2]);
+    assert_eq!(kek.wrapped.len(), 51);
+    assert_eq!(kek.wrapped[..11], [b'K', 2, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(keys.wrapped[..11], [b'K', 2, 2, 0, 0, 0, 0, 0, 0, 0, 1]);
     assert_ne!(kek.id, other.id);
     assert_ne!(kek.wrapped, other.wrapped);
     proxy.assert_healthy();
 }
 
 /// A KEK serves one purpose: a data KEK wraps no key and a key KEK seals no data, each refused
-/// as an invalid argument. A blob from before purposes were named (no header) serves both on
-/// a token in normal mode.
+/// as an invalid argument. A blob that names no purpose (as those from before purposes were
+/// named) serves both on a token in normal mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kek_serves_the_one_purpose_its_blob_names() {
     let Fixture { token: _token, mut proxy, client, kek, keys, .. } = fixture().await;
@@ -187,7 +197,7 @@ async fn a_kek_serves_the_one_purpose_its_blob_names() {
         Rewrap { old: kek.clone(), new: keys.clone(), blob: Blob::Sealed { sealed, aad: vec![] } };
     assert_eq!(status(client.call(across).await), Status::InvalidArgument);
 
-    let unnamed = Kek { id: KekId([0x5a; 16]), wrapped: kek.wrapped[3..].to_vec() };
+    let unnamed = unnamed(&kek, KekId([0x5a; 16]));
     let sealed = encrypt(&client, &unnamed, PLAINTEXT, AAD).await;
     let opened = decrypt(&client, &unnamed, &sealed, AAD).await.unwrap();
     assert_eq!(opened.expose_secret(), PLAINTEXT);
@@ -234,14 +244,19 @@ async fn kek_blobs_not_wrapped_here_or_swapped_are_refused() {
         .call(Encrypt { kek: forged(&kek), plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
         .await;
     assert_eq!(status(r), Status::KekInvalid);
-    // A known KEK id with a different blob is refused, never mixed up.
+    // A known KEK id with a different blob (as after a master key rotation) is served by the
+    // key of the blob presented, never by the one cached under the id.
     encrypt(&client, &kek, b"x", b"").await;
     let mut swapped = other.clone();
     swapped.id = kek.id;
-    let r = client
-        .call(Encrypt { kek: swapped, plaintext: SecretBytes::copy_from(b"x"), aad: vec![] })
-        .await;
-    assert_eq!(status(r), Status::InvalidArgument);
+    let sealed = encrypt(&client, &swapped, PLAINTEXT, AAD).await;
+    assert_eq!(decrypt(&client, &other, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    assert_eq!(status(decrypt(&client, &kek, &sealed, AAD).await), Status::AuthenticationFailed);
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    assert_eq!(
+        status(decrypt(&client, &swapped, &sealed, AAD).await),
+        Status::AuthenticationFailed
+    );
     proxy.assert_healthy();
 }
 
@@ -763,10 +778,92 @@ async fn every_operation_works_on_a_fips_mode_token() {
         assert_eq!(pkcs8.expose_secret()[0], 0x30);
     }
     assert_eq!(common::failed_operations(&proxy.metrics_text()), 0.0);
-    let unnamed = Kek { id: KekId([0x5c; 16]), wrapped: kek.wrapped[3..].to_vec() };
+    let unnamed = unnamed(&kek, KekId([0x5c; 16]));
     let sealed = encrypt(&client, &unnamed, PLAINTEXT, AAD).await;
     assert_eq!(decrypt(&client, &unnamed, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
     let pair = GenerateKeyPair { kek: unnamed, spec: KeyPairSpec::EcP256 };
     assert_eq!(status(client.call(pair).await), Status::InvalidArgument);
+    // A KEK moves to a new master key inside a FIPS-mode token too.
+    let (ok, text) = mkek(&token, &["rotate"]);
+    assert!(ok, "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let moved = client.call(RewrapKek { kek: kek.clone() }).await.unwrap();
+    assert_eq!(moved.wrapped[10], 2);
+    assert_eq!(decrypt(&client, &moved, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    proxy.assert_healthy();
+}
+
+/// Runs `hsm-proxy mkek ARGS --config` on the fixture's token: its exit status and output.
+fn mkek(token: &Token, args: &[&str]) -> (bool, String) {
+    let out = common::proxy_command(token)
+        .arg("mkek")
+        .args(args)
+        .arg("--config")
+        .arg(token.path().join("proxy.toml"))
+        .output()
+        .unwrap();
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The master key rotates under a running proxy: a new generation wraps new KEKs within a
+/// second, `RewrapKek` moves a stored KEK to it inside the HSM (same id, same key, so data
+/// sealed before still opens), the newest generation cannot be destroyed, and once the older
+/// one is, a blob still under it opens nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_rotates_under_a_running_proxy() {
+    let Fixture { token, mut proxy, client, kek, keys, .. } = fixture().await;
+    let sealed = encrypt(&client, &kek, PLAINTEXT, AAD).await;
+    let (ok, text) = mkek(&token, &["list"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), "generation 1  newest: wraps new KEKs");
+
+    let (ok, text) = mkek(&token, &["rotate"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("created master key generation 2"), "{text}");
+    let (ok, text) = mkek(&token, &["list"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("generation 1  older") && text.contains("generation 2  newest"),
+        "{text}"
+    );
+
+    // The running proxy reads the token's master keys again at most a second apart.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let fresh = client.call(GenerateKek).await.unwrap();
+    assert_eq!(fresh.wrapped[..11], [b'K', 2, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+    let moved = client.call(RewrapKek { kek: kek.clone() }).await.unwrap();
+    assert_eq!(moved.id, kek.id);
+    assert_eq!(moved.wrapped[..11], [b'K', 2, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+    assert_ne!(moved.wrapped, kek.wrapped);
+    let moved_keys = client.call(RewrapKek { kek: keys.clone() }).await.unwrap();
+    assert_eq!(moved_keys.wrapped[..11], [b'K', 2, 2, 0, 0, 0, 0, 0, 0, 0, 2]);
+    // Already under the newest: as it is.
+    assert_eq!(client.call(RewrapKek { kek: moved.clone() }).await.unwrap(), moved);
+    // The same key under either blob.
+    assert_eq!(decrypt(&client, &moved, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    assert_eq!(decrypt(&client, &kek, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    let again = encrypt(&client, &moved, PLAINTEXT, AAD).await;
+    assert_eq!(decrypt(&client, &kek, &again, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    // A forged blob is refused, as an unwrap under the newest would refuse it.
+    assert_eq!(status(client.call(RewrapKek { kek: forged(&kek) }).await), Status::KekInvalid);
+
+    let (ok, text) = mkek(&token, &["destroy", "--generation", "2"]);
+    assert!(!ok && text.contains("is the newest"), "{text}");
+    let (ok, text) = mkek(&token, &["destroy", "--generation", "9"]);
+    assert!(!ok && text.contains("no master key generation 9"), "{text}");
+    let (ok, text) = mkek(&token, &["destroy", "--generation", "1"]);
+    assert!(ok, "{text}");
+    let (ok, text) = mkek(&token, &["list"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.trim(), "generation 2  newest: wraps new KEKs");
+
+    // The old blob under an id the proxy has not cached: its master key is gone.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let orphan = Kek { id: KekId([0x6d; 16]), wrapped: kek.wrapped.clone() };
+    assert_eq!(status(decrypt(&client, &orphan, &sealed, AAD).await), Status::KekInvalid);
+    assert_eq!(status(client.call(RewrapKek { kek: orphan }).await), Status::KekInvalid);
+    assert_eq!(decrypt(&client, &moved, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
     proxy.assert_healthy();
 }

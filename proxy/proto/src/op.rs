@@ -156,6 +156,10 @@ operations! {
     /// [`OpCode::GenerateKeyPair`], [`OpCode::Sign`]), generated in the HSM and returned only
     /// wrapped under the MKEK. Data and keys never share a KEK.
     GenerateWrappingKek = 11 => Kek,
+    /// A project KEK wrapped again, inside the HSM, under the token's newest master key
+    /// (after `hsm-proxy mkek rotate`): the same id and key in a new blob. A blob already under
+    /// the newest comes back as it is.
+    RewrapKek = 12 => Kek,
 }
 
 macro_rules! reply_conversions {
@@ -200,7 +204,7 @@ impl TryFrom<Reply> for Kek {
     type Error = Status;
     fn try_from(reply: Reply) -> Result<Self, Status> {
         match reply {
-            Reply::GenerateKek(r) | Reply::GenerateWrappingKek(r) => Ok(r),
+            Reply::GenerateKek(r) | Reply::GenerateWrappingKek(r) | Reply::RewrapKek(r) => Ok(r),
             _ => Err(Status::MalformedOperation),
         }
     }
@@ -511,6 +515,14 @@ pub struct Rewrap {
     pub blob: Blob,
 }
 
+/// Parameters of [`OpCode::RewrapKek`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RewrapKek {
+    /// The KEK as stored.
+    pub kek: Kek,
+}
+
 /// Parameters of [`OpCode::Random`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -525,7 +537,7 @@ mod tests {
 
     #[test]
     fn op_codes_are_pinned() {
-        let pinned: [(OpCode, u16); 11] = [
+        let pinned: [(OpCode, u16); 12] = [
             (OpCode::Health, 1),
             (OpCode::GenerateKek, 2),
             (OpCode::Encrypt, 3),
@@ -537,6 +549,7 @@ mod tests {
             (OpCode::Random, 9),
             (OpCode::GenerateKeyPairSealed, 10),
             (OpCode::GenerateWrappingKek, 11),
+            (OpCode::RewrapKek, 12),
         ];
         assert_eq!(OpCode::ALL.len(), pinned.len());
         for (op, code) in pinned {
@@ -544,7 +557,7 @@ mod tests {
             assert_eq!(OpCode::from_code(code), Some(op));
         }
         assert_eq!(OpCode::from_code(0), None);
-        assert_eq!(OpCode::from_code(12), None);
+        assert_eq!(OpCode::from_code(13), None);
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                 .into(),
         ),
         ("generate_wrapping_kek", GenerateWrappingKek.into()),
+        ("rewrap_kek", RewrapKek { kek: kek() }.into()),
     ]
 }
 
@@ -112,6 +113,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
             }),
         ),
         ("generate_wrapping_kek", Reply::GenerateWrappingKek(kek())),
+        ("rewrap_kek", Reply::RewrapKek(kek())),
     ]
 }
 

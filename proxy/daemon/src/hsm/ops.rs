@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::failure::{At, Failure, Step};
 use super::{Epoch, Token, der};
-use crate::keys::{KekBlob, KekCache, KekEntry, Purpose};
+use crate::keys::{KekBlob, KekCache, KekEntry, Purpose, RESCAN_EVERY};
 
 /// Everything an operation may use.
 pub(crate) struct OpContext<'a> {
@@ -115,6 +115,7 @@ pub(crate) fn keks(op: &Request) -> Vec<KekId> {
         Request::Sign(o) => vec![o.kek.id],
         Request::Rewrap(o) => vec![o.old.id, o.new.id],
         Request::GenerateKeyPairSealed(o) => vec![o.kek.id],
+        Request::RewrapKek(o) => vec![o.kek.id],
         _ => Vec::new(),
     }
 }
@@ -137,9 +138,13 @@ pub(crate) fn execute(cx: &OpContext<'_>, op: &Request) -> Result<Reply, Failure
         Request::GenerateKeyPairSealed(o) => {
             generate_key_pair_sealed(cx, o).map(Reply::GenerateKeyPairSealed)
         }
+        Request::RewrapKek(o) => rewrap_kek(cx, &o.kek).map(Reply::RewrapKek),
         _ => Err(Failure::Status(Status::UnknownOperation)),
     }
 }
+
+/// How often, at most, a health check reads the token's master keys again.
+const HEALTH_RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A session object destroyed when it goes out of scope.
 struct TempObject<'a> {
@@ -161,6 +166,10 @@ fn temp(session: &Session, handle: ObjectHandle) -> TempObject<'_> {
 fn health(cx: &OpContext<'_>) -> Result<HealthReport, Failure> {
     // A real round trip through the token: the RNG is cheap and needs a working session.
     let _ = Zeroizing::new(cx.session.generate_random_vec(16).at(Step::Other)?);
+    // Appliances ask every few seconds: KEKs unwrapped under a master key destroyed since go.
+    for gone in cx.epoch.rescan_mkeks(cx.session, cx.token.mkek_label(), HEALTH_RESCAN_EVERY) {
+        cx.keys.evict_mkek(gone);
+    }
     let info = cx.token.context().get_token_info(cx.epoch.slot).at(Step::Other)?;
     Ok(HealthReport {
         token_label: info.label().trim().to_owned(),
@@ -190,13 +199,53 @@ fn generate_kek(cx: &OpContext<'_>, purpose: Purpose) -> Result<Kek, Failure> {
     ];
     let key = cx.session.generate_key(&Mechanism::AesKeyGen, &template).at(Step::Other)?;
     let key = temp(cx.session, key);
-    let wrapped = cx
-        .session
-        .wrap_key(&Mechanism::AesKeyWrapPad, cx.epoch.mkek, key.handle)
-        .at(Step::MkekWrap)?;
+    let (generation, mkek) = newest_mkek(cx);
+    let wrapped =
+        cx.session.wrap_key(&Mechanism::AesKeyWrapPad, mkek, key.handle).at(Step::MkekWrap)?;
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Failure::Status(Status::Internal))?;
-    Ok(Kek { id: KekId(id), wrapped: KekBlob::encode(purpose, &wrapped) })
+    Ok(Kek { id: KekId(id), wrapped: KekBlob::encode(purpose, generation, &wrapped) })
+}
+
+/// The newest master key, after reading the token's again if the last read is a second old:
+/// a generation made by `hsm-proxy mkek rotate` wraps new KEKs from then on.
+fn newest_mkek(cx: &OpContext<'_>) -> (u64, ObjectHandle) {
+    for gone in cx.epoch.rescan_mkeks(cx.session, cx.token.mkek_label(), RESCAN_EVERY) {
+        cx.keys.evict_mkek(gone);
+    }
+    cx.epoch.active_mkek()
+}
+
+/// `kek` wrapped under the newest master key, inside the HSM: unwrapped from its own master
+/// key as a session object that is sensitive and has no use but being wrapped once more, then
+/// destroyed. The key never leaves the token in clear.
+fn rewrap_kek(cx: &OpContext<'_>, kek: &Kek) -> Result<Kek, Failure> {
+    let blob = KekBlob::parse(&kek.wrapped).ok_or(Failure::Status(Status::KekInvalid))?;
+    let (generation, newest) = newest_mkek(cx);
+    if blob.mkek == generation {
+        return Ok(kek.clone());
+    }
+    let old = cx.epoch.mkek(blob.mkek).ok_or(Failure::Status(Status::KekInvalid))?;
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+    ];
+    let key = cx
+        .session
+        .unwrap_key(&Mechanism::AesKeyWrapPad, old, blob.wrapped, &template)
+        .at(Step::KekUnwrap)?;
+    let key = temp(cx.session, key);
+    let wrapped =
+        cx.session.wrap_key(&Mechanism::AesKeyWrapPad, newest, key.handle).at(Step::MkekWrap)?;
+    Ok(Kek { id: kek.id, wrapped: KekBlob::encode(blob.purpose, generation, &wrapped) })
 }
 
 fn encrypt(cx: &OpContext<'_>, op: &Encrypt) -> Result<Sealed, Failure> {
