@@ -105,6 +105,39 @@ impl ServeConfig {
     pub fn api(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// Writes the configuration to `DIR/NAME.toml` and runs `appliance serve` on it, its log in
+    /// `DIR/NAME.log`, until it listens: the process (killed when dropped), the API's base URL
+    /// and the configuration file.
+    pub fn spawn(&self, dir: &Path, name: &str) -> (Serving, String, PathBuf) {
+        let config = self.write(&dir.join(format!("{name}.toml")));
+        let child = Serving(
+            Command::new(bin_dir().join("appliance"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (child, self.api(), config)
+    }
+}
+
+/// An `appliance serve` process, killed when dropped: a failed assertion leaves none running.
+#[derive(Debug)]
+pub struct Serving(pub std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `appliance dev` running in a child process.

@@ -7,10 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, ServeConfig, TestDatabase, bin_dir, http, psql};
+use e2e::{DevStack, ServeConfig, Serving, TestDatabase, bin_dir, http, psql};
 
 fn appliance(args: &[&str], config: &Path) -> Output {
     let mut command = Command::new(bin_dir().join("appliance"));
@@ -195,16 +195,6 @@ fn a_purged_project_loses_its_data_and_its_keks() {
     assert_ne!(keks[0].0, destroyed);
 }
 
-/// An appliance process, killed when dropped: a failed assertion leaves none running.
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(
     dir: &Path,
     name: &str,
@@ -216,23 +206,7 @@ fn serve(
     settings.sections = "[keys]\nrewrap_per_second = 20\nrewrap_batch = 4\npoll_ms = 200\n\
                          lease_ms = 1500\nrefresh_ms = 100\nretired_grace_ms = 500"
         .into();
-    let config = settings.write(&dir.join(format!("{name}.toml")));
-    let port = settings.port;
-    let child = Serving(
-        Command::new(bin_dir().join("appliance"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, settings.api(), config)
+    settings.spawn(dir, name)
 }
 
 #[test]

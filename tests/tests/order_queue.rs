@@ -4,43 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers report failures by panicking
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{DevStack, ServeConfig, TestDatabase, bin_dir, http, psql};
+use e2e::{DevStack, ServeConfig, Serving, TestDatabase, http, psql};
 
-/// An appliance process, killed when dropped: a failed assertion leaves none running.
-struct Appliance(Child);
-
-impl Drop for Appliance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn appliance(dir: &std::path::Path, name: &str, db: &str, stack: &DevStack) -> (Appliance, String) {
+fn appliance(dir: &std::path::Path, name: &str, db: &str, stack: &DevStack) -> (Serving, String) {
     let mut settings = ServeConfig::on(stack, db);
     settings.database_extra = "max_connections = 4".into();
     settings.hsm = "request_timeout_ms = 60000".into();
     settings.sections = "[orders]\nlease_ms = 2000\npoll_ms = 200\ninline_wait_ms = 0".into();
-    let config = settings.write(&dir.join(format!("{name}.toml")));
-    let port = settings.port;
-    let child = Appliance(
-        Command::new(bin_dir().join("appliance"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, settings.api())
+    let (child, api, _) = settings.spawn(dir, name);
+    (child, api)
 }
 
 const MEMBER: &[(&str, &str)] = &[

@@ -112,6 +112,32 @@ impl<'a> KekBlob<'a> {
     }
 }
 
+/// What a KEK unwrapped into the HSM may do.
+pub(crate) struct Usage {
+    /// Encrypt and decrypt.
+    pub(crate) data: bool,
+    /// Wrap and unwrap.
+    pub(crate) keys: bool,
+    /// Be wrapped once more (under a newer master key, `RewrapKek`); never for a cached KEK.
+    pub(crate) extractable: bool,
+}
+
+/// The template a KEK is unwrapped with: a sensitive AES session object with `usage` only.
+pub(crate) fn unwrapped_kek(usage: Usage) -> [Attribute; 10] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(usage.extractable),
+        Attribute::Encrypt(usage.data),
+        Attribute::Decrypt(usage.data),
+        Attribute::Wrap(usage.keys),
+        Attribute::Unwrap(usage.keys),
+    ]
+}
+
 /// A KEK unwrapped in the HSM.
 #[derive(Debug)]
 pub(crate) struct KekEntry {
@@ -263,18 +289,7 @@ impl KekCache {
         };
         let data = matches!(purpose, Purpose::Data | Purpose::Unnamed);
         let keys = matches!(purpose, Purpose::Wrapping | Purpose::Unnamed);
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Encrypt(data),
-            Attribute::Decrypt(data),
-            Attribute::Wrap(keys),
-            Attribute::Unwrap(keys),
-        ];
+        let template = unwrapped_kek(Usage { data, keys, extractable: false });
         let mkek = match epoch.mkek(blob.mkek) {
             Some(handle) => handle,
             None => {

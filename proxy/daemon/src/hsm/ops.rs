@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::failure::{At, Failure, Step};
 use super::{Epoch, Token, der};
-use crate::keys::{KekBlob, KekCache, KekEntry, Purpose, RESCAN_EVERY};
+use crate::keys::{KekBlob, KekCache, KekEntry, Purpose, RESCAN_EVERY, Usage, unwrapped_kek};
 
 /// Everything an operation may use.
 pub(crate) struct OpContext<'a> {
@@ -226,18 +226,7 @@ fn rewrap_kek(cx: &OpContext<'_>, kek: &Kek) -> Result<Kek, Failure> {
         return Ok(kek.clone());
     }
     let old = cx.epoch.mkek(blob.mkek).ok_or(Failure::Status(Status::KekInvalid))?;
-    let template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(true),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Wrap(false),
-        Attribute::Unwrap(false),
-    ];
+    let template = unwrapped_kek(Usage { data: false, keys: false, extractable: true });
     let key = cx
         .session
         .unwrap_key(&Mechanism::AesKeyWrapPad, old, blob.wrapped, &template)
