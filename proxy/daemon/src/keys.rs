@@ -27,7 +27,7 @@ use hsm_proxy_proto::op::{Kek, KekId};
 use lru::LruCache;
 
 use crate::hsm::failure::{At, Failure, Step};
-use crate::hsm::{Epoch, Stamp, Token};
+use crate::hsm::{Epoch, Keyholder, Stamp, Token};
 use crate::metrics::Metrics;
 
 /// What a project KEK is for.
@@ -273,6 +273,53 @@ impl KekCache {
             return Ok(entry);
         }
         let mut holder = lock(&epoch.keyholder);
+        self.resolve_held(kek, token, epoch, &mut holder)
+    }
+
+    /// Unwraps the KEKs of a share's operations that are not cached, all under one hold of the
+    /// key-holder, so that a share of many cold projects waits for the key-holder once rather
+    /// than once per KEK. Failures are left for each operation to meet and report; a single
+    /// miss is left to its operation as well.
+    pub(crate) fn prefetch(&self, keks: &[&Kek], token: &Token, epoch: &Epoch) {
+        let stamp = epoch.stamp();
+        let mut missing: Vec<&Kek> = Vec::new();
+        for kek in keks {
+            if matches!(self.lookup(kek, stamp), Ok(None))
+                && !missing.iter().any(|m| m.id == kek.id)
+            {
+                missing.push(kek);
+            }
+        }
+        if missing.len() < 2 {
+            return;
+        }
+        let mut holder = lock(&epoch.keyholder);
+        for kek in missing {
+            match self.resolve_held(kek, token, epoch, &mut holder) {
+                Ok(_) => self.metrics.kek_cache_prefetched.inc(),
+                // The token's trouble, not the blob's: the operations recover on their own.
+                Err(f)
+                    if matches!(
+                        f.status(),
+                        Status::HsmUnavailable | Status::HsmResourceExhausted
+                    ) =>
+                {
+                    break;
+                }
+                // A blob refused: its operation meets the refusal again and reports it.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// [`KekCache::resolve`] past the fast path, with the key-holder held.
+    fn resolve_held(
+        &self,
+        kek: &Kek,
+        token: &Token,
+        epoch: &Epoch,
+        holder: &mut Keyholder,
+    ) -> Result<Arc<KekEntry>, Failure> {
         let stamp = (epoch.number, holder.generation);
         // Another worker may have unwrapped it while we waited for the key-holder.
         if let Some(entry) = self.lookup(kek, stamp)? {
@@ -319,7 +366,7 @@ impl KekCache {
             Err(failure) => {
                 if failure.keyholder_lost() {
                     self.clear();
-                    if let Err(e) = token.renew_keyholder(epoch, &mut holder) {
+                    if let Err(e) = token.renew_keyholder(epoch, holder) {
                         // The next unwrap finds the same dead session and tries again.
                         tracing::warn!(error = %e, "replacing the key-holder session failed");
                     }

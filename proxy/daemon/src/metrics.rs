@@ -63,6 +63,8 @@ pub struct Metrics {
     pub(crate) inline_operations: IntCounter,
     pub(crate) kek_cache_hits: IntCounter,
     pub(crate) kek_cache_misses: IntCounter,
+    /// Misses unwrapped together, ahead of their share's operations.
+    pub(crate) kek_cache_prefetched: IntCounter,
     pub(crate) kek_cache_evictions: IntCounter,
     pub(crate) kek_cache_entries: IntGauge,
     pub(crate) kek_cache_capacity: IntGauge,
@@ -156,6 +158,11 @@ impl Metrics {
             kek_cache_misses: counter(
                 "kek_cache_misses_total",
                 "Project KEK lookups that unwrapped the KEK into the HSM",
+            ),
+            kek_cache_prefetched: counter(
+                "kek_cache_prefetched_total",
+                "Project KEKs unwrapped together, under one hold of the key-holder session, \
+                 before the operations of their share ran",
             ),
             kek_cache_evictions: counter(
                 "kek_cache_evictions_total",

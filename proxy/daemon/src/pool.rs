@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cryptoki::session::Session;
-use hsm_proxy_proto::op::HealthReport;
+use hsm_proxy_proto::op::{HealthReport, Kek};
 use hsm_proxy_proto::{OpCode, Outcome, Reply, Request, Status};
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use tokio::sync::oneshot;
@@ -466,6 +466,9 @@ impl Worker {
             self.metrics.queue_depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
             let mut answers = Vec::with_capacity(job.ops.len());
             self.metrics.sessions_busy.inc();
+            if job.ops.len() > 1 {
+                self.prefetch(&job.ops);
+            }
             for op in &job.ops {
                 answers.push(self.serve(op, job.enqueued, job.deadline));
             }
@@ -479,6 +482,14 @@ impl Worker {
             let _ = job.reply.send(answers);
         }
         self.close_session();
+    }
+
+    /// Unwraps the share's uncached KEKs together before its operations run.
+    fn prefetch(&self, ops: &[Request]) {
+        let guard = self.token.read();
+        let Some(epoch) = guard.epoch() else { return };
+        let keks: Vec<&Kek> = ops.iter().flat_map(ops::used_keks).collect();
+        self.keys.prefetch(&keks, &self.token, epoch);
     }
 
     /// One operation of a share, with its metrics.

@@ -867,3 +867,50 @@ async fn the_master_key_rotates_under_a_running_proxy() {
     assert_eq!(decrypt(&client, &moved, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
     proxy.assert_healthy();
 }
+
+/// A frame reading many cold KEKs has their misses unwrapped together before its operations
+/// run: each KEK is unwrapped once, every answer is right, and a refused blob among them fails
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frames_cold_keks_are_unwrapped_together() {
+    let Fixture { token: _token, mut proxy, client, .. } = fixture().await;
+    let mut keks = Vec::new();
+    for _ in 0..24 {
+        keks.push(client.call(GenerateKek).await.unwrap());
+    }
+    let mut sealed = Vec::new();
+    for (i, kek) in keks.iter().enumerate() {
+        sealed.push(encrypt(&client, kek, format!("payload {i}").as_bytes(), AAD).await);
+    }
+    // The same keys under ids the proxy has not seen: every one a miss.
+    let cold: Vec<Kek> = keks
+        .iter()
+        .enumerate()
+        .map(|(i, k)| Kek {
+            id: KekId([0x80 + u8::try_from(i).unwrap(); 16]),
+            wrapped: k.wrapped.clone(),
+        })
+        .collect();
+    let misses = proxy.metric("hsm_proxy_kek_cache_misses_total");
+    // A forged blob first: its refusal does not stop the others being unwrapped ahead.
+    let mut frame = vec![Request::Decrypt(Decrypt {
+        kek: forged(&keks[0]),
+        sealed: sealed[0].clone(),
+        aad: AAD.to_vec(),
+    })];
+    frame.extend(cold.iter().zip(&sealed).map(|(kek, s)| {
+        Request::Decrypt(Decrypt { kek: kek.clone(), sealed: s.clone(), aad: AAD.to_vec() })
+    }));
+    let results = client.call_batch(frame).await.unwrap();
+    assert_eq!(results[0], Err(Status::KekInvalid));
+    for (i, result) in results.iter().skip(1).enumerate() {
+        let Ok(Reply::Decrypt(plain)) = result else { panic!("{i}: {result:?}") };
+        assert_eq!(plain.expose_secret(), format!("payload {i}").as_bytes());
+    }
+    // One unwrap per KEK; the forged blob is tried twice, ahead of its share and by its
+    // operation, which reports the refusal.
+    assert_eq!(proxy.metric("hsm_proxy_kek_cache_misses_total") - misses, 26.0);
+    let prefetched = proxy.metric("hsm_proxy_kek_cache_prefetched_total");
+    assert!(prefetched >= 20.0, "only {prefetched} of 24 unwrapped ahead of their share");
+    proxy.assert_healthy();
+}

@@ -107,15 +107,19 @@ const DECRYPTING: (MessageInit, MessageFinal) =
 
 /// The KEK ids an operation uses, so that a stale handle can be evicted before the retry.
 pub(crate) fn keks(op: &Request) -> Vec<KekId> {
+    used_keks(op).iter().map(|k| k.id).collect()
+}
+
+/// The KEKs an operation unwraps from the cache (`RewrapKek` unwraps its own, uncached).
+pub(crate) fn used_keks(op: &Request) -> Vec<&Kek> {
     match op {
-        Request::Encrypt(o) => vec![o.kek.id],
-        Request::Decrypt(o) => vec![o.kek.id],
-        Request::GenerateSymmetric(o) => vec![o.kek.id],
-        Request::GenerateKeyPair(o) => vec![o.kek.id],
-        Request::Sign(o) => vec![o.kek.id],
-        Request::Rewrap(o) => vec![o.old.id, o.new.id],
-        Request::GenerateKeyPairSealed(o) => vec![o.kek.id],
-        Request::RewrapKek(o) => vec![o.kek.id],
+        Request::Encrypt(o) => vec![&o.kek],
+        Request::Decrypt(o) => vec![&o.kek],
+        Request::GenerateSymmetric(o) => vec![&o.kek],
+        Request::GenerateKeyPair(o) => vec![&o.kek],
+        Request::Sign(o) => vec![&o.kek],
+        Request::Rewrap(o) => vec![&o.old, &o.new],
+        Request::GenerateKeyPairSealed(o) => vec![&o.kek],
         _ => Vec::new(),
     }
 }
