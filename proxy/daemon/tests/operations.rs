@@ -829,14 +829,15 @@ async fn the_master_key_rotates_under_a_running_proxy() {
         "{text}"
     );
 
-    // The running proxy reads the token's master keys again at most a second apart.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let fresh = client.call(GenerateKek).await.unwrap();
-    assert_eq!(fresh.wrapped[..11], [b'K', 2, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+    // At once: before saying a blob is under the newest, the proxy reads the token again.
     let moved = client.call(RewrapKek { kek: kek.clone() }).await.unwrap();
     assert_eq!(moved.id, kek.id);
     assert_eq!(moved.wrapped[..11], [b'K', 2, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
     assert_ne!(moved.wrapped, kek.wrapped);
+    // New KEKs: the running proxy reads the token's master keys at most a second apart.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let fresh = client.call(GenerateKek).await.unwrap();
+    assert_eq!(fresh.wrapped[..11], [b'K', 2, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
     let moved_keys = client.call(RewrapKek { kek: keys.clone() }).await.unwrap();
     assert_eq!(moved_keys.wrapped[..11], [b'K', 2, 2, 0, 0, 0, 0, 0, 0, 0, 2]);
     // Already under the newest: as it is.

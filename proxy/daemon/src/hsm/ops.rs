@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -148,7 +149,7 @@ pub(crate) fn execute(cx: &OpContext<'_>, op: &Request) -> Result<Reply, Failure
 }
 
 /// How often, at most, a health check reads the token's master keys again.
-const HEALTH_RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const HEALTH_RESCAN_EVERY: Duration = Duration::from_secs(10);
 
 /// A session object destroyed when it goes out of scope.
 struct TempObject<'a> {
@@ -225,9 +226,17 @@ fn newest_mkek(cx: &OpContext<'_>) -> (u64, ObjectHandle) {
 /// destroyed. The key never leaves the token in clear.
 fn rewrap_kek(cx: &OpContext<'_>, kek: &Kek) -> Result<Kek, Failure> {
     let blob = KekBlob::parse(&kek.wrapped).ok_or(Failure::Status(Status::KekInvalid))?;
-    let (generation, newest) = newest_mkek(cx);
+    let (mut generation, mut newest) = newest_mkek(cx);
     if blob.mkek == generation {
-        return Ok(kek.clone());
+        // Before answering that nothing is to be done, make sure no newer master key was made
+        // since the last read (`mkek rotate` a moment ago, on another host perhaps).
+        for gone in cx.epoch.rescan_mkeks(cx.session, cx.token.mkek_label(), Duration::ZERO) {
+            cx.keys.evict_mkek(gone);
+        }
+        (generation, newest) = cx.epoch.active_mkek();
+        if blob.mkek == generation {
+            return Ok(kek.clone());
+        }
     }
     let old = cx.epoch.mkek(blob.mkek).ok_or(Failure::Status(Status::KekInvalid))?;
     let template = unwrapped_kek(Usage { data: false, keys: false, extractable: true });
