@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Result, Statement, Store};
+use super::{Backend, Result, Statement, Store};
 
 /// What a purge deleted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,6 +52,11 @@ impl Store {
     pub async fn purge_project(&self, project_id: &str, apply: bool) -> Result<Purged> {
         let _timed = self.time(Statement::PurgeProject);
         let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // A row the project gains while the purge runs must not outlive it: serialisable,
+            // such a write makes one of the two fail (SQLite's write lock already excludes it).
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").execute(&mut *tx).await?;
+        }
         for sql in DEPENDENTS {
             sqlx::query(sql).bind(project_id).execute(&mut *tx).await?;
         }

@@ -333,6 +333,10 @@ fn a_purge_reaches_backups_once_the_master_key_is_rotated_away() {
     for (i, id) in kept.iter().enumerate() {
         assert_eq!(read(&api, "kept", id), (200, format!("k{i}")));
     }
+    // New writes take the active KEK's new blob once the appliance reads it again.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = store(&api, "kept", "after");
+    assert_eq!(read(&api, "kept", &after), (200, "after".into()));
     // The backup opens nothing: neither the purged project nor any other.
     let (status, body) = read(&api_restored, "doomed", &doomed[2]);
     assert_eq!(status, 500, "{body}");

@@ -154,7 +154,7 @@ pub async fn rewrap_master(config: &Config) -> Result<MasterRewrap> {
 }
 
 async fn rewrap_master_on(config: &Config, store: &Store) -> Result<MasterRewrap> {
-    let hsm = crate::connect_hsm(config, None)?;
+    let hsm = std::sync::Arc::new(crate::connect_hsm(config, None)?);
     let mut done = MasterRewrap::default();
     loop {
         let (mut after, mut changed, mut keks) = (String::new(), 0u64, 0u64);
@@ -163,12 +163,32 @@ async fn rewrap_master_on(config: &Config, store: &Store) -> Result<MasterRewrap
             let page = store.keks_after(&after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after.clone_from(&last.id);
-            for row in &page {
+            // A page at a time, all at once: they travel in few frames, and the proxy reads the
+            // token's master keys once for a frame.
+            let mut calls = tokio::task::JoinSet::new();
+            for (i, row) in page.iter().enumerate() {
+                let (hsm, row) = (hsm.clone(), row.clone());
+                calls.spawn(async move { (i, hsm.rewrap_under_newest_mkek(&row).await) });
+            }
+            let mut answers: Vec<Option<std::result::Result<Vec<u8>, String>>> =
+                vec![None; page.len()];
+            while let Some(joined) = calls.join_next().await {
+                if let Ok((i, answer)) = joined
+                    && let Some(slot) = answers.get_mut(i)
+                {
+                    *slot = Some(answer.map_err(|e| e.to_string()));
+                }
+            }
+            for (row, answer) in page.iter().zip(answers) {
                 keks += 1;
-                let new = match hsm.rewrap_under_newest_mkek(row).await {
-                    Ok(new) => new,
-                    Err(e) => {
+                let new = match answer {
+                    Some(Ok(new)) => new,
+                    Some(Err(e)) => {
                         done.failed.push(format!("KEK {}: {e}", row.id));
+                        continue;
+                    }
+                    None => {
+                        done.failed.push(format!("KEK {}: the call was lost", row.id));
                         continue;
                     }
                 };
@@ -181,8 +201,16 @@ async fn rewrap_master_on(config: &Config, store: &Store) -> Result<MasterRewrap
         done.passes += 1;
         done.rewrapped += changed;
         done.keks = keks;
-        if changed == 0 || done.passes >= 5 {
+        if changed == 0 {
             break;
+        }
+        if done.passes >= 5 {
+            return Err(Error::KeyOperation(format!(
+                "{done}\nKEKs were still being rewrapped in the last of {} passes (new ones keep \
+                 coming under an older master key: is a proxy not yet upgraded?); do not destroy \
+                 the older master key; run the command again",
+                done.passes
+            )));
         }
     }
     if !done.failed.is_empty() {

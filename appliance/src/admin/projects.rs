@@ -38,9 +38,10 @@ impl std::fmt::Display for Purge {
 
 /// Deletes the project's secrets, containers and orders with their metadata, consumers and
 /// ACLs, its quota and preferred store, and its KEKs, in one transaction; unless `apply`, only
-/// says what that would delete. Once the KEK rows are gone, no copy of the project's data in
-/// this database can be decrypted; copies in backups taken before can be until the master key
-/// they were wrapped under is rotated away (`hsm-proxy mkek rotate`).
+/// says what that would delete. Once the KEK rows are gone, the project's data in this
+/// database cannot be decrypted; copies in backups taken before can be until the master key
+/// they were wrapped under is destroyed (`hsm-proxy mkek rotate`, `appliance kek
+/// rewrap-master`, then `hsm-proxy mkek destroy`).
 pub async fn purge(config: &Config, project: &str, apply: bool) -> Result<Purge> {
     let store = open_store(config).await?;
     let purged = store.purge_project(project, apply).await;

@@ -91,10 +91,16 @@ impl Keks {
     }
 
     /// Records that `id` is the project's active KEK as of now, keeping what is reserved on it.
+    /// Its blob is taken afresh: the same KEK is stored anew when the master key is rotated.
     fn checked(&self, project_id: &str, id: &str, kek: &Kek) {
         let mut active = lock(&self.active);
         match active.get_mut(project_id) {
-            Some(a) if a.id == id => a.checked = Instant::now(),
+            Some(a) if a.id == id => {
+                a.checked = Instant::now();
+                if a.kek.wrapped != kek.wrapped {
+                    a.kek = kek.clone();
+                }
+            }
             _ => {
                 let a = Active {
                     id: id.to_owned(),

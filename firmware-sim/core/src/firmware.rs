@@ -1185,7 +1185,6 @@ fn matches(o: &Object, template: Template<'_>) -> bool {
     })
 }
 
-/// A DER OCTET STRING's content (CKA_EC_POINT), or the input if it is a raw point.
 /// An EC point given either raw (SEC 1) or DER-wrapped in an OCTET STRING, as tokens accept
 /// both. Raw is tried first: a raw uncompressed P-256 point whose x-coordinate starts with 0x3f
 /// also reads as an OCTET STRING header (`04 3f`), and must not be cut.
@@ -1193,6 +1192,7 @@ fn ec_point(curve: Curve, value: &[u8]) -> &[u8] {
     if mechanism::ec::verify_point(curve, value).is_ok() { value } else { der_octet_string(value) }
 }
 
+/// A DER OCTET STRING's content (CKA_EC_POINT), or the input if it is a raw point.
 fn der_octet_string(value: &[u8]) -> &[u8] {
     match value {
         [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && *len < 0x80 => rest,

@@ -133,15 +133,37 @@ impl Epoch {
         label: &str,
         max_age: Duration,
     ) -> Vec<u64> {
-        if read(&self.mkeks).scanned.elapsed() < max_age {
+        self.rescan_mkeks_when(session, label, |scanned| scanned.elapsed() >= max_age)
+    }
+
+    /// [`Epoch::rescan_mkeks`] unless a read began at or after `since`.
+    pub(crate) fn rescan_mkeks_since(
+        &self,
+        session: &Session,
+        label: &str,
+        since: Instant,
+    ) -> Vec<u64> {
+        self.rescan_mkeks_when(session, label, |scanned| scanned < since)
+    }
+
+    fn rescan_mkeks_when(
+        &self,
+        session: &Session,
+        label: &str,
+        stale: impl Fn(Instant) -> bool,
+    ) -> Vec<u64> {
+        if !stale(read(&self.mkeks).scanned) {
             return Vec::new();
         }
         let mut mkeks = self.mkeks.write().unwrap_or_else(|p| p.into_inner());
-        if mkeks.scanned.elapsed() < max_age {
+        if !stale(mkeks.scanned) {
             return Vec::new();
         }
+        // When the read began: what it finds is at least as new as that.
+        let started = Instant::now();
         match mkek::scan(session, label) {
-            Ok(Some(now)) => {
+            Ok(Some(mut now)) => {
+                now.scanned = started;
                 let before = mkeks.generations();
                 let after = now.generations();
                 let gone: Vec<u64> =
@@ -158,12 +180,12 @@ impl Epoch {
                 gone
             }
             Ok(None) => {
-                mkeks.scanned = Instant::now();
+                mkeks.scanned = started;
                 tracing::warn!(label, "no master key found in the token any more");
                 Vec::new()
             }
             Err(e) => {
-                mkeks.scanned = Instant::now();
+                mkeks.scanned = started;
                 tracing::warn!(error = %e, "reading the token's master keys failed");
                 Vec::new()
             }
@@ -455,7 +477,6 @@ impl Token {
         self.ctx.open_ro_session_no_drop(epoch.slot)
     }
 
-    /// Logs out, closes the key-holder session and finalises the library.
     /// Generates the next master key generation in the token, which from now on wraps new
     /// KEKs (running proxies notice within a second of their next KEK); its generation.
     pub(crate) fn rotate_mkek(&self) -> Result<u64> {
@@ -463,11 +484,26 @@ impl Token {
         let epoch = guard.epoch().ok_or_else(|| Error::Token("the token is down".into()))?;
         let holder = epoch.keyholder.lock().unwrap_or_else(|p| p.into_inner());
         let label = &self.config.mkek_label;
-        let newest = mkek::scan(&holder.session, label)?.map_or(0, |m| m.active().0);
-        let generation = newest + 1;
-        mkek::create(&holder.session, label, generation)?;
-        epoch.rescan_mkeks(&holder.session, label, Duration::ZERO);
-        Ok(generation)
+        for _ in 0..3 {
+            let newest = mkek::scan(&holder.session, label)?.map_or(0, |m| m.active().0);
+            let generation = newest
+                .checked_add(1)
+                .ok_or_else(|| Error::Token("the master key generations are used up".into()))?;
+            let handle = mkek::create(&holder.session, label, generation)?;
+            match mkek::scan(&holder.session, label) {
+                Ok(_) => {
+                    epoch.rescan_mkeks(&holder.session, label, Duration::ZERO);
+                    return Ok(generation);
+                }
+                // Another `mkek rotate` made the same generation at the same moment: ours goes,
+                // so that the token never holds two, and the next is tried.
+                Err(e) => {
+                    holder.session.destroy_object(handle)?;
+                    tracing::warn!(generation, error = %e, "master key generation taken meanwhile");
+                }
+            }
+        }
+        Err(Error::Token("other master key rotations kept running at the same moment".into()))
     }
 
     /// Destroys master key `generation`: every blob wrapped under it, in the database or in
@@ -506,6 +542,7 @@ impl Token {
         Ok(epoch.mkek_generations())
     }
 
+    /// Logs out, closes the key-holder session and finalises the library.
     pub(crate) fn shutdown(&self) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

@@ -17,11 +17,13 @@
 //! decrypt) or keys (wrap and unwrap), and is unwrapped with that purpose's usages only.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
 use hsm_proxy_proto::Status;
 use hsm_proxy_proto::op::{Kek, KekId};
 use lru::LruCache;
@@ -149,6 +151,8 @@ pub(crate) struct KekEntry {
     wrapped: Vec<u8>,
     /// The master key generation the blob is under: its entries go when that key is destroyed.
     mkek: u64,
+    /// Unwrapped ahead of its operation, which has not looked it up yet.
+    unused: AtomicBool,
     graveyard: Arc<Mutex<Vec<(Stamp, ObjectHandle)>>>,
 }
 
@@ -183,6 +187,20 @@ pub(crate) struct KekCache {
 
 /// How often, at most, the token's master keys are read again on a KEK operation.
 pub(crate) const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often, at most, they are read again for a blob under a generation this proxy does not
+/// know: often enough that a generation made elsewhere is seen at once, seldom enough that
+/// blobs naming a bogus one cannot keep the token busy.
+pub(crate) const RESCAN_UNKNOWN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// KEKs a prefetch unwraps under one hold of the key-holder before letting others have it.
+const PREFETCH_HOLD: usize = 16;
+
+/// Why a KEK is looked up: for an operation to use now, or to unwrap it ahead of its share.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    ForUse,
+    Ahead,
+}
 
 /// The fewest KEKs the cache shrinks to: below that, the token's room is taken by something
 /// else, and shrinking further would only turn hits into unwraps.
@@ -269,21 +287,36 @@ impl KekCache {
         epoch: &Epoch,
     ) -> Result<Arc<KekEntry>, Failure> {
         if let Some(entry) = self.lookup(kek, epoch.stamp())? {
-            self.metrics.kek_cache_hits.inc();
+            self.count_hit(&entry);
             return Ok(entry);
         }
         let mut holder = lock(&epoch.keyholder);
-        self.resolve_held(kek, token, epoch, &mut holder)
+        self.resolve_held(kek, token, epoch, &mut holder, Lookup::ForUse)
     }
 
-    /// Unwraps the KEKs of a share's operations that are not cached, all under one hold of the
-    /// key-holder, so that a share of many cold projects waits for the key-holder once rather
-    /// than once per KEK. Failures are left for each operation to meet and report; a single
-    /// miss is left to its operation as well.
-    pub(crate) fn prefetch(&self, keks: &[&Kek], token: &Token, epoch: &Epoch) {
+    /// Counts a lookup served by handle, unless it is the first use of a KEK unwrapped ahead of
+    /// its operation, whose miss is already counted.
+    fn count_hit(&self, entry: &KekEntry) {
+        if !entry.unused.swap(false, Ordering::Relaxed) {
+            self.metrics.kek_cache_hits.inc();
+        }
+    }
+
+    /// Unwraps the KEKs of a share's operations that are not cached, [`PREFETCH_HOLD`] at a
+    /// time under one hold of the key-holder, so that a share of many cold projects waits for
+    /// the key-holder a few times rather than once per KEK, while other workers' misses still
+    /// get their turn between holds. No more than half the cache's capacity is unwrapped ahead
+    /// (more would evict what was just unwrapped), and nothing once `deadline` has passed.
+    /// Failures are left for each operation to meet and report; a single miss is left to its
+    /// operation as well.
+    pub(crate) fn prefetch(&self, keks: &[&Kek], token: &Token, epoch: &Epoch, deadline: Instant) {
         let stamp = epoch.stamp();
+        let room = self.capacity() / 2;
         let mut missing: Vec<&Kek> = Vec::new();
         for kek in keks {
+            if missing.len() >= room {
+                break;
+            }
             if matches!(self.lookup(kek, stamp), Ok(None))
                 && !missing.iter().any(|m| m.id == kek.id)
             {
@@ -293,21 +326,26 @@ impl KekCache {
         if missing.len() < 2 {
             return;
         }
-        let mut holder = lock(&epoch.keyholder);
-        for kek in missing {
-            match self.resolve_held(kek, token, epoch, &mut holder) {
-                Ok(_) => self.metrics.kek_cache_prefetched.inc(),
-                // The token's trouble, not the blob's: the operations recover on their own.
-                Err(f)
-                    if matches!(
-                        f.status(),
-                        Status::HsmUnavailable | Status::HsmResourceExhausted
-                    ) =>
-                {
-                    break;
+        for held in missing.chunks(PREFETCH_HOLD) {
+            if Instant::now() >= deadline {
+                return;
+            }
+            let mut holder = lock(&epoch.keyholder);
+            for kek in held {
+                match self.resolve_held(kek, token, epoch, &mut holder, Lookup::Ahead) {
+                    Ok(_) => {}
+                    // The token's trouble, not the blob's: the operations recover on their own.
+                    Err(f)
+                        if matches!(
+                            f.status(),
+                            Status::HsmUnavailable | Status::HsmResourceExhausted
+                        ) =>
+                    {
+                        return;
+                    }
+                    // A blob refused: its operation meets the refusal again and reports it.
+                    Err(_) => {}
                 }
-                // A blob refused: its operation meets the refusal again and reports it.
-                Err(_) => {}
             }
         }
     }
@@ -319,11 +357,14 @@ impl KekCache {
         token: &Token,
         epoch: &Epoch,
         holder: &mut Keyholder,
+        lookup: Lookup,
     ) -> Result<Arc<KekEntry>, Failure> {
         let stamp = (epoch.number, holder.generation);
         // Another worker may have unwrapped it while we waited for the key-holder.
         if let Some(entry) = self.lookup(kek, stamp)? {
-            self.metrics.kek_cache_hits.inc();
+            if lookup == Lookup::ForUse {
+                self.count_hit(&entry);
+            }
             return Ok(entry);
         }
         self.metrics.kek_cache_misses.inc();
@@ -337,16 +378,7 @@ impl KekCache {
         let data = matches!(purpose, Purpose::Data | Purpose::Unnamed);
         let keys = matches!(purpose, Purpose::Wrapping | Purpose::Unnamed);
         let template = unwrapped_kek(Usage { data, keys, extractable: false });
-        let mkek = match epoch.mkek(blob.mkek) {
-            Some(handle) => handle,
-            None => {
-                // Perhaps made since the token was last read (`hsm-proxy mkek rotate`).
-                for gone in epoch.rescan_mkeks(&holder.session, token.mkek_label(), RESCAN_EVERY) {
-                    self.evict_mkek(gone);
-                }
-                epoch.mkek(blob.mkek).ok_or(Failure::Status(Status::KekInvalid))?
-            }
-        };
+        let mkek = self.mkek_handle(epoch, &holder.session, token.mkek_label(), blob.mkek)?;
         let unwrap = |session: &cryptoki::session::Session| {
             session
                 .unwrap_key(&Mechanism::AesKeyWrapPad, mkek, blob.wrapped, &template)
@@ -364,6 +396,13 @@ impl KekCache {
         let handle = match unwrapped {
             Ok(handle) => handle,
             Err(failure) => {
+                let failure = self.mkek_failed(
+                    epoch,
+                    &holder.session,
+                    token.mkek_label(),
+                    blob.mkek,
+                    failure,
+                );
                 if failure.keyholder_lost() {
                     self.clear();
                     if let Err(e) = token.renew_keyholder(epoch, holder) {
@@ -380,8 +419,12 @@ impl KekCache {
             stamp,
             wrapped: kek.wrapped.clone(),
             mkek: blob.mkek,
+            unused: AtomicBool::new(lookup == Lookup::Ahead),
             graveyard: self.graveyard.clone(),
         });
+        if lookup == Lookup::Ahead {
+            self.metrics.kek_cache_prefetched.inc();
+        }
         let evicted = {
             let mut entries = lock(&self.entries);
             let evicted = entries.push(kek.id, entry.clone());
@@ -427,6 +470,53 @@ impl KekCache {
         let mut entries = lock(&self.entries);
         entries.pop(id);
         self.metrics.kek_cache_entries.set(gauge(entries.len()));
+    }
+
+    /// The handle of master key `generation`. One this proxy has not seen may have been made
+    /// since it last read the token (`hsm-proxy mkek rotate`, perhaps on another host): the
+    /// token is read again, at most every [`RESCAN_UNKNOWN`], and a generation newer than any
+    /// known is answered as a passing condition (`HsmUnavailable`), an older one as a blob no
+    /// master key here opens (`KekInvalid`).
+    pub(crate) fn mkek_handle(
+        &self,
+        epoch: &Epoch,
+        session: &Session,
+        label: &str,
+        generation: u64,
+    ) -> Result<ObjectHandle, Failure> {
+        if let Some(handle) = epoch.mkek(generation) {
+            return Ok(handle);
+        }
+        for gone in epoch.rescan_mkeks(session, label, RESCAN_UNKNOWN) {
+            self.evict_mkek(gone);
+        }
+        match epoch.mkek(generation) {
+            Some(handle) => Ok(handle),
+            None if generation > epoch.active_mkek().0 => {
+                Err(Failure::Status(Status::HsmUnavailable))
+            }
+            None => Err(Failure::Status(Status::KekInvalid)),
+        }
+    }
+
+    /// What a call that failed with master key `generation`'s handle means. A handle no longer
+    /// valid because the key was destroyed (the token, read again, lists it no more) is a blob
+    /// no master key here opens, `KekInvalid`, not a lost device to initialise again.
+    pub(crate) fn mkek_failed(
+        &self,
+        epoch: &Epoch,
+        session: &Session,
+        label: &str,
+        generation: u64,
+        failure: Failure,
+    ) -> Failure {
+        if !failure.handle_invalid() {
+            return failure;
+        }
+        for gone in epoch.rescan_mkeks(session, label, std::time::Duration::ZERO) {
+            self.evict_mkek(gone);
+        }
+        if epoch.mkek(generation).is_none() { Failure::Status(Status::KekInvalid) } else { failure }
     }
 
     /// Forgets the KEKs unwrapped under a master key that is gone: a cached copy must not

@@ -467,7 +467,7 @@ impl Worker {
             let mut answers = Vec::with_capacity(job.ops.len());
             self.metrics.sessions_busy.inc();
             if job.ops.len() > 1 {
-                self.prefetch(&job.ops);
+                self.prefetch(&job.ops, job.deadline);
             }
             for op in &job.ops {
                 answers.push(self.serve(op, job.enqueued, job.deadline));
@@ -485,11 +485,11 @@ impl Worker {
     }
 
     /// Unwraps the share's uncached KEKs together before its operations run.
-    fn prefetch(&self, ops: &[Request]) {
+    fn prefetch(&self, ops: &[Request], deadline: Instant) {
         let guard = self.token.read();
         let Some(epoch) = guard.epoch() else { return };
         let keks: Vec<&Kek> = ops.iter().flat_map(ops::used_keks).collect();
-        self.keys.prefetch(&keks, &self.token, epoch);
+        self.keys.prefetch(&keks, &self.token, epoch, deadline);
     }
 
     /// One operation of a share, with its metrics.
@@ -500,7 +500,7 @@ impl Worker {
         let outcome = if started > deadline {
             Err(Status::DeadlineExceeded)
         } else {
-            let outcome = self.execute(op, deadline);
+            let outcome = self.execute(op, enqueued, deadline);
             let took = started.elapsed();
             self.tally.served(code, took);
             self.load.observe(code, took);
@@ -522,12 +522,12 @@ impl Worker {
     /// Every operation is safe to run again (none leaves anything behind in the token when it
     /// fails), so after a transient failure it is retried alone, at most [`MAX_ATTEMPTS`] times
     /// in all and not past its deadline; the other operations of its share go on either way.
-    fn execute(&mut self, op: &Request, deadline: Instant) -> Outcome {
+    fn execute(&mut self, op: &Request, arrived: Instant, deadline: Instant) -> Outcome {
         let mut attempts = 0;
         let mut backoff = BUSY_BACKOFF;
         loop {
             attempts += 1;
-            let failure = match self.attempt(op) {
+            let failure = match self.attempt(op, arrived) {
                 Ok(reply) => return Ok(reply),
                 Err(failure) => failure,
             };
@@ -586,7 +586,7 @@ impl Worker {
         }
     }
 
-    fn attempt(&mut self, op: &Request) -> Result<Reply, Failure> {
+    fn attempt(&mut self, op: &Request, arrived: Instant) -> Result<Reply, Failure> {
         let token = self.token.clone();
         let guard = token.read();
         let Some(epoch) = guard.epoch() else {
@@ -634,6 +634,7 @@ impl Worker {
         };
         let aead = token.caps.message_aead.then_some(&self.aead);
         let cx = OpContext {
+            arrived,
             session,
             aead,
             epoch,

@@ -866,6 +866,13 @@ async fn the_master_key_rotates_under_a_running_proxy() {
     assert_eq!(status(decrypt(&client, &orphan, &sealed, AAD).await), Status::KekInvalid);
     assert_eq!(status(client.call(RewrapKek { kek: orphan }).await), Status::KekInvalid);
     assert_eq!(decrypt(&client, &moved, &sealed, AAD).await.unwrap().expose_secret(), PLAINTEXT);
+    // A blob under a generation newer than any in the token: not bad, not yet seen.
+    let mut ahead = moved.clone();
+    ahead.id = KekId([0x6e; 16]);
+    ahead.wrapped[10] = 9;
+    assert_eq!(status(decrypt(&client, &ahead, &sealed, AAD).await), Status::HsmUnavailable);
+    // A master key destroyed under the proxy is a refused blob, never a lost device.
+    assert_eq!(proxy.metric("hsm_proxy_reinitializations_total"), 0.0);
     proxy.assert_healthy();
 }
 

@@ -34,14 +34,25 @@ pub(crate) fn ec_spki(curve_oid: &[u8], point: &[u8]) -> Vec<u8> {
     spki(&tlv(TAG_SEQUENCE, &algorithm), point)
 }
 
-/// The point inside CKA_EC_POINT: PKCS#11 says DER OCTET STRING, some tokens give it raw.
+/// The point inside CKA_EC_POINT: PKCS#11 says DER OCTET STRING, some tokens give it raw. A
+/// raw uncompressed point also starts with 0x04 and, one time in 256, a second byte that reads
+/// as the length of the rest: the DER reading is taken only when what it wraps is a point.
 pub(crate) fn ec_point(attribute: &[u8]) -> &[u8] {
     match attribute {
         [TAG_OCTET_STRING, rest @ ..] => match read_len(rest) {
-            Some((len, body)) if len == body.len() => body,
+            Some((len, body)) if len == body.len() && is_point(body) => body,
             _ => attribute,
         },
         _ => attribute,
+    }
+}
+
+/// Whether `bytes` has the shape of a SEC 1 point on P-256, P-384 or P-521.
+fn is_point(bytes: &[u8]) -> bool {
+    match bytes.first() {
+        Some(0x04) => matches!(bytes.len(), 65 | 97 | 133),
+        Some(0x02 | 0x03) => matches!(bytes.len(), 33 | 49 | 67),
+        _ => false,
     }
 }
 
@@ -110,6 +121,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ec_points_are_read_raw_or_wrapped() {
+        let mut raw = vec![0x04, 0x3f];
+        raw.extend_from_slice(&[7; 63]);
+        // A raw point whose x-coordinate starts 0x3f reads as a 63-byte OCTET STRING: raw.
+        assert_eq!(ec_point(&raw), raw.as_slice());
+        let mut wrapped = vec![TAG_OCTET_STRING, 65];
+        wrapped.extend_from_slice(&raw);
+        assert_eq!(ec_point(&wrapped), raw.as_slice());
+        let mut long = vec![TAG_OCTET_STRING, 0x81, 97, 0x04];
+        long.extend_from_slice(&[9; 96]);
+        assert_eq!(ec_point(&long).len(), 97);
+    }
+
+    #[test]
     fn integers_are_minimal_and_positive() {
         assert_eq!(integer(&[0x00, 0x01, 0x00, 0x01]), vec![0x02, 0x03, 0x01, 0x00, 0x01]);
         assert_eq!(integer(&[0x80]), vec![0x02, 0x02, 0x00, 0x80]);
@@ -135,9 +160,14 @@ mod tests {
 
     #[test]
     fn ec_point_unwraps_octet_string() {
-        let point = [0x04, 1, 2, 3];
-        let wrapped = [TAG_OCTET_STRING, 4, 0x04, 1, 2, 3];
-        assert_eq!(ec_point(&wrapped), &point);
-        assert_eq!(ec_point(&point), &point);
+        let mut point = vec![0x04];
+        point.extend_from_slice(&[1; 64]);
+        let mut wrapped = vec![TAG_OCTET_STRING, 65];
+        wrapped.extend_from_slice(&point);
+        assert_eq!(ec_point(&wrapped), point.as_slice());
+        assert_eq!(ec_point(&point), point.as_slice());
+        // What the OCTET STRING holds is no point: the attribute is taken as it is.
+        let odd = [TAG_OCTET_STRING, 4, 0x04, 1, 2, 3];
+        assert_eq!(ec_point(&odd), &odd);
     }
 }

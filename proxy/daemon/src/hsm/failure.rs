@@ -85,7 +85,9 @@ impl Failure {
             | CryptokiNotInitialized
             | UserNotLoggedIn
             | SlotIdInvalid => Class::Device,
-            // The MKEK handle is resolved once per library initialisation: losing it needs one.
+            // A master key handle that fails although the token still lists its generation (a
+            // destroyed one is told apart first, see `KekCache::mkek_failed`): the library
+            // lost its state, and only initialising it again helps.
             UnwrappingKeyHandleInvalid
             | WrappingKeyHandleInvalid
             | KeyHandleInvalid
@@ -156,6 +158,21 @@ impl Failure {
             ) => Status::InvalidArgument,
             _ => Status::HsmFailure,
         }
+    }
+
+    /// Whether a key handle the call used was not valid: for a master key's, perhaps because it
+    /// was destroyed since (`hsm-proxy mkek destroy` in another process).
+    pub(crate) fn handle_invalid(&self) -> bool {
+        matches!(
+            self,
+            Failure::Pkcs11 {
+                rv: RvError::UnwrappingKeyHandleInvalid
+                    | RvError::WrappingKeyHandleInvalid
+                    | RvError::KeyHandleInvalid
+                    | RvError::ObjectHandleInvalid,
+                ..
+            }
+        )
     }
 
     /// Whether the token no longer knows the key-holder session.

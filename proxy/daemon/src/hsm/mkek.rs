@@ -3,10 +3,11 @@
 //! them until `hsm-proxy mkek destroy` removes them, after which those blobs (and every backup
 //! holding them) open nowhere.
 //!
-//! A master key's generation is its `CKA_ID` read as a big-endian integer when the id is 8
-//! bytes long. A master key made before generations were named (a 16-byte random id) is
-//! generation 0; `init-token` makes generation 1 and `mkek rotate` the next. Blobs name the
-//! generation they are wrapped under ([`crate::keys::KekBlob`]).
+//! A master key's generation is in its `CKA_ID`: the 8 bytes `mkek-gen`, then the generation
+//! as a big-endian integer. A master key with any other id (made before generations were
+//! named, with a 16-byte random id) is generation 0; `init-token` makes generation 1 and `mkek
+//! rotate` the next. Blobs name the generation they are wrapped under
+//! ([`crate::keys::KekBlob`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -44,12 +45,24 @@ impl Mkeks {
     }
 }
 
+/// What starts the `CKA_ID` of a master key that names its generation.
+const ID_MARKER: &[u8; 8] = b"mkek-gen";
+
 /// The generation a master key's `CKA_ID` names.
 fn generation(id: &[u8]) -> u64 {
-    match <[u8; 8]>::try_from(id) {
-        Ok(bytes) => u64::from_be_bytes(bytes),
-        Err(_) => 0,
+    match id.split_at_checked(ID_MARKER.len()) {
+        Some((marker, number)) if marker == ID_MARKER => {
+            <[u8; 8]>::try_from(number).map_or(0, u64::from_be_bytes)
+        }
+        _ => 0,
     }
+}
+
+/// The `CKA_ID` of master key `generation`.
+fn id(generation: u64) -> Vec<u8> {
+    let mut id = ID_MARKER.to_vec();
+    id.extend_from_slice(&generation.to_be_bytes());
+    id
 }
 
 /// Finds every master key under `label`, checking that each is a sensitive, non-extractable
@@ -119,7 +132,7 @@ pub(crate) fn create(session: &Session, label: &str, generation: u64) -> Result<
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
         Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(generation.to_be_bytes().to_vec()),
+        Attribute::Id(id(generation)),
     ];
     Ok(session.generate_key(&Mechanism::AesKeyGen, &template)?)
 }
@@ -129,11 +142,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generations_come_from_eight_byte_ids() {
-        assert_eq!(generation(&1u64.to_be_bytes()), 1);
-        assert_eq!(generation(&[0, 0, 0, 0, 0, 0, 1, 0]), 256);
-        // The random 16-byte id of a master key from before generations.
+    fn generations_come_from_marked_ids() {
+        assert_eq!(generation(&id(1)), 1);
+        assert_eq!(generation(&id(256)), 256);
+        assert_eq!(generation(&id(u64::MAX)), u64::MAX);
+        // The random 16-byte id of a master key from before generations, or any other id.
         assert_eq!(generation(&[0x5a; 16]), 0);
+        assert_eq!(generation(&1u64.to_be_bytes()), 0);
+        assert_eq!(generation(&id(3)[..15]), 0);
         assert_eq!(generation(&[]), 0);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cryptoki::mechanism::aead::{GcmMessageParams, GcmParams, GeneratorFunction};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
@@ -30,6 +30,8 @@ use crate::keys::{KekBlob, KekCache, KekEntry, Purpose, RESCAN_EVERY, Usage, unw
 
 /// Everything an operation may use.
 pub(crate) struct OpContext<'a> {
+    /// When the operation reached the proxy.
+    pub(crate) arrived: Instant,
     pub(crate) session: &'a Session,
     /// The session's message-based AES-GCM state, when the token offers it.
     pub(crate) aead: Option<&'a MessageAead>,
@@ -205,8 +207,7 @@ fn generate_kek(cx: &OpContext<'_>, purpose: Purpose) -> Result<Kek, Failure> {
     let key = cx.session.generate_key(&Mechanism::AesKeyGen, &template).at(Step::Other)?;
     let key = temp(cx.session, key);
     let (generation, mkek) = newest_mkek(cx);
-    let wrapped =
-        cx.session.wrap_key(&Mechanism::AesKeyWrapPad, mkek, key.handle).at(Step::MkekWrap)?;
+    let wrapped = wrap_under_mkek(cx, generation, mkek, &key)?;
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|_| Failure::Status(Status::Internal))?;
     Ok(Kek { id: KekId(id), wrapped: KekBlob::encode(purpose, generation, &wrapped) })
@@ -226,11 +227,14 @@ fn newest_mkek(cx: &OpContext<'_>) -> (u64, ObjectHandle) {
 /// destroyed. The key never leaves the token in clear.
 fn rewrap_kek(cx: &OpContext<'_>, kek: &Kek) -> Result<Kek, Failure> {
     let blob = KekBlob::parse(&kek.wrapped).ok_or(Failure::Status(Status::KekInvalid))?;
+    let label = cx.token.mkek_label();
     let (mut generation, mut newest) = newest_mkek(cx);
     if blob.mkek == generation {
         // Before answering that nothing is to be done, make sure no newer master key was made
-        // since the last read (`mkek rotate` a moment ago, on another host perhaps).
-        for gone in cx.epoch.rescan_mkeks(cx.session, cx.token.mkek_label(), Duration::ZERO) {
+        // since the last read (`mkek rotate` a moment ago, on another host perhaps): the token
+        // is read again unless a read began after this request arrived (one request of a frame
+        // reads it for all).
+        for gone in cx.epoch.rescan_mkeks_since(cx.session, label, cx.arrived) {
             cx.keys.evict_mkek(gone);
         }
         (generation, newest) = cx.epoch.active_mkek();
@@ -238,16 +242,33 @@ fn rewrap_kek(cx: &OpContext<'_>, kek: &Kek) -> Result<Kek, Failure> {
             return Ok(kek.clone());
         }
     }
-    let old = cx.epoch.mkek(blob.mkek).ok_or(Failure::Status(Status::KekInvalid))?;
+    let old = cx.keys.mkek_handle(cx.epoch, cx.session, label, blob.mkek)?;
     let template = unwrapped_kek(Usage { data: false, keys: false, extractable: true });
     let key = cx
         .session
         .unwrap_key(&Mechanism::AesKeyWrapPad, old, blob.wrapped, &template)
-        .at(Step::KekUnwrap)?;
+        .at(Step::KekUnwrap)
+        .map_err(|f| cx.keys.mkek_failed(cx.epoch, cx.session, label, blob.mkek, f))?;
     let key = temp(cx.session, key);
-    let wrapped =
-        cx.session.wrap_key(&Mechanism::AesKeyWrapPad, newest, key.handle).at(Step::MkekWrap)?;
+    let wrapped = wrap_under_mkek(cx, generation, newest, &key)?;
     Ok(Kek { id: kek.id, wrapped: KekBlob::encode(blob.purpose, generation, &wrapped) })
+}
+
+/// `key` wrapped under master key `generation` (`handle`). Should that key be gone (destroyed
+/// by other means than `mkek destroy`, which keeps the newest), the token's keys are read again
+/// and the caller is told to retry, which then finds the newest there is.
+fn wrap_under_mkek(
+    cx: &OpContext<'_>,
+    generation: u64,
+    handle: ObjectHandle,
+    key: &TempObject<'_>,
+) -> Result<Vec<u8>, Failure> {
+    cx.session.wrap_key(&Mechanism::AesKeyWrapPad, handle, key.handle).at(Step::MkekWrap).map_err(
+        |f| match cx.keys.mkek_failed(cx.epoch, cx.session, cx.token.mkek_label(), generation, f) {
+            Failure::Status(Status::KekInvalid) => Failure::Status(Status::HsmUnavailable),
+            other => other,
+        },
+    )
 }
 
 fn encrypt(cx: &OpContext<'_>, op: &Encrypt) -> Result<Sealed, Failure> {
