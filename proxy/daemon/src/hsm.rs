@@ -93,6 +93,24 @@ pub(crate) struct Keyholder {
     pub(crate) generation: u64,
 }
 
+/// When the token's master keys, last read at some instant, are to be read again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Stale {
+    /// When that read is older than this.
+    OlderThan(Duration),
+    /// When that read began before this instant (a request's arrival).
+    Before(Instant),
+}
+
+impl Stale {
+    fn of(self, scanned: Instant) -> bool {
+        match self {
+            Stale::OlderThan(max_age) => scanned.elapsed() >= max_age,
+            Stale::Before(since) => scanned < since,
+        }
+    }
+}
+
 /// Which key-holder session a KEK handle belongs to.
 pub(crate) type Stamp = (u64, u64);
 
@@ -123,40 +141,17 @@ impl Epoch {
         read(&self.mkeks).generations()
     }
 
-    /// Reads the master keys again if the last read is older than `max_age`, so that one made
-    /// by `hsm-proxy mkek rotate` starts wrapping new KEKs and one destroyed stops unwrapping.
-    /// The generations that are gone are returned, for their KEKs to be dropped. A failed read
-    /// keeps the keys known: it is logged, and the next call tries again.
-    pub(crate) fn rescan_mkeks(
-        &self,
-        session: &Session,
-        label: &str,
-        max_age: Duration,
-    ) -> Vec<u64> {
-        self.rescan_mkeks_when(session, label, |scanned| scanned.elapsed() >= max_age)
-    }
-
-    /// [`Epoch::rescan_mkeks`] unless a read began at or after `since`.
-    pub(crate) fn rescan_mkeks_since(
-        &self,
-        session: &Session,
-        label: &str,
-        since: Instant,
-    ) -> Vec<u64> {
-        self.rescan_mkeks_when(session, label, |scanned| scanned < since)
-    }
-
-    fn rescan_mkeks_when(
-        &self,
-        session: &Session,
-        label: &str,
-        stale: impl Fn(Instant) -> bool,
-    ) -> Vec<u64> {
-        if !stale(read(&self.mkeks).scanned) {
+    /// Reads the master keys again if the last read is `stale`, so that one made by `hsm-proxy
+    /// mkek rotate` starts wrapping new KEKs and one destroyed stops unwrapping. The
+    /// generations that are gone are returned, for their KEKs to be dropped
+    /// ([`crate::keys::KekCache::reread_mkeks`]). A failed read keeps the keys known: it is
+    /// logged, and the next call tries again.
+    pub(crate) fn rescan_mkeks(&self, session: &Session, label: &str, stale: Stale) -> Vec<u64> {
+        if !stale.of(read(&self.mkeks).scanned) {
             return Vec::new();
         }
         let mut mkeks = self.mkeks.write().unwrap_or_else(|p| p.into_inner());
-        if !stale(mkeks.scanned) {
+        if !stale.of(mkeks.scanned) {
             return Vec::new();
         }
         // When the read began: what it finds is at least as new as that.
@@ -492,7 +487,7 @@ impl Token {
             let handle = mkek::create(&holder.session, label, generation)?;
             match mkek::scan(&holder.session, label) {
                 Ok(_) => {
-                    epoch.rescan_mkeks(&holder.session, label, Duration::ZERO);
+                    epoch.rescan_mkeks(&holder.session, label, Stale::OlderThan(Duration::ZERO));
                     return Ok(generation);
                 }
                 // Another `mkek rotate` made the same generation at the same moment: ours goes,
@@ -529,7 +524,7 @@ impl Token {
             ))
         })?;
         holder.session.destroy_object(handle)?;
-        epoch.rescan_mkeks(&holder.session, label, Duration::ZERO);
+        epoch.rescan_mkeks(&holder.session, label, Stale::OlderThan(Duration::ZERO));
         Ok(())
     }
 
@@ -538,7 +533,11 @@ impl Token {
         let guard = self.read();
         let epoch = guard.epoch().ok_or_else(|| Error::Token("the token is down".into()))?;
         let holder = epoch.keyholder.lock().unwrap_or_else(|p| p.into_inner());
-        epoch.rescan_mkeks(&holder.session, &self.config.mkek_label, Duration::ZERO);
+        epoch.rescan_mkeks(
+            &holder.session,
+            &self.config.mkek_label,
+            Stale::OlderThan(Duration::ZERO),
+        );
         Ok(epoch.mkek_generations())
     }
 

@@ -29,7 +29,7 @@ use hsm_proxy_proto::op::{Kek, KekId};
 use lru::LruCache;
 
 use crate::hsm::failure::{At, Failure, Step};
-use crate::hsm::{Epoch, Keyholder, Stamp, Token};
+use crate::hsm::{Epoch, Keyholder, Stale, Stamp, Token};
 use crate::metrics::Metrics;
 
 /// What a project KEK is for.
@@ -297,7 +297,10 @@ impl KekCache {
     /// Counts a lookup served by handle, unless it is the first use of a KEK unwrapped ahead of
     /// its operation, whose miss is already counted.
     fn count_hit(&self, entry: &KekEntry) {
-        if !entry.unused.swap(false, Ordering::Relaxed) {
+        // Read first: a hit on a KEK in use writes nothing to the entry other workers share.
+        let first_use =
+            entry.unused.load(Ordering::Relaxed) && entry.unused.swap(false, Ordering::Relaxed);
+        if !first_use {
             self.metrics.kek_cache_hits.inc();
         }
     }
@@ -487,9 +490,7 @@ impl KekCache {
         if let Some(handle) = epoch.mkek(generation) {
             return Ok(handle);
         }
-        for gone in epoch.rescan_mkeks(session, label, RESCAN_UNKNOWN) {
-            self.evict_mkek(gone);
-        }
+        self.reread_mkeks(epoch, session, label, Stale::OlderThan(RESCAN_UNKNOWN));
         match epoch.mkek(generation) {
             Some(handle) => Ok(handle),
             None if generation > epoch.active_mkek().0 => {
@@ -513,10 +514,16 @@ impl KekCache {
         if !failure.handle_invalid() {
             return failure;
         }
-        for gone in epoch.rescan_mkeks(session, label, std::time::Duration::ZERO) {
+        self.reread_mkeks(epoch, session, label, Stale::OlderThan(std::time::Duration::ZERO));
+        if epoch.mkek(generation).is_none() { Failure::Status(Status::KekInvalid) } else { failure }
+    }
+
+    /// Reads the token's master keys again if the last read is `stale`, and forgets the KEKs
+    /// unwrapped under any that is gone.
+    pub(crate) fn reread_mkeks(&self, epoch: &Epoch, session: &Session, label: &str, stale: Stale) {
+        for gone in epoch.rescan_mkeks(session, label, stale) {
             self.evict_mkek(gone);
         }
-        if epoch.mkek(generation).is_none() { Failure::Status(Status::KekInvalid) } else { failure }
     }
 
     /// Forgets the KEKs unwrapped under a master key that is gone: a cached copy must not

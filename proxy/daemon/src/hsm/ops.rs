@@ -25,7 +25,7 @@ use sha2::Digest;
 use zeroize::Zeroizing;
 
 use super::failure::{At, Failure, Step};
-use super::{Epoch, Token, der};
+use super::{Epoch, Stale, Token, der};
 use crate::keys::{KekBlob, KekCache, KekEntry, Purpose, RESCAN_EVERY, Usage, unwrapped_kek};
 
 /// Everything an operation may use.
@@ -174,9 +174,7 @@ fn health(cx: &OpContext<'_>) -> Result<HealthReport, Failure> {
     // A real round trip through the token: the RNG is cheap and needs a working session.
     let _ = Zeroizing::new(cx.session.generate_random_vec(16).at(Step::Other)?);
     // Appliances ask every few seconds: KEKs unwrapped under a master key destroyed since go.
-    for gone in cx.epoch.rescan_mkeks(cx.session, cx.token.mkek_label(), HEALTH_RESCAN_EVERY) {
-        cx.keys.evict_mkek(gone);
-    }
+    reread_mkeks(cx, Stale::OlderThan(HEALTH_RESCAN_EVERY));
     let info = cx.token.context().get_token_info(cx.epoch.slot).at(Step::Other)?;
     Ok(HealthReport {
         token_label: info.label().trim().to_owned(),
@@ -216,10 +214,12 @@ fn generate_kek(cx: &OpContext<'_>, purpose: Purpose) -> Result<Kek, Failure> {
 /// The newest master key, after reading the token's again if the last read is a second old:
 /// a generation made by `hsm-proxy mkek rotate` wraps new KEKs from then on.
 fn newest_mkek(cx: &OpContext<'_>) -> (u64, ObjectHandle) {
-    for gone in cx.epoch.rescan_mkeks(cx.session, cx.token.mkek_label(), RESCAN_EVERY) {
-        cx.keys.evict_mkek(gone);
-    }
+    reread_mkeks(cx, Stale::OlderThan(RESCAN_EVERY));
     cx.epoch.active_mkek()
+}
+
+fn reread_mkeks(cx: &OpContext<'_>, stale: Stale) {
+    cx.keys.reread_mkeks(cx.epoch, cx.session, cx.token.mkek_label(), stale);
 }
 
 /// `kek` wrapped under the newest master key, inside the HSM: unwrapped from its own master
@@ -234,9 +234,7 @@ fn rewrap_kek(cx: &OpContext<'_>, kek: &Kek) -> Result<Kek, Failure> {
         // since the last read (`mkek rotate` a moment ago, on another host perhaps): the token
         // is read again unless a read began after this request arrived (one request of a frame
         // reads it for all).
-        for gone in cx.epoch.rescan_mkeks_since(cx.session, label, cx.arrived) {
-            cx.keys.evict_mkek(gone);
-        }
+        reread_mkeks(cx, Stale::Before(cx.arrived));
         (generation, newest) = cx.epoch.active_mkek();
         if blob.mkek == generation {
             return Ok(kek.clone());
